@@ -1,0 +1,22 @@
+"""AdaPerceiver: one vision transformer that adapts tokens, depth and width at inference."""
+
+from .checkpoint import from_pretrained, save_pretrained
+from .model import (
+    AdaPerceiver,
+    AdaPerceiverClassifier,
+    AdaPerceiverConfig,
+    AdaPerceiverDense,
+    AnytimeOutput,
+    EarlyExitOutput,
+    Features,
+    build_model,
+)
+from .registry import create_model, list_models, preset_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaPerceiver", "AdaPerceiverClassifier", "AdaPerceiverConfig", "AdaPerceiverDense", "AnytimeOutput",
+    "EarlyExitOutput", "Features", "build_model", "create_model", "from_pretrained", "list_models",
+    "preset_config", "save_pretrained",
+]

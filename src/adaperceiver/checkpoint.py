@@ -1,0 +1,105 @@
+"""Saving and loading models: safetensors weights + a JSON config, written atomically.
+
+A pretrained directory holds ``model.safetensors`` and ``config.json``; :func:`from_pretrained`
+rebuilds the model from it. Training state (optimizer, EMA, step) lives in the training module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .model import AdaPerceiver, AdaPerceiverConfig, build_model
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(tmp_path)`` and move the result over ``path`` only once it is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    def _write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+    atomic_write(path, _write)
+
+
+def save_state_dict(path: str | Path, state: Mapping[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a safetensors file or a torch pickle (``weights_only``), refusing corrupt files clearly.
+
+    A torch pickle holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged or foreign pickle
+        raise ValueError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def save_pretrained(model: AdaPerceiver, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (plus ``extra`` metadata) into ``directory``."""
+    directory = Path(directory)
+    save_state_dict(directory / WEIGHTS_NAME, model.state_dict(), metadata={"format": "pt"})
+    write_json(directory / CONFIG_NAME, {"model": model.cfg.to_dict(), **(extra or {})})
+    return directory
+
+
+def load_config(directory: str | Path) -> AdaPerceiverConfig:
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; is it a directory written by save_pretrained?")
+    try:
+        meta = json.loads(path.read_text())
+        return AdaPerceiverConfig.from_dict(meta["model"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a valid adaperceiver config ({e})") from None
+
+
+def from_pretrained(directory: str | Path, map_location: str | torch.device = "cpu") -> AdaPerceiver:
+    """Rebuild a model saved by :func:`save_pretrained` (or a training run directory) for inference."""
+    from .convert import load_strict
+
+    cfg = load_config(directory)
+    model = build_model(cfg)
+    load_strict(model, read_state_dict(Path(directory) / WEIGHTS_NAME), source=str(Path(directory) / WEIGHTS_NAME))
+    return model.to(map_location).eval()

@@ -1,0 +1,237 @@
+"""Load checkpoints written by the paper's reference implementation.
+
+The reference code names its modules differently (``read_head.cattn.q`` here is ``read.attn.q``,
+``process_latents.token`` is ``latent_token`` ...). :func:`convert_reference_state_dict` renames
+the keys, :func:`config_from_reference` turns the reference constructor arguments into an
+:class:`AdaPerceiverConfig`, and :func:`load_reference` does both for a file on disk.
+
+:func:`reference_forward` reproduces the reference ``forward`` signature and its multi-output
+modes (token-loss / layer-loss read-outs, batch-wide confidence exit) on top of this library's
+model, for checking parity and for users porting code.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .checkpoint import read_state_dict
+from .model import AdaPerceiver, AdaPerceiverClassifier, AdaPerceiverConfig, build_model
+
+# (reference pattern, our replacement), applied in order to every key
+_KEY_RULES: list[tuple[str, str]] = [
+    (r"^patch_embed\.embed\.proj\.", "patch_embed.proj."),
+    (r"^patch_embed\.ffn\.", "patch_embed.mlp."),
+    (r"^process_latents\.token$", "latent_token"),
+    (r"^output_latents\.token$", "output_query"),
+    (r"^output_latents\.proj\.", "query_proj."),
+    (r"^(read|write)_head\.snk_norm\.", r"\1.norm_q."),
+    (r"^(read|write)_head\.src_norm\.", r"\1.norm_kv."),
+    (r"^(read|write)_head\.cattn\.", r"\1.attn."),
+    (r"^blocks\.(\d+)\.ffn\.", r"blocks.\1.mlp."),
+    (r"^output_adapter\.norm\.", "head_norm."),
+    (r"^output_adapter\.ffn\.", "head_fc."),
+]
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+# reference constructor argument -> our config field
+_CONFIG_NAMES = {
+    "embed_dim": "embed_dim", "num_heads": "num_heads", "depth": "depth", "max_latent_tokens": "num_latents",
+    "max_latent_tokens_mult": "max_latents_mult", "rope_theta": "rope_theta", "ffn_ratio": "ffn_ratio",
+    "qkv_bias": "qkv_bias", "proj_bias": "proj_bias", "ls_init_values": "ls_init", "mask_token_grans": "token_grans",
+    "img_size": "img_size", "in_channels": "in_chans", "patch_size": "patch_size", "num_classes": "num_classes",
+    "output_feat_dim": "num_classes", "use_embed_ffn": "embed_mlp", "use_output_ffn": "head_mlp",
+}
+# reference options this library implements only with these values
+_SUPPORTED = {
+    "use_fourier": (False,), "ffn_layer": ("mlp",), "act_layer": ("gelu",), "norm_layer": ("layernorm",),
+    "adapter_type": ("patch_embed",), "process_token_init": ("learned",), "block_mask": ("block",),
+    "attn_layer": ("flex", "full", "sdpa"),
+}
+_IGNORED = {"proj_drop", "attn_drop", "drop_path", "head_drop", "fourier_bands", "class"}
+
+
+def strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop ``module.`` (DDP), ``_orig_mod.`` (torch.compile) and ``model.`` prefixes."""
+    out = {}
+    for k, v in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _WRAPPER_PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def convert_reference_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename reference keys to this library's names (wrapper prefixes removed first)."""
+    out = {}
+    for key, value in strip_wrappers(state).items():
+        new = key
+        for pat, rep in _KEY_RULES:
+            new = re.sub(pat, rep, new)
+        out[new] = value
+    return out
+
+
+def config_from_reference(ref: Mapping[str, Any], task: str | None = None) -> AdaPerceiverConfig:
+    """Build our config from the reference's constructor arguments.
+
+    ``ref`` is a flat dict or one with the reference's two sections (``AdaPercevierConfig`` plus
+    ``ClassificationConfig`` / ``DensePredictionConfig``), as in the fixture's ``config.json``.
+    """
+    sections = {k: v for k, v in ref.items() if isinstance(v, Mapping) and k.endswith("Config")}
+    flat: dict[str, Any] = {}
+    if sections:  # only the constructor sections count; other entries are descriptive
+        for k, v in sections.items():
+            flat.update(v)
+            if task is None and k.startswith("Dense"):
+                task = "dense"
+    else:
+        flat = dict(ref)
+    if task is None:
+        task = "dense" if "output_feat_dim" in flat else "classification"
+    cfg: dict[str, Any] = {"task": task}
+    for k, v in flat.items():
+        if k in _SUPPORTED:
+            if v not in _SUPPORTED[k]:
+                raise ValueError(f"reference option {k}={v!r} is not supported; supported: {list(_SUPPORTED[k])}")
+            if k == "attn_layer":
+                cfg["latent_mask"] = "none" if v == "full" else "block"
+        elif k in _CONFIG_NAMES:
+            cfg[_CONFIG_NAMES[k]] = v
+        elif k not in _IGNORED:
+            raise ValueError(f"unknown reference config key {k!r}")
+    if "token_grans" not in cfg and "num_latents" in cfg:
+        cfg["token_grans"] = (cfg["num_latents"],)
+    cfg["latent_std"] = 0.02
+    return AdaPerceiverConfig(**cfg)
+
+
+def infer_shapes(state: Mapping[str, Tensor]) -> dict[str, Any]:
+    """Config values that the (converted) weights themselves determine."""
+    conv = state["patch_embed.proj.weight"]
+    grid = state["patch_embed.pos_embed"].shape[1]
+    side = int(round(grid ** 0.5))
+    shapes = {
+        "embed_dim": conv.shape[0], "in_chans": conv.shape[1], "patch_size": conv.shape[-1],
+        "depth": len({k.split(".")[1] for k in state if k.startswith("blocks.")}),
+        "embed_mlp": "patch_embed.mlp.fc1.weight" in state,
+        "task": "dense" if "query_proj.weight" in state else "classification",
+        "head_mlp": "head_norm.weight" in state,
+    }
+    if side * side == grid:
+        shapes["img_size"] = side * conv.shape[-1]
+    head = state.get("head_fc.fc2.weight", state.get("head_fc.weight"))
+    if head is not None:
+        shapes["num_classes"] = head.shape[0]
+    return shapes
+
+
+def load_reference(path: str | Path, config: Mapping[str, Any] | str | Path) -> AdaPerceiver:
+    """Build a model from a reference checkpoint file and its constructor arguments.
+
+    ``config`` is a dict or a JSON file of reference arguments (see :func:`config_from_reference`).
+    Shape-determined values (embed dim, depth, classes ...) are checked against the weights, and
+    a file whose keys or shapes do not fit is refused with the offending keys named.
+    """
+    if not isinstance(config, Mapping):
+        config = json.loads(Path(config).read_text())
+    state = convert_reference_state_dict(read_state_dict(path))
+    cfg = config_from_reference(config)
+    shapes = infer_shapes(state)
+    for k, v in shapes.items():
+        if getattr(cfg, k) != v:
+            raise ValueError(f"checkpoint {path} does not fit the config: weights say {k}={v!r}, config says {getattr(cfg, k)!r}")
+    model = build_model(cfg)
+    load_strict(model, state, source=str(path))
+    return model.eval()
+
+
+def load_strict(model: torch.nn.Module, state: Mapping[str, Tensor], source: str = "state dict") -> None:
+    """``load_state_dict`` with a readable refusal for missing, unexpected or mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        if shape:
+            parts.append("shape mismatch " + ", ".join(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shape[:8]))
+        raise ValueError(f"{source} does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------------------------------
+# reference forward semantics
+def _to_reference_layout(model: AdaPerceiver, out: Tensor) -> Tensor:
+    if isinstance(model, AdaPerceiverClassifier):
+        return out.unsqueeze(-2)  # (B, 1, classes)
+    return out.flatten(-2).transpose(-1, -2)  # (B, h*w, C)
+
+
+def _reference_width(model: AdaPerceiver, mat_dim: int | Sequence[int] | None):
+    if mat_dim is None or (isinstance(mat_dim, int) and mat_dim == 0):
+        return None
+    d = model.cfg.embed_dim
+    if isinstance(mat_dim, (list, tuple)):
+        return [min(int(m), d) for m in mat_dim]
+    return min(int(mat_dim), d)
+
+
+def reference_forward(model: AdaPerceiver, x: Tensor, num_tokens: int | None = None,
+                      mat_dim: int | Sequence[int] | None = None, depth: int | None = None,
+                      token_loss: bool = False, layer_loss: bool = False, depth_tau: float | None = None,
+                      rng: random.Random | None = None) -> tuple[list[Tensor], list[Tensor]]:
+    """The reference model's ``forward``: returns ``(outputs, intermediates)`` in its tensor layout.
+
+    Quirks reproduced on purpose (see docs/reference.md): ``depth`` 0 or >= L means all blocks;
+    ``layer_loss`` runs all blocks and writes block ``l`` out from its first ``t_l`` latents, with
+    ``t_l`` = ``num_tokens`` (classifier, when given) or a draw from ``rng`` (default: Python's
+    global ``random``; the dense reference model always draws); ``token_loss`` writes out each
+    granularity but the last from its prefix, then the final output from all latents;
+    ``depth_tau`` stops the whole batch after the first block whose *batch-mean* max softmax >= tau.
+    """
+    rng = rng or random  # type: ignore[assignment]
+    n = model.resolve_tokens(num_tokens)
+    width = _reference_width(model, mat_dim)
+    hidden, sample_hidden = model.resolve_width(width, x.shape[0])
+    d_run = model.num_blocks if (layer_loss or not depth or depth >= model.num_blocks) else model.resolve_depth(depth)
+    patches, grid = model.patch_embed(x)
+    z = model.read_latents(patches, n)
+    grans = list(model.cfg.token_grans)
+
+    def write(latents: Tensor, t: int | None = None) -> Tensor:
+        if t is not None:
+            latents = latents[:, :t]
+        return _to_reference_layout(model, model.write_out(latents, patches, grid))
+
+    intermediates: list[Tensor] = []
+    for i in range(d_run):
+        z, _ = model.run_blocks(z, i + 1, hidden, sample_hidden, start=i)
+        if layer_loss:
+            if isinstance(model, AdaPerceiverClassifier) and num_tokens is not None:
+                t = num_tokens
+            else:
+                t = rng.choice(grans)
+            intermediates.append(write(z, t))
+        elif depth_tau is not None and isinstance(model, AdaPerceiverClassifier):
+            conf = write(z).detach().softmax(-1).amax(-1).mean()
+            if float(conf) >= depth_tau:
+                break
+    outputs = [write(z, g) for g in grans[:-1]] if token_loss else []
+    outputs.append(write(z))
+    return outputs, intermediates

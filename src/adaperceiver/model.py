@@ -1,0 +1,406 @@
+"""AdaPerceiver: one network whose token count, depth and FFN width are chosen at call time.
+
+Data flow (``x`` of shape ``(B, C, H, W)``)::
+
+    patches = PatchEmbed(x)                            (B, P, D)
+    z       = latent_token.expand(B, N, D)
+    z       = z + ReadAttn(z <- patches)               RoPE on latent queries
+    z       = blocks[:depth](z, block mask, width)     RoPE on q and k
+    out     = queries + WriteAttn(queries <- z)        RoPE on latent keys
+    y       = head(out)
+
+``AdaPerceiver`` holds the single forward loop; ``AdaPerceiverClassifier`` (one learned output
+query, logits) and ``AdaPerceiverDense`` (one query per patch, a feature map) only supply the
+output queries and the head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .layers import Block, CrossAttentionBlock, Mlp, PatchEmbed, RotaryEmbedding, hidden_units, layer_norm, trunc_normal_init
+from .masks import prefix_mask, token_block_mask
+
+WidthArg = int | Sequence[int] | Tensor | None
+
+
+@dataclass
+class AdaPerceiverConfig:
+    """Every constructor argument of an AdaPerceiver model (saved next to its weights)."""
+
+    task: str = "classification"  # "classification" (logits) or "dense" (per-patch features)
+    num_classes: int = 10  # classification: classes; dense: feature channels per patch
+    img_size: int = 32
+    patch_size: int = 4
+    in_chans: int = 3
+    embed_dim: int = 64
+    depth: int = 4
+    num_heads: int = 4
+    ffn_ratio: float = 2.0
+    mlp_hidden_dim: int | None = None  # overrides int(embed_dim * ffn_ratio) for the latent blocks
+    num_latents: int = 32  # trained maximum token count (last granularity)
+    max_latents_mult: int = 2  # RoPE table holds num_latents * max_latents_mult positions
+    token_grans: tuple[int, ...] = (8, 16, 32)
+    widths: tuple[int, ...] = ()  # trained Matryoshka widths; () -> (D/2, 3D/4, D)
+    rope_theta: float = 10000.0
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    ls_init: float | None = 1e-5
+    embed_mlp: bool = True
+    head_mlp: bool = False  # LN + MLP before the output (dense default), else a Linear
+    latent_std: float = 0.02
+    latent_mask: str = "block"  # "block" (granularity mask) or "none" (all-to-all, the reference's 'full' layer)
+
+    def __post_init__(self) -> None:
+        self.token_grans = tuple(int(g) for g in self.token_grans)
+        self.widths = tuple(int(w) for w in self.widths) or self.default_widths()
+        if self.latent_mask not in ("block", "none"):
+            raise ValueError(f"latent_mask must be 'block' or 'none', got {self.latent_mask!r}")
+        if self.task not in ("classification", "dense"):
+            raise ValueError(f"task must be 'classification' or 'dense', got {self.task!r}")
+        if self.embed_dim % self.num_heads or (self.embed_dim // self.num_heads) % 2:
+            raise ValueError(f"embed_dim {self.embed_dim} must split into {self.num_heads} heads of even size")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        grans = self.token_grans
+        if not grans or list(grans) != sorted(set(grans)) or grans[0] < 1:
+            raise ValueError(f"token_grans must be increasing positive ints, got {grans}")
+        if grans[-1] != self.num_latents:
+            raise ValueError(f"the last token granularity ({grans[-1]}) must equal num_latents ({self.num_latents})")
+        for w in self.widths:
+            if not 1 <= w <= self.embed_dim or hidden_units(w, self.ffn_ratio) < 1:
+                raise ValueError(f"trained width {w} must be in [1, {self.embed_dim}] and give >= 1 hidden unit")
+
+    def default_widths(self) -> tuple[int, ...]:
+        d = self.embed_dim
+        return tuple(sorted({d // 2, (3 * d) // 4, d}))
+
+    @property
+    def mlp_hidden(self) -> int:
+        return self.mlp_hidden_dim or hidden_units(self.embed_dim, self.ffn_ratio)
+
+    @property
+    def max_tokens(self) -> int:
+        return self.num_latents * self.max_latents_mult
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AdaPerceiverConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(names)}")
+        return cls(**d)
+
+
+class Features(NamedTuple):
+    """What the backbone hands to a head: latents after the blocks, the patch tokens, the patch grid."""
+
+    latents: Tensor  # (B, N, D)
+    patches: Tensor  # (B, P, D)
+    grid: tuple[int, int]
+
+
+@dataclass
+class AnytimeOutput:
+    """Read-outs for several (depth, tokens) configurations from one backbone pass.
+
+    ``outputs[i, j]`` is the model output at ``depths[i]`` blocks and the first ``tokens[j]``
+    latents; it equals ``model(x, tokens=tokens[j], depth=depths[i], width=...)``.
+    """
+
+    outputs: Tensor  # (len(depths), len(tokens), B, ...)
+    depths: tuple[int, ...]
+    tokens: tuple[int, ...]
+
+    def get(self, tokens: int, depth: int) -> Tensor:
+        if tokens not in self.tokens or depth not in self.depths:
+            raise KeyError(f"no read-out for tokens={tokens}, depth={depth}; have tokens {self.tokens}, depths {self.depths}")
+        return self.outputs[self.depths.index(depth), self.tokens.index(tokens)]
+
+
+@dataclass
+class EarlyExitOutput:
+    logits: Tensor  # (B, num_classes)
+    exit_depth: Tensor  # (B,) number of blocks each sample ran
+
+
+class AdaPerceiver(nn.Module):
+    """The adaptive backbone and the single forward loop; subclasses add output queries and a head."""
+
+    def __init__(self, cfg: AdaPerceiverConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d,
+                                      hidden_units(d, cfg.ffn_ratio) if cfg.embed_mlp else None)
+        self.latent_token = nn.Parameter(torch.zeros(d))
+        self.rope = RotaryEmbedding(d // cfg.num_heads, cfg.max_tokens, cfg.rope_theta)
+        self.read = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias)
+        self.blocks = nn.ModuleList(
+            Block(d, cfg.num_heads, cfg.mlp_hidden, cfg.qkv_bias, cfg.proj_bias, cfg.ls_init) for _ in range(cfg.depth)
+        )
+        self.write = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias)
+        self._mask_cache: dict[tuple[int, str], Tensor | None] = {}
+
+    # ----------------------------------------------------------------------------------------------
+    # initialisation
+    def init_weights(self) -> None:
+        trunc_normal_init(self)
+        nn.init.trunc_normal_(self.patch_embed.pos_embed, std=0.02, a=-0.04, b=0.04)
+        nn.init.normal_(self.latent_token, std=self.cfg.latent_std)
+        for blk in self.blocks:
+            for ls in (blk.ls1, blk.ls2):
+                if hasattr(ls, "gamma"):
+                    nn.init.constant_(ls.gamma, float(self.cfg.ls_init))
+
+    # ----------------------------------------------------------------------------------------------
+    # runtime configuration: validation with messages that name the allowed values
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def resolve_tokens(self, tokens: int | None) -> int:
+        cfg = self.cfg
+        if tokens is None:
+            return cfg.num_latents
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= cfg.max_tokens:
+            raise ValueError(
+                f"tokens must be an int in [1, {cfg.max_tokens}] (trained granularities {list(cfg.token_grans)}), got {tokens!r}"
+            )
+        return tokens
+
+    def resolve_depth(self, depth: int | None) -> int:
+        if depth is None:
+            return self.num_blocks
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= self.num_blocks:
+            raise ValueError(f"depth must be an int in [1, {self.num_blocks}], got {depth!r}")
+        return depth
+
+    def _check_width(self, w: int) -> int:
+        cfg = self.cfg
+        if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= cfg.embed_dim or hidden_units(w, cfg.ffn_ratio) < 1:
+            lo = next(v for v in range(1, cfg.embed_dim + 1) if hidden_units(v, cfg.ffn_ratio) >= 1)
+            raise ValueError(
+                f"width must be an int in [{lo}, {cfg.embed_dim}] (embedding units; trained widths {list(cfg.widths)}), got {w!r}"
+            )
+        return hidden_units(w, cfg.ffn_ratio)
+
+    def resolve_width(self, width: WidthArg, batch_size: int) -> tuple[int | None, Tensor | None]:
+        """Return ``(hidden, sample_hidden)``: one FFN hidden count, or one per sample."""
+        if width is None:
+            return None, None
+        if isinstance(width, Tensor):
+            if width.dim() == 0:
+                return min(self._check_width(int(width)), self.cfg.mlp_hidden), None
+            width = width.tolist()
+        if isinstance(width, (list, tuple)):
+            if len(width) != batch_size:
+                raise ValueError(f"per-sample width list has {len(width)} entries for a batch of {batch_size}")
+            hidden = [min(self._check_width(int(w) if not isinstance(w, bool) else w), self.cfg.mlp_hidden) for w in width]
+            return None, torch.tensor(hidden, device=self.latent_token.device)
+        return min(self._check_width(width), self.cfg.mlp_hidden), None
+
+    def latent_mask(self, num_tokens: int, device: torch.device) -> Tensor | None:
+        key = (num_tokens, str(device))
+        if self.cfg.latent_mask == "none":
+            return None
+        if key not in self._mask_cache:
+            self._mask_cache[key] = token_block_mask(num_tokens, self.cfg.token_grans, device)
+        return self._mask_cache[key]
+
+    # ----------------------------------------------------------------------------------------------
+    # the forward loop
+    def read_latents(self, patches: Tensor, num_tokens: int) -> Tensor:
+        z = self.latent_token.to(patches.dtype).expand(patches.shape[0], num_tokens, -1)
+        return self.read(z, patches, rope_q=self.rope)
+
+    def run_blocks(self, z: Tensor, depth: int, hidden: int | None = None, sample_hidden: Tensor | None = None,
+                   start: int = 0, keep: Sequence[int] = ()) -> tuple[Tensor, list[Tensor]]:
+        """Run blocks ``start..depth-1``; also return the states after the (1-based) depths in ``keep``."""
+        mask = self.latent_mask(z.shape[1], z.device)
+        kept = []
+        for i in range(start, depth):
+            z = self.blocks[i](z, self.rope, mask, hidden, sample_hidden)
+            if i + 1 in keep:
+                kept.append(z)
+        return z, kept
+
+    def forward_features(self, x: Tensor, tokens: int | None = None, depth: int | None = None,
+                         width: WidthArg = None) -> Features:
+        n, d = self.resolve_tokens(tokens), self.resolve_depth(depth)
+        hidden, sample_hidden = self.resolve_width(width, x.shape[0])
+        patches, grid = self.patch_embed(x)
+        z, _ = self.run_blocks(self.read_latents(patches, n), d, hidden, sample_hidden)
+        return Features(z, patches, grid)
+
+    def write_out(self, latents: Tensor, patches: Tensor, grid: tuple[int, int],
+                  prefixes: Sequence[int] | None = None) -> Tensor:
+        """Write latents out through the output queries and the head.
+
+        With ``prefixes``, write out each latent prefix ``latents[:, :g]`` in one attention call;
+        the result gains a prefix axis: ``(B, len(prefixes), ...)``.
+        """
+        queries = self.output_queries(patches)
+        if prefixes is None:
+            return self.head(self.write(queries, latents, rope_k=self.rope), grid)
+        b, m, _ = queries.shape
+        g = len(prefixes)
+        mask = prefix_mask(prefixes, m, latents.shape[1], latents.device)
+        out = self.write(queries.repeat(1, g, 1), latents, rope_k=self.rope, mask=mask)
+        out = self.head(out.reshape(b * g, m, -1), grid)
+        return out.reshape(b, g, *out.shape[1:])
+
+    def forward_head(self, features: Features) -> Tensor:
+        return self.write_out(*features)
+
+    def forward(self, x: Tensor, tokens: int | None = None, depth: int | None = None, width: WidthArg = None) -> Tensor:
+        return self.forward_head(self.forward_features(x, tokens, depth, width))
+
+    def forward_anytime(self, x: Tensor, tokens: int | None = None, width: WidthArg = None,
+                        depths: Sequence[int] | None = None, token_counts: Sequence[int] | None = None) -> AnytimeOutput:
+        """Outputs for every token granularity and every depth from one backbone pass.
+
+        The backbone runs once at ``tokens`` latents (default: the maximum) and up to the largest of
+        ``depths`` (default: all ``1..L``); after each requested depth, every prefix in
+        ``token_counts`` (default: the granularities below ``tokens``, then ``tokens``) is written
+        out. By the block mask each prefix read-out equals a separate run at that token count.
+        """
+        n = self.resolve_tokens(tokens)
+        depths = tuple(range(1, self.num_blocks + 1)) if depths is None else tuple(sorted({self.resolve_depth(d) for d in depths}))
+        if token_counts is None:
+            counts = tuple(g for g in self.cfg.token_grans if g < n) + (n,)
+        else:
+            counts = tuple(sorted(set(token_counts)))
+            if not counts or counts[0] < 1 or counts[-1] > n:
+                raise ValueError(f"token_counts must lie in [1, {n}] (the tokens of this pass), got {list(token_counts)}")
+        hidden, sample_hidden = self.resolve_width(width, x.shape[0])
+        patches, grid = self.patch_embed(x)
+        z = self.read_latents(patches, n)
+        _, states = self.run_blocks(z, depths[-1], hidden, sample_hidden, keep=depths)
+        num_d = len(depths)
+        out = self.write_out(torch.cat(states), patches.repeat(num_d, 1, 1), grid, prefixes=counts)
+        out = out.reshape(num_d, x.shape[0], *out.shape[1:]).transpose(1, 2)
+        return AnytimeOutput(out, depths, counts)
+
+    # ----------------------------------------------------------------------------------------------
+    # task hooks
+    def output_queries(self, patches: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def head(self, out: Tensor, grid: tuple[int, int]) -> Tensor:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------------
+    # convenience
+    def configurations(self) -> list[tuple[int, int, int]]:
+        """The trained grid: every (tokens, depth, width) triple."""
+        cfg = self.cfg
+        return [(t, d, w) for t in cfg.token_grans for d in range(1, self.num_blocks + 1) for w in cfg.widths]
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the encoder (embedding, latents, read, blocks): what a frozen-backbone run freezes."""
+        mods = [self.patch_embed, self.read, self.blocks]
+        return [self.latent_token] + [p for m in mods for p in m.parameters()]
+
+
+class AdaPerceiverClassifier(AdaPerceiver):
+    """One learned output query written out from the latents, then a Linear (or LN+MLP) to logits."""
+
+    def __init__(self, cfg: AdaPerceiverConfig):
+        if cfg.task != "classification":
+            raise ValueError(f"AdaPerceiverClassifier needs task='classification', got {cfg.task!r}")
+        super().__init__(cfg)
+        d = cfg.embed_dim
+        self.output_query = nn.Parameter(torch.zeros(1, d))
+        if cfg.head_mlp:
+            self.head_norm = layer_norm(d)
+            self.head_fc = Mlp(d, hidden_units(d, cfg.ffn_ratio), cfg.num_classes)
+        else:
+            self.head_norm = nn.Identity()
+            self.head_fc = nn.Linear(d, cfg.num_classes)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        super().init_weights()
+        nn.init.trunc_normal_(self.output_query, std=0.02, a=-0.04, b=0.04)
+
+    def output_queries(self, patches: Tensor) -> Tensor:
+        return self.output_query.to(patches.dtype).expand(patches.shape[0], -1, -1)
+
+    def head(self, out: Tensor, grid: tuple[int, int]) -> Tensor:
+        return self.head_fc(self.head_norm(out[:, 0]))
+
+    def forward_early_exit(self, x: Tensor, threshold: float, tokens: int | None = None,
+                           width: WidthArg = None) -> EarlyExitOutput:
+        """Confidence early exit: each sample stops after the first block whose max softmax >= threshold.
+
+        Finished samples leave the batch, so the remaining blocks run on a smaller batch: the
+        saving is real per sample at any batch size.
+        """
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        n = self.resolve_tokens(tokens)
+        hidden, sample_hidden = self.resolve_width(width, x.shape[0])
+        patches, grid = self.patch_embed(x)
+        z = self.read_latents(patches, n)
+        b = x.shape[0]
+        logits = patches.new_empty(b, self.cfg.num_classes)
+        exit_depth = torch.full((b,), self.num_blocks, dtype=torch.long, device=x.device)
+        active = torch.arange(b, device=x.device)
+        for i in range(self.num_blocks):
+            sh = None if sample_hidden is None else sample_hidden[active]
+            z, _ = self.run_blocks(z, i + 1, hidden, sh, start=i)
+            out = self.write_out(z, patches[active], grid)
+            if i == self.num_blocks - 1:
+                logits[active] = out
+                break
+            done = out.softmax(-1).amax(-1) >= threshold
+            logits[active[done]] = out[done]
+            exit_depth[active[done]] = i + 1
+            if bool(done.all()):
+                break
+            active, z = active[~done], z[~done]
+        return EarlyExitOutput(logits, exit_depth)
+
+
+class AdaPerceiverDense(AdaPerceiver):
+    """One output query per patch (a projection of the patch tokens): a ``(B, C, h, w)`` feature map."""
+
+    def __init__(self, cfg: AdaPerceiverConfig):
+        if cfg.task != "dense":
+            raise ValueError(f"AdaPerceiverDense needs task='dense', got {cfg.task!r}")
+        super().__init__(cfg)
+        d = cfg.embed_dim
+        self.query_proj = nn.Linear(d, d)
+        if cfg.head_mlp:
+            self.head_norm = layer_norm(d)
+            self.head_fc = Mlp(d, hidden_units(d, cfg.ffn_ratio), cfg.num_classes)
+        else:
+            self.head_norm = nn.Identity()
+            self.head_fc = nn.Linear(d, cfg.num_classes)
+        self.init_weights()
+
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.num_classes
+
+    def output_queries(self, patches: Tensor) -> Tensor:
+        return self.query_proj(patches)
+
+    def head(self, out: Tensor, grid: tuple[int, int]) -> Tensor:
+        feats = self.head_fc(self.head_norm(out))  # (B, P, C)
+        return feats.transpose(1, 2).reshape(out.shape[0], -1, *grid)
+
+
+def build_model(cfg: AdaPerceiverConfig) -> AdaPerceiver:
+    """Instantiate the model class that matches ``cfg.task``."""
+    return (AdaPerceiverClassifier if cfg.task == "classification" else AdaPerceiverDense)(cfg)

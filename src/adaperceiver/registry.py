@@ -1,0 +1,64 @@
+"""Named model presets: ``create_model("adaperceiver_tiny", num_classes=10)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .model import AdaPerceiver, AdaPerceiverConfig, build_model
+
+_PRESETS: dict[str, Callable[[], dict[str, Any]]] = {}
+
+
+def register_preset(name: str):
+    """Decorator: register a function returning config values under ``name``."""
+
+    def deco(fn: Callable[[], dict[str, Any]]):
+        if name in _PRESETS:
+            raise ValueError(f"preset {name!r} is already registered")
+        _PRESETS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def preset_config(name: str, **overrides: Any) -> AdaPerceiverConfig:
+    """The config of preset ``name`` with ``overrides`` applied (any :class:`AdaPerceiverConfig` field)."""
+    if name not in _PRESETS:
+        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+    values = {**_PRESETS[name](), **overrides}
+    if "num_latents" in overrides and "token_grans" not in overrides:
+        n = overrides["num_latents"]
+        values["token_grans"] = tuple(g for g in values["token_grans"] if g < n) + (n,)
+    return AdaPerceiverConfig.from_dict(values)
+
+
+def create_model(name: str, **overrides: Any) -> AdaPerceiver:
+    """Build a freshly initialised model from a preset, e.g. ``create_model("adaperceiver_tiny", in_chans=1)``."""
+    return build_model(preset_config(name, **overrides))
+
+
+@register_preset("adaperceiver_tiny")
+def _tiny() -> dict[str, Any]:
+    """Trains on 2 CPU cores in minutes (28x28 or 32x32 inputs)."""
+    return dict(img_size=28, patch_size=4, in_chans=1, embed_dim=64, num_heads=4, depth=4, ffn_ratio=2.0,
+                num_latents=32, token_grans=(8, 16, 24, 32), widths=(32, 48, 64), ls_init=0.1, num_classes=10)
+
+
+@register_preset("adaperceiver_small")
+def _small() -> dict[str, Any]:
+    return dict(img_size=224, patch_size=16, in_chans=3, embed_dim=384, num_heads=6, depth=12, ffn_ratio=2.57,
+                num_latents=128, token_grans=(16, 32, 48, 64, 96, 128), widths=(192, 288, 384), ls_init=1e-5,
+                num_classes=1000)
+
+
+@register_preset("adaperceiver_base")
+def _base() -> dict[str, Any]:
+    """The paper's main model (ImageNet-1K fine-tune layout: patch 16 at 224 px)."""
+    return dict(img_size=224, patch_size=16, in_chans=3, embed_dim=832, num_heads=13, depth=21, ffn_ratio=2.57,
+                num_latents=256, token_grans=(32, 64, 96, 128, 192, 256), widths=(416, 624, 832), ls_init=1e-5,
+                num_classes=1000)

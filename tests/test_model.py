@@ -1,0 +1,218 @@
+"""Invariants of the adaptive network: nesting of token counts, width slicing, early exit, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adaperceiver import AdaPerceiverDense, build_model, create_model, list_models, preset_config
+from adaperceiver.masks import token_block_mask
+from conftest import loud_init, tiny_config
+
+ATOL = 2e-5
+
+
+@pytest.fixture(params=["classification", "dense"])
+def model(request):
+    m = build_model(tiny_config(task=request.param, num_classes=5 if request.param == "classification" else 6))
+    return loud_init(m).eval()
+
+
+def x_for(model, b=3, size=16):
+    return torch.randn(b, model.cfg.in_chans, size, size)
+
+
+def test_output_shapes(model):
+    x = x_for(model)
+    y = model(x)
+    if isinstance(model, AdaPerceiverDense):
+        assert y.shape == (3, 6, 4, 4)
+        assert model(x_for(model, size=24)).shape == (3, 6, 6, 6)  # other image sizes resample positions
+    else:
+        assert y.shape == (3, 5)
+
+
+def test_prefix_property_every_granularity(model):
+    """The first g latents of the full run equal a run with g tokens, at every depth."""
+    x = x_for(model)
+    with torch.no_grad():
+        full = model.forward_features(x)
+        for g in model.cfg.token_grans:
+            for d in range(1, model.num_blocks + 1):
+                small = model.forward_features(x, tokens=g, depth=d).latents
+                ref = model.forward_features(x, depth=d).latents[:, :g]
+                torch.testing.assert_close(small, ref, atol=ATOL, rtol=0)
+        assert full.latents.shape[1] == model.cfg.num_latents
+
+
+def test_block_mask_structure():
+    m = token_block_mask(12, (4, 8, 12))
+    assert m[0, :4].all() and not m[0, 4:].any()
+    assert m[5, :8].all() and not m[5, 8:].any()
+    assert m is not None and m[11].all()
+    assert token_block_mask(4, (4, 8)) is None  # a single group needs no mask
+    beyond = token_block_mask(10, (4, 8))  # latents past the last granularity see only the first 8
+    assert beyond[9, :8].all() and not beyond[9, 8:].any()
+
+
+def test_anytime_equals_individual_calls(model):
+    x = x_for(model)
+    with torch.no_grad():
+        for width in (None, 16):
+            any_out = model.forward_anytime(x, width=width)
+            assert any_out.tokens == model.cfg.token_grans
+            assert any_out.depths == tuple(range(1, model.num_blocks + 1))
+            for t in any_out.tokens:
+                for d in any_out.depths:
+                    torch.testing.assert_close(any_out.get(t, d), model(x, tokens=t, depth=d, width=width), atol=ATOL, rtol=0)
+
+
+def test_anytime_subsets_and_errors(model):
+    x = x_for(model)
+    out = model.forward_anytime(x, tokens=10, depths=[2])
+    assert out.tokens == (4, 8, 10) and out.depths == (2,)
+    with torch.no_grad():
+        torch.testing.assert_close(out.get(10, 2), model(x, tokens=10, depth=2), atol=ATOL, rtol=0)
+    with pytest.raises(KeyError, match="have tokens"):
+        out.get(16, 2)
+    with pytest.raises(ValueError, match=r"token_counts must lie in \[1, 10\]"):
+        model.forward_anytime(x, tokens=10, token_counts=[4, 12])
+
+
+def test_depth_equals_intermediate_readout(model):
+    x = x_for(model)
+    with torch.no_grad():
+        feats = model.forward_features(x, depth=model.num_blocks)
+        patches, grid = model.patch_embed(x)
+        z = model.read_latents(patches, model.cfg.num_latents)
+        _, states = model.run_blocks(z, model.num_blocks, keep=range(1, model.num_blocks + 1))
+        torch.testing.assert_close(states[-1], feats.latents)
+        for d, s in enumerate(states, start=1):
+            torch.testing.assert_close(model.write_out(s, patches, grid), model(x, depth=d), atol=ATOL, rtol=0)
+
+
+def test_width_slicing_equals_per_sample_masking(model):
+    x = x_for(model, b=3)
+    widths = [16, 24, 32]
+    model.train()
+    masked = model(x, width=widths)
+    model.eval()
+    with torch.no_grad():
+        for i, w in enumerate(widths):
+            sliced = model(x[i : i + 1], width=w)
+            torch.testing.assert_close(masked[i : i + 1], sliced, atol=ATOL, rtol=0)
+        # a tensor of widths is accepted too and gives the same answer
+        torch.testing.assert_close(model(x, width=torch.tensor(widths)), masked.detach(), atol=ATOL, rtol=0)
+
+
+def test_each_axis_changes_the_output(model):
+    x = x_for(model)
+    with torch.no_grad():
+        full = model(x)
+        for kw in (dict(tokens=4), dict(depth=1), dict(width=16)):
+            assert (model(x, **kw) - full).abs().max() > 1e-4, kw
+
+
+def test_width_slice_is_a_real_slice():
+    """Inference at a smaller width multiplies by a smaller weight: the FFN FLOPs drop in proportion."""
+    from adaperceiver.flops import flops_by_op
+
+    model = build_model(tiny_config(depth=1, embed_mlp=False)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    full = flops_by_op(model, x)["aten.addmm"] + flops_by_op(model, x).get("aten.mm", 0)
+    half = flops_by_op(model, x, width=16)["aten.addmm"] + flops_by_op(model, x, width=16).get("aten.mm", 0)
+    hidden_full, hidden_half = model.cfg.mlp_hidden, int(16 * model.cfg.ffn_ratio)
+    # one block's FFN: 2 matmuls of (B*N) x D x hidden, 2 FLOPs per multiply-add
+    b_n, d = 2 * model.cfg.num_latents, model.cfg.embed_dim
+    assert full - half == 2 * 2 * b_n * d * (hidden_full - hidden_half)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(tokens=0), r"tokens must be an int in \[1, 32\]"),
+        (dict(tokens=33), r"tokens must be an int in \[1, 32\] \(trained granularities \[4, 8, 12, 16\]\)"),
+        (dict(tokens=8.0), r"tokens must be an int"),
+        (dict(depth=0), r"depth must be an int in \[1, 3\]"),
+        (dict(depth=4), r"depth must be an int in \[1, 3\]"),
+        (dict(width=33), r"width must be an int in \[1, 32\]"),
+        (dict(width=0), r"width must be an int in \[1, 32\]"),
+        (dict(width=20.5), r"width must be an int"),
+        (dict(width=[16, 32]), r"per-sample width list has 2 entries for a batch of 3"),
+        (dict(width=[16, 32, 64]), r"width must be an int in \[1, 32\]"),
+    ],
+)
+def test_bad_configuration_errors(kwargs, match):
+    model = build_model(tiny_config()).eval()
+    with pytest.raises(ValueError, match=match):
+        model(torch.randn(3, 3, 16, 16), **kwargs)
+
+
+def test_bad_input_errors():
+    model = build_model(tiny_config()).eval()
+    with pytest.raises(ValueError, match="model takes 3-channel images, got 1 channels"):
+        model(torch.randn(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="not a multiple of the patch size 4"):
+        model(torch.randn(2, 3, 18, 16))
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, C, H, W\)"):
+        model(torch.randn(3, 16, 16))
+
+
+def test_width_without_hidden_units_is_refused():
+    model = build_model(tiny_config(embed_dim=32, ffn_ratio=0.1, widths=(16, 32)))
+    with pytest.raises(ValueError, match=r"width must be an int in \[10, 32\]"):
+        model(torch.randn(1, 3, 16, 16), width=5)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="last token granularity"):
+        tiny_config(token_grans=(4, 8))
+    with pytest.raises(ValueError, match="increasing"):
+        tiny_config(token_grans=(8, 4, 16))
+    with pytest.raises(ValueError, match="task must be"):
+        tiny_config(task="detection")
+
+
+def test_early_exit_regroups_per_sample():
+    model = loud_init(build_model(tiny_config())).eval()
+    x = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        out = model.forward_early_exit(x, threshold=0.0)  # everyone is confident after block 1
+        assert out.exit_depth.tolist() == [1] * 6
+        torch.testing.assert_close(out.logits, model(x, depth=1), atol=ATOL, rtol=0)
+        out = model.forward_early_exit(x, threshold=1.0)  # nobody is: all run every block
+        assert out.exit_depth.tolist() == [model.num_blocks] * 6
+        torch.testing.assert_close(out.logits, model(x), atol=ATOL, rtol=0)
+        # a middle threshold: each sample's logits equal the run at its own exit depth
+        conf1 = model(x, depth=1).softmax(-1).amax(-1)
+        tau = float(conf1.median())
+        out = model.forward_early_exit(x, threshold=tau, width=[16, 32, 24, 16, 32, 24])
+        assert 0 < int((out.exit_depth == 1).sum()) < 6
+        for i in range(6):
+            d = int(out.exit_depth[i])
+            w = [16, 32, 24, 16, 32, 24][i]
+            torch.testing.assert_close(out.logits[i : i + 1], model(x[i : i + 1], depth=d, width=w), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\]"):
+        model.forward_early_exit(x, threshold=1.5)
+
+
+def test_presets():
+    assert {"adaperceiver_tiny", "adaperceiver_small", "adaperceiver_base"} <= set(list_models())
+    base = preset_config("adaperceiver_base")
+    assert (base.embed_dim, base.num_heads, base.depth, base.num_latents, base.ffn_ratio) == (832, 13, 21, 256, 2.57)
+    assert base.widths == (416, 624, 832) and base.token_grans == (32, 64, 96, 128, 192, 256)
+    m = create_model("adaperceiver_tiny", num_classes=7)
+    assert m(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+    assert preset_config("adaperceiver_tiny", num_latents=16).token_grans == (8, 16)
+    with pytest.raises(ValueError, match="available"):
+        create_model("adaperceiver_huge")
+    with pytest.raises(ValueError, match="unknown config keys"):
+        create_model("adaperceiver_tiny", num_clases=3)
+
+
+def test_training_step_reaches_every_parameter():
+    model = build_model(tiny_config()).train()
+    x = torch.randn(4, 3, 16, 16)
+    out = model.forward_anytime(x, width=[16, 24, 32, 32])
+    out.outputs.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
