@@ -216,3 +216,21 @@ def test_training_step_reaches_every_parameter():
     out = model.forward_anytime(x, width=[16, 24, 32, 32])
     out.outputs.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_static_config_same_math():
+    model = loud_init(build_model(tiny_config())).eval()
+    x = torch.randn(2, 3, 16, 16)
+    for t, d, w in [(8, 2, 16), (12, 3, 24), (16, 1, 32)]:
+        static = build_model(model.cfg.static_config(t, d, w)).eval()
+        own = static.state_dict()
+        src = model.state_dict()
+        sliced = {}
+        for k, v in own.items():
+            ref = src[k]
+            sliced[k] = ref[tuple(slice(0, n) for n in v.shape)]
+        static.load_state_dict(sliced)
+        with torch.no_grad():
+            torch.testing.assert_close(static(x), model(x, tokens=t, depth=d, width=w), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match=r"depth in \[1, 3\]"):
+        model.cfg.static_config(8, 4, 16)

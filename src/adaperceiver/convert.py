@@ -137,16 +137,28 @@ def infer_shapes(state: Mapping[str, Tensor]) -> dict[str, Any]:
     return shapes
 
 
-def load_reference(path: str | Path, config: Mapping[str, Any] | str | Path) -> AdaPerceiver:
+def load_reference(path: str | Path, config: Mapping[str, Any] | str | Path, section: str | None = None) -> AdaPerceiver:
     """Build a model from a reference checkpoint file and its constructor arguments.
 
-    ``config`` is a dict or a JSON file of reference arguments (see :func:`config_from_reference`).
+    ``config`` is a dict or a JSON file of reference arguments (see :func:`config_from_reference`);
+    ``section`` picks one entry of a JSON that describes several models (e.g. ``"dense"``).
     Shape-determined values (embed dim, depth, classes ...) are checked against the weights, and
     a file whose keys or shapes do not fit is refused with the offending keys named.
     """
     if not isinstance(config, Mapping):
-        config = json.loads(Path(config).read_text())
+        try:
+            config = json.loads(Path(config).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config} is not valid JSON ({e})") from None
     state = convert_reference_state_dict(read_state_dict(path))
+    if section is not None:
+        if section not in config:
+            raise ValueError(f"config has no section {section!r}; sections: {sorted(k for k, v in config.items() if isinstance(v, Mapping))}")
+        config = config[section]
+    elif not any(k.endswith("Config") or k in _CONFIG_NAMES for k in config):
+        task = "dense" if "query_proj.weight" in state else "classification"
+        if isinstance(config.get(task), Mapping):  # a file describing both models, keyed by task
+            config = config[task]
     cfg = config_from_reference(config)
     shapes = infer_shapes(state)
     for k, v in shapes.items():
@@ -235,3 +247,34 @@ def reference_forward(model: AdaPerceiver, x: Tensor, num_tokens: int | None = N
     outputs = [write(z, g) for g in grans[:-1]] if token_loss else []
     outputs.append(write(z))
     return outputs, intermediates
+
+
+# --------------------------------------------------------------------------------------------------
+# command line: adaperceiver convert
+def register_cli(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a checkpoint of the paper's reference code into a model directory",
+        description="Convert reference AdaPerceiver weights (safetensors or torch pickle; 'module.' and "
+        "'_orig_mod.' prefixes are removed) into this library's layout and write model.safetensors + "
+        "config.json, loadable with adaperceiver.from_pretrained().",
+    )
+    p.add_argument("checkpoint", help="reference weights file (.safetensors, .pt, .pth, .bin)")
+    p.add_argument("--config", required=True,
+                   help="JSON file with the reference constructor arguments (flat, or with the reference's "
+                   "AdaPercevierConfig + ClassificationConfig/DensePredictionConfig sections)")
+    p.add_argument("--section", help="entry of the JSON to use when it describes several models (e.g. 'dense')")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_cli_convert)
+
+
+def _cli_convert(args) -> int:
+    from .checkpoint import save_pretrained
+
+    model = load_reference(args.checkpoint, args.config, section=args.section)
+    save_pretrained(model, args.out, extra={"converted_from": str(args.checkpoint)})
+    n = sum(p.numel() for p in model.parameters())
+    c = model.cfg
+    print(f"wrote {args.out}: {c.task} model, {n / 1e6:.2f} M parameters, D={c.embed_dim}, depth={c.depth}, "
+          f"tokens<={c.num_latents} (granularities {list(c.token_grans)}), widths {list(c.widths)}")
+    return 0

@@ -89,6 +89,21 @@ class AdaPerceiverConfig:
     def max_tokens(self) -> int:
         return self.num_latents * self.max_latents_mult
 
+    def static_config(self, tokens: int, depth: int, width: int) -> "AdaPerceiverConfig":
+        """Config of a fixed-shape model equal to this one run at ``(tokens, depth, width)``.
+
+        The static model has ``tokens`` latents, ``depth`` blocks and ``int(width * ffn_ratio)``
+        FFN hidden units; it keeps the granularities below ``tokens`` so the block mask (and so
+        the math) is the same, but nothing is sliced or chosen at run time.
+        """
+        if not 1 <= tokens <= self.max_tokens or not 1 <= depth <= self.depth or not 1 <= width <= self.embed_dim:
+            raise ValueError(f"static config needs tokens in [1, {self.max_tokens}], depth in [1, {self.depth}], "
+                             f"width in [1, {self.embed_dim}]; got ({tokens}, {depth}, {width})")
+        grans = tuple(g for g in self.token_grans if g < tokens) + (tokens,)
+        hidden = min(hidden_units(width, self.ffn_ratio), self.mlp_hidden)
+        return dataclasses.replace(self, num_latents=tokens, token_grans=grans, depth=depth, mlp_hidden_dim=hidden,
+                                   widths=(self.embed_dim,), max_latents_mult=1)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
