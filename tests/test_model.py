@@ -165,7 +165,7 @@ def test_width_without_hidden_units_is_refused():
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="last token granularity"):
+    with pytest.raises(ValueError, match="must include num_latents"):
         tiny_config(token_grans=(4, 8))
     with pytest.raises(ValueError, match="increasing"):
         tiny_config(token_grans=(8, 4, 16))

@@ -48,6 +48,7 @@ _CONFIG_NAMES = {
     "qkv_bias": "qkv_bias", "proj_bias": "proj_bias", "ls_init_values": "ls_init", "mask_token_grans": "token_grans",
     "img_size": "img_size", "in_channels": "in_chans", "patch_size": "patch_size", "num_classes": "num_classes",
     "output_feat_dim": "num_classes", "use_embed_ffn": "embed_mlp", "use_output_ffn": "head_mlp",
+    "mat_dims": "widths",
 }
 # reference options this library implements only with these values
 _SUPPORTED = {
@@ -55,7 +56,7 @@ _SUPPORTED = {
     "adapter_type": ("patch_embed",), "process_token_init": ("learned",), "block_mask": ("block",),
     "attn_layer": ("flex", "full", "sdpa"),
 }
-_IGNORED = {"proj_drop", "attn_drop", "drop_path", "head_drop", "fourier_bands", "class"}
+_IGNORED = {"proj_drop", "attn_drop", "drop_path", "head_drop", "fourier_bands", "class", "conv_adapter_model"}
 
 
 def strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -72,10 +73,22 @@ def strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+# bookkeeping entries of reference checkpoints that are not weights (EMA counters, RoPE tables)
+_DROP_KEYS = {"n_averaged", "ema_n_averaged", "freq_cis", "freqs_cis"}
+
+
 def convert_reference_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename reference keys to this library's names (wrapper prefixes removed first)."""
+    """Rename reference keys to this library's names.
+
+    Also removes wrapper prefixes, drops non-weight entries (EMA counters, cached RoPE tables) and
+    restores the batch axis of ``pos_embed`` that the reference's raw EMA checkpoints omit.
+    """
     out = {}
     for key, value in strip_wrappers(state).items():
+        if key in _DROP_KEYS:
+            continue
+        if key == "patch_embed.pos_embed" and value.dim() == 2:
+            value = value.unsqueeze(0)
         new = key
         for pat, rep in _KEY_RULES:
             new = re.sub(pat, rep, new)

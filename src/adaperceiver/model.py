@@ -71,8 +71,9 @@ class AdaPerceiverConfig:
         grans = self.token_grans
         if not grans or list(grans) != sorted(set(grans)) or grans[0] < 1:
             raise ValueError(f"token_grans must be increasing positive ints, got {grans}")
-        if grans[-1] != self.num_latents:
-            raise ValueError(f"the last token granularity ({grans[-1]}) must equal num_latents ({self.num_latents})")
+        if self.num_latents not in grans or grans[-1] > self.max_tokens:
+            raise ValueError(f"token_grans {list(grans)} must include num_latents ({self.num_latents}) and stay "
+                             f"within the RoPE table ({self.max_tokens} positions)")
         for w in self.widths:
             if not 1 <= w <= self.embed_dim or hidden_units(w, self.ffn_ratio) < 1:
                 raise ValueError(f"trained width {w} must be in [1, {self.embed_dim}] and give >= 1 hidden unit")
@@ -80,6 +81,11 @@ class AdaPerceiverConfig:
     def default_widths(self) -> tuple[int, ...]:
         d = self.embed_dim
         return tuple(sorted({d // 2, (3 * d) // 4, d}))
+
+    @property
+    def trained_grans(self) -> tuple[int, ...]:
+        """Granularities up to ``num_latents``: the token counts a sweep or policy chooses from."""
+        return tuple(g for g in self.token_grans if g <= self.num_latents)
 
     @property
     def mlp_hidden(self) -> int:
@@ -319,7 +325,7 @@ class AdaPerceiver(nn.Module):
     def configurations(self) -> list[tuple[int, int, int]]:
         """The trained grid: every (tokens, depth, width) triple."""
         cfg = self.cfg
-        return [(t, d, w) for t in cfg.token_grans for d in range(1, self.num_blocks + 1) for w in cfg.widths]
+        return [(t, d, w) for t in cfg.trained_grans for d in range(1, self.num_blocks + 1) for w in cfg.widths]
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Parameters of the encoder (embedding, latents, read, blocks): what a frozen-backbone run freezes."""

@@ -1,0 +1,136 @@
+"""Reference-layout checkpoints: every storage variant loads, and bad files are refused clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from adaperceiver import from_pretrained
+from adaperceiver.cli import main as cli_main
+from adaperceiver.convert import config_from_reference, convert_reference_state_dict, load_reference
+from conftest import loud_init
+
+# the reference's flat constructor arguments (as its hub config.json stores them)
+REF_CONFIG = {
+    "embed_dim": 32, "num_heads": 4, "depth": 2, "max_latent_tokens": 16, "max_latent_tokens_mult": 2,
+    "rope_theta": 10000, "ffn_ratio": 2.57, "qkv_bias": True, "proj_bias": True, "ls_init_values": 1e-5,
+    "act_layer": "gelu", "norm_layer": "layernorm", "ffn_layer": "mlp", "attn_layer": "flex",
+    "process_token_init": "learned", "block_mask": "block", "mask_token_grans": [4, 8, 16],
+    "mat_dims": [16, 24, 32], "img_size": 16, "in_channels": 3, "patch_size": 4, "num_classes": 5,
+    "use_embed_ffn": True, "use_output_ffn": False, "proj_drop": 0.0, "attn_drop": 0.0, "drop_path": 0.0,
+    "head_drop": 0.0,
+}
+INVERSE = [  # our name -> the reference's, to fabricate reference-layout files from our models
+    ("patch_embed.proj.", "patch_embed.embed.proj."), ("patch_embed.mlp.", "patch_embed.ffn."),
+    ("latent_token", "process_latents.token"), ("output_query", "output_latents.token"),
+    ("read.norm_q.", "read_head.snk_norm."), ("read.norm_kv.", "read_head.src_norm."), ("read.attn.", "read_head.cattn."),
+    ("write.norm_q.", "write_head.snk_norm."), ("write.norm_kv.", "write_head.src_norm."), ("write.attn.", "write_head.cattn."),
+    (".mlp.", ".ffn."), ("head_fc.", "output_adapter.ffn."),
+]
+
+
+def reference_layout(model):
+    out = {}
+    for k, v in model.state_dict().items():
+        for ours, theirs in INVERSE:
+            if k.startswith(ours) or (ours.startswith(".") and ours in k):
+                k = k.replace(ours, theirs, 1)
+                break
+        out[k] = v.clone()
+    return out
+
+
+@pytest.fixture
+def model():
+    from adaperceiver import build_model
+
+    return loud_init(build_model(config_from_reference(REF_CONFIG))).eval()
+
+
+def test_config_mapping():
+    cfg = config_from_reference(REF_CONFIG)
+    assert (cfg.embed_dim, cfg.depth, cfg.num_latents, cfg.token_grans, cfg.widths) == (32, 2, 16, (4, 8, 16), (16, 24, 32))
+    assert cfg.latent_mask == "block" and cfg.ffn_ratio == 2.57 and not cfg.head_mlp
+    assert config_from_reference({**REF_CONFIG, "attn_layer": "full"}).latent_mask == "none"
+    with pytest.raises(ValueError, match=r"ffn_layer='swiglu' is not supported; supported: \['mlp'\]"):
+        config_from_reference({**REF_CONFIG, "ffn_layer": "swiglu"})
+    with pytest.raises(ValueError, match="unknown reference config key 'banana'"):
+        config_from_reference({**REF_CONFIG, "banana": 1})
+
+
+def test_round_trip_through_every_storage_variant(tmp_path, model):
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        want = model(x, tokens=8, depth=1, width=24)
+    ref_state = reference_layout(model)
+    cfg_path = tmp_path / "config.json"
+    cfg_path.write_text(json.dumps(REF_CONFIG))
+
+    # 1) hub layout: safetensors + flat config.json
+    save_file(ref_state, str(tmp_path / "hub.safetensors"))
+    # 2) raw EMA checkpoint: DDP + compile prefixes, pos_embed without batch axis, EMA counter
+    raw = {f"module._orig_mod.{k}": v for k, v in ref_state.items()}
+    raw["module._orig_mod.patch_embed.pos_embed"] = raw["module._orig_mod.patch_embed.pos_embed"][0]
+    raw["n_averaged"] = torch.tensor(100)
+    torch.save(raw, tmp_path / "ema.pth")
+    # 3) a training checkpoint dict wrapping the state dict
+    torch.save({"state_dict": ref_state, "epoch": 3}, tmp_path / "ckpt.pt")
+
+    for name in ("hub.safetensors", "ema.pth", "ckpt.pt"):
+        loaded = load_reference(tmp_path / name, cfg_path)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x, tokens=8, depth=1, width=24), want, atol=1e-6, rtol=0)
+
+
+def test_refuses_files_that_do_not_fit(tmp_path, model):
+    ref_state = reference_layout(model)
+    bad = dict(ref_state)
+    bad.pop("write_head.cattn.q.weight")
+    bad["surprise.weight"] = torch.zeros(3)
+    save_file(bad, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match=r"missing keys \['write.attn.q.weight'\].*unexpected keys \['surprise.weight'\]"):
+        load_reference(tmp_path / "bad.safetensors", REF_CONFIG)
+
+    wrong = dict(ref_state)
+    wrong["blocks.0.ffn.fc1.weight"] = torch.zeros(80, 32)
+    save_file(wrong, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(ValueError, match=r"shape mismatch blocks.0.mlp.fc1.weight: file \(80, 32\) vs model \(82, 32\)"):
+        load_reference(tmp_path / "wrong.safetensors", REF_CONFIG)
+
+    with pytest.raises(ValueError, match="weights say depth=2, config says 3"):
+        load_reference(tmp_path / "bad.safetensors", {**REF_CONFIG, "depth": 3})
+
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="corrupt.safetensors is not a readable safetensors file"):
+        load_reference(tmp_path / "corrupt.safetensors", REF_CONFIG)
+    (tmp_path / "corrupt.pth").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="corrupt.pth is not a readable torch checkpoint"):
+        load_reference(tmp_path / "corrupt.pth", REF_CONFIG)
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+        load_reference(tmp_path / "missing.pth", REF_CONFIG)
+
+
+def test_convert_cli(tmp_path, model, capsys):
+    save_file(reference_layout(model), str(tmp_path / "w.safetensors"))
+    (tmp_path / "c.json").write_text(json.dumps(REF_CONFIG))
+    assert cli_main(["convert", str(tmp_path / "w.safetensors"), "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "out")]) == 0
+    assert "classification model" in capsys.readouterr().out
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(from_pretrained(tmp_path / "out")(x), model(x), atol=1e-6, rtol=0)
+    # a user error is one line on stderr and exit code 2, not a traceback
+    assert cli_main(["convert", str(tmp_path / "nope.pth"), "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o2")]) == 2
+    assert "error: no checkpoint file" in capsys.readouterr().err
+
+
+def test_key_renaming_covers_dense_models():
+    from adaperceiver import build_model
+
+    dense = build_model(config_from_reference({**REF_CONFIG, "output_feat_dim": 8, "use_output_ffn": True}, task="dense"))
+    names = set(dense.state_dict())
+    ref_like = {"output_latents.proj.weight", "output_adapter.norm.weight", "output_adapter.ffn.fc1.weight"}
+    converted = set(convert_reference_state_dict({k: torch.zeros(1) for k in ref_like}))
+    assert converted <= names
