@@ -234,3 +234,19 @@ def test_static_config_same_math():
             torch.testing.assert_close(static(x), model(x, tokens=t, depth=d, width=w), atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match=r"depth in \[1, 3\]"):
         model.cfg.static_config(8, 4, 16)
+
+
+def test_anytime_without_block_mask_still_equals_individual_calls():
+    import dataclasses
+
+    model = loud_init(build_model(dataclasses.replace(tiny_config(), latent_mask="none"))).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = model.forward_anytime(x)
+        for t in out.tokens:
+            for d in out.depths:
+                torch.testing.assert_close(out.get(t, d), model(x, tokens=t, depth=d), atol=ATOL, rtol=0)
+        # and prefixes really do not nest here, so a single-pass shortcut would have been wrong
+        one_pass = model.forward_anytime(x, token_counts=(16,)).outputs
+        assert one_pass.shape[1] == 1
+        assert (model.forward_features(x, tokens=4).latents - model.forward_features(x).latents[:, :4]).abs().max() > 1e-3

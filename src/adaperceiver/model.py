@@ -303,6 +303,10 @@ class AdaPerceiver(nn.Module):
             counts = tuple(sorted(set(token_counts)))
             if not counts or counts[0] < 1 or counts[-1] > n:
                 raise ValueError(f"token_counts must lie in [1, {n}] (the tokens of this pass), got {list(token_counts)}")
+        if self.cfg.latent_mask == "none" and len(counts) > 1:
+            # without the block mask prefixes do not nest: one backbone pass per token count
+            parts = [self.forward_anytime(x, c, width, depths, (c,)).outputs for c in counts]
+            return AnytimeOutput(torch.cat(parts, dim=1), depths, counts)
         hidden, sample_hidden = self.resolve_width(width, x.shape[0])
         patches, grid = self.patch_embed(x)
         z = self.read_latents(patches, n)
