@@ -141,6 +141,10 @@ class AnytimeOutput:
     outputs: Tensor  # (len(depths), len(tokens), B, ...)
     depths: tuple[int, ...]
     tokens: tuple[int, ...]
+    # what the read-outs were written from, for extra heads (e.g. distillation features)
+    states: Tensor | None = None  # (len(depths), B, N, D) latents after each depth
+    patches: Tensor | None = None  # (B, P, D)
+    grid: tuple[int, int] | None = None
 
     def get(self, tokens: int, depth: int) -> Tensor:
         if tokens not in self.tokens or depth not in self.depths:
@@ -314,7 +318,7 @@ class AdaPerceiver(nn.Module):
         num_d = len(depths)
         out = self.write_out(torch.cat(states), patches.repeat(num_d, 1, 1), grid, prefixes=counts)
         out = out.reshape(num_d, x.shape[0], *out.shape[1:]).transpose(1, 2)
-        return AnytimeOutput(out, depths, counts)
+        return AnytimeOutput(out, depths, counts, torch.stack(states), patches, grid)
 
     # ----------------------------------------------------------------------------------------------
     # task hooks

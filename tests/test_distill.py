@@ -1,0 +1,129 @@
+"""Distillation: KD and feature losses, the feature write-out head, teacher adapters and caching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adaperceiver import build_model
+from adaperceiver.distill import (DistillationLoss, DistillConfig, FeatureHead, feature_loss, kd_loss, readout_weights,
+                                  resample_tokens)
+from adaperceiver.teachers import CachedTeacher, StaticViT, ViTConfig, from_module, from_static_vit, load_teacher, save_vit
+from conftest import loud_init, tiny_config
+
+
+def test_kd_loss_matches_definition():
+    s, t = torch.randn(4, 7), torch.randn(4, 7)
+    for temp in (1.0, 3.0):
+        want = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True,
+                        reduction="batchmean") * temp ** 2
+        torch.testing.assert_close(kd_loss(s, t, temp), want)
+    assert kd_loss(t, t).abs() < 1e-6
+    # leading read-out axes give one loss per read-out
+    stacked = torch.stack([s, t])
+    out = kd_loss(stacked, t)
+    assert out.shape == (2,) and out[1].abs() < 1e-6
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        kd_loss(s, t, 0.0)
+
+
+def test_feature_loss_and_resampling():
+    a = torch.randn(2, 9, 5)
+    assert feature_loss(a, a).abs() < 1e-6
+    # scaling keeps the cosine part at zero, so only the smooth-L1 part remains
+    got = feature_loss(2 * a, a, cosine_weight=0.9, smooth_l1_weight=0.1)
+    torch.testing.assert_close(got, 0.1 * F.smooth_l1_loss(2 * a, a))
+    flipped = feature_loss(-a, a, cosine_weight=1.0, smooth_l1_weight=0.0)
+    torch.testing.assert_close(flipped, torch.tensor(2.0))
+    # a constant map stays constant when resampled to another grid
+    const = torch.ones(1, 16, 3)
+    torch.testing.assert_close(resample_tokens(const, (4, 4), (2, 2)), torch.ones(1, 4, 3))
+    with pytest.raises(ValueError, match="do not form a 3x3 grid"):
+        resample_tokens(torch.ones(1, 10, 3), (3, 3), (2, 2))
+
+
+def test_feature_head_reads_every_prefix_like_a_separate_write():
+    model = loud_init(build_model(tiny_config())).eval()
+    head = loud_init(FeatureHead(model, teacher_dim=12), seed=3).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = model.forward_anytime(x)
+        feats = head(out)
+        assert feats.shape == (model.num_blocks, len(out.tokens), 2, 16, 12)
+        for i, d in enumerate(out.depths):
+            for j, t in enumerate(out.tokens):
+                z = model.forward_features(x, tokens=t, depth=d).latents
+                q = head.query_proj(out.patches)
+                want = head.proj(head.write(q, z, rope_k=model.rope))
+                torch.testing.assert_close(feats[i, j], want, atol=2e-5, rtol=0)
+
+
+def test_distillation_loss_trains_student_not_teacher():
+    torch.manual_seed(0)
+    student = build_model(tiny_config()).train()
+    vit = StaticViT(ViTConfig(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=1, num_heads=4, num_classes=5))
+    teacher = from_static_vit(vit)
+    x = torch.randn(4, 3, 16, 16)
+    t_out = teacher(x)
+    assert t_out.logits.shape == (4, 5) and t_out.features.shape == (4, 16, 32)
+    assert not t_out.logits.requires_grad and not vit.training
+    teacher.train()  # stays in eval mode
+    assert not vit.training
+    head = FeatureHead(student, teacher_dim=32)
+    loss_fn = DistillationLoss(DistillConfig(), head)
+    out = student.forward_anytime(x, width=[16, 24, 32, 32])
+    w = readout_weights(out.depths, out.tokens, "linear", num_blocks=student.num_blocks)
+    assert torch.isclose(w.sum(), torch.tensor(1.0)) and w[-1, 0] > w[0, 0]
+    loss, metrics = loss_fn(out, t_out.logits, t_out.features, w)
+    assert set(metrics) == {"kd", "feat"} and loss > 0
+    loss.backward()
+    assert student.latent_token.grad is not None and head.proj.weight.grad is not None
+    assert all(p.grad is None for p in vit.parameters())
+
+
+def test_feature_distillation_with_other_teacher_grid_and_channels():
+    student = build_model(tiny_config())
+    out = student.forward_anytime(torch.randn(2, 3, 16, 16))
+    head = FeatureHead(student, teacher_dim=7)
+    teacher_feats = torch.randn(2, 49, 7)  # a 7x7 teacher grid vs the student's 4x4
+    loss, m = DistillationLoss(DistillConfig(kd_weight=0), head)(out, None, teacher_feats,
+                                                                 readout_weights(out.depths, out.tokens))
+    assert torch.isfinite(loss) and "feat" in m and "kd" not in m
+    with pytest.raises(ValueError, match="feature head gives 7 channels, teacher 5"):
+        DistillationLoss(DistillConfig(kd_weight=0), head)(out, None, torch.randn(2, 49, 5), readout_weights(out.depths, out.tokens))
+
+
+def test_cached_teacher_calls_the_teacher_once_per_item(tmp_path):
+    calls = []
+
+    class Fake(nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return x.mean((2, 3)), x.flatten(2).transpose(1, 2)[:, :4]
+
+    cache = CachedTeacher(from_module(Fake()), tmp_path / "cache", num_items=10)
+    x = torch.randn(10, 3, 4, 4)
+    idx = torch.arange(10)
+    first = cache(x[:6], idx[:6])
+    again = cache(x[2:8], idx[2:8])  # 4 cached, 2 new
+    assert calls == [6, 2]
+    torch.testing.assert_close(again.logits[:4], first.logits[2:6])
+    torch.testing.assert_close(again.features, x[2:8].flatten(2).transpose(1, 2)[:, :4])
+    cache.flush()
+    reopened = CachedTeacher(from_module(Fake()), tmp_path / "cache", num_items=10)
+    reopened(x[:8], idx[:8])
+    assert calls == [6, 2]  # everything came from disk
+    with pytest.raises(ValueError, match="built for 10 items, not 12"):
+        CachedTeacher(from_module(Fake()), tmp_path / "cache", num_items=12)
+
+
+def test_load_teacher_specs(tmp_path):
+    vit = StaticViT(ViTConfig(img_size=16, patch_size=4, in_chans=3, embed_dim=16, depth=1, num_heads=2, num_classes=3))
+    save_vit(vit, tmp_path / "vit")
+    t = load_teacher(str(tmp_path / "vit"))
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(t(x).logits, vit.eval()(x))
+    with pytest.raises(ValueError, match="expected a run directory"):
+        load_teacher(str(tmp_path / "nothing"))
