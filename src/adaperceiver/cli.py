@@ -12,6 +12,7 @@ import sys
 
 COMMAND_MODULES = [
     "adaperceiver.convert",
+    "adaperceiver.export",
 ]
 
 
