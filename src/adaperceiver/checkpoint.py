@@ -6,6 +6,7 @@ rebuilds the model from it. Training state (optimizer, EMA, step) lives in the t
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import tempfile
@@ -22,6 +23,14 @@ from .model import AdaPerceiver, AdaPerceiverConfig, build_model
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+
+# Task models that ``build_model(cfg)`` cannot rebuild (a backbone plus a head) add
+# ``"architecture": name`` to config.json through a ``checkpoint_meta()`` method; the module named
+# here rebuilds them with ``build_architecture(name, cfg, meta)``.
+ARCHITECTURE_MODULES = {
+    "segmentation": "adaperceiver.heads",
+    "depth": "adaperceiver.heads",
+}
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -80,19 +89,41 @@ def save_pretrained(model: AdaPerceiver, directory: str | Path, extra: dict[str,
     """Write ``model.safetensors`` + ``config.json`` (plus ``extra`` metadata) into ``directory``."""
     directory = Path(directory)
     save_state_dict(directory / WEIGHTS_NAME, model.state_dict(), metadata={"format": "pt"})
-    write_json(directory / CONFIG_NAME, {"model": model.cfg.to_dict(), **(extra or {})})
+    task_meta = model.checkpoint_meta() if hasattr(model, "checkpoint_meta") else {}
+    write_json(directory / CONFIG_NAME, {"model": model.cfg.to_dict(), **task_meta, **(extra or {})})
     return directory
 
 
-def load_config(directory: str | Path) -> AdaPerceiverConfig:
+def load_meta(directory: str | Path) -> dict[str, Any]:
+    """The whole config.json of a saved model (``"model"`` config plus any extra entries)."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; is it a directory written by save_pretrained?")
     try:
         meta = json.loads(path.read_text())
-        return AdaPerceiverConfig.from_dict(meta["model"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not a valid adaperceiver config ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise ValueError(f"{path} is not a valid adaperceiver config (no 'model' section)")
+    return meta
+
+
+def load_config(directory: str | Path) -> AdaPerceiverConfig:
+    meta = load_meta(directory)
+    try:
+        return AdaPerceiverConfig.from_dict(meta["model"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{Path(directory) / CONFIG_NAME} is not a valid adaperceiver config ({e})") from None
+
+
+def build_from_meta(cfg: AdaPerceiverConfig, meta: dict[str, Any]) -> torch.nn.Module:
+    """``build_model(cfg)``, or the task model named by ``meta["architecture"]``."""
+    arch = meta.get("architecture")
+    if arch is None:
+        return build_model(cfg)
+    if arch not in ARCHITECTURE_MODULES:
+        raise ValueError(f"unknown architecture {arch!r} in config.json; known: {sorted(ARCHITECTURE_MODULES)}")
+    return importlib.import_module(ARCHITECTURE_MODULES[arch]).build_architecture(arch, cfg, meta)
 
 
 def from_pretrained(directory: str | Path, map_location: str | torch.device = "cpu") -> AdaPerceiver:
@@ -100,6 +131,6 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
     from .convert import load_strict
 
     cfg = load_config(directory)
-    model = build_model(cfg)
+    model = build_from_meta(cfg, load_meta(directory))
     load_strict(model, read_state_dict(Path(directory) / WEIGHTS_NAME), source=str(Path(directory) / WEIGHTS_NAME))
     return model.to(map_location).eval()
