@@ -13,6 +13,8 @@ import sys
 COMMAND_MODULES = [
     "adaperceiver.convert",
     "adaperceiver.export",
+    "adaperceiver.policy",
+    "adaperceiver.evaluation",
 ]
 
 

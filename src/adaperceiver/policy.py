@@ -1,0 +1,746 @@
+"""Per-input configuration policy: a small network that picks (tokens, depth, width) for each image.
+
+The policy reads the backbone's own patch embeddings (frozen, computed once and shared with the
+backbone run that follows), mixes them with two Mixer-style blocks, pools, and has one categorical
+head per axis. It is trained with REINFORCE against the frozen backbone::
+
+    reward(x, a) = scale * quality(x, a) - lam * flops(a) / flops(full)
+
+with ``quality`` = ``-CE`` or correctness (0/1), an EMA baseline and an entropy bonus. Because the
+backbone is frozen, the quality of *every* action on every training image is computed once, up
+front, with one ``forward_anytime`` pass per width (:func:`collect_outcomes`); policy training then
+only indexes that table. FLOPs are counted once per configuration (:func:`configuration_flops`).
+
+At inference (:class:`PolicyClassifier`) the policy picks a configuration per image and the batch is
+split into groups sharing a configuration, so each group still runs batched.
+
+:func:`evaluate_comparators` scores, with the same code and data: the full configuration, every
+fixed configuration, confidence early exit (a threshold sweep, ``forward_early_exit``), the oracle
+(cheapest configuration that is still correct; an upper bound) and learned policies.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .flops import count_flops, flop_counter
+from .model import AdaPerceiver, AdaPerceiverClassifier
+
+REWARDS = ("ce", "correct")
+BASELINES = ("ema", "loo")
+
+
+# --------------------------------------------------------------------------------------------------
+# action space and costs
+@dataclass(frozen=True)
+class ActionSpace:
+    """The choices of each policy head."""
+
+    tokens: tuple[int, ...]
+    depths: tuple[int, ...]
+    widths: tuple[int, ...]
+
+    @classmethod
+    def of(cls, model: AdaPerceiver) -> "ActionSpace":
+        """Every trained granularity, every depth, every trained width of ``model``."""
+        return cls(tuple(model.cfg.trained_grans), tuple(range(1, model.num_blocks + 1)), tuple(model.cfg.widths))
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "depths", "widths"):
+            v = tuple(int(a) for a in getattr(self, name))
+            if not v or list(v) != sorted(set(v)):
+                raise ValueError(f"action space {name} must be non-empty increasing ints, got {list(v)}")
+            object.__setattr__(self, name, v)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return len(self.tokens), len(self.depths), len(self.widths)
+
+    @property
+    def full(self) -> tuple[int, int, int]:
+        return self.tokens[-1], self.depths[-1], self.widths[-1]
+
+    def config(self, it: int, id_: int, iw: int) -> tuple[int, int, int]:
+        return self.tokens[it], self.depths[id_], self.widths[iw]
+
+    def check(self, model: AdaPerceiver) -> None:
+        for t in self.tokens:
+            model.resolve_tokens(t)
+        for d in self.depths:
+            model.resolve_depth(d)
+        for w in self.widths:
+            model.resolve_width(w, 1)
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"tokens": list(self.tokens), "depths": list(self.depths), "widths": list(self.widths)}
+
+
+def _example_input(model: AdaPerceiver) -> Tensor:
+    p = next(model.parameters())
+    c = model.cfg
+    return torch.zeros(1, c.in_chans, c.img_size, c.img_size, device=p.device, dtype=p.dtype)
+
+
+def configuration_flops(model: AdaPerceiver, space: ActionSpace) -> Tensor:
+    """FLOPs per image of every configuration, ``(n_tokens, n_depths, n_widths)``, counted once each."""
+    x = _example_input(model)
+    table = torch.zeros(space.shape, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        for i, t in enumerate(space.tokens):
+            for j, d in enumerate(space.depths):
+                for k, w in enumerate(space.widths):
+                    table[i, j, k] = count_flops(model, x, tokens=t, depth=d, width=w)
+    finally:
+        model.train(was_training)
+    return table
+
+
+def writeout_flops(model: AdaPerceiver, tokens: int) -> int:
+    """FLOPs of one read-out (write attention + head) from ``tokens`` latents: early exit pays it per block."""
+    x = _example_input(model)
+    with torch.no_grad():
+        feats = model.forward_features(x, tokens=tokens, depth=1)
+    with torch.enable_grad(), flop_counter() as counter:
+        model.write_out(*feats)
+    return int(counter.get_total_flops())
+
+
+# --------------------------------------------------------------------------------------------------
+# the policy network
+@dataclass
+class PolicyConfig:
+    """Size of the policy network (the action space comes from the backbone)."""
+
+    dim: int = 32  # channels after projecting the backbone's patch embeddings
+    num_blocks: int = 2  # Mixer blocks
+    token_mlp_ratio: float = 0.5
+    channel_mlp_ratio: float = 2.0
+    head_hidden: int = 64
+
+
+class MixerBlock(nn.Module):
+    """MLP-Mixer block: an MLP across patches, then an MLP across channels, both pre-norm residual."""
+
+    def __init__(self, num_patches: int, dim: int, token_hidden: int, channel_hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.token_mlp = nn.Sequential(nn.Linear(num_patches, token_hidden), nn.GELU(), nn.Linear(token_hidden, num_patches))
+        self.norm2 = nn.LayerNorm(dim)
+        self.channel_mlp = nn.Sequential(nn.Linear(dim, channel_hidden), nn.GELU(), nn.Linear(channel_hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.token_mlp(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.channel_mlp(self.norm2(x))
+
+
+@dataclass
+class PolicyLogits:
+    tokens: Tensor  # (B, n_tokens)
+    depth: Tensor  # (B, n_depths)
+    width: Tensor  # (B, n_widths)
+
+    def heads(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.tokens, self.depth, self.width
+
+
+class ConfigPolicy(nn.Module):
+    """Patch embeddings ``(B, P, D)`` -> one categorical distribution per axis."""
+
+    def __init__(self, num_patches: int, embed_dim: int, space: ActionSpace, cfg: PolicyConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or PolicyConfig()
+        self.space = space
+        self.num_patches = num_patches
+        self.embed_dim = embed_dim
+        self.proj = nn.Linear(embed_dim, cfg.dim)
+        self.blocks = nn.ModuleList(
+            MixerBlock(num_patches, cfg.dim, max(1, int(num_patches * cfg.token_mlp_ratio)),
+                       max(1, int(cfg.dim * cfg.channel_mlp_ratio)))
+            for _ in range(cfg.num_blocks)
+        )
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.trunk = nn.Sequential(nn.Linear(cfg.dim, cfg.head_hidden), nn.GELU())
+        n_t, n_d, n_w = space.shape
+        self.head_tokens = nn.Linear(cfg.head_hidden, n_t)
+        self.head_depth = nn.Linear(cfg.head_hidden, n_d)
+        self.head_width = nn.Linear(cfg.head_hidden, n_w)
+        for head in (self.head_tokens, self.head_depth, self.head_width):  # start uniform
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    @classmethod
+    def for_model(cls, model: AdaPerceiver, space: ActionSpace | None = None, cfg: PolicyConfig | None = None) -> "ConfigPolicy":
+        space = space or ActionSpace.of(model)
+        space.check(model)
+        gh, gw = model.patch_embed.grid
+        return cls(gh * gw, model.cfg.embed_dim, space, cfg)
+
+    def forward(self, patches: Tensor) -> PolicyLogits:
+        if patches.dim() != 3 or patches.shape[1:] != (self.num_patches, self.embed_dim):
+            raise ValueError(f"policy expects patch embeddings (B, {self.num_patches}, {self.embed_dim}), "
+                             f"got {tuple(patches.shape)} (it works at the backbone's trained image size only)")
+        h = self.proj(patches)
+        for blk in self.blocks:
+            h = blk(h)
+        h = self.trunk(self.norm(h).mean(1))
+        return PolicyLogits(self.head_tokens(h), self.head_depth(h), self.head_width(h))
+
+    @torch.no_grad()
+    def choose(self, patches: Tensor) -> Tensor:
+        """Most likely action per axis: ``(B, 3)`` indices into (tokens, depths, widths)."""
+        return torch.stack([lg.argmax(-1) for lg in self(patches).heads()], dim=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": asdict(self.cfg), "space": self.space.to_dict(), "num_patches": self.num_patches,
+                "embed_dim": self.embed_dim}
+
+
+def save_policy(policy: ConfigPolicy, directory: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+    from .checkpoint import save_state_dict, write_json
+
+    directory = Path(directory)
+    save_state_dict(directory / "policy.safetensors", policy.state_dict(), metadata={"format": "pt"})
+    write_json(directory / "policy.json", {**policy.to_dict(), **dict(extra or {})})
+    return directory
+
+
+def load_policy(directory: str | Path) -> tuple[ConfigPolicy, dict[str, Any]]:
+    """Return the policy saved by :func:`save_policy` and its JSON metadata (lam, reward, ...)."""
+    from .checkpoint import read_state_dict
+
+    directory = Path(directory)
+    path = directory / "policy.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} has no policy.json; is it a directory written by 'adaperceiver policy train'?")
+    meta = json.loads(path.read_text())
+    space = ActionSpace(**meta["space"])
+    policy = ConfigPolicy(meta["num_patches"], meta["embed_dim"], space, PolicyConfig(**meta["policy"]))
+    policy.load_state_dict(read_state_dict(directory / "policy.safetensors"))
+    return policy.eval(), meta
+
+
+# --------------------------------------------------------------------------------------------------
+# outcomes of every action on a data set (the reward table)
+@dataclass
+class Outcomes:
+    """Per-image quality of every configuration: tensors ``(N, n_tokens, n_depths, n_widths)``."""
+
+    images: Tensor  # (N, C, H, W): kept so the policy can see the patch embeddings
+    labels: Tensor  # (N,)
+    ce: Tensor
+    correct: Tensor  # bool
+    space: ActionSpace
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+def _batches(data: Any, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
+    """Accept a Dataset of (image, label), a DataLoader, or an ``(images, labels)`` tensor pair."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Tensor):
+        xs, ys = data
+        for i in range(0, xs.shape[0], batch_size):
+            yield xs[i:i + batch_size], ys[i:i + batch_size]
+        return
+    if isinstance(data, torch.utils.data.DataLoader):
+        for x, y, *_ in data:
+            yield x, y
+        return
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    for x, y, *_ in loader:
+        yield x, torch.as_tensor(y)
+
+
+@torch.no_grad()
+def collect_outcomes(model: AdaPerceiverClassifier, data: Any, space: ActionSpace | None = None,
+                     batch_size: int = 256, limit: int | None = None) -> Outcomes:
+    """Cross-entropy and correctness of every configuration on every image of ``data``.
+
+    One ``forward_anytime`` pass per width and batch gives all token counts and depths.
+    """
+    if not isinstance(model, AdaPerceiverClassifier):
+        raise ValueError("policies are defined for classification models (AdaPerceiverClassifier)")
+    space = space or ActionSpace.of(model)
+    space.check(model)
+    model.eval()
+    dev = next(model.parameters()).device
+    imgs, labels, ces, cors = [], [], [], []
+    seen = 0
+    for x, y in _batches(data, batch_size):
+        if limit is not None:
+            if seen >= limit:
+                break
+            x, y = x[:limit - seen], y[:limit - seen]
+        x, y = x.to(dev), y.to(dev).long()
+        ce = x.new_empty(x.shape[0], *space.shape)
+        correct = torch.zeros(x.shape[0], *space.shape, dtype=torch.bool, device=dev)
+        for k, w in enumerate(space.widths):
+            out = model.forward_anytime(x, tokens=space.tokens[-1], width=w, depths=space.depths,
+                                        token_counts=space.tokens).outputs  # (n_d, n_t, B, C)
+            logits = out.permute(2, 1, 0, 3)  # (B, n_t, n_d, C)
+            target = y.view(-1, 1, 1).expand(logits.shape[:3])
+            ce[..., k] = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(logits.shape[:3])
+            correct[..., k] = logits.argmax(-1) == target
+        imgs.append(x.cpu())
+        labels.append(y.cpu())
+        ces.append(ce.cpu())
+        cors.append(correct.cpu())
+        seen += x.shape[0]
+    if not labels:
+        raise ValueError("no data: the data set yielded no batches")
+    return Outcomes(torch.cat(imgs), torch.cat(labels), torch.cat(ces), torch.cat(cors), space)
+
+
+# --------------------------------------------------------------------------------------------------
+# REINFORCE
+@dataclass
+class PolicyTrainConfig:
+    lam: float = 0.1  # weight of the normalised FLOPs cost
+    reward: str = "ce"  # "ce" (quality = -cross-entropy) or "correct" (quality = 1 if correct)
+    scale: float = 1.0  # weight of the quality term
+    entropy: float = 0.01  # entropy bonus
+    baseline: str = "ema"  # "ema": EMA of the mean reward; "loo": per image, mean reward of its other samples
+    baseline_momentum: float = 0.9  # of the EMA baseline
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    epochs: int = 10
+    batch_size: int = 128
+    samples_per_input: int = 4  # actions sampled per image each step (rewards are table look-ups)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {list(BASELINES)}, got {self.baseline!r}")
+        if self.baseline == "loo" and self.samples_per_input < 2:
+            raise ValueError("baseline='loo' needs samples_per_input >= 2")
+        if self.reward not in REWARDS:
+            raise ValueError(f"reward must be one of {list(REWARDS)}, got {self.reward!r}")
+        if self.lam < 0 or self.scale <= 0 or self.entropy < 0 or not 0 <= self.baseline_momentum < 1:
+            raise ValueError("need lam >= 0, scale > 0, entropy >= 0 and baseline_momentum in [0, 1)")
+        if self.epochs < 1 or self.batch_size < 1 or self.samples_per_input < 1:
+            raise ValueError("epochs, batch_size and samples_per_input must be >= 1")
+
+
+def reward_table(outcomes: Outcomes, cost: Tensor, cfg: PolicyTrainConfig) -> Tensor:
+    """``(N, n_t, n_d, n_w)`` reward of every action on every image."""
+    quality = -outcomes.ce if cfg.reward == "ce" else outcomes.correct.float()
+    norm_cost = (cost / cost.max()).to(quality.dtype)
+    return cfg.scale * quality - cfg.lam * norm_cost
+
+
+@torch.no_grad()
+def patch_embeddings(model: AdaPerceiver, images: Tensor) -> Tensor:
+    """The backbone's patch embeddings (frozen): what the policy looks at."""
+    dev = next(model.parameters()).device
+    return model.patch_embed(images.to(dev))[0]
+
+
+@dataclass
+class TrainLog:
+    mean_reward: list[float] = field(default_factory=list)
+    mean_cost: list[float] = field(default_factory=list)  # normalised cost of the greedy choice
+    accuracy: list[float] = field(default_factory=list)  # of the greedy choice, on the training table
+
+
+def train_policy(model: AdaPerceiver, outcomes: Outcomes, cost: Tensor, cfg: PolicyTrainConfig | None = None,
+                 policy_cfg: PolicyConfig | None = None, log: TrainLog | None = None) -> ConfigPolicy:
+    """REINFORCE a new policy against the frozen ``model`` on precomputed ``outcomes``."""
+    cfg = cfg or PolicyTrainConfig()
+    if tuple(cost.shape) != outcomes.space.shape:
+        raise ValueError(f"cost table has shape {tuple(cost.shape)}, the action space {outcomes.space.shape}")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    policy = ConfigPolicy.for_model(model, outcomes.space, policy_cfg)
+    dev = next(model.parameters()).device
+    policy.to(dev).train()
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rewards = reward_table(outcomes, cost, cfg).to(dev)
+    n = len(outcomes)
+    n_t, n_d, n_w = outcomes.space.shape
+    steps = cfg.epochs * math.ceil(n / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    baseline: float | None = None
+    k = cfg.samples_per_input
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=gen)
+        for s in range(0, n, cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            patches = patch_embeddings(model, outcomes.images[idx])
+            heads = policy(patches).heads()
+            dists = [torch.distributions.Categorical(logits=h) for h in heads]
+            acts = [d.sample((k,)) for d in dists]  # each (k, B)
+            logp = sum(d.log_prob(a) for d, a in zip(dists, acts))  # (k, B)
+            entropy = sum(d.entropy() for d in dists).mean()
+            r = rewards[idx.to(dev)]  # (B, n_t, n_d, n_w)
+            rows = torch.arange(len(idx), device=dev).expand(k, -1)
+            got = r[rows, acts[0], acts[1], acts[2]]  # (k, B)
+            mean_r = float(got.mean())
+            baseline = mean_r if baseline is None else cfg.baseline_momentum * baseline + (1 - cfg.baseline_momentum) * mean_r
+            if cfg.baseline == "loo":
+                advantage = got - (got.sum(0, keepdim=True) - got) / (k - 1)
+            else:
+                advantage = got - baseline
+            loss = -(advantage * logp).mean() - cfg.entropy * entropy
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if log is not None:
+                with torch.no_grad():
+                    a = [h.argmax(-1) for h in heads]
+                    sel = torch.arange(len(idx), device=dev)
+                    log.mean_reward.append(mean_r)
+                    log.mean_cost.append(float((cost.to(dev)[a[0], a[1], a[2]] / cost.max()).mean()))
+                    log.accuracy.append(float(outcomes.correct.to(dev)[idx.to(dev)][sel, a[0], a[1], a[2]].float().mean()))
+    return policy.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# inference with a policy
+def run_from_patches(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], tokens: int, depth: int,
+                     width: int) -> Tensor:
+    """The rest of ``model(x, tokens, depth, width)`` once the patch embeddings are known."""
+    hidden, _ = model.resolve_width(width, patches.shape[0])
+    z = model.read_latents(patches, model.resolve_tokens(tokens))
+    z, _ = model.run_blocks(z, model.resolve_depth(depth), hidden)
+    return model.write_out(z, patches, grid)
+
+
+@dataclass
+class PolicyOutput:
+    logits: Tensor  # (B, classes)
+    actions: Tensor  # (B, 3) indices into the action space
+
+
+class PolicyClassifier(nn.Module):
+    """Backbone + policy: embed patches once, choose a configuration per image, run each group batched."""
+
+    def __init__(self, model: AdaPerceiverClassifier, policy: ConfigPolicy):
+        super().__init__()
+        if not isinstance(model, AdaPerceiverClassifier):
+            raise ValueError("PolicyClassifier needs an AdaPerceiverClassifier")
+        policy.space.check(model)
+        self.model = model
+        self.policy = policy
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> PolicyOutput:
+        patches, grid = self.model.patch_embed(x)
+        actions = self.policy.choose(patches)
+        logits = patches.new_empty(x.shape[0], self.model.cfg.num_classes)
+        keys = actions[:, 0] * 10_000 + actions[:, 1] * 100 + actions[:, 2]
+        for key in keys.unique().tolist():
+            sel = (keys == key).nonzero().squeeze(1)
+            t, d, w = self.policy.space.config(key // 10_000, (key // 100) % 100, key % 100)
+            logits[sel] = run_from_patches(self.model, patches[sel], grid, t, d, w)
+        return PolicyOutput(logits, actions)
+
+
+# --------------------------------------------------------------------------------------------------
+# comparators
+def _stream_ms(fn, xs: Tensor, batch_size: int, repeats: int = 3) -> float:
+    """Median over ``repeats`` of the wall time to process ``xs`` in batches of ``batch_size``, in ms per image.
+
+    ``fn`` gets ready input tensors (no data loading inside the timing); one untimed warm-up pass.
+    """
+    chunks = list(xs.split(batch_size))
+    with torch.no_grad():
+        for c in chunks:
+            fn(c)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for c in chunks:
+                fn(c)
+            times.append((time.perf_counter() - t0) * 1000.0 / xs.shape[0])
+    times.sort()
+    return times[len(times) // 2]
+
+
+def flops_saved_at_parity(rows: Sequence[Mapping[str, Any]], full_acc: float, full_gflops: float,
+                          tolerance_pp: float = 0.1) -> dict[str, Any] | None:
+    """Cheapest row with ``acc1 >= full_acc - tolerance_pp`` and the FLOPs it saves (in %)."""
+    ok = [r for r in rows if r["acc1"] >= full_acc - tolerance_pp - 1e-9]
+    if not ok:
+        return None
+    best = min(ok, key=lambda r: r["gflops"])
+    return {"method": best["method"], "setting": best["setting"], "acc1": best["acc1"], "gflops": best["gflops"],
+            "flops_saved_pct": 100.0 * (1.0 - best["gflops"] / full_gflops)}
+
+
+@torch.no_grad()
+def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost: Tensor,
+                         policies: Mapping[str, ConfigPolicy] | None = None, taus: Sequence[float] = (),
+                         latency_batch_sizes: Sequence[int] = (1,), latency_images: int = 64,
+                         latency_repeats: int = 3, eval_batch_size: int = 256) -> dict[str, Any]:
+    """Score every method on the held-out ``outcomes``; see the module docstring.
+
+    Each row: ``method, setting, acc1 (%), gflops (mean per image, including the policy network),
+    latency_ms_b{b}`` (ms per image over the first ``latency_images`` held-out images in batches of
+    ``b``, the whole method timed: patch embedding, policy, grouped backbone runs) and ``deployable``.
+    The oracle is not deployable (it needs the label); its latency is the mean latency of the fixed
+    configurations it picks, weighted by how often it picks them.
+    """
+    space = outcomes.space
+    model.eval()
+    dev = next(model.parameters()).device
+    xs = outcomes.images[:latency_images].to(dev)
+    bss = tuple(int(b) for b in latency_batch_sizes)
+    n = len(outcomes)
+    gcost = cost / 1e9
+    rows: list[dict[str, Any]] = []
+
+    def lat(fn) -> dict[str, float]:
+        return {f"latency_ms_b{b}": _stream_ms(fn, xs, b, latency_repeats) for b in bss}
+
+    # every fixed configuration (the full one included)
+    fixed_lat: dict[tuple[int, int, int], dict[str, float]] = {}
+    for i, t in enumerate(space.tokens):
+        for j, d in enumerate(space.depths):
+            for k, w in enumerate(space.widths):
+                fixed_lat[(i, j, k)] = lat(lambda c, t=t, d=d, w=w: model(c, tokens=t, depth=d, width=w))
+                rows.append({"method": "fixed", "setting": f"{t}/{d}/{w}", "tokens": t, "depth": d, "width": w,
+                             "acc1": 100.0 * float(outcomes.correct[:, i, j, k].float().mean()),
+                             "gflops": float(gcost[i, j, k]), **fixed_lat[(i, j, k)], "deployable": True})
+    full = next(r for r in rows if (r["tokens"], r["depth"], r["width"]) == space.full)
+    full = {**full, "method": "full"}
+    rows.insert(0, full)
+
+    # oracle: per image, the cheapest configuration that is correct (the cheapest overall if none is)
+    flat_cost = cost.flatten()
+    correct = outcomes.correct.flatten(1)
+    masked = torch.where(correct, flat_cost.expand(n, -1), torch.full_like(flat_cost, float("inf")).expand(n, -1))
+    choice = torch.where(correct.any(1), masked.argmin(1), flat_cost.argmin().expand(n))
+    counts = torch.bincount(choice, minlength=flat_cost.numel()).double()
+    oracle_lat = {key: sum(counts[c].item() * fixed_lat[tuple(int(v) for v in torch.unravel_index(torch.tensor(c), space.shape))][key]
+                           for c in counts.nonzero().flatten().tolist()) / n for key in (f"latency_ms_b{b}" for b in bss)}
+    rows.append({"method": "oracle", "setting": "cheapest correct", "acc1": 100.0 * float(correct.any(1).float().mean()),
+                 "gflops": float(flat_cost[choice].mean() / 1e9), **oracle_lat, "deployable": False})
+
+    # confidence early exit at full tokens and width
+    t_full, _, w_full = space.full
+    write = writeout_flops(model, t_full)
+    depth_cost = {d: float(cost[-1, j, -1]) for j, d in enumerate(space.depths)}
+    for tau in taus:
+        exit_depths, hits = [], 0
+        for s in range(0, n, eval_batch_size):
+            x = outcomes.images[s:s + eval_batch_size].to(dev)
+            out = model.forward_early_exit(x, tau, tokens=t_full, width=w_full)
+            hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
+            exit_depths.append(out.exit_depth.cpu())
+        ed = torch.cat(exit_depths)
+        flops = torch.tensor([depth_cost[int(d)] + (int(d) - 1) * write for d in ed.tolist()], dtype=torch.float64)
+        rows.append({"method": "early_exit", "setting": f"tau={tau:g}", "tau": tau, "acc1": 100.0 * hits / n,
+                     "gflops": float(flops.mean() / 1e9), "mean_exit_depth": float(ed.float().mean()),
+                     **lat(lambda c, tau=tau: model.forward_early_exit(c, tau, tokens=t_full, width=w_full)),
+                     "deployable": True})
+
+    # learned policies
+    for name, policy in (policies or {}).items():
+        policy = policy.to(dev).eval()
+        runner = PolicyClassifier(model, policy)
+        x_pol = _example_input(model)
+        with torch.no_grad():
+            p1 = model.patch_embed(x_pol)[0]
+        with torch.enable_grad(), flop_counter() as counter:
+            policy(p1)
+        pol_flops = int(counter.get_total_flops())
+        acts, hits = [], 0
+        for s in range(0, n, eval_batch_size):
+            out = runner(outcomes.images[s:s + eval_batch_size].to(dev))
+            hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
+            acts.append(out.actions.cpu())
+        a = torch.cat(acts)
+        # the table says what the backbone gets for these actions; the run above must agree
+        table_hits = int(outcomes.correct[torch.arange(n), a[:, 0], a[:, 1], a[:, 2]].sum())
+        chosen = cost[a[:, 0], a[:, 1], a[:, 2]]
+        rows.append({"method": "policy", "setting": name, "acc1": 100.0 * hits / n,
+                     "gflops": float((chosen.mean() + pol_flops) / 1e9), "policy_gflops": pol_flops / 1e9,
+                     "table_acc1": 100.0 * table_hits / n, "mean_tokens": float(torch.tensor(space.tokens)[a[:, 0]].float().mean()),
+                     "mean_depth": float(torch.tensor(space.depths)[a[:, 1]].float().mean()),
+                     "mean_width": float(torch.tensor(space.widths)[a[:, 2]].float().mean()),
+                     "distinct_configs": int(len({tuple(r) for r in a.tolist()})),
+                     **lat(lambda c: runner(c)), "deployable": True})
+
+    summary: dict[str, Any] = {"num_images": n, "full": {"acc1": full["acc1"], "gflops": full["gflops"]},
+                               "latency_images": int(xs.shape[0]), "latency_batch_sizes": list(bss)}
+    for method in ("fixed", "early_exit", "policy", "oracle"):
+        summary[f"parity_{method}"] = flops_saved_at_parity([r for r in rows if r["method"] == method],
+                                                            full["acc1"], full["gflops"])
+    return {"rows": rows, "summary": summary}
+
+
+def write_results(result: Mapping[str, Any], out_dir: str | Path, meta: Mapping[str, Any] | None = None) -> None:
+    """``comparators.csv``, ``comparators.json`` and ``accuracy_vs_gflops.png`` in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = result["rows"]
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with open(out / "comparators.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    (out / "comparators.json").write_text(json.dumps({**dict(meta or {}), **result}, indent=1) + "\n")
+    plot_comparators(rows, out / "accuracy_vs_gflops.png")
+
+
+def plot_comparators(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .evaluation import pareto_front
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    fixed = [r for r in rows if r["method"] == "fixed"]
+    ax.scatter([r["gflops"] for r in fixed], [r["acc1"] for r in fixed], s=10, color="0.7", label="fixed configurations")
+    flags = pareto_front([(r["gflops"], r["acc1"]) for r in fixed])
+    front = sorted((r for r, f in zip(fixed, flags) if f), key=lambda r: r["gflops"])
+    ax.plot([r["gflops"] for r in front], [r["acc1"] for r in front], "-", color="black", lw=1.2, label="fixed-configuration front")
+    style = {"early_exit": ("C0", "s", "confidence early exit"), "policy": ("C3", "*", "learned policy"),
+             "oracle": ("C2", "D", "oracle (not deployable)"), "full": ("black", "o", "full")}
+    for method, (col, mk, label) in style.items():
+        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["gflops"])
+        if not pts:
+            continue
+        ax.plot([r["gflops"] for r in pts], [r["acc1"] for r in pts], marker=mk, color=col, ms=9 if mk == "*" else 6,
+                lw=0.8 if method in ("early_exit", "policy") else 0, label=label)
+        if method == "policy":
+            for r in pts:
+                ax.annotate(r["setting"], (r["gflops"], r["acc1"]), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    full = next((r for r in rows if r["method"] == "full"), None)
+    if full:
+        ax.axhspan(full["acc1"] - 0.1, full["acc1"] + 0.1, color="C1", alpha=0.15, label="full ± 0.1 pp")
+        lo = min(r["acc1"] for r in rows if r["method"] != "oracle")
+        ax.set_ylim(max(lo, full["acc1"] - 15), max(r["acc1"] for r in rows) + 0.8)
+    ax.set_xlabel("GFLOPs per image (policy network included)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# command line
+def _load_split(spec: str, split: str):
+    from .data import get_dataset
+
+    name, _, root = spec.partition(":")
+    return get_dataset(name, split, root=root or None)
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("policy", help="train / evaluate per-input configuration policies",
+                       description="Learned per-input choice of (tokens, depth, width) on a frozen backbone.")
+    psub = p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+
+    t = psub.add_parser("train", help="REINFORCE policies (one per lambda) against a frozen classifier")
+    t.add_argument("--model", required=True, help="model / run directory")
+    t.add_argument("--dataset", default="fashion-mnist", help="dataset name for adaperceiver.data.get_dataset "
+                   "(name or name:ROOT)")
+    t.add_argument("--split", default="train", help="split the policy learns on")
+    t.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    t.add_argument("--lams", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4], help="cost weights, one policy each")
+    t.add_argument("--reward", choices=REWARDS, default="ce")
+    t.add_argument("--scale", type=float, default=1.0)
+    t.add_argument("--entropy", type=float, default=0.01)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="output directory (one sub-directory per lambda)")
+    t.set_defaults(func=_cli_train)
+
+    e = psub.add_parser("eval", help="compare policies with fixed configurations, early exit and the oracle")
+    e.add_argument("--model", required=True, help="model / run directory")
+    e.add_argument("--policies", nargs="*", default=[], help="policy directories (from 'policy train')")
+    e.add_argument("--dataset", default="fashion-mnist")
+    e.add_argument("--split", default="test")
+    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--taus", type=float, nargs="*", default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999])
+    e.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 64])
+    e.add_argument("--latency-images", type=int, default=128)
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=_cli_eval)
+
+
+def _cli_train(args) -> int:
+    from .checkpoint import from_pretrained
+
+    model = from_pretrained(args.model)
+    outcomes = collect_outcomes(model, _load_split(args.dataset, args.split), limit=args.limit)
+    cost = configuration_flops(model, outcomes.space)
+    out = Path(args.out)
+    for lam in args.lams:
+        cfg = PolicyTrainConfig(lam=lam, reward=args.reward, scale=args.scale, entropy=args.entropy, epochs=args.epochs,
+                                batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        log = TrainLog()
+        policy = train_policy(model, outcomes, cost, cfg, log=log)
+        d = save_policy(policy, out / f"lam{lam:g}", extra={"lam": lam, "train": asdict(cfg), "model": str(args.model),
+                                                           "dataset": args.dataset, "split": args.split,
+                                                           "num_images": len(outcomes)})
+        print(f"lam={lam:g}: train acc of chosen configs {100 * log.accuracy[-1]:.1f}%, "
+              f"normalised cost {log.mean_cost[-1]:.3f} -> {d}")
+    return 0
+
+
+def _cli_eval(args) -> int:
+    from .checkpoint import from_pretrained
+    from .evaluation import _machine
+
+    model = from_pretrained(args.model)
+    policies = {}
+    for d in args.policies:
+        pol, meta = load_policy(d)
+        policies[f"lam={meta.get('lam', Path(d).name)}"] = pol
+    space = next(iter(policies.values())).space if policies else None
+    outcomes = collect_outcomes(model, _load_split(args.dataset, args.split), space, limit=args.limit)
+    cost = configuration_flops(model, outcomes.space)
+    result = evaluate_comparators(model, outcomes, cost, policies, args.taus, args.latency_batch_sizes,
+                                  latency_images=args.latency_images)
+    write_results(result, args.out, meta={"model": str(args.model), "dataset": args.dataset, "split": args.split,
+                                          "machine": _machine()})
+    print(format_summary(result))
+    return 0
+
+
+def format_summary(result: Mapping[str, Any]) -> str:
+    s = result["summary"]
+    lines = [f"full: {s['full']['acc1']:.2f}% at {s['full']['gflops']:.4f} GFLOPs ({s['num_images']} images)"]
+    for method in ("fixed", "early_exit", "policy", "oracle"):
+        p = s.get(f"parity_{method}")
+        if p is None:
+            lines.append(f"{method:>10}: no point within 0.1 pp of full")
+        else:
+            lines.append(f"{method:>10}: {p['setting']}: {p['acc1']:.2f}% at {p['gflops']:.4f} GFLOPs "
+                         f"(-{p['flops_saved_pct']:.1f}% FLOPs)")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "ActionSpace", "ConfigPolicy", "MixerBlock", "Outcomes", "PolicyClassifier", "PolicyConfig", "PolicyOutput",
+    "PolicyTrainConfig", "TrainLog", "collect_outcomes", "configuration_flops", "evaluate_comparators",
+    "flops_saved_at_parity", "load_policy", "reward_table", "run_from_patches", "save_policy", "train_policy",
+    "write_results",
+]

@@ -1,0 +1,168 @@
+"""Per-input policy: reward tables from anytime passes, REINFORCE, grouped inference, comparators."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from adaperceiver import build_model, save_pretrained
+from adaperceiver.policy import (ActionSpace, ConfigPolicy, Outcomes, PolicyClassifier, PolicyTrainConfig, TrainLog,
+                                 collect_outcomes, configuration_flops, evaluate_comparators, load_policy,
+                                 run_from_patches, save_policy, train_policy, write_results)
+from conftest import loud_init, tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The test machine is shared: one intra-op thread avoids oversubscription stalls."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return loud_init(build_model(tiny_config(depth=2, token_grans=(4, 8, 16), widths=(16, 32)))).eval()
+
+
+def data(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
+def test_outcome_table_equals_individual_runs(model):
+    xs, ys = data()
+    out = collect_outcomes(model, (xs, ys), batch_size=20)  # batches of uneven size
+    space = out.space
+    assert space == ActionSpace((4, 8, 16), (1, 2), (16, 32)) and out.ce.shape == (48, 3, 2, 2)
+    with torch.no_grad():
+        for i, t in enumerate(space.tokens):
+            for j, d in enumerate(space.depths):
+                for k, w in enumerate(space.widths):
+                    logits = model(xs, tokens=t, depth=d, width=w)
+                    assert torch.equal(out.correct[:, i, j, k], logits.argmax(-1) == ys)
+                    ce = torch.nn.functional.cross_entropy(logits, ys, reduction="none")
+                    torch.testing.assert_close(out.ce[:, i, j, k], ce, atol=1e-4, rtol=0)
+    assert len(collect_outcomes(model, (xs, ys), batch_size=20, limit=30)) == 30
+
+
+def test_flops_table_is_monotone(model):
+    cost = configuration_flops(model, ActionSpace.of(model))
+    assert (cost.diff(dim=0) > 0).all() and (cost.diff(dim=1) > 0).all() and (cost.diff(dim=2) > 0).all()
+
+
+def synthetic_outcomes(model, n=256):
+    """Easy images (bright) are right in every configuration; hard ones (dark) only at full depth."""
+    g = torch.Generator().manual_seed(1)
+    easy = torch.arange(n) % 2 == 0
+    images = 0.3 * torch.randn(n, 3, 16, 16, generator=g) + torch.where(easy, 1.5, -1.5).view(-1, 1, 1, 1)
+    space = ActionSpace.of(model)
+    correct = torch.ones(n, *space.shape, dtype=torch.bool)
+    correct[~easy, :, :-1, :] = False
+    ce = torch.where(correct, 0.05, 3.0)
+    return Outcomes(images, torch.zeros(n, dtype=torch.long), ce, correct, space), easy
+
+
+def test_policy_moves_to_cheap_configurations_as_lambda_grows(model):
+    outcomes, easy = synthetic_outcomes(model)
+    cost = configuration_flops(model, outcomes.space)
+    norm = cost / cost.max()
+    chosen_cost, depth_hard, depth_easy = [], [], []
+    for lam in (0.0, 10.0, 100.0):
+        cfg = PolicyTrainConfig(lam=lam, epochs=25, batch_size=64, lr=3e-3, entropy=0.003)
+        policy = train_policy(model, outcomes, cost, cfg, log=TrainLog())
+        with torch.no_grad():
+            a = policy.choose(model.patch_embed(outcomes.images)[0])
+        chosen_cost.append(float(norm[a[:, 0], a[:, 1], a[:, 2]].mean()))
+        depth_hard.append(float(a[~easy, 1].float().mean()))
+        depth_easy.append(float(a[easy, 1].float().mean()))
+    assert chosen_cost[0] > chosen_cost[1] > chosen_cost[2], chosen_cost
+    assert chosen_cost[2] == pytest.approx(float(norm.min()))  # the cheapest configuration for everyone
+    # at moderate cost the policy is per input: shallow for easy images, full depth for hard ones
+    assert depth_hard[1] == 1.0 and depth_easy[1] == 0.0
+    assert depth_hard[0] == 1.0  # without a cost, hard images keep the depth they need
+
+
+def test_policy_classifier_runs_each_choice_exactly(model):
+    xs, _ = data(12)
+    policy = ConfigPolicy.for_model(model)
+    with torch.no_grad():  # random heads: several different configurations in one batch
+        for head in (policy.head_tokens, policy.head_depth, policy.head_width):
+            head.weight.normal_(std=3.0)
+    out = PolicyClassifier(model, policy)(xs)
+    assert len({tuple(a) for a in out.actions.tolist()}) > 1
+    with torch.no_grad():
+        for x, a, y in zip(xs, out.actions, out.logits):
+            t, d, w = policy.space.config(*a.tolist())
+            torch.testing.assert_close(y, model(x[None], tokens=t, depth=d, width=w)[0], atol=1e-5, rtol=0)
+        patches, grid = model.patch_embed(xs)
+        torch.testing.assert_close(run_from_patches(model, patches, grid, 8, 1, 16), model(xs, tokens=8, depth=1, width=16),
+                                   atol=1e-6, rtol=0)
+
+
+def test_comparators_and_outputs(model, tmp_path):
+    xs, ys = data(40)
+    outcomes = collect_outcomes(model, (xs, ys))
+    cost = configuration_flops(model, outcomes.space)
+    policy = train_policy(model, outcomes, cost, PolicyTrainConfig(lam=0.2, epochs=2, batch_size=20))
+    res = evaluate_comparators(model, outcomes, cost, {"lam=0.2": policy}, taus=(0.3, 0.999),
+                               latency_batch_sizes=(1, 8), latency_images=8, latency_repeats=1)
+    rows = res["rows"]
+    fixed = [r for r in rows if r["method"] == "fixed"]
+    full = next(r for r in rows if r["method"] == "full")
+    oracle = next(r for r in rows if r["method"] == "oracle")
+    assert len(fixed) == 12 and (full["tokens"], full["depth"], full["width"]) == (16, 2, 32)
+    assert oracle["acc1"] >= max(r["acc1"] for r in fixed) and not oracle["deployable"]
+    assert oracle["gflops"] <= full["gflops"]
+    pol = next(r for r in rows if r["method"] == "policy")
+    assert pol["acc1"] == pytest.approx(pol["table_acc1"])  # the grouped run agrees with the reward table
+    assert pol["gflops"] > pol["policy_gflops"] > 0  # the policy's own FLOPs are included
+    ee = [r for r in rows if r["method"] == "early_exit"]
+    assert ee[0]["mean_exit_depth"] <= ee[1]["mean_exit_depth"]
+    assert all(r["latency_ms_b1"] > 0 and r["latency_ms_b8"] > 0 for r in rows)
+    s = res["summary"]["parity_fixed"]
+    assert s is not None and s["gflops"] <= full["gflops"] and s["acc1"] >= full["acc1"] - 0.1
+    write_results(res, tmp_path)
+    assert (tmp_path / "accuracy_vs_gflops.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "comparators.json").read_text())["summary"]["num_images"] == 40
+    assert "method,setting" in (tmp_path / "comparators.csv").read_text().splitlines()[0]
+
+
+def test_save_load_and_errors(model, tmp_path):
+    policy = ConfigPolicy.for_model(model)
+    with torch.no_grad():
+        policy.head_depth.bias.copy_(torch.tensor([0.0, 1.0]))
+    save_policy(policy, tmp_path / "p", extra={"lam": 0.3})
+    loaded, meta = load_policy(tmp_path / "p")
+    assert meta["lam"] == 0.3 and loaded.space == policy.space
+    p = torch.randn(2, 16, 32)
+    assert torch.equal(loaded.choose(p), policy.choose(p))
+    with pytest.raises(ValueError, match=r"patch embeddings \(B, 16, 32\)"):
+        policy(torch.randn(2, 36, 32))
+    with pytest.raises(ValueError, match="reward must be one of"):
+        PolicyTrainConfig(reward="accuracy")
+    with pytest.raises(ValueError, match="depth must be an int"):
+        ConfigPolicy.for_model(model, ActionSpace((4,), (1, 5), (16,)))
+    with pytest.raises(FileNotFoundError, match="policy.json"):
+        load_policy(tmp_path / "nothing")
+
+
+def test_policy_cli(model, tmp_path, monkeypatch, capsys):
+    from adaperceiver import policy as policy_mod
+    from adaperceiver.cli import main
+
+    xs, ys = data(24)
+    monkeypatch.setattr(policy_mod, "_load_split", lambda spec, split: torch.utils.data.TensorDataset(xs, ys))
+    save_pretrained(model, tmp_path / "run")
+    assert main(["policy", "train", "--model", str(tmp_path / "run"), "--lams", "0.1", "1", "--epochs", "1",
+                 "--out", str(tmp_path / "pol")]) == 0
+    assert (tmp_path / "pol" / "lam1" / "policy.safetensors").is_file()
+    assert main(["policy", "eval", "--model", str(tmp_path / "run"), "--policies", str(tmp_path / "pol" / "lam0.1"),
+                 str(tmp_path / "pol" / "lam1"), "--taus", "0.9", "--latency-batch-sizes", "4", "--latency-images", "4",
+                 "--out", str(tmp_path / "eval")]) == 0
+    assert "full:" in capsys.readouterr().out
+    assert (tmp_path / "eval" / "comparators.csv").is_file()
