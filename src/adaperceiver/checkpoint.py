@@ -30,7 +30,10 @@ CONFIG_NAME = "config.json"
 ARCHITECTURE_MODULES = {
     "segmentation": "adaperceiver.heads",
     "depth": "adaperceiver.heads",
+    "static_vit": "adaperceiver.teachers",
 }
+# architectures whose "model" section is not an AdaPerceiverConfig (they get cfg=None)
+FOREIGN_CONFIG_ARCHITECTURES = {"static_vit"}
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -116,7 +119,7 @@ def load_config(directory: str | Path) -> AdaPerceiverConfig:
         raise ValueError(f"{Path(directory) / CONFIG_NAME} is not a valid adaperceiver config ({e})") from None
 
 
-def build_from_meta(cfg: AdaPerceiverConfig, meta: dict[str, Any]) -> torch.nn.Module:
+def build_from_meta(cfg: AdaPerceiverConfig | None, meta: dict[str, Any]) -> torch.nn.Module:
     """``build_model(cfg)``, or the task model named by ``meta["architecture"]``."""
     arch = meta.get("architecture")
     if arch is None:
@@ -130,7 +133,8 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
     """Rebuild a model saved by :func:`save_pretrained` (or a training run directory) for inference."""
     from .convert import load_strict
 
-    cfg = load_config(directory)
-    model = build_from_meta(cfg, load_meta(directory))
+    meta = load_meta(directory)
+    cfg = None if meta.get("architecture") in FOREIGN_CONFIG_ARCHITECTURES else load_config(directory)
+    model = build_from_meta(cfg, meta)
     load_strict(model, read_state_dict(Path(directory) / WEIGHTS_NAME), source=str(Path(directory) / WEIGHTS_NAME))
     return model.to(map_location).eval()

@@ -8,9 +8,6 @@ like the supervised objective.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,15 +15,6 @@ from torch import Tensor, nn
 from .layers import CrossAttentionBlock
 from .masks import prefix_mask
 from .model import AdaPerceiver, AnytimeOutput
-
-
-@dataclass
-class DistillConfig:
-    kd_weight: float = 1.0  # KL(teacher || student) on logits
-    temperature: float = 1.0
-    feature_weight: float = 1.0  # per-patch feature matching
-    cosine_weight: float = 0.9  # within feature matching: 1 - cosine similarity ...
-    smooth_l1_weight: float = 0.1  # ... plus smooth-L1
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -103,52 +91,30 @@ class FeatureHead(nn.Module):
         return feats.transpose(1, 2)
 
 
-class DistillationLoss(nn.Module):
-    """KD + feature matching over every read-out of one backbone pass.
+class FeatureDistillation(nn.Module):
+    """Feature-matching hook for :class:`~adaperceiver.objective.JointObjective` (``extra_losses``).
 
-    ``weights`` is a ``(len(depths), len(tokens))`` tensor (the objective's per-read-out weights,
-    summing to 1); the result is ``(loss, metrics)``.
+    ``hook(out, batch, weights) -> (loss, metrics)``: writes every read-out of ``out`` through the
+    :class:`FeatureHead`, resamples the teacher's patch features to the student's grid, and sums
+    the per-read-out feature losses with the objective's ``(depths, tokens)`` weights. Logits KD
+    is done by the objective itself (``kd_weight``, ``kd_temperature``).
     """
 
-    def __init__(self, cfg: DistillConfig, feature_head: FeatureHead | None = None,
-                 teacher_grid: tuple[int, int] | None = None):
+    def __init__(self, model: AdaPerceiver, teacher_dim: int, weight: float = 1.0, cosine_weight: float = 0.9,
+                 smooth_l1_weight: float = 0.1, teacher_grid: tuple[int, int] | None = None):
         super().__init__()
-        self.cfg = cfg
-        self.feature_head = feature_head
+        self.head = FeatureHead(model, teacher_dim)
+        self.weight, self.cosine_weight, self.smooth_l1_weight = weight, cosine_weight, smooth_l1_weight
         self.teacher_grid = teacher_grid
 
-    def forward(self, out: AnytimeOutput, teacher_logits: Tensor | None, teacher_features: Tensor | None,
-                weights: Tensor) -> tuple[Tensor, dict[str, float]]:
-        cfg = self.cfg
-        total = out.outputs.new_zeros(())
-        metrics: dict[str, float] = {}
-        if cfg.kd_weight and teacher_logits is not None:
-            if teacher_logits.shape[-1] != out.outputs.shape[-1]:
-                raise ValueError(f"teacher has {teacher_logits.shape[-1]} classes, student {out.outputs.shape[-1]}")
-            kd = (kd_loss(out.outputs, teacher_logits, cfg.temperature) * weights).sum()
-            total = total + cfg.kd_weight * kd
-            metrics["kd"] = float(kd.detach())
-        if cfg.feature_weight and teacher_features is not None and self.feature_head is not None:
-            student = self.feature_head(out)
-            grid = self.teacher_grid or square_grid(teacher_features.shape[1])
-            target = resample_tokens(teacher_features, grid, out.grid)
-            if target.shape[-1] != student.shape[-1]:
-                raise ValueError(f"feature head gives {student.shape[-1]} channels, teacher {target.shape[-1]}")
-            fl = (feature_loss(student, target, cfg.cosine_weight, cfg.smooth_l1_weight) * weights).sum()
-            total = total + cfg.feature_weight * fl
-            metrics["feat"] = float(fl.detach())
-        return total, metrics
-
-
-def readout_weights(depths: Sequence[int], tokens: Sequence[int], depth_weighting: str = "linear",
-                    token_weights: Sequence[float] | None = None, num_blocks: int | None = None) -> Tensor:
-    """Normalised ``(len(depths), len(tokens))`` weights: depth ``(i+1)/L`` (linear) or uniform x token weights."""
-    if depth_weighting not in ("linear", "uniform"):
-        raise ValueError(f"depth_weighting must be 'linear' or 'uniform', got {depth_weighting!r}")
-    num_blocks = num_blocks or max(depths)
-    dw = torch.tensor([d / num_blocks if depth_weighting == "linear" else 1.0 for d in depths])
-    tw = torch.ones(len(tokens)) if token_weights is None else torch.tensor(list(token_weights), dtype=torch.float32)
-    if tw.numel() != len(tokens):
-        raise ValueError(f"{tw.numel()} token weights for {len(tokens)} token counts")
-    w = dw[:, None] * tw[None, :]
-    return w / w.sum()
+    def forward(self, out: AnytimeOutput, batch, weights: Tensor) -> tuple[Tensor, dict[str, float]]:
+        teacher = getattr(batch, "teacher_features", None)
+        if teacher is None or not self.weight:
+            return out.outputs.new_zeros(()), {}
+        student = self.head(out)
+        grid = self.teacher_grid or square_grid(teacher.shape[1])
+        target = resample_tokens(teacher.to(student.device), grid, out.grid)
+        if target.shape[-1] != student.shape[-1]:
+            raise ValueError(f"feature head gives {student.shape[-1]} channels, teacher {target.shape[-1]}")
+        fl = (feature_loss(student, target, self.cosine_weight, self.smooth_l1_weight) * weights).sum()
+        return self.weight * fl, {"feat": float(fl.detach())}

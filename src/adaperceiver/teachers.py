@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import Block, PatchEmbed, hidden_units, layer_norm, trunc_normal_init
+from .model import AnytimeOutput
 
 
 class TeacherOutput(NamedTuple):
@@ -41,11 +42,26 @@ class ViTConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    # what the training objective reads from a model config (one fixed configuration)
+    @property
+    def num_latents(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def token_grans(self) -> tuple[int, ...]:
+        return (self.num_latents,)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (self.embed_dim,)
+
 
 class StaticViT(nn.Module):
     """Plain ViT over patch tokens (no latents, no adaptivity), mean-pooled to logits.
 
     ``forward_features`` returns the final patch tokens, which serve as the teacher's features.
+    It offers the trainable-model interface with a single read-out (``forward_anytime``), so the
+    shared training engine trains it with ``ObjectiveConfig.static()``.
     """
 
     def __init__(self, cfg: ViTConfig):
@@ -71,6 +87,26 @@ class StaticViT(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def forward_anytime(self, x: Tensor, tokens=None, width=None, depths=None, token_counts=None) -> AnytimeOutput:
+        """The one read-out this static model has, in the adaptive models' layout."""
+        if width is not None or (depths is not None and tuple(depths) != (self.num_blocks,)):
+            raise ValueError("StaticViT has a single configuration: train it with ObjectiveConfig.static()")
+        return AnytimeOutput(self(x)[None, None], (self.num_blocks,), (self.cfg.num_latents,))
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"architecture": "static_vit"}
+
+
+def build_architecture(name: str, cfg: None, meta: dict[str, Any]) -> StaticViT:
+    """Rebuild a saved static ViT (``checkpoint.from_pretrained`` calls this)."""
+    if name != "static_vit":
+        raise ValueError(f"adaperceiver.teachers builds 'static_vit', not {name!r}")
+    return StaticViT(ViTConfig(**meta["model"]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,12 +201,10 @@ def from_timm(model_name: str, checkpoint: str | Path | None = None, **kwargs: A
 # --------------------------------------------------------------------------------------------------
 # saving / loading static ViT teachers
 def save_vit(model: StaticViT, directory: str | Path) -> Path:
-    from .checkpoint import save_state_dict, write_json
+    """Write a static ViT in the usual layout (model.safetensors + config.json)."""
+    from .checkpoint import save_pretrained
 
-    directory = Path(directory)
-    save_state_dict(directory / "model.safetensors", model.state_dict())
-    write_json(directory / "config.json", {"vit": model.cfg.to_dict()})
-    return directory
+    return save_pretrained(model, directory)
 
 
 def load_teacher(spec: str) -> Teacher:
@@ -181,7 +215,6 @@ def load_teacher(spec: str) -> Teacher:
     - ``python:MODULE:ATTR``: a callable returning an ``nn.Module`` (see :func:`from_module`).
     """
     import importlib
-    import json
 
     if spec.startswith("timm:"):
         _, name, *ckpt = spec.split(":", 2)
@@ -193,17 +226,10 @@ def load_teacher(spec: str) -> Teacher:
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
         raise ValueError(f"teacher {spec!r}: expected a run directory with config.json, 'timm:NAME[:CKPT]' or 'python:MODULE:ATTR'")
-    meta = json.loads(cfg_path.read_text())
-    if "vit" in meta:
-        from .checkpoint import read_state_dict
-        from .convert import load_strict
-
-        vit = StaticViT(ViTConfig(**meta["vit"]))
-        load_strict(vit, read_state_dict(directory / "model.safetensors"), source=str(directory))
-        return from_static_vit(vit)
     from .checkpoint import from_pretrained
 
-    return from_adaperceiver(from_pretrained(directory))
+    model = from_pretrained(directory)
+    return from_static_vit(model) if isinstance(model, StaticViT) else from_adaperceiver(model)
 
 
 # --------------------------------------------------------------------------------------------------
