@@ -1,0 +1,124 @@
+"""Offline datasets and batched augmentation.
+
+``get_dataset(name, split, root=None, ...)`` returns a ``torch.utils.data.Dataset`` of
+``(normalised float image (C, H, W), int label)`` with ``classes``, ``in_chans`` and ``img_size``
+attributes. Nothing is ever downloaded.
+
+=================  ==================================================================  =========
+name               source                                                              ``root``
+=================  ==================================================================  =========
+``fashion_mnist``  Debian ``dataset-fashion-mnist`` IDX files (60k train / 10k val)    optional
+``imagefolder``    your ``root/train/<class>/*.png`` and ``root/val/<class>/*.png``     required
+``digits``         scikit-learn ``load_digits`` (1,797 8x8 images, for quick tests)    unused
+=================  ==================================================================  =========
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .classification import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    ImageFolderDataset,
+    TensorImageDataset,
+    check_split,
+    digits,
+    fashion_mnist,
+    read_idx,
+)
+
+_ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "image_folder": "imagefolder",
+            "folder": "imagefolder"}
+
+
+def _imagefolder(split: str, root: str | Path | None = None, image_size: int | None = None,
+                 in_chans: int | None = None) -> ImageFolderDataset:
+    if root is None:
+        raise ValueError("the 'imagefolder' dataset needs root (--data-dir) holding train/<class>/ and val/<class>/")
+    return ImageFolderDataset(root, split, image_size or 32, in_chans or 3)
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "fashion_mnist": lambda split, root=None, image_size=None, in_chans=None: fashion_mnist(split, root, image_size),
+    "imagefolder": _imagefolder,
+    "digits": lambda split, root=None, image_size=None, in_chans=None: digits(split, root, image_size),
+}
+
+
+def list_datasets() -> list[str]:
+    return sorted(DATASETS)
+
+
+class SubsetDataset(Dataset):
+    """The first ``n`` items of a fixed (seeded) shuffle of ``base``: a quick, class-mixed subset."""
+
+    def __init__(self, base: Dataset, n: int, seed: int = 0):
+        if n < 1:
+            raise ValueError(f"subset size must be >= 1, got {n}")
+        order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed))
+        self.base, self.indices = base, order[: min(n, len(base))].tolist()
+        self.classes, self.in_chans, self.img_size = base.classes, base.in_chans, base.img_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[self.indices[i]]
+
+
+def get_dataset(name: str, split: str, root: str | Path | None = None, *, image_size: int | None = None,
+                in_chans: int | None = None, subset: int | None = None) -> Dataset:
+    """Build dataset ``name`` for ``split`` (``"train"`` or ``"val"``; ``"test"`` means ``"val"``).
+
+    ``image_size`` resizes (square); ``in_chans`` picks grey (1) or RGB (3) for image folders;
+    ``subset`` keeps a fixed random subset of that many items.
+    """
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {list_datasets()}")
+    ds = DATASETS[key](check_split(split), root=root, image_size=image_size, in_chans=in_chans)
+    return SubsetDataset(ds, subset) if subset else ds
+
+
+@dataclass
+class RandomCropFlip:
+    """Per-sample random crop after zero padding, plus an optional horizontal flip, on a whole batch.
+
+    Works on ``(B, C, H, W)`` tensors on any device and draws from the given generator, so the
+    augmentation of a step is a pure function of (seed, step): resumed runs see the same images.
+    Padding is with zeros, i.e. with the normalised mean colour.
+    """
+
+    padding: int = 2
+    flip: bool = True
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        b, _, h, w = x.shape
+        if self.padding > 0:
+            p = self.padding
+            padded = F.pad(x, (p, p, p, p))
+            dy = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(x.device)
+            dx = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(x.device)
+            rows = (dy.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1)
+            cols = (dx.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w)
+            bidx = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+            cidx = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+            x = padded[bidx, cidx, rows, cols]
+        if self.flip:
+            flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+            x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
+        return x
+
+
+__all__ = [
+    "DATASETS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "ImageFolderDataset", "RandomCropFlip", "SubsetDataset",
+    "TensorImageDataset", "digits", "fashion_mnist", "get_dataset", "list_datasets", "read_idx",
+]

@@ -1,0 +1,199 @@
+"""Image-classification datasets that need no download: Fashion-MNIST, an ImageFolder tree, sklearn digits.
+
+Every dataset yields ``(image, label)`` with ``image`` a normalised float tensor ``(C, H, W)`` and
+``label`` an int, and exposes ``classes`` (names), ``in_chans`` and ``img_size``. Augmentation is
+not done here but per batch in the training loop (:class:`adaperceiver.data.RandomCropFlip`), so it
+is deterministic from the run's seed and step and runs on the training device.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+SPLITS = ("train", "val")
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def check_split(split: str) -> str:
+    """``"test"`` is accepted as another name for the held-out ``"val"`` split."""
+    split = "val" if split == "test" else split
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)} (or 'test'), got {split!r}")
+    return split
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format; gzip-compressed when the name ends in ``.gz``).
+
+    Raises ``ValueError`` naming the file when it is truncated, not IDX, or not valid gzip.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no IDX file at {path}")
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"cannot read {path}: not a valid gzip file ({e})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"cannot read {path}: not an IDX file (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"cannot read {path}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise ValueError(f"cannot read {path}: IDX header promises {expected} bytes of data for shape {shape}, "
+                         f"file has {len(data) - header}")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+
+
+def _normalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    m = torch.tensor(mean, dtype=images.dtype).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype).view(-1, 1, 1)
+    return (images - m) / s
+
+
+class TensorImageDataset(Dataset):
+    """A whole dataset held in memory as one normalised float tensor ``(N, C, H, W)`` plus labels."""
+
+    def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str]):
+        if images.dim() != 4 or images.shape[0] != labels.shape[0]:
+            raise ValueError(f"need images (N, C, H, W) and N labels, got {tuple(images.shape)} and {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.long()
+        self.classes = tuple(classes)
+
+    @property
+    def in_chans(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def img_size(self) -> int:
+        return self.images.shape[-1]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+
+def _resize(images: Tensor, size: int | None) -> Tensor:
+    if size is None or size == images.shape[-1] == images.shape[-2]:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def fashion_mnist(split: str, root: str | Path | None = None, image_size: int | None = None) -> TensorImageDataset:
+    """Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (or IDX files in ``root``).
+
+    ``train``: 60,000 images; ``val`` (= the official test set): 10,000. 28x28 grey, 10 classes.
+    """
+    split = check_split(split)
+    root = Path(root) if root is not None else FASHION_MNIST_DIR
+    img_name, lbl_name = FASHION_MNIST_FILES[split]
+    if not (root / img_name).is_file() or not (root / lbl_name).is_file():
+        raise FileNotFoundError(
+            f"Fashion-MNIST files {img_name}, {lbl_name} not found in {root}; install them with "
+            f"'apt-get install dataset-fashion-mnist' or pass --data-dir pointing to the IDX .gz files")
+    images, labels = read_idx(root / img_name), read_idx(root / lbl_name)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"{root / img_name} and {root / lbl_name} do not form an (N, H, W) image / (N,) label pair")
+    x = torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1)
+    x = _normalise(_resize(x, image_size), FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    return TensorImageDataset(x, torch.from_numpy(labels.astype(np.int64)), FASHION_MNIST_CLASSES)
+
+
+def digits(split: str, root: str | Path | None = None, image_size: int | None = None,
+           val_fraction: float = 0.2) -> TensorImageDataset:
+    """scikit-learn's 1,797 8x8 digits (shipped inside sklearn), split 80/20 by a fixed permutation."""
+    split = check_split(split)
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError("the 'digits' dataset needs scikit-learn: pip install scikit-learn") from None
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images).float().div_(16.0).unsqueeze(1)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    n_val = int(round(len(y) * val_fraction))
+    idx = order[n_val:] if split == "train" else order[:n_val]
+    x = _normalise(_resize(x[idx], image_size), (0.3,), (0.4,))
+    return TensorImageDataset(x, y[idx], [str(c) for c in range(10)])
+
+
+class ImageFolderDataset(Dataset):
+    """``root/<split>/<class>/*.png|jpg|...`` read with PIL on access, resized to ``image_size``.
+
+    Class names come from the sub-folders of ``root/train`` (sorted), so every split uses the same
+    label ids. Pixels are scaled to [0, 1] and normalised with mean 0.5, std 0.5 per channel.
+    """
+
+    def __init__(self, root: str | Path, split: str, image_size: int = 32, in_chans: int = 3):
+        split = check_split(split)
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans}")
+        root = Path(root)
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise FileNotFoundError(f"no folder {split_dir}; an ImageFolder dataset needs root/train/<class>/*.png "
+                                    f"and root/val/<class>/*.png")
+        class_dir = root / "train" if (root / "train").is_dir() else split_dir
+        self.classes = tuple(sorted(p.name for p in class_dir.iterdir() if p.is_dir()))
+        if not self.classes:
+            raise ValueError(f"{class_dir} has no class sub-folders")
+        self.samples: list[tuple[Path, int]] = []
+        for label, name in enumerate(self.classes):
+            folder = split_dir / name
+            if folder.is_dir():
+                files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+                self.samples += [(p, label) for p in files]
+        if not self.samples:
+            raise ValueError(f"no images with extensions {list(IMAGE_EXTENSIONS)} under {split_dir}/<class>/")
+        self.img_size = image_size
+        self.in_chans = in_chans
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, path: Path) -> Tensor:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L" if self.in_chans == 1 else "RGB")
+                if im.size != (self.img_size, self.img_size):
+                    im = im.resize((self.img_size, self.img_size), Image.Resampling.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8).copy()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f"cannot read image {path}: {e}") from None
+        x = torch.from_numpy(arr).float().div_(255.0)
+        x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
+        return (x - 0.5) / 0.5
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        path, label = self.samples[i]
+        return self.load(path), label

@@ -1,0 +1,219 @@
+"""The joint (once-for-all) training objective, computed from ONE backbone pass per batch.
+
+For a batch the model runs once at its maximum token count with one FFN width sampled per sample
+(:meth:`AdaPerceiver.forward_anytime`). That pass yields a read-out for every depth ``1..L`` and
+every token granularity ``g`` (the prefix ``z[:, :g]``), i.e. an ``(L, G)`` grid of predictions.
+The loss is a weighted sum over that grid:
+
+    loss = sum_ij w_ij * [ce_weight * task_loss(out_ij, y) + kd_weight * KD(out_ij, teacher)]
+           + sum_k extra_loss_k(anytime_output, batch, w)
+
+with ``w_ij = depth_w(i) * token_w(j)`` normalised to sum to 1; ``depth_w`` is ``d / L``
+("linear") or 1 ("uniform"). Widths need no loss term: each sample trains its own width.
+
+Plug-in points, so other objectives need no new training loop:
+
+* ``task_loss(pred, target) -> scalar``: any per-read-out supervised loss (CE for classification,
+  a segmentation or depth loss for dense models).
+* ``Batch.teacher_logits``: logits KD at temperature ``T`` (scaled by ``T**2``) on every read-out.
+* ``extra_losses``: callables ``(AnytimeOutput, Batch, weights) -> (loss, metrics)``, e.g. feature
+  distillation; ``weights`` is the ``(L, G)`` read-out weight grid. ``nn.Module`` hooks are
+  registered as sub-modules, so their parameters are trained and checkpointed with the objective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .distill import kd_loss
+from .model import AdaPerceiver, AnytimeOutput
+
+TaskLoss = Callable[[Tensor, Tensor], Tensor]
+ExtraLoss = Callable[[AnytimeOutput, "Batch", Tensor], tuple[Tensor, dict[str, float]]]
+DEPTH_WEIGHTINGS = ("linear", "uniform")
+
+
+@dataclass
+class ObjectiveConfig:
+    """How the read-outs of one pass are combined into the training loss."""
+
+    all_depths: bool = True  # depth loss: read out after every block (False: the last block only)
+    all_tokens: bool = True  # token loss: read out every granularity (False: all latents only)
+    sample_widths: bool = True  # one width per sample from the model's trained widths (False: full width)
+    widths: tuple[int, ...] | None = None  # widths to sample from; None -> model.cfg.widths
+    depth_weighting: str = "linear"  # "linear" ((i+1)/L) or "uniform"
+    token_weights: tuple[float, ...] | None = None  # one per granularity; None -> uniform
+    label_smoothing: float = 0.0  # for the default cross-entropy task loss
+    ce_weight: float = 1.0  # weight of the supervised task loss
+    kd_weight: float = 1.0  # weight of logits distillation (only when the batch carries teacher logits)
+    kd_temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.depth_weighting not in DEPTH_WEIGHTINGS:
+            raise ValueError(f"depth_weighting must be one of {list(DEPTH_WEIGHTINGS)}, got {self.depth_weighting!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.kd_temperature <= 0:
+            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
+        if self.token_weights is not None:
+            self.token_weights = tuple(float(w) for w in self.token_weights)
+            if any(w < 0 for w in self.token_weights) or not sum(self.token_weights) > 0:
+                raise ValueError(f"token_weights must be >= 0 with a positive sum, got {list(self.token_weights)}")
+        if self.widths is not None:
+            self.widths = tuple(int(w) for w in self.widths)
+
+    @classmethod
+    def static(cls, **kw: Any) -> "ObjectiveConfig":
+        """A plain single-configuration objective (static baselines): last block, all tokens, full width."""
+        return cls(all_depths=False, all_tokens=False, sample_widths=False, **kw)
+
+
+@dataclass
+class Batch:
+    """One training batch as the objective sees it."""
+
+    images: Tensor
+    targets: Tensor
+    teacher_logits: Tensor | None = None  # (B, classes): enables logits KD
+    teacher_features: Tensor | None = None  # (B, P_t, C_t): for feature-distillation hooks
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class CrossEntropy:
+    """The classification task loss: mean cross-entropy with optional label smoothing.
+
+    Besides ``loss(pred, target)`` it offers ``per_readout(outputs, target)``, one vectorised call
+    for a whole ``(L, G, B, classes)`` read-out grid; any task loss may define it for speed.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(pred.float(), target, label_smoothing=self.label_smoothing)
+
+    def per_readout(self, outputs: Tensor, target: Tensor) -> Tensor:
+        lead = outputs.shape[:-2]
+        flat = outputs.float().reshape(-1, outputs.shape[-1])
+        reps = flat.shape[0] // target.shape[0]
+        losses = F.cross_entropy(flat, target.repeat(reps), label_smoothing=self.label_smoothing, reduction="none")
+        return losses.view(*lead, target.shape[0]).mean(-1)
+
+
+def cross_entropy(label_smoothing: float = 0.0) -> CrossEntropy:
+    return CrossEntropy(label_smoothing)
+
+
+def per_readout_losses(task_loss: TaskLoss, outputs: Tensor, target: Tensor) -> Tensor:
+    """``(L, G)`` task losses, one per read-out of an ``(L, G, B, ...)`` output grid."""
+    fast = getattr(task_loss, "per_readout", None)
+    if fast is not None:
+        return fast(outputs, target)
+    num_d, num_t = outputs.shape[:2]
+    return torch.stack([torch.stack([task_loss(outputs[i, j], target) for j in range(num_t)]) for i in range(num_d)])
+
+
+def readout_grid_weights(depths: Sequence[int], tokens: Sequence[int], num_blocks: int,
+                         depth_weighting: str = "linear", token_weights: Sequence[float] | None = None) -> Tensor:
+    """``(len(depths), len(tokens))`` weights summing to 1: depth weight x token weight."""
+    if depth_weighting not in DEPTH_WEIGHTINGS:
+        raise ValueError(f"depth_weighting must be one of {list(DEPTH_WEIGHTINGS)}, got {depth_weighting!r}")
+    dw = torch.tensor([d / num_blocks if depth_weighting == "linear" else 1.0 for d in depths], dtype=torch.float32)
+    if token_weights is None:
+        tw = torch.ones(len(tokens))
+    else:
+        if len(token_weights) != len(tokens):
+            raise ValueError(f"token_weights has {len(token_weights)} entries but the model reads out "
+                             f"{len(tokens)} token counts {list(tokens)}")
+        tw = torch.tensor(list(token_weights), dtype=torch.float32)
+    w = dw[:, None] * tw[None, :]
+    return w / w.sum()
+
+
+class JointObjective(nn.Module):
+    """``objective(model, batch, generator) -> (loss, metrics)`` over every read-out of one pass.
+
+    ``metrics`` holds floats for logging: ``loss``, ``task`` (weighted task loss), ``task_full``
+    (task loss of the full configuration), ``acc_full`` for classification, ``kd`` when a teacher
+    is present, and whatever the extra losses report.
+    """
+
+    def __init__(self, cfg: ObjectiveConfig | None = None, task_loss: TaskLoss | None = None,
+                 extra_losses: Sequence[ExtraLoss] = ()):
+        super().__init__()
+        self.cfg = cfg or ObjectiveConfig()
+        self.task_loss = task_loss or cross_entropy(self.cfg.label_smoothing)
+        self.extra_losses = list(extra_losses)
+        # modules among the hooks become sub-modules: trained, moved and checkpointed with the objective
+        self.extra_modules = nn.ModuleList(h for h in self.extra_losses if isinstance(h, nn.Module))
+
+    # ----------------------------------------------------------------------------------------------
+    def sample_widths(self, model: AdaPerceiver, batch_size: int, generator: torch.Generator | None = None) -> Tensor | None:
+        """One width per sample, uniformly from the trained widths (None when sampling is off)."""
+        if not self.cfg.sample_widths:
+            return None
+        widths = self.cfg.widths or model.cfg.widths
+        bad = [w for w in widths if not 1 <= w <= model.cfg.embed_dim]
+        if bad:
+            raise ValueError(f"objective widths {bad} outside [1, {model.cfg.embed_dim}]; model widths {list(model.cfg.widths)}")
+        if len(widths) == 1:
+            return None if widths[0] == model.cfg.embed_dim else torch.full((batch_size,), widths[0])
+        idx = torch.randint(0, len(widths), (batch_size,), generator=generator)
+        return torch.tensor(widths)[idx]
+
+    def readouts(self, model: AdaPerceiver) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The (depths, token counts) read out for ``model`` under this config."""
+        n, depth = model.cfg.num_latents, model.num_blocks
+        depths = tuple(range(1, depth + 1)) if self.cfg.all_depths else (depth,)
+        tokens = tuple(g for g in model.cfg.token_grans if g < n) + (n,) if self.cfg.all_tokens else (n,)
+        return depths, tokens
+
+    def weights(self, model: AdaPerceiver) -> Tensor:
+        depths, tokens = self.readouts(model)
+        return readout_grid_weights(depths, tokens, model.num_blocks, self.cfg.depth_weighting,
+                                    self.cfg.token_weights if self.cfg.all_tokens else None)
+
+    # ----------------------------------------------------------------------------------------------
+    def forward(self, model: AdaPerceiver, batch: Batch,
+                generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+        cfg = self.cfg
+        depths, tokens = self.readouts(model)
+        width = self.sample_widths(model, batch.images.shape[0], generator)
+        out = model.forward_anytime(batch.images, width=width, depths=depths, token_counts=tokens)
+        weights = self.weights(model).to(out.outputs.device)
+
+        total = out.outputs.new_zeros((), dtype=torch.float32)
+        metrics: dict[str, float] = {}
+        if cfg.ce_weight:
+            per = per_readout_losses(self.task_loss, out.outputs, batch.targets)
+            task = (per.float() * weights).sum()
+            total = total + cfg.ce_weight * task
+            metrics["task"] = float(task.detach())
+            metrics["task_full"] = float(per[-1, -1].detach())
+        full = out.outputs[-1, -1]
+        if full.dim() == 2 and batch.targets.dim() == 1:
+            metrics["acc_full"] = float((full.detach().argmax(-1) == batch.targets).float().mean())
+        if cfg.kd_weight and batch.teacher_logits is not None:
+            teacher = batch.teacher_logits.to(out.outputs.device)
+            if teacher.shape != full.shape:
+                raise ValueError(f"teacher logits of shape {tuple(teacher.shape)} do not match the student's "
+                                 f"{tuple(full.shape)}")
+            kd = (kd_loss(out.outputs, teacher, cfg.kd_temperature) * weights).sum()
+            total = total + cfg.kd_weight * kd
+            metrics["kd"] = float(kd.detach())
+        for hook in self.extra_losses:
+            extra, extra_metrics = hook(out, batch, weights)
+            total = total + extra
+            metrics.update({k: float(v) for k, v in extra_metrics.items()})
+        metrics["loss"] = float(total.detach())
+        return total, metrics
+
+
+__all__ = ["Batch", "CrossEntropy", "ExtraLoss", "JointObjective", "ObjectiveConfig", "TaskLoss", "cross_entropy",
+           "per_readout_losses", "readout_grid_weights"]
