@@ -110,7 +110,7 @@ def test_comparators_and_outputs(model, tmp_path):
     cost = configuration_flops(model, outcomes.space)
     policy = train_policy(model, outcomes, cost, PolicyTrainConfig(lam=0.2, epochs=2, batch_size=20))
     res = evaluate_comparators(model, outcomes, cost, {"lam=0.2": policy}, taus=(0.3, 0.999),
-                               latency_batch_sizes=(1, 8), latency_images=8, latency_repeats=1)
+                               latency_batch_sizes=(), latency_images=8, latency_repeats=1)
     rows = res["rows"]
     fixed = [r for r in rows if r["method"] == "fixed"]
     full = next(r for r in rows if r["method"] == "full")
@@ -123,7 +123,7 @@ def test_comparators_and_outputs(model, tmp_path):
     assert pol["gflops"] > pol["policy_gflops"] > 0  # the policy's own FLOPs are included
     ee = [r for r in rows if r["method"] == "early_exit"]
     assert ee[0]["mean_exit_depth"] <= ee[1]["mean_exit_depth"]
-    assert all(r["latency_ms_b1"] > 0 and r["latency_ms_b8"] > 0 for r in rows)
+    assert not any(k.startswith("latency") for r in rows for k in r)  # timing is skipped when asked
     s = res["summary"]["parity_fixed"]
     assert s is not None and s["gflops"] <= full["gflops"] and s["acc1"] >= full["acc1"] - 0.1
     write_results(res, tmp_path)
@@ -162,7 +162,7 @@ def test_policy_cli(model, tmp_path, monkeypatch, capsys):
                  "--out", str(tmp_path / "pol")]) == 0
     assert (tmp_path / "pol" / "lam1" / "policy.safetensors").is_file()
     assert main(["policy", "eval", "--model", str(tmp_path / "run"), "--policies", str(tmp_path / "pol" / "lam0.1"),
-                 str(tmp_path / "pol" / "lam1"), "--taus", "0.9", "--latency-batch-sizes", "4", "--latency-images", "4",
+                 str(tmp_path / "pol" / "lam1"), "--taus", "0.9", "--latency-batch-sizes",
                  "--out", str(tmp_path / "eval")]) == 0
     assert "full:" in capsys.readouterr().out
     assert (tmp_path / "eval" / "comparators.csv").is_file()

@@ -679,7 +679,8 @@ def register_cli(sub) -> None:
     e.add_argument("--split", default="test")
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--taus", type=float, nargs="*", default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999])
-    e.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 64])
+    e.add_argument("--latency-batch-sizes", type=int, nargs="*", default=[1, 64],
+                   help="batch sizes to time every method at (none: skip timing)")
     e.add_argument("--latency-images", type=int, default=128)
     e.add_argument("--out", required=True)
     e.set_defaults(func=_cli_eval)

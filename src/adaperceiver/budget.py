@@ -1,0 +1,194 @@
+"""Deployment budgets: the most accurate configuration that fits a latency or FLOPs budget here.
+
+A sweep (``adaperceiver sweep``: rows with ``tokens, depth, width, acc1, gflops``) says how accurate
+every configuration is; how fast it runs depends on the machine. :func:`select_configuration`
+measures the latency of every configuration of the sweep on the current machine at the requested
+batch size (model alone, ready inputs, median of repeats), caches the numbers in a JSON file next
+to the sweep keyed by machine / torch version / threads / batch size / model, and returns the most
+accurate row within the budget. Budgets are per call: ``max_ms`` is the median latency of one
+batch of ``batch_size`` images (per image at batch size 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .model import AdaPerceiver
+
+CACHE_NAME = "latency_cache.json"
+Row = dict[str, Any]
+MeasureFn = Callable[[AdaPerceiver, int, int, int, int], float]  # (model, tokens, depth, width, batch) -> ms
+
+
+def load_rows(sweep: str | Path | Sequence[Mapping[str, Any]]) -> list[Row]:
+    """Sweep rows from ``sweep.json`` (``{"rows": [...]}`` or a list), ``sweep.csv``, a directory holding
+    either, or an in-memory list of dicts. Numbers in CSV cells are parsed."""
+    if not isinstance(sweep, (str, Path)):
+        rows = [dict(r) for r in sweep]
+    else:
+        path = Path(sweep)
+        if path.is_dir():
+            path = next((path / n for n in ("sweep.json", "sweep.csv") if (path / n).is_file()), path / "sweep.json")
+        if not path.is_file():
+            raise FileNotFoundError(f"no sweep file at {path} (expected sweep.json or sweep.csv)")
+        if path.suffix == ".json":
+            obj = json.loads(path.read_text())
+            rows = obj["rows"] if isinstance(obj, dict) else obj
+        elif path.suffix == ".csv":
+            with open(path, newline="") as f:
+                rows = [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        else:
+            raise ValueError(f"sweep file must be .json or .csv, got {path.name}")
+    missing = [k for k in ("tokens", "depth", "width") if rows and k not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"sweep rows need tokens, depth and width (missing {missing})" if rows else "the sweep has no rows")
+    for r in rows:
+        for k in ("tokens", "depth", "width"):
+            r[k] = int(r[k])
+    return rows
+
+
+def _parse(v: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except (TypeError, ValueError):
+            pass
+    return {"True": True, "False": False}.get(v, v)
+
+
+def machine_key(model: AdaPerceiver, batch_size: int) -> str:
+    """What a latency depends on: machine, torch build and threads, batch size, and the model."""
+    cfg_hash = hashlib.sha1(json.dumps(model.cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    dev = next(model.parameters()).device
+    return (f"{platform.node()}|{platform.machine()}|{platform.processor() or '-'}|torch {torch.__version__}|"
+            f"threads {torch.get_num_threads()}|{dev}|{next(model.parameters()).dtype}|batch {batch_size}|model {cfg_hash}")
+
+
+def default_measure(model: AdaPerceiver, tokens: int, depth: int, width: int, batch_size: int) -> float:
+    """Median ms of one ``model(x, tokens, depth, width)`` call on a ready random batch."""
+    from .evaluation import measure_latency
+
+    return measure_latency(model, tokens, depth, width, batch_size).median_ms
+
+
+def measure_configurations(model: AdaPerceiver, configs: Sequence[tuple[int, int, int]], batch_size: int = 1,
+                           cache_path: str | Path | None = None, measure: MeasureFn | None = None) -> dict[str, float]:
+    """Latency (median ms per call) of each ``(tokens, depth, width)``, reusing and updating the cache."""
+    measure = measure or default_measure
+    key = machine_key(model, batch_size)
+    cache: dict[str, dict[str, float]] = {}
+    if cache_path is not None and Path(cache_path).is_file():
+        try:
+            cache = json.loads(Path(cache_path).read_text())
+        except json.JSONDecodeError:
+            cache = {}  # a damaged cache is re-measured, not fatal
+    entry = cache.setdefault(key, {})
+    todo = [c for c in configs if _name(*c) not in entry]
+    for t, d, w in todo:
+        entry[_name(t, d, w)] = float(measure(model, t, d, w, batch_size))
+    if todo and cache_path is not None:
+        from .checkpoint import write_json
+
+        write_json(cache_path, cache)
+    return {_name(*c): entry[_name(*c)] for c in configs}
+
+
+def _name(tokens: int, depth: int, width: int) -> str:
+    return f"{tokens}/{depth}/{width}"
+
+
+def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model: AdaPerceiver,
+                         max_ms: float | None = None, max_gflops: float | None = None, batch_size: int = 1, *,
+                         metric: str = "acc1", higher_is_better: bool = True, cache_path: str | Path | None = None,
+                         measure: MeasureFn | None = None) -> Row:
+    """The most accurate sweep row whose latency here is <= ``max_ms`` and GFLOPs <= ``max_gflops``.
+
+    Latencies are measured only when ``max_ms`` is given, for every configuration of the sweep, and
+    cached (default: ``latency_cache.json`` next to a sweep file; no cache for in-memory rows). The
+    returned row gains ``latency_ms`` (measured here) and ``batch_size``. Ties go to fewer GFLOPs.
+    Raises ValueError naming the cheapest configuration when nothing fits.
+    """
+    if max_ms is None and max_gflops is None:
+        raise ValueError("give a budget: max_ms and/or max_gflops")
+    if (max_ms is not None and max_ms <= 0) or (max_gflops is not None and max_gflops <= 0):
+        raise ValueError(f"budgets must be positive, got max_ms={max_ms}, max_gflops={max_gflops}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rows = load_rows(sweep)
+    if metric not in rows[0]:
+        raise ValueError(f"sweep rows have no {metric!r} column; columns: {sorted(rows[0])}")
+    if max_gflops is not None and "gflops" not in rows[0]:
+        raise ValueError("max_gflops needs a 'gflops' column in the sweep")
+    for r in rows:  # rows must be configurations of this model (clear errors, not tensor-size errors)
+        model.resolve_tokens(r["tokens"]), model.resolve_depth(r["depth"]), model.resolve_width(r["width"], 1)
+    if cache_path is None and isinstance(sweep, (str, Path)):
+        p = Path(sweep)
+        cache_path = (p if p.is_dir() else p.parent) / CACHE_NAME
+    if max_ms is not None:
+        lat = measure_configurations(model, [(r["tokens"], r["depth"], r["width"]) for r in rows], batch_size,
+                                     cache_path, measure)
+        for r in rows:
+            r["latency_ms"] = lat[_name(r["tokens"], r["depth"], r["width"])]
+            r["batch_size"] = batch_size
+
+    def fits(r: Row) -> bool:
+        return (max_ms is None or r["latency_ms"] <= max_ms) and (max_gflops is None or r["gflops"] <= max_gflops)
+
+    ok = [r for r in rows if fits(r)]
+    if not ok:
+        cost_key = "latency_ms" if max_ms is not None else "gflops"
+        cheapest = min(rows, key=lambda r: r[cost_key])
+        budget = " and ".join(s for s in (f"max_ms={max_ms:g} (batch size {batch_size})" if max_ms is not None else "",
+                                            f"max_gflops={max_gflops:g}" if max_gflops is not None else "") if s)
+        raise ValueError(f"no configuration fits {budget}; the cheapest is tokens/depth/width "
+                         f"{_name(cheapest['tokens'], cheapest['depth'], cheapest['width'])} with "
+                         + ", ".join(f"{k}={cheapest[k]:.4g}" for k in ("latency_ms", "gflops", metric) if k in cheapest))
+    sign = 1.0 if higher_is_better else -1.0
+    return max(ok, key=lambda r: (sign * float(r[metric]), -float(r.get("gflops", 0.0))))
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser(
+        "budget",
+        help="pick the most accurate configuration of a sweep that fits a latency or FLOPs budget on this machine",
+        description="Measure (and cache next to the sweep) the latency of every configuration on this machine, "
+        "then print the most accurate configuration within the budget.",
+    )
+    p.add_argument("--sweep", required=True, help="sweep.json / sweep.csv (or its directory) from 'adaperceiver sweep'")
+    p.add_argument("--model", required=True, help="the model / run directory the sweep was made with")
+    p.add_argument("--max-ms", type=float, default=None, help="latency budget: median ms per call at --batch-size")
+    p.add_argument("--max-gflops", type=float, default=None, help="FLOPs budget per image")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--metric", default="acc1", help="sweep column to maximise")
+    p.add_argument("--cache", default=None, help=f"latency cache file (default: {CACHE_NAME} next to the sweep)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads while measuring")
+    p.set_defaults(func=_cli_budget)
+
+
+def _cli_budget(args) -> int:
+    from .checkpoint import from_pretrained
+
+    if args.max_ms is None and args.max_gflops is None:
+        raise ValueError("give --max-ms and/or --max-gflops")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = from_pretrained(args.model)
+    row = select_configuration(args.sweep, model, args.max_ms, args.max_gflops, args.batch_size, metric=args.metric,
+                               cache_path=args.cache)
+    cols = [args.metric, "gflops", "latency_ms"]
+    print(f"tokens={row['tokens']} depth={row['depth']} width={row['width']}  "
+          + "  ".join(f"{c}={row[c]:.4g}" for c in cols if c in row)
+          + (f"  (batch size {args.batch_size})" if "latency_ms" in row else ""))
+    return 0
+
+
+__all__ = ["load_rows", "machine_key", "measure_configurations", "select_configuration"]
