@@ -150,3 +150,20 @@ def test_classification_config_becomes_a_dense_backbone():
     m = build_dense_model("depth", tiny_config(task="classification", num_classes=5))
     assert isinstance(m, DepthModel) and isinstance(m.backbone, AdaPerceiverDense)
     assert m.cfg.task == "dense" and m.cfg.num_classes == m.cfg.embed_dim
+
+
+def test_prediction_picture_is_written(tmp_path):
+    from PIL import Image
+
+    from adaperceiver.visualize import colorize_labels, default_configs, plot_dense_predictions
+
+    lab = torch.tensor([[0, 1], [255, 2]])
+    rgb = colorize_labels(lab, 3)
+    assert rgb.shape == (2, 2, 3) and (rgb[1, 0] == 0).all() and len({tuple(c) for c in rgb.reshape(-1, 3)}) == 4
+    for m, y in ((seg_model(), torch.randint(0, 4, (2, 16, 16))), (depth_model(), torch.rand(2, 1, 16, 16) * 3)):
+        assert default_configs(m) == [(4, 1, 16), (16, 3, 32)]
+        path = plot_dense_predictions(m, torch.randn(2, 3, 16, 16), y, tmp_path / f"{m.task}.png")
+        with Image.open(path) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+    with pytest.raises(ValueError, match="SegmentationModel"):
+        plot_dense_predictions(torch.nn.Linear(2, 2), torch.randn(1, 3, 16, 16), y, tmp_path / "x.png")

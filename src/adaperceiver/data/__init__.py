@@ -34,6 +34,7 @@ from .classification import (
     fashion_mnist,
     read_idx,
 )
+from .dense import DENSE_DATASETS
 
 _ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "image_folder": "imagefolder",
             "folder": "imagefolder"}
@@ -50,6 +51,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "fashion_mnist": lambda split, root=None, image_size=None, in_chans=None: fashion_mnist(split, root, image_size),
     "imagefolder": _imagefolder,
     "digits": lambda split, root=None, image_size=None, in_chans=None: digits(split, root, image_size),
+    **DENSE_DATASETS,  # segmentation / depth sets: adaperceiver.data.dense
 }
 
 

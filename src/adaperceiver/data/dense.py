@@ -190,6 +190,8 @@ class SegmentationFolder(Dataset):
                                 IMAGE_EXTS, (".png",))
         self.num_classes, self.ignore_index, self.reduce_zero_label = num_classes, ignore_index, reduce_zero_label
         self.size, self.in_chans, self.mean, self.std = _size_hw(size), in_chans, tuple(mean), tuple(std)
+        self.classes = tuple(str(i) for i in range(num_classes))
+        self.img_size = max(self.size) if self.size else None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -241,6 +243,8 @@ class DepthFolder(Dataset):
         self.pairs = pair_files(_split_dir(img_dir, split), _split_dir(root / "depth", split), IMAGE_EXTS, (".png", ".npy"))
         self.size, self.depth_scale, self.in_chans = _size_hw(size), depth_scale, in_chans
         self.mean, self.std = tuple(mean), tuple(std)
+        self.classes: tuple[str, ...] = ()
+        self.img_size = max(self.size) if self.size else None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -436,7 +440,7 @@ class ViSPCastelDepth(Dataset):
         self.depth_cam = _camera(found / "chateau_depth.xml")
         depth_M_color = np.loadtxt(found / "depth_M_color.txt").reshape(4, 4)
         self.color_M_depth = np.linalg.inv(depth_M_color)
-        self.in_chans, self.img_size = 1, self.size
+        self.in_chans, self.img_size, self.classes = 1, max(self.size), ()
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -464,7 +468,33 @@ def depth_range(dataset: Dataset, limit: int = 64) -> tuple[float, float]:
     return lo, hi
 
 
+def _needs_root(name: str, root) -> Path:
+    if root is None:
+        raise ValueError(f"the {name!r} dataset needs root (--data {name}:PATH or --data-dir)")
+    return Path(root)
+
+
+def _fmnist_seg(split, root=None, image_size=None, in_chans=None):
+    return FashionMNISTSegmentation(split, root, canvas=image_size or 56)
+
+
+def _ade20k(split, root=None, image_size=None, in_chans=None):
+    return SegmentationFolder(_needs_root("ade20k", root), split, size=image_size or 224, in_chans=in_chans or 3)
+
+
+def _nyu(split, root=None, image_size=None, in_chans=None):
+    return DepthFolder(_needs_root("nyu", root), split, size=image_size or 224, in_chans=in_chans or 3)
+
+
+def _visp(split, root=None, image_size=None, in_chans=None):
+    size = (image_size * 3 // 4, image_size) if image_size else (96, 128)
+    return ViSPCastelDepth(root, split, size=size)
+
+
+# for ``adaperceiver.data.get_dataset`` (and so ``adaperceiver sweep --data NAME[:ROOT]``)
+DENSE_DATASETS = {"fashion_mnist_seg": _fmnist_seg, "ade20k": _ade20k, "nyu": _nyu, "visp_castel": _visp}
+
 __all__ = [
-    "DepthFolder", "FashionMNISTSegmentation", "SegmentationFolder", "ViSPCastelDepth", "depth_range",
+    "DENSE_DATASETS", "DepthFolder", "FashionMNISTSegmentation", "SegmentationFolder", "ViSPCastelDepth", "depth_range",
     "find_visp_castel", "pair_files", "read_visp_depth", "register_depth", "resize_depth", "resize_labels",
 ]
