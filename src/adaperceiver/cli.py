@@ -14,7 +14,9 @@ COMMAND_MODULES = [
     "adaperceiver.convert",
     "adaperceiver.export",
     "adaperceiver.policy",
+    "adaperceiver.budget",
     "adaperceiver.evaluation",
+    "adaperceiver.training",
 ]
 
 

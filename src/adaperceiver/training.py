@@ -1,0 +1,855 @@
+"""The training engine: joint (once-for-all) or static training with exact, resumable checkpoints.
+
+One :class:`Trainer` runs any registered task (:mod:`adaperceiver.tasks`) with the
+:class:`~adaperceiver.objective.JointObjective`: AdamW, linear warm-up then cosine decay, gradient
+clipping, an EMA of the weights, bf16 autocast only on CUDA, a progress bar and ``metrics.csv``.
+
+Determinism, which is what makes ``--resume`` exact: the data order of epoch ``e`` is a pure
+function of ``(seed, e)`` (:func:`adaperceiver.distributed.epoch_permutation`), and everything
+random inside a step (augmentation, per-sample widths) draws from a generator seeded by
+``(seed, step)``. A checkpoint at step ``s`` therefore resumes at batch ``s mod steps_per_epoch``
+of epoch ``s // steps_per_epoch`` with nothing lost or repeated.
+
+Run directory layout (``out_dir/name``)::
+
+    config.json           model config + run metadata (from_pretrained reads it)
+    model.safetensors     inference weights: the EMA weights (or raw ones with ema_decay=0)
+    metrics.csv           one row per logged step and per evaluation
+    checkpoints/last.json points at the newest complete checkpoint
+    checkpoints/step_XXXXXXXX/{model,ema,objective}.safetensors + trainer_state.pt
+
+Only the main process writes (:meth:`Trainer.is_writer`); the data order and seeding live in
+small functions so a torchrun/DDP launch (one process per rank) can reuse them.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import distributed
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write, read_state_dict, save_pretrained, save_state_dict
+from .objective import Batch, ExtraLoss, JointObjective, ObjectiveConfig
+from .tasks import TaskData, TaskSpec, get_task
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_POINTER = "last.json"
+STATE_NAME = "trainer_state.pt"
+METRICS_NAME = "metrics.csv"
+EXPORT_CHOICES = ("ema", "raw")
+NO_DECAY_NAMES = ("pos_embed", "latent_token", "output_query")
+# fields a resumed run must share with the run it continues (they fix data order and schedule)
+RESUME_KEYS = ("task", "model", "model_overrides", "static", "dataset", "image_size", "train_subset", "epochs",
+               "batch_size", "lr", "min_lr", "weight_decay", "warmup_steps", "seed", "objective", "ema_decay")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in the run's config.json under ``"train"``)."""
+
+    # what to train
+    task: str = "classification"
+    model: str = "adaperceiver_tiny"  # a registry preset
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # any AdaPerceiverConfig field
+    static: tuple[int, int, int] | None = None  # (tokens, depth, width): train a static baseline instead
+    init_from: str | None = None  # a trained model directory to start from (the task's build_model loads it)
+    freeze_backbone: bool = False  # train only output query/queries, write cross-attention and head
+    # data
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    image_size: int | None = None  # resize images (default: the dataset's size)
+    train_subset: int | None = None  # use a fixed random subset of the training set
+    val_subset: int | None = None
+    augment: bool = True
+    crop_padding: int = 2  # random crop after this much zero padding
+    hflip: bool = True
+    num_workers: int = 0
+    # optimisation
+    epochs: int = 5
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    lr: float = 2e-3
+    min_lr: float = 2e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
+    grad_clip: float = 3.0  # max global grad norm (0 disables)
+    ema_decay: float = 0.999  # 0 disables the EMA
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    # run
+    seed: int = 0
+    device: str | None = None  # default: cuda when available, else cpu
+    out_dir: str = "runs"
+    name: str = "run"
+    export: str = "ema"  # weights in model.safetensors: "ema" or "raw" (raw when the EMA is off)
+    checkpoint_every: int = 0  # steps between checkpoints; 0: at the end of every epoch
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    eval_every: int = 1  # epochs between evaluations (0: only at the end)
+    progress: bool = True
+    max_steps: int | None = None  # stop (resumably) after this global step
+
+    def __post_init__(self) -> None:
+        try:  # stored in config.json: keep it JSON-shaped (tuples become lists) so saved == loaded
+            self.model_overrides = json.loads(json.dumps(dict(self.model_overrides)))
+        except TypeError as e:
+            raise ValueError(f"model_overrides must be JSON-serialisable config values ({e})") from None
+        if isinstance(self.objective, dict):
+            self.objective = ObjectiveConfig(**self.objective)
+        if self.static is not None:
+            if len(self.static) != 3:
+                raise ValueError(f"static must be (tokens, depth, width), got {self.static!r}")
+            self.static = tuple(int(v) for v in self.static)
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "checkpoint_every", "num_workers", "eval_every", "crop_padding"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be > 0 and min_lr, weight_decay, grad_clip >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.export not in EXPORT_CHOICES:
+            raise ValueError(f"export must be one of {list(EXPORT_CHOICES)}, got {self.export!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.freeze_backbone and self.init_from is None:
+            raise ValueError("freeze_backbone needs init_from (a trained model directory): a random frozen "
+                             "backbone teaches nothing")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    @property
+    def exported(self) -> str:
+        """Which weights model.safetensors holds: "ema" only when the EMA is on."""
+        return "ema" if self.export == "ema" and self.ema_decay > 0 else "raw"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["static"] = list(self.static) if self.static else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown train config keys {unknown}; allowed: {sorted(names)}")
+        return cls(**d)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training hit a NaN/inf loss or gradient; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    finished: bool  # False when stopped early by max_steps
+    train_seconds: float
+    metrics: dict[str, float]  # the last evaluation
+    model: nn.Module  # the exported weights (EMA or raw), in eval mode
+
+
+# --------------------------------------------------------------------------------------------------
+# determinism: data order and per-step randomness
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The generator for everything random in global step ``step`` (augmentation, widths)."""
+    mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB) % (2 ** 63 - 1)
+    return torch.Generator().manual_seed(mixed)
+
+
+class EpochBatchSampler:
+    """Batches of indices for one epoch, from ``start_batch`` on: a pure function of ``(seed, epoch)``.
+
+    Every rank computes the same permutation and keeps its share of each global batch; the last
+    incomplete batch is dropped so every step has the same global batch size.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
+                 info: distributed.DistInfo | None = None):
+        self.num_items, self.batch_size, self.seed, self.epoch = num_items, batch_size, seed, epoch
+        self.start_batch = start_batch
+        self.info = info or distributed.DistInfo()
+
+    def __len__(self) -> int:
+        return max(0, self.num_items // self.batch_size - self.start_batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = distributed.epoch_permutation(self.num_items, self.seed, self.epoch)
+        for b in range(self.start_batch, self.num_items // self.batch_size):
+            batch = perm[b * self.batch_size:(b + 1) * self.batch_size]
+            yield distributed.rank_batch(batch, self.info).tolist()
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over ``warmup_steps`` then cosine down to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def param_groups(named: Sequence[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: not on biases, norms, LayerScale or learned tokens/positions."""
+    decay, no_decay = [], []
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        (no_decay if p.dim() < 2 or any(k in name for k in NO_DECAY_NAMES) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class ModelEma:
+    """Exponential moving average of a model's weights (and a copy of its buffers).
+
+    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs
+    are not dominated by the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, num_updates: int) -> None:
+        d = min(self.decay, (1.0 + num_updates) / (10.0 + num_updates))
+        for e, p in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.lerp_(p.detach(), 1.0 - d)
+            else:
+                e.copy_(p)
+
+
+class MetricsLog:
+    """``metrics.csv`` with a header that grows when new keys appear (the file is then rewritten)."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        self.rows: list[dict[str, Any]] = []
+        self.fields: list[str] = []
+
+    def load(self, keep_until_step: int) -> None:
+        """Read an existing file, dropping rows after ``keep_until_step`` (they will be redone)."""
+        if not self.path.is_file():
+            return
+        with self.path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            self.fields = list(reader.fieldnames or [])
+            self.rows = [r for r in reader if r.get("step") and int(r["step"]) <= keep_until_step]
+        if self.enabled:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.fields)
+                w.writeheader()
+                w.writerows(self.rows)
+
+        atomic_write(self.path, write)
+
+    def append(self, row: dict[str, Any]) -> None:
+        row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        self.rows.append(row)
+        if not self.enabled:
+            return
+        new = [k for k in row if k not in self.fields]
+        if new or not self.path.is_file():
+            self.fields += new
+            self._rewrite()
+            return
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+
+
+# --------------------------------------------------------------------------------------------------
+# checkpoints
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint directory of a run, or None."""
+    pointer = Path(run_dir) / CHECKPOINT_DIR / LAST_POINTER
+    if not pointer.is_file():
+        return None
+    try:
+        path = Path(run_dir) / CHECKPOINT_DIR / json.loads(pointer.read_text())["dir"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{pointer} is damaged ({e}); point it at a checkpoints/step_* directory") from None
+    if not (path / STATE_NAME).is_file():
+        raise FileNotFoundError(f"{pointer} points at {path}, which has no {STATE_NAME}")
+    return path
+
+
+def load_matching(model: nn.Module, directory: str | Path) -> tuple[list[str], list[str]]:
+    """Copy every parameter of ``directory/model.safetensors`` whose name and shape match ``model``.
+
+    Returns ``(loaded, skipped)`` key lists; used to start a run from a trained model.
+    """
+    state = read_state_dict(Path(directory) / WEIGHTS_NAME)
+    own = model.state_dict()
+    loaded = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
+    skipped = sorted(set(own) - set(loaded))
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    return loaded, skipped
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA; plain fp32 elsewhere (CPU autocast is slower for these small layers)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# --------------------------------------------------------------------------------------------------
+class Trainer:
+    """Train one model on one task; ``Trainer(cfg).fit(resume=...)`` returns a :class:`TrainResult`.
+
+    ``teacher`` (optional) maps images to logits, or to an object with ``.logits`` / ``.features``
+    (e.g. :class:`adaperceiver.teachers.Teacher`); ``extra_losses`` are passed to the objective.
+    ``data`` / ``model`` may be given to bypass the task's builders (tests, notebooks).
+    """
+
+    def __init__(self, cfg: TrainConfig, *, teacher: Callable[[Tensor], Any] | None = None,
+                 extra_losses: Sequence[ExtraLoss] = (), data: TaskData | None = None,
+                 model: nn.Module | None = None, task: TaskSpec | None = None,
+                 dist_info: distributed.DistInfo | None = None):
+        self.cfg = cfg
+        self.dist = dist_info or distributed.DistInfo()
+        self.device = distributed.device_for(self.dist, cfg.device)
+        self.task = task or get_task(cfg.task)
+        self.data = data or self.task.build_data(cfg)
+        if len(self.data.train) < cfg.batch_size:
+            raise ValueError(f"the training set has {len(self.data.train)} items, fewer than batch_size {cfg.batch_size}")
+        torch.manual_seed(cfg.seed)  # model initialisation
+        self.model = (model or self.task.build_model(cfg, self.data)).to(self.device)
+        if cfg.freeze_backbone:
+            for p in self.model.backbone_parameters():
+                p.requires_grad_(False)
+        self.objective = JointObjective(cfg.objective, self.task.make_loss(cfg), extra_losses).to(self.device)
+        self.teacher = teacher
+        self.augment = self.task.make_augment(cfg) if cfg.augment and self.task.make_augment else None
+        named = list(self.model.named_parameters()) + [(f"objective.{n}", p) for n, p in self.objective.named_parameters()]
+        self.params = [p for _, p in named if p.requires_grad]
+        if not self.params:
+            raise ValueError("nothing to train: every parameter is frozen")
+        self.optimizer = torch.optim.AdamW(param_groups(named, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+        self.steps_per_epoch = len(self.data.train) // cfg.batch_size
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        warmup = min(cfg.warmup_steps, self.total_steps // 2)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(self.total_steps, warmup, cfg.min_lr / cfg.lr))
+        self.ema = ModelEma(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.step = 0
+        self.train_seconds = 0.0
+        self.last_eval: dict[str, float] = {}
+        self.metrics = MetricsLog(cfg.run_dir / METRICS_NAME, enabled=self.is_writer())
+
+    # ----------------------------------------------------------------------------------------------
+    def is_writer(self) -> bool:
+        """Only the main process writes files."""
+        return self.dist.is_main
+
+    @property
+    def export_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None and self.cfg.exported == "ema" else self.model
+
+    def train_loader(self, epoch: int, start_batch: int) -> DataLoader:
+        sampler = EpochBatchSampler(len(self.data.train), self.cfg.batch_size, self.cfg.seed, epoch, start_batch,
+                                    self.dist)
+        return DataLoader(self.data.train, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                          pin_memory=self.device.type == "cuda")
+
+    def val_loader(self) -> DataLoader | None:
+        if self.data.val is None:
+            return None
+        return DataLoader(self.data.val, batch_size=self.cfg.eval_batch_size, shuffle=False,
+                          num_workers=self.cfg.num_workers)
+
+    # ----------------------------------------------------------------------------------------------
+    def make_batch(self, images: Tensor, targets: Tensor, gen: torch.Generator) -> Batch:
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if self.augment is not None:
+            images, targets = self.augment(images, targets, gen)
+        batch = Batch(images, targets)
+        if self.teacher is not None:
+            with torch.no_grad(), autocast_for(self.device):
+                t = self.teacher(images)
+            if isinstance(t, Tensor):
+                batch.teacher_logits = t.float()
+            else:
+                batch.teacher_logits = getattr(t, "logits", None)
+                batch.teacher_features = getattr(t, "features", None)
+        return batch
+
+    def train_step(self, images: Tensor, targets: Tensor) -> dict[str, float]:
+        """One optimizer step at global step ``self.step``; raises :class:`NonFiniteLossError` on NaN/inf."""
+        gen = step_generator(self.cfg.seed, self.step, self.dist.rank)
+        batch = self.make_batch(images, targets, gen)
+        with autocast_for(self.device):
+            loss, metrics = self.objective(self.model, batch, gen)
+        if not math.isfinite(metrics["loss"]):
+            raise NonFiniteLossError(self._stop_message(f"loss is {metrics['loss']}"))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
+        else:
+            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))
+        if not math.isfinite(norm):
+            raise NonFiniteLossError(self._stop_message(f"gradient norm is {norm}"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
+        metrics["grad_norm"] = norm
+        return metrics
+
+    def _stop_message(self, what: str) -> str:
+        last = last_checkpoint(self.cfg.run_dir) if self.is_writer() else None
+        kept = (f"the last good checkpoint ({last}) is kept; continue from it with --resume, e.g. after lowering --lr"
+                if last else "no checkpoint was written yet; lower --lr or check the data")
+        return (f"stopped at step {self.step} (epoch {self.step // self.steps_per_epoch}): {what}. "
+                f"Nothing was saved for this step; {kept}.")
+
+    def evaluate(self) -> dict[str, float]:
+        loader = self.val_loader()
+        if loader is None:
+            return {}
+        with autocast_for(self.device):
+            res = {f"val_{k}": v for k, v in self.task.evaluate(self.export_model, loader, self.device).items()}
+            if self.ema is not None:
+                raw = self.task.evaluate(self.model, loader, self.device)
+                res.update({f"val_{k}_{'raw' if self.cfg.exported == 'ema' else 'ema'}": v for k, v in raw.items()})
+        return res
+
+    # ----------------------------------------------------------------------------------------------
+    def run_meta(self) -> dict[str, Any]:
+        return {"weights": self.cfg.exported, "task": self.task.name, "class_names": list(self.data.class_names),
+                "step": self.step, "epochs_done": self.step / self.steps_per_epoch, "metrics": self.last_eval,
+                "train_seconds": round(self.train_seconds, 2), "train": self.cfg.to_dict(), **self.data.meta}
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a complete checkpoint directory, then point ``last.json`` at it (the atomic switch)."""
+        if not self.is_writer():
+            return None
+        ckpt_root = self.cfg.run_dir / CHECKPOINT_DIR
+        path = ckpt_root / f"step_{self.step:08d}"
+        if path.exists():
+            shutil.rmtree(path)
+        save_state_dict(path / "model.safetensors", self.model.state_dict())
+        if self.ema is not None:
+            save_state_dict(path / "ema.safetensors", self.ema.module.state_dict())
+        obj_state = self.objective.state_dict()
+        if obj_state:
+            save_state_dict(path / "objective.safetensors", obj_state)
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "train_seconds": self.train_seconds,
+                 "last_eval": dict(self.last_eval)}
+        atomic_write(path / STATE_NAME, lambda tmp: torch.save(state, tmp))
+        # inference export first, then the pointer: a crash in between leaves the old pointer valid
+        save_pretrained(self.export_model, self.cfg.run_dir, extra=self.run_meta())
+        atomic_write(ckpt_root / LAST_POINTER,
+                     lambda tmp: Path(tmp).write_text(json.dumps({"dir": path.name, "step": self.step}) + "\n"))
+        old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and p != path)
+        for p in old[: max(0, len(old) - (self.cfg.keep_checkpoints - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        own = self.model.state_dict()
+        self.model.load_state_dict(read_state_dict(path / "model.safetensors"))
+        if self.ema is not None:
+            ema_path = path / "ema.safetensors"
+            self.ema.module.load_state_dict(read_state_dict(ema_path) if ema_path.is_file() else own)
+        obj_path = path / "objective.safetensors"
+        if obj_path.is_file():
+            self.objective.load_state_dict(read_state_dict(obj_path))
+        try:
+            state = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
+        except Exception as e:  # a damaged pickle raises many types
+            raise ValueError(f"{path / STATE_NAME} is not a readable trainer state ({type(e).__name__}: {e})") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.last_eval = dict(state.get("last_eval", {}))
+
+    def check_resumable(self) -> None:
+        """Refuse to resume a run whose saved settings differ in what fixes data order and schedule."""
+        path = self.cfg.run_dir / CONFIG_NAME
+        if not path.is_file():
+            return
+        saved = json.loads(path.read_text()).get("train", {})
+        mine = json.loads(json.dumps(self.cfg.to_dict()))  # tuples -> lists, as saved
+        diff = [k for k in RESUME_KEYS if k in saved and saved[k] != mine[k]]
+        if diff:
+            raise ValueError(f"cannot resume {self.cfg.run_dir}: settings {diff} differ from the saved run "
+                             f"(saved: {[saved[k] for k in diff]}); resume with the saved config or start a new --name")
+
+    # ----------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        cfg = self.cfg
+        last = last_checkpoint(cfg.run_dir)
+        if last is not None and not resume:
+            raise ValueError(f"{cfg.run_dir} already holds a checkpoint ({last.name}); pass --resume to continue "
+                             f"it or choose another --name")
+        if resume and last is not None:
+            self.check_resumable()
+            self.load_checkpoint(last)
+        if resume:
+            self.metrics.load(keep_until_step=self.step)
+        if self.is_writer():
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        stop_at = min(self.total_steps, cfg.max_steps or self.total_steps)
+        progress = self._progress_bar(stop_at)
+        saved_at = self.step if (resume and last is not None) else -1
+        window: dict[str, float] = {}
+        n_window, t_window, img_window = 0, time.perf_counter(), 0
+        try:
+            while self.step < stop_at:
+                epoch, start_batch = divmod(self.step, self.steps_per_epoch)
+                t_epoch = time.perf_counter()
+                for images, targets in self.train_loader(epoch, start_batch):
+                    m = self.train_step(images, targets)
+                    img_window += images.shape[0] * self.dist.world_size
+                    n_window += 1
+                    for k, v in m.items():
+                        window[k] = window.get(k, 0.0) + v
+                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                        dt = time.perf_counter() - t_window
+                        row = {k: v / n_window for k, v in window.items()}
+                        row.update(img_s=img_window / max(dt, 1e-9), lr=self.scheduler.get_last_lr()[0])
+                        self.metrics.append({"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                                             "split": "train", **row})
+                        progress.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_s']:.0f}", refresh=False)
+                        window, n_window, t_window, img_window = {}, 0, time.perf_counter(), 0
+                    progress.update(1)
+                    epoch_end = self.step % self.steps_per_epoch == 0
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and not epoch_end:
+                        self.train_seconds += time.perf_counter() - t_epoch
+                        t_epoch = time.perf_counter()
+                        saved_at = self._checkpoint(saved_at)
+                    if self.step >= stop_at:
+                        break
+                self.train_seconds += time.perf_counter() - t_epoch
+                if self.step % self.steps_per_epoch == 0:  # an epoch just finished
+                    done_epochs = self.step // self.steps_per_epoch
+                    if (cfg.eval_every and done_epochs % cfg.eval_every == 0) or self.step == self.total_steps:
+                        self.last_eval = self.evaluate()
+                        if self.last_eval:
+                            self.metrics.append({"step": self.step, "epoch": float(done_epochs), "split": "val",
+                                                 **self.last_eval})
+                            if cfg.progress and self.is_writer():
+                                progress.write(f"epoch {done_epochs}: " + ", ".join(
+                                    f"{k} {v:.4f}" for k, v in self.last_eval.items()))
+                    saved_at = self._checkpoint(saved_at)
+            saved_at = self._checkpoint(saved_at)
+        finally:
+            progress.close()
+        return TrainResult(cfg.run_dir, self.step, self.step >= self.total_steps, self.train_seconds,
+                           dict(self.last_eval), self.export_model.eval())
+
+    def _checkpoint(self, saved_at: int) -> int:
+        if saved_at != self.step:
+            self.save_checkpoint()
+        return self.step
+
+    def _progress_bar(self, stop_at: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=stop_at, initial=self.step, unit="step", dynamic_ncols=True,
+                    disable=not (self.cfg.progress and self.is_writer()), desc=self.cfg.name)
+
+
+def train(cfg: TrainConfig, resume: bool = False, **kwargs: Any) -> TrainResult:
+    """``Trainer(cfg, **kwargs).fit(resume)``."""
+    return Trainer(cfg, **kwargs).fit(resume=resume)
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` saved in a run directory's config.json."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {CONFIG_NAME}: not a training run directory")
+    meta = json.loads(path.read_text())
+    if "train" not in meta:
+        raise ValueError(f"{path} has no 'train' section: it was not written by adaperceiver train")
+    return TrainConfig.from_dict(meta["train"])
+
+
+# --------------------------------------------------------------------------------------------------
+# command line: `adaperceiver train` and `adaperceiver demo`
+DEMO_EPOCHS = 5
+DEMO_BASELINES = ((8, 2, 32), (16, 3, 48), (32, 4, 64))
+
+
+def parse_config_triple(text: str) -> tuple[int, int, int]:
+    """``"16,3,48"`` -> ``(16, 3, 48)`` (tokens, depth, width)."""
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise ValueError(f"a configuration is TOKENS,DEPTH,WIDTH like 16,3,48; got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["embed_dim=96", "token_grans=[8,16,32]"]`` -> a dict (values parsed as JSON when possible)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE (a model config field), got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _add_train_options(p, epochs_default: int):
+    """Options shared by train and demo; returns the "run" argument group for more options."""
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="fashion_mnist",
+                   help="fashion_mnist (Debian dataset-fashion-mnist), imagefolder (needs --data-dir with "
+                        "train/<class>/ and val/<class>/) or digits (sklearn, 8x8); default: fashion_mnist")
+    g.add_argument("--data-dir", default=None, help="dataset root (Fashion-MNIST IDX files or an ImageFolder tree)")
+    g.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
+    g.add_argument("--train-subset", type=int, default=None, help="train on a fixed random subset of N images")
+    g.add_argument("--val-subset", type=int, default=None, help="evaluate on a fixed random subset of N images")
+    g.add_argument("--no-augment", action="store_true", help="turn off random crop (padding 2) + horizontal flip")
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=epochs_default, help=f"training epochs (default {epochs_default})")
+    g.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
+    g.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")
+    g.add_argument("--min-lr", type=float, default=2e-5, help="final learning rate of the cosine (default 2e-5)")
+    g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default 0.05)")
+    g.add_argument("--warmup-steps", type=int, default=200, help="linear warm-up steps (default 200)")
+    g.add_argument("--grad-clip", type=float, default=3.0, help="max gradient norm, 0 = off (default 3.0)")
+    g.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the weights, 0 = off (default 0.999)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0)")
+    g.add_argument("--depth-weighting", choices=("linear", "uniform"), default="linear",
+                   help="weights of the per-block read-outs: linear (i+1)/L or uniform (default linear)")
+    g.add_argument("--token-weights", default=None,
+                   help="comma-separated weight per token granularity, e.g. 1,1,1,2 (default: uniform)")
+    g.add_argument("--no-width-sampling", action="store_true",
+                   help="train at full width only instead of one random trained width per sample")
+    g.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default="runs", help="parent directory of run directories (default runs)")
+    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return g
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train an AdaPerceiver jointly over tokens x depth x width (or a static baseline)",
+        description="Train one adaptive model with the joint objective: one backbone pass per batch at the maximum "
+                    "token count, a read-out for every token granularity and every block, one FFN width per sample. "
+                    "Writes RUN_DIR=OUT/NAME with model.safetensors + config.json (load with "
+                    "adaperceiver.from_pretrained(RUN_DIR)), metrics.csv and resumable checkpoints.")
+    g = p.add_argument_group("model")
+    g.add_argument("--task", default="classification", help="registered task (default classification)")
+    g.add_argument("--model", default="adaperceiver_tiny", help="model preset (default adaperceiver_tiny)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config field, e.g. --set embed_dim=96 --set token_grans=[8,16,32]")
+    g.add_argument("--static", default=None, metavar="TOKENS,DEPTH,WIDTH",
+                   help="train a static baseline: the same architecture fixed at one configuration, e.g. 16,3,48")
+    g.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from a trained model directory (parameters with matching name and shape)")
+    g.add_argument("--freeze-backbone", action="store_true",
+                   help="with --init-from: train only the output query/queries, write cross-attention and head")
+    g = _add_train_options(p, epochs_default=5)
+    g.add_argument("--name", default="run", help="run name: the run directory is OUT/NAME (default run)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue OUT/NAME from its last checkpoint with its saved settings (only --max-steps, "
+                        "--device, --num-workers and --no-progress may change)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop (resumably) after this many steps in total")
+    g.add_argument("--export", choices=EXPORT_CHOICES, default="ema",
+                   help="weights written to model.safetensors: ema (default) or raw")
+    g.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: each epoch)")
+    g.add_argument("--log-every", type=int, default=20, help="steps between metrics.csv rows (default 20)")
+    p.set_defaults(func=_cli_train)
+
+    d = sub.add_parser(
+        "demo", help="train adaperceiver_tiny on Fashion-MNIST, sweep every configuration, write a report",
+        description="The whole story in one command (about 6 minutes of training on 2 CPU cores): train "
+                    "adaperceiver_tiny jointly on Fashion-MNIST (Debian package dataset-fashion-mnist), evaluate "
+                    "every (tokens, depth, width) configuration (accuracy, GFLOPs, latency), mark the Pareto "
+                    "front, plot it, and write OUT/NAME/summary.md. With --baselines, also train static models "
+                    "at a few configurations (same data and epochs) and draw them on the plot.")
+    d.add_argument("--name", default="demo", help="run name: everything goes to OUT/NAME (default demo)")
+    d.add_argument("--overwrite", action="store_true", help="delete an existing OUT/NAME first")
+    d.add_argument("--baselines", nargs="*", default=None, metavar="TOKENS,DEPTH,WIDTH",
+                   help="also train static baselines; bare --baselines trains "
+                        + " ".join(",".join(map(str, b)) for b in DEMO_BASELINES) + " (roughly doubles the time)")
+    d.add_argument("--latency-batch-sizes", default="1,64", help="batch sizes for sweep latency (default 1,64)")
+    _add_train_options(d, epochs_default=DEMO_EPOCHS)
+    d.set_defaults(func=_cli_demo)
+
+
+def _config_from_args(args, **extra: Any) -> TrainConfig:
+    tw = tuple(float(v) for v in args.token_weights.split(",")) if args.token_weights else None
+    obj = ObjectiveConfig(depth_weighting=args.depth_weighting, token_weights=tw, label_smoothing=args.label_smoothing,
+                          sample_widths=not args.no_width_sampling)
+    return TrainConfig(
+        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size, train_subset=args.train_subset,
+        val_subset=args.val_subset, augment=not args.no_augment, num_workers=args.num_workers, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema_decay=args.ema_decay, objective=obj,
+        seed=args.seed, out_dir=args.out, device=args.device, progress=not args.no_progress, **extra)
+
+
+def _cli_train(args) -> int:
+    if args.resume:
+        run_dir = Path(args.out) / args.name
+        cfg = dataclasses.replace(load_run_config(run_dir), out_dir=args.out, name=args.name, max_steps=args.max_steps,
+                                  device=args.device, num_workers=args.num_workers, progress=not args.no_progress)
+    else:
+        static = parse_config_triple(args.static) if args.static else None
+        obj_static = {"objective": ObjectiveConfig.static(label_smoothing=args.label_smoothing)} if static else {}
+        cfg = _config_from_args(args, task=args.task, model=args.model, model_overrides=parse_overrides(args.overrides),
+                                static=static, init_from=args.init_from, freeze_backbone=args.freeze_backbone,
+                                name=args.name, max_steps=args.max_steps, export=args.export,
+                                checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+        if obj_static:
+            cfg = dataclasses.replace(cfg, **obj_static)
+    try:
+        result = train(cfg, resume=args.resume)
+    except NonFiniteLossError as e:
+        print(f"adaperceiver train: {e}")
+        return 1
+    state = "finished" if result.finished else f"stopped at step {result.step} (continue with --resume)"
+    print(f"{state}; {result.train_seconds:.0f} s of training; " +
+          ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    print(f"run directory: {result.run_dir} (adaperceiver.from_pretrained('{result.run_dir}'))")
+    return 0
+
+
+def train_baseline(base: TrainConfig, config: tuple[int, int, int], latency_batch_size: int = 1) -> dict[str, Any]:
+    """Train a static model at ``config`` with ``base``'s data and schedule; return its plot entry.
+
+    The entry has ``name``, ``acc1`` (validation, exported weights), ``gflops`` per image and
+    ``latency_ms`` (median, batch ``latency_batch_size``), measured like the sweep measures.
+    """
+    from .evaluation import measure_gflops, measure_latency
+
+    t, d, w = config
+    cfg = dataclasses.replace(base, static=config, name=f"{base.name}/baselines/static_t{t}_d{d}_w{w}",
+                              objective=ObjectiveConfig.static(label_smoothing=base.objective.label_smoothing))
+    result = train(cfg)
+    model = result.model
+    return {"name": f"static t{t} d{d} w{w}", "tokens": t, "depth": d, "width": w,
+            "acc1": result.metrics.get("val_acc1", float("nan")),
+            "gflops": measure_gflops(model, None, None, None),
+            "latency_ms": measure_latency(model, None, None, None, latency_batch_size).median_ms,
+            "train_seconds": round(result.train_seconds, 1), "run_dir": str(result.run_dir)}
+
+
+def _cli_demo(args) -> int:
+    from .evaluation import run_sweep  # written alongside; imported here so train works without it
+
+    sizes = tuple(int(v) for v in args.latency_batch_sizes.split(","))
+    cfg = _config_from_args(args, name=args.name)
+    if cfg.run_dir.exists():
+        if not args.overwrite:
+            raise ValueError(f"{cfg.run_dir} exists; pass --overwrite to replace it or --name to pick another")
+        shutil.rmtree(cfg.run_dir)
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg)
+    result = trainer.fit()
+    baselines = []
+    if args.baselines is not None:
+        specs = [parse_config_triple(s) for s in args.baselines] or list(DEMO_BASELINES)
+        for spec in specs:
+            print(f"training static baseline {spec} ...")
+            baselines.append(train_baseline(cfg, spec, sizes[0]))
+    loader = trainer.val_loader()
+    sweep_dir = cfg.run_dir / "sweep"
+    rows = run_sweep(result.model, loader, sweep_dir, metric=trainer.task.sweep_metric, baselines=baselines or None,
+                     latency_batch_sizes=sizes, progress=cfg.progress)
+    summary = write_summary(cfg, trainer, result, rows, baselines, sweep_dir, sizes, time.perf_counter() - t0)
+    print(summary.read_text())
+    print(f"everything is in {cfg.run_dir}/: summary.md, sweep/sweep.csv, sweep/sweep.json, sweep/pareto.png, "
+          f"metrics.csv, model.safetensors + config.json (adaperceiver.from_pretrained('{cfg.run_dir}'))")
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def write_summary(cfg: TrainConfig, trainer: Trainer, result: TrainResult, rows: Sequence[dict[str, Any]],
+                  baselines: Sequence[dict[str, Any]], sweep_dir: Path, sizes: Sequence[int], wall_s: float) -> Path:
+    """``RUN_DIR/summary.md``: settings, training time, accuracy, the Pareto rows, baselines, file links."""
+    model_cfg = trainer.model.cfg
+    primary = trainer.task.primary_metric
+    lat = [f"latency_ms_b{b}" for b in sizes]
+    lines = [f"# AdaPerceiver run `{cfg.name}`", "",
+             f"- model: `{cfg.model}` ({sum(p.numel() for p in trainer.model.parameters()):,} parameters): "
+             f"embed_dim {model_cfg.embed_dim}, {model_cfg.depth} blocks, token granularities "
+             f"{list(model_cfg.token_grans)}, widths {list(model_cfg.widths)}, patch {model_cfg.patch_size}, "
+             f"image {model_cfg.img_size}",
+             f"- data: `{cfg.dataset}`, {len(trainer.data.train):,} training / "
+             f"{len(trainer.data.val) if trainer.data.val is not None else 0:,} validation images",
+             f"- training: {cfg.epochs} epochs x {trainer.steps_per_epoch} steps, batch {cfg.batch_size}, AdamW lr "
+             f"{cfg.lr:g} (warm-up {cfg.warmup_steps}, cosine), EMA {cfg.ema_decay:g}, seed {cfg.seed}, joint objective "
+             f"(depth weighting {cfg.objective.depth_weighting}, per-sample widths {cfg.objective.sample_widths})",
+             f"- training time: {result.train_seconds:.0f} s; whole command: {wall_s:.0f} s "
+             f"({torch.get_num_threads()} torch threads, device {trainer.device})",
+             f"- final validation (full configuration, {cfg.exported} weights): " +
+             ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()), ""]
+    front = sorted((r for r in rows if r.get("pareto_gflops")), key=lambda r: r["gflops"])
+    if front:
+        cols = ["tokens", "depth", "width", primary, "gflops", *lat]
+        cols = [c for c in cols if c in front[0]]
+        lines += ["## Pareto-optimal configurations (accuracy vs GFLOPs)", "",
+                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in front]
+        lines.append("")
+    if baselines:
+        lines += ["## Static baselines (same data and epochs) vs the one adaptive model", "",
+                  f"| configuration | static {primary} | adaptive {primary} | GFLOPs | static latency_ms (b{sizes[0]}) |",
+                  "|---|---|---|---|---|"]
+        for b in baselines:
+            match = next((r for r in rows if (r.get("tokens"), r.get("depth"), r.get("width")) ==
+                          (b["tokens"], b["depth"], b["width"])), {})
+            lines.append(f"| {b['tokens']},{b['depth']},{b['width']} | {_fmt(b['acc1'])} | "
+                         f"{_fmt(match.get(primary, 'n/a'))} | {_fmt(b['gflops'])} | {_fmt(b['latency_ms'])} |")
+        lines.append("")
+    rel = sweep_dir.relative_to(cfg.run_dir)
+    lines += ["## Files", "", f"- [{rel}/sweep.csv]({rel}/sweep.csv), [{rel}/sweep.json]({rel}/sweep.json): "
+              f"every configuration ({len(rows)} rows)",
+              f"- [{rel}/pareto.png]({rel}/pareto.png): accuracy vs GFLOPs and vs latency", "",
+              f"![Pareto plot]({rel}/pareto.png)", "",
+              "- [metrics.csv](metrics.csv): training curves; [config.json](config.json) + model.safetensors: "
+              f"`adaperceiver.from_pretrained('{cfg.run_dir}')`", ""]
+    path = cfg.run_dir / "summary.md"
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines)))
+    return path
