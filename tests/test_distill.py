@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaperceiver import build_model
-from adaperceiver.distill import (DistillationLoss, DistillConfig, FeatureHead, feature_loss, kd_loss, readout_weights,
-                                  resample_tokens)
+from adaperceiver.distill import FeatureDistillation, FeatureHead, feature_loss, kd_loss, resample_tokens
+from adaperceiver.objective import Batch, JointObjective, ObjectiveConfig
 from adaperceiver.teachers import CachedTeacher, StaticViT, ViTConfig, from_module, from_static_vit, load_teacher, save_vit
 from conftest import loud_init, tiny_config
 
@@ -60,39 +60,57 @@ def test_feature_head_reads_every_prefix_like_a_separate_write():
                 torch.testing.assert_close(feats[i, j], want, atol=2e-5, rtol=0)
 
 
-def test_distillation_loss_trains_student_not_teacher():
+def test_joint_objective_with_kd_and_features_trains_student_not_teacher():
     torch.manual_seed(0)
     student = build_model(tiny_config()).train()
     vit = StaticViT(ViTConfig(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=1, num_heads=4, num_classes=5))
     teacher = from_static_vit(vit)
-    x = torch.randn(4, 3, 16, 16)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 5, (4,))
     t_out = teacher(x)
     assert t_out.logits.shape == (4, 5) and t_out.features.shape == (4, 16, 32)
     assert not t_out.logits.requires_grad and not vit.training
     teacher.train()  # stays in eval mode
     assert not vit.training
-    head = FeatureHead(student, teacher_dim=32)
-    loss_fn = DistillationLoss(DistillConfig(), head)
-    out = student.forward_anytime(x, width=[16, 24, 32, 32])
-    w = readout_weights(out.depths, out.tokens, "linear", num_blocks=student.num_blocks)
-    assert torch.isclose(w.sum(), torch.tensor(1.0)) and w[-1, 0] > w[0, 0]
-    loss, metrics = loss_fn(out, t_out.logits, t_out.features, w)
-    assert set(metrics) == {"kd", "feat"} and loss > 0
+    hook = FeatureDistillation(student, teacher_dim=32)
+    objective = JointObjective(ObjectiveConfig(ce_weight=0.0, kd_weight=1.0), extra_losses=[hook])
+    loss, metrics = objective(student, Batch(x, y, t_out.logits, t_out.features), torch.Generator().manual_seed(0))
+    assert {"kd", "feat"} <= set(metrics) and "task" not in metrics and loss > 0
+    assert any(p is hook.head.proj.weight for p in objective.parameters())  # trained + checkpointed with it
     loss.backward()
-    assert student.latent_token.grad is not None and head.proj.weight.grad is not None
+    assert student.latent_token.grad is not None and hook.head.proj.weight.grad is not None
     assert all(p.grad is None for p in vit.parameters())
+    # a batch without teacher features costs nothing extra
+    zero, m = hook(student.forward_anytime(x), Batch(x, y), torch.ones(3, 4) / 12)
+    assert float(zero) == 0.0 and m == {}
 
 
 def test_feature_distillation_with_other_teacher_grid_and_channels():
     student = build_model(tiny_config())
-    out = student.forward_anytime(torch.randn(2, 3, 16, 16))
-    head = FeatureHead(student, teacher_dim=7)
-    teacher_feats = torch.randn(2, 49, 7)  # a 7x7 teacher grid vs the student's 4x4
-    loss, m = DistillationLoss(DistillConfig(kd_weight=0), head)(out, None, teacher_feats,
-                                                                 readout_weights(out.depths, out.tokens))
-    assert torch.isfinite(loss) and "feat" in m and "kd" not in m
+    x = torch.randn(2, 3, 16, 16)
+    out = student.forward_anytime(x)
+    w = torch.full((len(out.depths), len(out.tokens)), 1.0 / (len(out.depths) * len(out.tokens)))
+    hook = FeatureDistillation(student, teacher_dim=7)
+    loss, m = hook(out, Batch(x, torch.zeros(2), teacher_features=torch.randn(2, 49, 7)), w)  # 7x7 teacher grid
+    assert torch.isfinite(loss) and loss > 0 and "feat" in m
     with pytest.raises(ValueError, match="feature head gives 7 channels, teacher 5"):
-        DistillationLoss(DistillConfig(kd_weight=0), head)(out, None, torch.randn(2, 49, 5), readout_weights(out.depths, out.tokens))
+        hook(out, Batch(x, torch.zeros(2), teacher_features=torch.randn(2, 49, 5)), w)
+
+
+def test_static_vit_trains_with_the_shared_objective():
+    vit = StaticViT(ViTConfig(img_size=16, patch_size=4, in_chans=3, embed_dim=16, depth=2, num_heads=2, num_classes=3))
+    x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 3, (6,))
+    objective = JointObjective(ObjectiveConfig.static())
+    opt = torch.optim.AdamW(vit.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss, _ = objective(vit, Batch(x, y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+    with pytest.raises(ValueError, match="single configuration"):
+        vit.forward_anytime(x, width=8)
 
 
 def test_cached_teacher_calls_the_teacher_once_per_item(tmp_path):
