@@ -99,6 +99,7 @@ def test_onnx_matches_onnxruntime(tmp_path):
     model = loud_init(build_model(tiny_config())).eval()
     small = slim(model, 12, 2, 24)
     path = export_onnx(small, tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # a single self-contained file
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for b in (1, 4):  # dynamic batch axis
         x = torch.randn(b, 3, 16, 16)

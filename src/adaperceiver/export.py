@@ -99,7 +99,8 @@ def export_onnx(model: AdaPerceiver, path: str | Path, batch_size: int = 1, dyna
     model.latent_mask(cfg.num_latents, ref.device)
     dynamic = {"x": {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
     torch.onnx.export(_Logits(model).eval(), (x,), str(path), input_names=["x"], output_names=["y"],
-                      dynamic_shapes=dynamic, opset_version=opset, dynamo=True, verbose=False)
+                      dynamic_shapes=dynamic, opset_version=opset, dynamo=True, verbose=False,
+                      external_data=num_parameters(model) * ref.element_size() > 1.5e9)  # one file below protobuf's 2 GB
     return path
 
 
