@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "adaperceiver.budget",
     "adaperceiver.evaluation",
     "adaperceiver.training",
+    "adaperceiver.visualize",
 ]
 
 

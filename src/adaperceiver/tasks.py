@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # only for annotations: training imports this module
     from .training import TrainConfig
 
 # modules that call register_task when imported; append yours
-TASK_MODULES: list[str] = ["adaperceiver.tasks"]
+TASK_MODULES: list[str] = ["adaperceiver.tasks", "adaperceiver.dense_tasks"]
 
 _TASKS: dict[str, "TaskSpec"] = {}
 
