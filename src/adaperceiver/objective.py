@@ -82,7 +82,7 @@ class Batch:
     targets: Tensor
     teacher_logits: Tensor | None = None  # (B, classes): enables logits KD
     teacher_features: Tensor | None = None  # (B, P_t, C_t): for feature-distillation hooks
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # "widths": per-sample widths chosen by the caller
 
 
 class CrossEntropy:
@@ -184,7 +184,10 @@ class JointObjective(nn.Module):
                 generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
         cfg = self.cfg
         depths, tokens = self.readouts(model)
-        width = self.sample_widths(model, batch.images.shape[0], generator)
+        if "widths" in batch.extras:  # drawn by the caller (the trainer draws for the global batch)
+            width = batch.extras["widths"]
+        else:
+            width = self.sample_widths(model, batch.images.shape[0], generator)
         out = model.forward_anytime(batch.images, width=width, depths=depths, token_counts=tokens)
         weights = self.weights(model).to(out.outputs.device)
 

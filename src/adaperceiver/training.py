@@ -87,6 +87,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 200
     grad_clip: float = 3.0  # max global grad norm (0 disables)
+    accum_steps: int = 1  # split each (per-process) batch into this many micro-batches, one optimizer step
     ema_decay: float = 0.999  # 0 disables the EMA
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     # run
@@ -113,7 +114,7 @@ class TrainConfig:
             if len(self.static) != 3:
                 raise ValueError(f"static must be (tokens, depth, width), got {self.static!r}")
             self.static = tuple(int(v) for v in self.static)
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints", "accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "checkpoint_every", "num_workers", "eval_every", "crop_padding"):
@@ -171,7 +172,7 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------------
 # determinism: data order and per-step randomness
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    """The generator for everything random in global step ``step`` (augmentation, widths)."""
+    """The generator for everything random in global step ``step``; ``rank=-1`` for draws all ranks share."""
     mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB) % (2 ** 63 - 1)
     return torch.Generator().manual_seed(mixed)
 
@@ -320,6 +321,23 @@ def autocast_for(device: torch.device):
     return nullcontext()
 
 
+class StepModule(nn.Module):
+    """Model + objective as one module: ``forward(batch, gen) -> (loss, metrics)``.
+
+    Under torchrun this is what DistributedDataParallel wraps, so the forward of every step (which
+    calls ``model.forward_anytime``) passes through DDP and gradients of the model *and* of the
+    objective's own modules (e.g. a distillation head) are averaged across ranks.
+    """
+
+    def __init__(self, model: nn.Module, objective: JointObjective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: Batch, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        return self.objective(self.model, batch, gen)
+
+
 # --------------------------------------------------------------------------------------------------
 class Trainer:
     """Train one model on one task; ``Trainer(cfg).fit(resume=...)`` returns a :class:`TrainResult`.
@@ -346,6 +364,15 @@ class Trainer:
             for p in self.model.backbone_parameters():
                 p.requires_grad_(False)
         self.objective = JointObjective(cfg.objective, self.task.make_loss(cfg), extra_losses).to(self.device)
+        self.step_module: nn.Module = StepModule(self.model, self.objective)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_module = DistributedDataParallel(self.step_module, device_ids=ids)
+        if cfg.batch_size % (self.dist.world_size * cfg.accum_steps):
+            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by processes x accum_steps "
+                             f"({self.dist.world_size} x {cfg.accum_steps})")
         self.teacher = teacher
         self.augment = self.task.make_augment(cfg) if cfg.augment and self.task.make_augment else None
         named = list(self.model.named_parameters()) + [(f"objective.{n}", p) for n, p in self.objective.named_parameters()]
@@ -402,16 +429,40 @@ class Trainer:
                 batch.teacher_features = getattr(t, "features", None)
         return batch
 
+    def global_widths(self) -> Tensor | None:
+        """This process's share of the per-sample widths drawn for the whole global batch.
+
+        Drawn from a rank-independent generator, so N processes train exactly the widths one
+        process with the same global batch would, while each rank's samples get their own widths.
+        """
+        gen = step_generator(self.cfg.seed, self.step, rank=-1)
+        widths = self.objective.sample_widths(self.model, self.cfg.batch_size, gen)
+        if widths is None:
+            return None
+        return distributed.rank_batch(widths, self.dist)
+
     def train_step(self, images: Tensor, targets: Tensor) -> dict[str, float]:
         """One optimizer step at global step ``self.step``; raises :class:`NonFiniteLossError` on NaN/inf."""
         gen = step_generator(self.cfg.seed, self.step, self.dist.rank)
         batch = self.make_batch(images, targets, gen)
-        with autocast_for(self.device):
-            loss, metrics = self.objective(self.model, batch, gen)
-        if not math.isfinite(metrics["loss"]):
-            raise NonFiniteLossError(self._stop_message(f"loss is {metrics['loss']}"))
+        widths = self.global_widths()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        chunks = self.cfg.accum_steps
+        sums: dict[str, float] = {}
+        for i, idx in enumerate(torch.arange(images.shape[0]).chunk(chunks)):
+            idx = idx.to(self.device)
+            part = Batch(batch.images[idx], batch.targets[idx],
+                         None if batch.teacher_logits is None else batch.teacher_logits[idx],
+                         None if batch.teacher_features is None else batch.teacher_features[idx],
+                         {**batch.extras, "widths": None if widths is None else widths[idx.cpu()]})
+            sync = i == chunks - 1 or not self.dist.enabled
+            with (nullcontext() if sync else self.step_module.no_sync()), autocast_for(self.device):
+                loss, metrics = self.step_module(part, gen)
+            if not math.isfinite(metrics["loss"]):
+                raise NonFiniteLossError(self._stop_message(f"loss is {metrics['loss']}"))
+            (loss / chunks).backward()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v / chunks
         if self.cfg.grad_clip > 0:
             norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
         else:
@@ -423,8 +474,8 @@ class Trainer:
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.model, self.step)
-        metrics["grad_norm"] = norm
-        return metrics
+        sums["grad_norm"] = norm
+        return sums
 
     def _stop_message(self, what: str) -> str:
         last = last_checkpoint(self.cfg.run_dir) if self.is_writer() else None
@@ -434,6 +485,11 @@ class Trainer:
                 f"Nothing was saved for this step; {kept}.")
 
     def evaluate(self) -> dict[str, float]:
+        """Validation metrics, computed on the main process and shared with every rank."""
+        res = self._evaluate() if self.is_writer() else {}
+        return distributed.broadcast_object(res, self.dist)
+
+    def _evaluate(self) -> dict[str, float]:
         loader = self.val_loader()
         if loader is None:
             return {}
@@ -541,6 +597,9 @@ class Trainer:
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                         dt = time.perf_counter() - t_window
                         row = {k: v / n_window for k, v in window.items()}
+                        if self.dist.enabled:  # average over ranks (grad_norm is already global)
+                            row = {k: v / self.dist.world_size for k, v in
+                                   distributed.all_reduce_sums(row, self.dist, self.device).items()}
                         row.update(img_s=img_window / max(dt, 1e-9), lr=self.scheduler.get_last_lr()[0])
                         self.metrics.append({"step": self.step, "epoch": self.step / self.steps_per_epoch,
                                              "split": "train", **row})
@@ -575,6 +634,7 @@ class Trainer:
     def _checkpoint(self, saved_at: int) -> int:
         if saved_at != self.step:
             self.save_checkpoint()
+            distributed.barrier(self.dist)  # no rank runs ahead of (or resumes from) a half-written checkpoint
         return self.step
 
     def _progress_bar(self, stop_at: int):
@@ -651,6 +711,9 @@ def _add_train_options(p, epochs_default: int):
     g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default 0.05)")
     g.add_argument("--warmup-steps", type=int, default=200, help="linear warm-up steps (default 200)")
     g.add_argument("--grad-clip", type=float, default=3.0, help="max gradient norm, 0 = off (default 3.0)")
+    g.add_argument("--accum-steps", type=int, default=1,
+                   help="gradient accumulation: micro-batches per optimizer step (default 1); --batch-size stays "
+                        "the global batch per step")
     g.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the weights, 0 = off (default 0.999)")
     g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0)")
     g.add_argument("--depth-weighting", choices=("linear", "uniform"), default="linear",
@@ -689,7 +752,8 @@ def register_cli(sub) -> None:
     g.add_argument("--name", default="run", help="run name: the run directory is OUT/NAME (default run)")
     g.add_argument("--resume", action="store_true",
                    help="continue OUT/NAME from its last checkpoint with its saved settings (only --max-steps, "
-                        "--device, --num-workers and --no-progress may change)")
+                        "--device, --num-workers and --no-progress may change); starts fresh when OUT/NAME has no "
+                        "checkpoint yet, so one command line serves torchrun --max-restarts")
     g.add_argument("--max-steps", type=int, default=None, help="stop (resumably) after this many steps in total")
     g.add_argument("--export", choices=EXPORT_CHOICES, default="ema",
                    help="weights written to model.safetensors: ema (default) or raw")
@@ -722,12 +786,22 @@ def _config_from_args(args, **extra: Any) -> TrainConfig:
         dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size, train_subset=args.train_subset,
         val_subset=args.val_subset, augment=not args.no_augment, num_workers=args.num_workers, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema_decay=args.ema_decay, objective=obj,
+        warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, accum_steps=args.accum_steps,
+        ema_decay=args.ema_decay, objective=obj,
         seed=args.seed, out_dir=args.out, device=args.device, progress=not args.no_progress, **extra)
 
 
 def _cli_train(args) -> int:
-    if args.resume:
+    info = distributed.setup(args.device)  # one process, or a rank of a torchrun launch
+    try:
+        return _train_from_args(args, info)
+    finally:
+        distributed.teardown()
+
+
+def _train_from_args(args, info: distributed.DistInfo) -> int:
+    say = print if info.is_main else (lambda *a, **k: None)
+    if args.resume and last_checkpoint(Path(args.out) / args.name) is not None:
         run_dir = Path(args.out) / args.name
         cfg = dataclasses.replace(load_run_config(run_dir), out_dir=args.out, name=args.name, max_steps=args.max_steps,
                                   device=args.device, num_workers=args.num_workers, progress=not args.no_progress)
@@ -741,14 +815,16 @@ def _cli_train(args) -> int:
         if obj_static:
             cfg = dataclasses.replace(cfg, **obj_static)
     try:
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, dist_info=info)
     except NonFiniteLossError as e:
-        print(f"adaperceiver train: {e}")
+        say(f"adaperceiver train: {e}")
         return 1
-    state = "finished" if result.finished else f"stopped at step {result.step} (continue with --resume)"
-    print(f"{state}; {result.train_seconds:.0f} s of training; " +
-          ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
-    print(f"run directory: {result.run_dir} (adaperceiver.from_pretrained('{result.run_dir}'))")
+    procs = f" on {info.world_size} processes" if info.enabled else ""
+    state = (f"finished at step {result.step}{procs}" if result.finished
+             else f"stopped at step {result.step}{procs} (continue with --resume)")
+    say(f"{state}; {result.train_seconds:.0f} s of training; " +
+        ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    say(f"run directory: {result.run_dir} (adaperceiver.from_pretrained('{result.run_dir}'))")
     return 0
 
 
