@@ -56,3 +56,19 @@ def test_two_processes_with_torchrun_match_one_process(single, tmp_path):
     # only rank 0 wrote the run directory, and it holds exactly the configured number of steps
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
     assert '"step": 4' in (tmp_path / "ddp" / "checkpoints" / "last.json").read_text()
+
+
+def test_killed_worker_restarts_resumes_and_finishes_exactly(tmp_path):
+    """torchrun --max-restarts=1: SIGKILL one worker after a checkpoint; the job resumes and ends at the configured step."""
+    pytest.importorskip("sklearn")
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ddp_fault_drill.py"
+    spec = importlib.util.spec_from_file_location("ddp_fault_drill", path)
+    drill = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(drill)
+    res = drill.drill(tmp_path / "drill", kill_after_step=20, timeout_s=240)
+    assert res["killed_worker_pid"] is not None and res["checkpoint_step_at_kill"] >= 20
+    assert res["returncode"] == 0 and res["restarted"]
+    assert res["final_step"] == res["configured_steps"] == drill.STEPS
+    assert res["logged_steps_unique"] and res["logged_steps"][-1] == drill.STEPS

@@ -46,7 +46,14 @@ def setup(device: str | torch.device | None = None, timeout_s: float = 600.0) ->
         use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
         if use_cuda:
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        # torchrun's agent store outlives restarted workers: keys of a dead attempt (e.g. gloo's
+        # peer addresses) would be read by the next one, so each attempt gets its own namespace.
+        store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"adaperceiver/attempt_{attempt}", store)
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world,
+                                timeout=timeout)
     return info
 
 

@@ -575,6 +575,8 @@ class Trainer:
         if resume and last is not None:
             self.check_resumable()
             self.load_checkpoint(last)
+            if self.is_writer():
+                print(f"resumed {cfg.run_dir} from {last.name} (step {self.step})", flush=True)
         if resume:
             self.metrics.load(keep_until_step=self.step)
         if self.is_writer():
