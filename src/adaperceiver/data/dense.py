@@ -287,7 +287,8 @@ class FashionMNISTSegmentation(Dataset):
     """Fashion-MNIST items composed on a ``canvas`` x ``canvas`` image with derived per-pixel labels.
 
     Item ``i`` of the dataset places ``k`` in ``[min_items, max_items]`` random 28x28 Fashion-MNIST
-    images of the split at random positions (brightest pixel wins where they overlap). Labels:
+    images of the split at random positions (brightest pixel wins where they overlap); by default
+    ``max_items`` is 1 on canvases below 42 px (one item, as in classification) and 3 otherwise. Labels:
     background 0, and ``class + 1`` where the item's pixel exceeds ``threshold`` (0-255), so there
     are 11 classes and nothing is ignored. Labels are derived from pixel intensity, not annotated
     by people. Deterministic: item ``i`` depends only on ``(seed, i)``.
@@ -299,8 +300,10 @@ class FashionMNISTSegmentation(Dataset):
     ignore_index = 255
 
     def __init__(self, split: str = "train", root: str | Path | None = None, canvas: int = 56, min_items: int = 1,
-                 max_items: int = 3, threshold: int = 20, length: int | None = None, seed: int = 0):
+                 max_items: int | None = None, threshold: int = 20, length: int | None = None, seed: int = 0):
         split = _check_split(split) or "train"
+        if max_items is None:
+            max_items = max(min_items, 1 if canvas < 42 else 3)
         if canvas < 28:
             raise ValueError(f"canvas must be >= 28 (one Fashion-MNIST item), got {canvas}")
         if not 1 <= min_items <= max_items:
