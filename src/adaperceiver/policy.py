@@ -616,15 +616,27 @@ def plot_comparators(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
     ax.plot([r["gflops"] for r in front], [r["acc1"] for r in front], "-", color="black", lw=1.2, label="fixed-configuration front")
     style = {"early_exit": ("C0", "s", "confidence early exit"), "policy": ("C3", "*", "learned policy"),
              "oracle": ("C2", "D", "oracle (not deployable)"), "full": ("black", "o", "full")}
+    series = []
     for method, (col, mk, label) in style.items():
-        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["gflops"])
+        pts = [r for r in rows if r["method"] == method]
+        if method != "policy":
+            series.append((pts, col, mk, label, method == "early_exit"))
+            continue
+        # policies named "<family> lam=<x>" (e.g. one family per baseline) get one line each
+        families = sorted({r["setting"].rsplit("lam=", 1)[0].strip() for r in pts})
+        for i, fam in enumerate(families):
+            fpts = [r for r in pts if r["setting"].rsplit("lam=", 1)[0].strip() == fam]
+            series.append((fpts, f"C{3 + i}", "*" if i == 0 else "P", f"{label} {fam}".strip(), True))
+    for pts, col, mk, label, line in series:
+        pts = sorted(pts, key=lambda r: r["gflops"])
         if not pts:
             continue
         ax.plot([r["gflops"] for r in pts], [r["acc1"] for r in pts], marker=mk, color=col, ms=9 if mk == "*" else 6,
-                lw=0.8 if method in ("early_exit", "policy") else 0, label=label)
-        if method == "policy":
-            for r in pts:
-                ax.annotate(r["setting"], (r["gflops"], r["acc1"]), fontsize=7, xytext=(4, -10), textcoords="offset points")
+                lw=0.8 if line else 0, label=label)
+    for r in rows:
+        if r["method"] == "policy":
+            ax.annotate(r["setting"].rsplit(" ", 1)[-1], (r["gflops"], r["acc1"]), fontsize=6, xytext=(4, -9),
+                        textcoords="offset points")
     full = next((r for r in rows if r["method"] == "full"), None)
     if full:
         ax.axhspan(full["acc1"] - 0.1, full["acc1"] + 0.1, color="C1", alpha=0.15, label="full ± 0.1 pp")
@@ -665,6 +677,8 @@ def register_cli(sub) -> None:
     t.add_argument("--reward", choices=REWARDS, default="ce")
     t.add_argument("--scale", type=float, default=1.0)
     t.add_argument("--entropy", type=float, default=0.01)
+    t.add_argument("--baseline", choices=BASELINES, default="ema",
+                   help="ema: EMA of the mean reward; loo: per image, mean reward of its other sampled actions")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=2e-3)
@@ -695,7 +709,7 @@ def _cli_train(args) -> int:
     out = Path(args.out)
     for lam in args.lams:
         cfg = PolicyTrainConfig(lam=lam, reward=args.reward, scale=args.scale, entropy=args.entropy, epochs=args.epochs,
-                                batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, baseline=args.baseline)
         log = TrainLog()
         policy = train_policy(model, outcomes, cost, cfg, log=log)
         d = save_policy(policy, out / f"lam{lam:g}", extra={"lam": lam, "train": asdict(cfg), "model": str(args.model),
