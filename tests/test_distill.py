@@ -113,7 +113,7 @@ def test_static_vit_trains_with_the_shared_objective():
         vit.forward_anytime(x, width=8)
 
 
-def test_cached_teacher_calls_the_teacher_once_per_item(tmp_path):
+def test_cached_teacher_runs_the_teacher_once_per_image(tmp_path):
     calls = []
 
     class Fake(nn.Module):
@@ -121,20 +121,23 @@ def test_cached_teacher_calls_the_teacher_once_per_item(tmp_path):
             calls.append(x.shape[0])
             return x.mean((2, 3)), x.flatten(2).transpose(1, 2)[:, :4]
 
-    cache = CachedTeacher(from_module(Fake()), tmp_path / "cache", num_items=10)
+    cache = CachedTeacher(from_module(Fake()), tmp_path / "cache", capacity=10)
     x = torch.randn(10, 3, 4, 4)
-    idx = torch.arange(10)
-    first = cache(x[:6], idx[:6])
-    again = cache(x[2:8], idx[2:8])  # 4 cached, 2 new
-    assert calls == [6, 2]
+    first = cache(x[:6])
+    again = cache(x[2:8])  # 4 cached, 2 new
+    assert calls == [6, 2] and (cache.hits, cache.misses) == (4, 8)
     torch.testing.assert_close(again.logits[:4], first.logits[2:6])
     torch.testing.assert_close(again.features, x[2:8].flatten(2).transpose(1, 2)[:, :4])
-    cache.flush()
-    reopened = CachedTeacher(from_module(Fake()), tmp_path / "cache", num_items=10)
-    reopened(x[:8], idx[:8])
-    assert calls == [6, 2]  # everything came from disk
-    with pytest.raises(ValueError, match="built for 10 items, not 12"):
-        CachedTeacher(from_module(Fake()), tmp_path / "cache", num_items=12)
+    reopened = CachedTeacher(from_module(Fake()), tmp_path / "cache", capacity=10)
+    out = reopened(x[:8].flip(0))  # another order, all from disk
+    assert calls == [6, 2]
+    torch.testing.assert_close(out.logits, x[:8].flip(0).mean((2, 3)))
+    # an augmented (different) image is a miss, computed correctly; past capacity it is not stored
+    y = torch.randn(5, 3, 4, 4)
+    torch.testing.assert_close(reopened(y).logits, y.mean((2, 3)))
+    assert len(reopened.rows) == 10 and calls[-1] == 5
+    with pytest.raises(ValueError, match="use another cache directory"):
+        CachedTeacher(from_module(Fake()), tmp_path / "cache", capacity=12)(torch.randn(1, 3, 4, 4))
 
 
 def test_load_teacher_specs(tmp_path):
@@ -145,3 +148,38 @@ def test_load_teacher_specs(tmp_path):
     torch.testing.assert_close(t(x).logits, vit.eval()(x))
     with pytest.raises(ValueError, match="expected a run directory"):
         load_teacher(str(tmp_path / "nothing"))
+
+
+def test_two_stage_recipe_from_the_cli(tmp_path, capsys):
+    """teacher -> distill (KD + features, cached teacher) -> stage 2 with a frozen backbone."""
+    pytest.importorskip("sklearn")
+    import csv
+
+    from adaperceiver import from_pretrained
+    from adaperceiver.cli import main
+    from safetensors.torch import load_file
+
+    common = ["--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--max-steps", "3", "--warmup-steps", "1",
+              "--out", str(tmp_path), "--no-progress", "--val-subset", "64"]
+    student = ["--set", "embed_dim=32", "--set", "depth=2", "--set", "num_latents=8", "--set", "token_grans=[4,8]",
+               "--set", "widths=[16,32]"]
+    assert main(["teacher", "--embed-dim", "32", "--depth", "1", "--patch-size", "2", "--name", "t"] + common) == 0
+    assert main(["distill", "--teacher", str(tmp_path / "t"), "--teacher-cache", str(tmp_path / "cache"),
+                 "--no-augment", "--name", "s", "--log-every", "1"] + common + student) == 0
+    out = capsys.readouterr().out
+    assert "logits KD + feature matching" in out and "--freeze-backbone" in out
+    with (tmp_path / "s" / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    assert float(rows[-1]["kd"]) > 0 and float(rows[-1]["feat"]) > 0 and "task" not in rows[-1]  # CE weight 0
+    ckpt = next((tmp_path / "s" / "checkpoints").glob("step_*"))
+    assert any(k.startswith("extra_modules.0.head.") for k in load_file(str(ckpt / "objective.safetensors")))
+    assert len((tmp_path / "cache" / "keys.txt").read_text().split()) == 3 * 64
+    distilled = from_pretrained(tmp_path / "s")
+
+    assert main(["train", "--init-from", str(tmp_path / "s"), "--freeze-backbone", "--name", "ft"] + common + student) == 0
+    tuned = from_pretrained(tmp_path / "ft")
+    for (name, a), b in zip(distilled.named_parameters(), tuned.parameters()):
+        frozen = not any(name.startswith(p) for p in ("output_query", "write.", "head_"))
+        assert torch.equal(a, b) == frozen, name  # backbone unchanged, head side trained
+    with pytest.raises(SystemExit):
+        main(["distill", "--name", "x"] + common)  # --teacher is required

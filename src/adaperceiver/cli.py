@@ -10,14 +10,16 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = [
-    "adaperceiver.convert",
-    "adaperceiver.export",
-    "adaperceiver.policy",
-    "adaperceiver.budget",
-    "adaperceiver.evaluation",
-    "adaperceiver.training",
-    "adaperceiver.visualize",
+COMMAND_MODULES = [  # in the order --help lists them
+    "adaperceiver.training",  # train, demo
+    "adaperceiver.evaluation",  # sweep
+    "adaperceiver.teachers",  # teacher
+    "adaperceiver.distill",  # distill
+    "adaperceiver.policy",  # policy train | eval
+    "adaperceiver.budget",  # budget
+    "adaperceiver.export",  # export
+    "adaperceiver.visualize",  # visualize (dense predictions)
+    "adaperceiver.convert",  # convert (reference checkpoints)
 ]
 
 

@@ -235,59 +235,133 @@ def load_teacher(spec: str) -> Teacher:
 # --------------------------------------------------------------------------------------------------
 # caching teacher outputs across epochs
 class CachedTeacher(nn.Module):
-    """Stores a teacher's outputs per dataset index in memory-mapped ``.npy`` files.
+    """A teacher whose outputs are stored on disk, keyed by the content of each input image.
 
-    Only valid when the teacher sees the same input for an index every epoch (no random
-    augmentation on the teacher's input). Call with the batch's dataset indices.
+    Repeated epochs over the same (un-augmented) images read the teacher's logits and features
+    from memory-mapped ``.npy`` files instead of running it; an augmented image is simply a new
+    key (computed, and cached while there is room). ``capacity`` bounds the rows on disk.
+    Files: ``logits.npy``, ``features.npy`` (float32 rows) and ``keys.txt`` (one hash per row).
     """
 
-    def __init__(self, teacher: Teacher, cache_dir: str | Path, num_items: int):
+    def __init__(self, teacher: Teacher, cache_dir: str | Path, capacity: int):
         super().__init__()
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.teacher = teacher
         self.dir = Path(cache_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.num_items = num_items
+        self.capacity = capacity
+        self.keys_path = self.dir / "keys.txt"
+        keys = self.keys_path.read_text().split() if self.keys_path.exists() else []
+        self.rows: dict[str, int] = {k: i for i, k in enumerate(keys)}
         self._arrays: dict[str, np.ndarray] = {}
-        done_path = self.dir / "done.npy"
-        self.done = (np.load(done_path, mmap_mode="r+") if done_path.exists()
-                     else np.lib.format.open_memmap(done_path, mode="w+", dtype=np.bool_, shape=(num_items,)))
-        if self.done.shape != (num_items,):
-            raise ValueError(f"teacher cache {self.dir} was built for {self.done.shape[0]} items, not {num_items}")
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def key(image: Tensor) -> str:
+        import hashlib
+
+        data = image.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+        return hashlib.blake2b(data + str(tuple(image.shape)).encode(), digest_size=16).hexdigest()
 
     def _array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         if name not in self._arrays:
             path = self.dir / f"{name}.npy"
             if path.exists():
                 arr = np.load(path, mmap_mode="r+")
-                if arr.shape[1:] != shape:
-                    raise ValueError(f"teacher cache {path} holds shape {arr.shape[1:]}, teacher gives {shape}")
+                if arr.shape != (self.capacity, *shape):
+                    raise ValueError(f"teacher cache {path} holds {arr.shape}, expected {(self.capacity, *shape)}: "
+                                     f"use another cache directory for this teacher / capacity")
             else:
-                arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(self.num_items, *shape))
+                arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(self.capacity, *shape))
             self._arrays[name] = arr
         return self._arrays[name]
 
+    def _stored(self, name: str) -> np.ndarray | None:
+        if name in self._arrays:
+            return self._arrays[name]
+        path = self.dir / f"{name}.npy"
+        return self._array(name, np.load(path, mmap_mode="r").shape[1:]) if path.exists() else None
+
     @torch.no_grad()
-    def forward(self, x: Tensor, indices: Tensor) -> TeacherOutput:
-        idx = indices.cpu().numpy()
-        if idx.min() < 0 or idx.max() >= self.num_items:
-            raise ValueError(f"dataset index out of range [0, {self.num_items})")
-        missing = ~self.done[idx]
-        if missing.any():
-            out = self.teacher(x[torch.from_numpy(missing).to(x.device)])
-            for name, t in (("logits", out.logits), ("features", out.features)):
-                if t is not None:
-                    self._array(name, tuple(t.shape[1:]))[idx[missing]] = t.float().cpu().numpy()
-            self.done[idx[missing]] = True
+    def forward(self, x: Tensor) -> TeacherOutput:
+        keys = [self.key(img) for img in x]
+        missing = [i for i, k in enumerate(keys) if k not in self.rows]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        fresh = None
+        if missing:
+            fresh = self.teacher(x[torch.tensor(missing, device=x.device)])
+            room = self.capacity - len(self.rows)
+            store = missing[:max(0, room)]
+            if store:
+                rows = list(range(len(self.rows), len(self.rows) + len(store)))
+                for name, t in (("logits", fresh.logits), ("features", fresh.features)):
+                    if t is not None:
+                        arr = self._array(name, tuple(t.shape[1:]))
+                        arr[rows] = t[: len(store)].float().cpu().numpy()
+                        arr.flush()
+                with self.keys_path.open("a") as f:  # rows first, then their keys: a crash loses rows, never mixes them
+                    f.write("".join(keys[i] + "\n" for i in store))
+                for i, r in zip(store, rows):
+                    self.rows[keys[i]] = r
         result = []
         for name in ("logits", "features"):
-            path = self.dir / f"{name}.npy"
-            if name in self._arrays or path.exists():
-                arr = self._arrays[name] if name in self._arrays else np.load(path, mmap_mode="r")
-                result.append(torch.from_numpy(np.ascontiguousarray(arr[idx])).to(x.device))
-            else:
+            new = None if fresh is None else getattr(fresh, name)
+            arr = self._stored(name)
+            if arr is None and new is None:
                 result.append(None)
+                continue
+            shape = tuple(new.shape[1:]) if new is not None else arr.shape[1:]
+            out = torch.empty((len(keys), *shape), dtype=torch.float32)
+            cached = [i for i, k in enumerate(keys) if i not in set(missing)]
+            if cached:
+                out[cached] = torch.from_numpy(np.ascontiguousarray(arr[[self.rows[keys[i]] for i in cached]]))
+            if missing:
+                out[missing] = new.float().cpu()
+            result.append(out.to(x.device))
         return TeacherOutput(*result)
 
-    def flush(self) -> None:
-        for arr in (*self._arrays.values(), self.done):
-            arr.flush()
+
+# --------------------------------------------------------------------------------------------------
+# command line: adaperceiver teacher (train a static ViT teacher with the shared engine)
+def register_cli(sub) -> None:
+    from .training import _add_train_options
+
+    p = sub.add_parser(
+        "teacher", help="train a static ViT teacher for distillation",
+        description="Train a plain (non-adaptive) ViT classifier with the same engine, data and options as "
+                    "'adaperceiver train'. Its run directory is a --teacher for 'adaperceiver distill' (logits "
+                    "and final patch tokens as features).")
+    g = p.add_argument_group("teacher model")
+    g.add_argument("--embed-dim", type=int, default=128, help="width (default 128)")
+    g.add_argument("--depth", type=int, default=6, help="blocks (default 6)")
+    g.add_argument("--num-heads", type=int, default=4, help="attention heads (default 4)")
+    g.add_argument("--mlp-ratio", type=float, default=3.0, help="MLP hidden / width (default 3.0)")
+    g.add_argument("--patch-size", type=int, default=4, help="patch size (default 4)")
+    g = _add_train_options(p, epochs_default=5)
+    g.add_argument("--name", default="teacher", help="run name: the run directory is OUT/NAME (default teacher)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
+    p.set_defaults(func=_cli_teacher)
+
+
+def _cli_teacher(args) -> int:
+    import dataclasses
+
+    from .objective import ObjectiveConfig
+    from .tasks import get_task
+    from .training import Trainer, _config_from_args
+
+    cfg = _config_from_args(args, task="classification", model="static_vit", name=args.name, max_steps=args.max_steps)
+    cfg = dataclasses.replace(cfg, objective=ObjectiveConfig.static(label_smoothing=args.label_smoothing))
+    data = get_task(cfg.task).build_data(cfg)
+    torch.manual_seed(cfg.seed)
+    vit = StaticViT(ViTConfig(img_size=data.img_size, patch_size=args.patch_size, in_chans=data.in_chans,
+                              embed_dim=args.embed_dim, depth=args.depth, num_heads=args.num_heads,
+                              mlp_ratio=args.mlp_ratio, num_classes=data.num_classes))
+    result = Trainer(cfg, data=data, model=vit).fit()
+    n = sum(p.numel() for p in vit.parameters())
+    print(f"teacher ({n / 1e6:.2f} M parameters) trained to step {result.step} in {result.train_seconds:.0f} s; " +
+          ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    print(f"run directory: {result.run_dir} (use as: adaperceiver distill --teacher {result.run_dir})")
+    return 0
