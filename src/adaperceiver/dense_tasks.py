@@ -8,7 +8,8 @@ or :class:`~adaperceiver.losses.SigLoss` as the task loss. Sweeps use the ``segm
 
 Datasets (``--dataset``; ``--data-dir`` is the root where needed):
 
-* segmentation: ``fashion_mnist`` / ``fashion_mnist_seg`` (derived labels on real pixels, offline),
+* segmentation: ``fashion_mnist`` / ``fashion_mnist_seg`` (derived labels on real pixels, offline;
+  56 px canvas with 1-3 items, or ``--image-size``), ``fashion_mnist_seg28`` (28 px, one item),
   ``ade20k`` (an ADE20K-style folder: 150 classes, 0 ignored), ``segfolder`` (same layout, class
   ids as stored; set ``head.num_classes``).
 * depth: ``visp_castel`` (30 real RGB-D frames from Debian ``visp-images-data``; a pipeline check),
@@ -43,7 +44,7 @@ from .tasks import TaskData, TaskSpec, adapt_model_config, register_task
 if TYPE_CHECKING:
     from .training import TrainConfig
 
-SEG_DATASETS = ("fashion_mnist", "fashion_mnist_seg", "ade20k", "segfolder")
+SEG_DATASETS = ("fashion_mnist", "fashion_mnist_seg", "fashion_mnist_seg28", "ade20k", "segfolder")
 DEPTH_DATASETS = ("visp_castel", "nyu", "depthfolder")
 ENCODER_PREFIXES = ("patch_embed.", "latent_token", "read.", "blocks.")
 DECODER_PREFIXES = ("write.", "query_proj.", "head_norm.", "head_fc.")
@@ -97,8 +98,8 @@ def segmentation_data(cfg: "TrainConfig") -> TaskData:
 
     name = cfg.dataset.lower().replace("-", "_")
     _, head = split_overrides(cfg.model_overrides)
-    if name in ("fashion_mnist", "fashion_mnist_seg"):
-        canvas = cfg.image_size or 56
+    if name in ("fashion_mnist", "fashion_mnist_seg", "fashion_mnist_seg28"):
+        canvas = cfg.image_size or (28 if name.endswith("28") else 56)
         train = FashionMNISTSegmentation("train", cfg.data_dir, canvas=canvas, length=cfg.train_subset)
         val = FashionMNISTSegmentation("val", cfg.data_dir, canvas=canvas, length=cfg.val_subset or 2000)
         classes, k, ignore = train.classes, train.num_classes, train.ignore_index

@@ -481,6 +481,10 @@ def _fmnist_seg(split, root=None, image_size=None, in_chans=None):
     return FashionMNISTSegmentation(split, root, canvas=image_size or 56)
 
 
+def _fmnist_seg28(split, root=None, image_size=None, in_chans=None):
+    return FashionMNISTSegmentation(split, root, canvas=image_size or 28)
+
+
 def _ade20k(split, root=None, image_size=None, in_chans=None):
     return SegmentationFolder(_needs_root("ade20k", root), split, size=image_size or 224, in_chans=in_chans or 3)
 
@@ -495,7 +499,7 @@ def _visp(split, root=None, image_size=None, in_chans=None):
 
 
 # for ``adaperceiver.data.get_dataset`` (and so ``adaperceiver sweep --data NAME[:ROOT]``)
-DENSE_DATASETS = {"fashion_mnist_seg": _fmnist_seg, "ade20k": _ade20k, "nyu": _nyu, "visp_castel": _visp}
+DENSE_DATASETS = {"fashion_mnist_seg": _fmnist_seg, "fashion_mnist_seg28": _fmnist_seg28, "ade20k": _ade20k, "nyu": _nyu, "visp_castel": _visp}
 
 __all__ = [
     "DENSE_DATASETS", "DepthFolder", "FashionMNISTSegmentation", "SegmentationFolder", "ViSPCastelDepth", "depth_range",
