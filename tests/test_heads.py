@@ -32,8 +32,13 @@ def model(request):
 def test_every_configuration_runs_and_has_image_resolution(model):
     x = torch.randn(2, 3, 16, 16)
     chans = 4 if isinstance(model, SegmentationModel) else 1
+    cfg = model.cfg
     with torch.no_grad():
-        for t, d, w in model.configurations():
+        for w in cfg.widths:  # every (tokens, depth) read-out at every width, one pass each
+            out = model.forward_anytime(x, width=w)
+            assert out.outputs.shape == (model.num_blocks, len(cfg.token_grans), 2, chans, 16, 16)
+            assert torch.isfinite(out.outputs).all()
+        for t, d, w in zip(cfg.token_grans, (1, 2, 3, 3), (16, 24, 32, 5)):  # direct calls, incl. an untrained width
             assert model(x, tokens=t, depth=d, width=w).shape == (2, chans, 16, 16)
         assert model(torch.randn(1, 3, 24, 20)).shape == (1, chans, 24, 20)  # other image sizes
 
