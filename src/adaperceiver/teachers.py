@@ -287,6 +287,7 @@ class CachedTeacher(nn.Module):
     def forward(self, x: Tensor) -> TeacherOutput:
         keys = [self.key(img) for img in x]
         missing = [i for i, k in enumerate(keys) if k not in self.rows]
+        cached = [i for i, k in enumerate(keys) if k in self.rows]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         fresh = None
@@ -314,7 +315,6 @@ class CachedTeacher(nn.Module):
                 continue
             shape = tuple(new.shape[1:]) if new is not None else arr.shape[1:]
             out = torch.empty((len(keys), *shape), dtype=torch.float32)
-            cached = [i for i, k in enumerate(keys) if i not in set(missing)]
             if cached:
                 out[cached] = torch.from_numpy(np.ascontiguousarray(arr[[self.rows[keys[i]] for i in cached]]))
             if missing:
