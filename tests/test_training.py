@@ -54,7 +54,7 @@ def test_loss_decreases_on_a_tiny_subset(tmp_path):
     result = trainer.fit()
     after = evaluate_classification(trainer.model, loader, trainer.device)
     assert result.finished and result.step == 25 * 4
-    assert after["loss"] < before["loss"] - 0.5 and after["acc1"] > before["acc1"] + 0.2
+    assert after["loss"] < before["loss"] - 0.5 and after["acc1"] > before["acc1"] + 20
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,epoch,split") and "img_s" in rows[0] and len(rows) > 20
 

@@ -140,7 +140,7 @@ class JointObjective(nn.Module):
     """``objective(model, batch, generator) -> (loss, metrics)`` over every read-out of one pass.
 
     ``metrics`` holds floats for logging: ``loss``, ``task`` (weighted task loss), ``task_full``
-    (task loss of the full configuration), ``acc_full`` for classification, ``kd`` when a teacher
+    (task loss of the full configuration), ``acc_full`` (top-1 %) for classification, ``kd`` when a teacher
     is present, and whatever the extra losses report.
     """
 
@@ -201,7 +201,7 @@ class JointObjective(nn.Module):
             metrics["task_full"] = float(per[-1, -1].detach())
         full = out.outputs[-1, -1]
         if full.dim() == 2 and batch.targets.dim() == 1:
-            metrics["acc_full"] = float((full.detach().argmax(-1) == batch.targets).float().mean())
+            metrics["acc_full"] = 100.0 * float((full.detach().argmax(-1) == batch.targets).float().mean())
         if cfg.kd_weight and batch.teacher_logits is not None:
             teacher = batch.teacher_logits.to(out.outputs.device)
             if teacher.shape != full.shape:

@@ -140,20 +140,28 @@ def _classification_loss(cfg: "TrainConfig") -> Callable[[Tensor, Tensor], Tenso
 
 @torch.no_grad()
 def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.device) -> dict[str, float]:
-    """Top-1 accuracy (``acc1``) and mean cross-entropy (``loss``) at the full configuration."""
+    """Top-1 (``acc1``) and, with more than five classes, top-5 (``acc5``) accuracy in percent, and the
+    mean cross-entropy (``loss``), at the full configuration (the same scale as the sweep's rows)."""
     was_training = model.training
     model.eval()
-    correct, loss, count = 0, 0.0, 0
+    correct1, correct5, loss, count, classes = 0, 0, 0.0, 0, 0
     for images, targets in loader:
         images, targets = images.to(device), targets.to(device)
         logits = model(images).float()
+        classes = logits.shape[-1]
         loss += float(F.cross_entropy(logits, targets, reduction="sum"))
-        correct += int((logits.argmax(-1) == targets).sum())
+        hits = logits.topk(min(5, classes), dim=-1).indices == targets[:, None]
+        correct1 += int(hits[:, 0].sum())
+        correct5 += int(hits.any(-1).sum())
         count += targets.numel()
     model.train(was_training)
     if count == 0:
         raise ValueError("the evaluation loader yielded no samples")
-    return {"acc1": correct / count, "loss": loss / count}
+    out = {"acc1": 100.0 * correct1 / count}
+    if classes > 5:
+        out["acc5"] = 100.0 * correct5 / count
+    out["loss"] = loss / count
+    return out
 
 
 def _classification_augment(cfg: "TrainConfig"):

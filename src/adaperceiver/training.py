@@ -664,7 +664,11 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
 
 # --------------------------------------------------------------------------------------------------
 # command line: `adaperceiver train` and `adaperceiver demo`
-DEMO_EPOCHS = 5
+# the demo's schedule: ~6 minutes of training on 2 CPU cores; in this short schedule more, smaller
+# steps, a higher peak lr and no augmentation converge faster (docs/training.md has the measurements)
+DEMO_EPOCHS = 6
+DEMO_BATCH = 64
+DEMO_LR = 3e-3
 DEMO_BASELINES = ((8, 2, 32), (16, 3, 48), (32, 4, 64))
 
 
@@ -693,7 +697,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _add_train_options(p, epochs_default: int):
+def _add_train_options(p, epochs_default: int, lr_default: float = 2e-3, augment_default: bool = True,
+                       batch_default: int = 128):
     """Options shared by train and demo; returns the "run" argument group for more options."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="fashion_mnist",
@@ -703,12 +708,17 @@ def _add_train_options(p, epochs_default: int):
     g.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
     g.add_argument("--train-subset", type=int, default=None, help="train on a fixed random subset of N images")
     g.add_argument("--val-subset", type=int, default=None, help="evaluate on a fixed random subset of N images")
-    g.add_argument("--no-augment", action="store_true", help="turn off random crop (padding 2) + horizontal flip")
+    if augment_default:
+        g.add_argument("--no-augment", dest="augment", action="store_false",
+                       help="turn off the random crop (padding 2) + horizontal flip augmentation")
+    else:
+        g.add_argument("--augment", dest="augment", action="store_true",
+                       help="turn on random crop (padding 2) + horizontal flip (off in the short demo schedule)")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=epochs_default, help=f"training epochs (default {epochs_default})")
-    g.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
-    g.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (default 2e-3)")
+    g.add_argument("--batch-size", type=int, default=batch_default, help=f"images per step (default {batch_default})")
+    g.add_argument("--lr", type=float, default=lr_default, help=f"peak AdamW learning rate (default {lr_default:g})")
     g.add_argument("--min-lr", type=float, default=2e-5, help="final learning rate of the cosine (default 2e-5)")
     g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default 0.05)")
     g.add_argument("--warmup-steps", type=int, default=200, help="linear warm-up steps (default 200)")
@@ -776,7 +786,8 @@ def register_cli(sub) -> None:
                    help="also train static baselines; bare --baselines trains "
                         + " ".join(",".join(map(str, b)) for b in DEMO_BASELINES) + " (roughly doubles the time)")
     d.add_argument("--latency-batch-sizes", default="1,64", help="batch sizes for sweep latency (default 1,64)")
-    _add_train_options(d, epochs_default=DEMO_EPOCHS)
+    _add_train_options(d, epochs_default=DEMO_EPOCHS, lr_default=DEMO_LR, augment_default=False,
+                       batch_default=DEMO_BATCH)
     d.set_defaults(func=_cli_demo)
 
 
@@ -786,7 +797,7 @@ def _config_from_args(args, **extra: Any) -> TrainConfig:
                           sample_widths=not args.no_width_sampling)
     return TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size, train_subset=args.train_subset,
-        val_subset=args.val_subset, augment=not args.no_augment, num_workers=args.num_workers, epochs=args.epochs,
+        val_subset=args.val_subset, augment=args.augment, num_workers=args.num_workers, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, accum_steps=args.accum_steps,
         ema_decay=args.ema_decay, objective=obj,
@@ -844,7 +855,7 @@ def train_baseline(base: TrainConfig, config: tuple[int, int, int], latency_batc
     result = train(cfg)
     model = result.model
     return {"name": f"static t{t} d{d} w{w}", "tokens": t, "depth": d, "width": w,
-            "acc1": result.metrics.get("val_acc1", float("nan")),
+            "acc1": result.metrics.get("val_acc1", float("nan")),  # percent, like the sweep
             "gflops": measure_gflops(model, None, None, None),
             "latency_ms": measure_latency(model, None, None, None, latency_batch_size).median_ms,
             "train_seconds": round(result.train_seconds, 1), "run_dir": str(result.run_dir)}
