@@ -322,6 +322,12 @@ class AdaPerceiver(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     # task hooks
+    def build_head(self) -> None:
+        """``head_norm`` + ``head_fc``: LN + MLP when ``cfg.head_mlp`` (always full width), else a Linear."""
+        d, cfg = self.cfg.embed_dim, self.cfg
+        self.head_norm = layer_norm(d) if cfg.head_mlp else nn.Identity()
+        self.head_fc = Mlp(d, hidden_units(d, cfg.ffn_ratio), cfg.num_classes) if cfg.head_mlp else nn.Linear(d, cfg.num_classes)
+
     def output_queries(self, patches: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -350,12 +356,7 @@ class AdaPerceiverClassifier(AdaPerceiver):
         super().__init__(cfg)
         d = cfg.embed_dim
         self.output_query = nn.Parameter(torch.zeros(1, d))
-        if cfg.head_mlp:
-            self.head_norm = layer_norm(d)
-            self.head_fc = Mlp(d, hidden_units(d, cfg.ffn_ratio), cfg.num_classes)
-        else:
-            self.head_norm = nn.Identity()
-            self.head_fc = nn.Linear(d, cfg.num_classes)
+        self.build_head()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -410,12 +411,7 @@ class AdaPerceiverDense(AdaPerceiver):
         super().__init__(cfg)
         d = cfg.embed_dim
         self.query_proj = nn.Linear(d, d)
-        if cfg.head_mlp:
-            self.head_norm = layer_norm(d)
-            self.head_fc = Mlp(d, hidden_units(d, cfg.ffn_ratio), cfg.num_classes)
-        else:
-            self.head_norm = nn.Identity()
-            self.head_fc = nn.Linear(d, cfg.num_classes)
+        self.build_head()
         self.init_weights()
 
     @property
