@@ -185,3 +185,16 @@ def test_nonfinite_config_values_rejected():
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
     assert math.isclose(TrainConfig().grad_clip, 3.0)
+
+
+def test_trains_on_a_users_image_folder(tmp_path):
+    from test_data import make_folder
+
+    make_folder(tmp_path / "data")
+    cfg = cfg_for(tmp_path, "folder", dataset="imagefolder", data_dir=str(tmp_path / "data"), image_size=8,
+                  train_subset=None, val_subset=None, batch_size=2, epochs=1,
+                  model_overrides={**TINY, "in_chans": 1})
+    result = Trainer(cfg).fit()
+    assert result.finished and result.step == 3 and 0 <= result.metrics["val_acc1"] <= 100
+    meta = json.loads((tmp_path / "folder" / "config.json").read_text())
+    assert meta["class_names"] == ["cat", "dog"] and meta["model"]["in_chans"] == 1

@@ -101,7 +101,8 @@ def get_task(name: str) -> TaskSpec:
 def _classification_data(cfg: "TrainConfig") -> TaskData:
     from .data import get_dataset
 
-    kw = dict(root=cfg.data_dir, image_size=cfg.image_size)
+    # image folders load grey or RGB to match the model (--set in_chans=1); other sets have fixed channels
+    kw = dict(root=cfg.data_dir, image_size=cfg.image_size, in_chans=cfg.model_overrides.get("in_chans"))
     train = get_dataset(cfg.dataset, "train", subset=cfg.train_subset, **kw)
     val = get_dataset(cfg.dataset, "val", subset=cfg.val_subset, **kw)
     return TaskData(train, val, len(train.classes), train.in_chans, train.img_size, tuple(train.classes))
