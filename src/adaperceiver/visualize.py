@@ -27,9 +27,12 @@ def palette(num_classes: int) -> np.ndarray:
     """``(num_classes, 3)`` uint8 colours: class 0 dark grey, the rest well separated hues."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab20"] if num_classes <= 21 else matplotlib.colormaps["hsv"]
-    cols = [(60, 60, 60)] + [tuple(int(255 * c) for c in cmap(i % cmap.N if num_classes <= 21 else i / num_classes)[:3])
-                             for i in range(num_classes - 1)]
+    if num_classes <= 21:
+        cmap = matplotlib.colormaps["tab10" if num_classes <= 11 else "tab20"]
+        rgb = [cmap(i)[:3] for i in range(num_classes - 1)]
+    else:
+        rgb = [matplotlib.colormaps["hsv"](i / num_classes)[:3] for i in range(num_classes - 1)]
+    cols = [(60, 60, 60)] + [tuple(int(255 * c) for c in col) for col in rgb]
     return np.array(cols, dtype=np.uint8)
 
 
