@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -49,6 +50,7 @@ class Result:
     ratio_min: float  # static fastest call / adaptive fastest call
     rounds: int
     calls: int  # timed calls per model per round
+    load: float  # 1-minute load average after the measurement (> threads: other work was running)
 
 
 def static_twin(model: AdaPerceiver, tokens: int, depth: int, width: int) -> AdaPerceiver:
@@ -128,11 +130,11 @@ def bench(preset: str, batch_sizes: list[int], rounds: int, calls: int, img_size
             x = torch.randn(b, cfg.in_chans, cfg.img_size, cfg.img_size)
             torch.testing.assert_close(model(x, tokens=t, depth=d, width=w), static(x), atol=1e-4, rtol=1e-4)
             m = interleaved_ratio(lambda: model(x, tokens=t, depth=d, width=w), lambda: static(x), rounds, calls)
-            res = Result(preset, axis, t, d, w, b, rounds=rounds, calls=2 * max(1, calls // 2), **m)
+            res = Result(preset, axis, t, d, w, b, rounds=rounds, calls=2 * max(1, calls // 2), load=os.getloadavg()[0], **m)
             results.append(res)
             print(f"{preset:18s} {axis:8s} t={t:<4d} d={d:<3d} w={w:<4d} batch={b:<3d} adaptive {res.adaptive_ms:9.3f} ms"
                   f"  static {res.static_ms:9.3f} ms  ratio {res.ratio:.3f} (IQR {res.ratio_iqr:.3f}, "
-                  f"fastest-call ratio {res.ratio_min:.3f})", flush=True)
+                  f"fastest-call ratio {res.ratio_min:.3f}; load {res.load:.1f})", flush=True)
     return results
 
 
