@@ -84,7 +84,7 @@ def main() -> int:
     ax.set_ylabel("Fashion-MNIST test top-1 (%)")
     ax.set_title(f"adaperceiver_tiny, {args.epochs} epochs: every (tokens, depth, width)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="center right")
     fig.tight_layout()
     fig.savefig(out / "comparison.png", dpi=120)
     print(json.dumps(summary, indent=2))
