@@ -191,7 +191,9 @@ def _backbone_config(cfg: "TrainConfig", data: TaskData) -> AdaPerceiverConfig:
         return mcfg.static_config(*cfg.static) if cfg.static else mcfg
     from .registry import preset_config
 
-    probe = preset_config(cfg.model, **{k: v for k, v in backbone.items() if k != "num_classes"})
+    probe_values = {"img_size": data.img_size, "in_chans": data.in_chans, **backbone}
+    probe_values.pop("num_classes", None)
+    probe = preset_config(cfg.model, **probe_values)
     feature_dim = int(backbone.get("num_classes", probe.embed_dim))
     return adapt_model_config(_no_head_overrides(cfg), dataclasses.replace(data, num_classes=feature_dim), task="dense")
 
