@@ -298,9 +298,13 @@ def evaluate_grid(model: nn.Module, loader: Iterable, metric: str = "classificat
     return results, next(iter(accs.values())), shape, seen
 
 
-def _machine() -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
+    """Where a measurement ran: platform, processor, CPU count, torch version and threads."""
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+_machine = machine_info  # older private name, still imported by adaperceiver.policy
 
 
 def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *, metric: str = "classification",
@@ -343,7 +347,7 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
                 "num_images": seen, "image_shape": list(shape) if shape else None,
                 "latency_batch_sizes": list(bss), "latency": {"warmup": latency_warmup, "repeats": latency_repeats,
                                                               "statistic": "median ms per batch"},
-                "device": str(device), "machine": _machine(), "model": model.cfg.to_dict(),
+                "device": str(device), "machine": machine_info(), "model": model.cfg.to_dict(),
                 "baselines": [dict(b) for b in baselines or ()]}
         write_sweep(rows, out_dir, meta)
         plot_pareto(rows, Path(out_dir) / "pareto.png", acc.primary, acc.higher_is_better,
@@ -508,6 +512,6 @@ def format_table(rows: Sequence[Mapping[str, Any]], batch_sizes: Sequence[int] =
 
 __all__ = [
     "METRIC_MODULES", "ClassificationAccuracy", "MetricAccumulator", "SweepConfig", "active_parameters",
-    "evaluate_grid", "format_table", "get_metric", "grid", "list_metrics", "mark_pareto", "measure_gflops",
+    "evaluate_grid", "format_table", "get_metric", "grid", "list_metrics", "machine_info", "mark_pareto", "measure_gflops",
     "measure_latency", "pareto_front", "plot_pareto", "register_metric", "run_sweep", "write_sweep",
 ]
