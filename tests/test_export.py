@@ -122,3 +122,16 @@ def test_export_cli(tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path / "run"), "--tokens", "8", "--depth", "9", "--width", "16",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "depth must be an int" in capsys.readouterr().err
+
+
+def test_slim_method_and_package_export():
+    import adaperceiver
+    from adaperceiver import build_model
+    from conftest import tiny_config
+
+    model = build_model(tiny_config()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    small = model.slim(tokens=8, depth=2, width=16)
+    assert adaperceiver.slim is not None and sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x, tokens=8, depth=2, width=16), atol=1e-5, rtol=0)

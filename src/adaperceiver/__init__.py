@@ -11,6 +11,7 @@ from .model import (
     Features,
     build_model,
 )
+from .export import slim
 from .registry import create_model, list_models, preset_config
 
 __version__ = "0.1.0"
@@ -18,5 +19,5 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaPerceiver", "AdaPerceiverClassifier", "AdaPerceiverConfig", "AdaPerceiverDense", "AnytimeOutput",
     "EarlyExitOutput", "Features", "build_model", "create_model", "from_pretrained", "list_models",
-    "preset_config", "save_pretrained",
+    "preset_config", "save_pretrained", "slim",
 ]

@@ -304,7 +304,6 @@ def machine_info() -> dict[str, Any]:
             "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
-_machine = machine_info  # older private name, still imported by adaperceiver.policy
 
 
 def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *, metric: str = "classification",

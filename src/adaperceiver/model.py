@@ -341,6 +341,12 @@ class AdaPerceiver(nn.Module):
         cfg = self.cfg
         return [(t, d, w) for t in cfg.trained_grans for d in range(1, self.num_blocks + 1) for w in cfg.widths]
 
+    def slim(self, tokens: int, depth: int, width: int) -> "AdaPerceiver":
+        """A plain static model of this one configuration with physically sliced weights (see ``export.slim``)."""
+        from .export import slim
+
+        return slim(self, tokens, depth, width)
+
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Parameters of the encoder (embedding, latents, read, blocks): what a frozen-backbone run freezes."""
         mods = [self.patch_embed, self.read, self.blocks]

@@ -727,7 +727,7 @@ def _cli_train(args) -> int:
 
 def _cli_eval(args) -> int:
     from .checkpoint import from_pretrained
-    from .evaluation import _machine
+    from .evaluation import machine_info
 
     model = from_pretrained(args.model)
     policies = {}
@@ -740,7 +740,7 @@ def _cli_eval(args) -> int:
     result = evaluate_comparators(model, outcomes, cost, policies, args.taus, args.latency_batch_sizes,
                                   latency_images=args.latency_images)
     write_results(result, args.out, meta={"model": str(args.model), "dataset": args.dataset, "split": args.split,
-                                          "machine": _machine()})
+                                          "machine": machine_info()})
     print(format_summary(result))
     return 0
 
