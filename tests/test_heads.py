@@ -172,3 +172,18 @@ def test_prediction_picture_is_written(tmp_path):
             assert im.size[0] > 300 and im.size[1] > 200
     with pytest.raises(ValueError, match="SegmentationModel"):
         plot_dense_predictions(torch.nn.Linear(2, 2), torch.randn(1, 3, 16, 16), y, tmp_path / "x.png")
+
+
+def test_segmentation_sweep_reports_encoder_gflops(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from adaperceiver.evaluation import run_sweep
+    from adaperceiver.heads import build_dense_model
+    from conftest import tiny_config
+
+    model = build_dense_model("segmentation", tiny_config(depth=1, token_grans=(8, 16), widths=(32,)), {"num_classes": 3}).eval()
+    data = TensorDataset(torch.randn(4, 3, 16, 16), torch.randint(0, 3, (4, 16, 16)))
+    rows = run_sweep(model, DataLoader(data, batch_size=4), None, metric="segmentation", latency_batch_sizes=(1,),
+                     progress=False)
+    assert len(rows) == 2 and all(0 < r["encoder_gflops"] < r["gflops"] for r in rows)
+    assert rows[0]["encoder_gflops"] < rows[1]["encoder_gflops"]  # 8 tokens cost less than 16

@@ -333,6 +333,8 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
                                "hidden": hidden if hidden is not None else model.cfg.mlp_hidden}
         row.update(results[c])
         row["gflops"] = measure_gflops(model, c.tokens, c.depth, c.width, img, device)
+        if hasattr(model, "backbone"):  # task models (segmentation / depth): the encoder's share without the head
+            row["encoder_gflops"] = measure_gflops(model.backbone, c.tokens, c.depth, c.width, img, device)
         row["params"] = active_parameters(model, c.tokens, c.depth, c.width)
         for b in bss:
             t = measure_latency(model, c.tokens, c.depth, c.width, b, img, device,
@@ -464,7 +466,8 @@ def register_cli(sub) -> None:
     p.add_argument("--latency-batch-sizes", default="1,64",
                    help="comma-separated batch sizes to time every configuration at (default: 1,64)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--metric", default="classification", help="metric name (default: classification)")
+    p.add_argument("--metric", default=None,
+                   help="metric name (default: the model's task: classification, segmentation or depth)")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=_cli_sweep)
@@ -486,6 +489,11 @@ def _cli_sweep(args) -> int:
         data = Subset(data, range(min(args.limit, len(data))))
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False)
     out = Path(args.out) if args.out else Path(args.model) / "sweep"
+    if args.metric is None:  # the task the model was saved as
+        from .checkpoint import load_meta
+
+        arch = load_meta(args.model).get("architecture")
+        args.metric = arch if arch in ("segmentation", "depth") else "classification"
     rows = run_sweep(model, loader, out, metric=args.metric, latency_batch_sizes=sizes,
                      progress=not args.no_progress, device=args.device)
     print(format_table(rows, sizes))
@@ -497,7 +505,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], batch_sizes: Sequence[int] =
     """A markdown table of the sweep (by default only the GFLOPs-Pareto rows)."""
     if not rows:
         return ""
-    fixed = {"tokens", "depth", "width", "hidden", "gflops", "params"}
+    fixed = {"tokens", "depth", "width", "hidden", "gflops", "encoder_gflops", "params"}
     metric_keys = [k for k in rows[0] if k not in fixed and not k.startswith(("latency_", "throughput_", "pareto_"))]
     cols = ["tokens", "depth", "width", *metric_keys, "gflops", "params"]
     cols += [f"latency_ms_b{b}" for b in batch_sizes] + [f"throughput_b{b}" for b in batch_sizes]
