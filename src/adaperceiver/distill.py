@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import CrossAttentionBlock
-from .masks import prefix_mask
 from .model import AdaPerceiver, AnytimeOutput
 
 
@@ -82,13 +81,11 @@ class FeatureHead(nn.Module):
         """``(len(depths), len(tokens), B, P, teacher_dim)`` features for every read-out of ``out``."""
         if out.states is None or out.patches is None:
             raise ValueError("feature distillation needs the latent states of forward_anytime (block-masked models)")
-        num_d, b, n, d = out.states.shape
+        num_d, b = out.states.shape[:2]
         queries = self.query_proj(out.patches).repeat(num_d, 1, 1)  # (L*B, P, D)
-        p, g = queries.shape[1], len(out.tokens)
-        mask = prefix_mask(out.tokens, p, n, queries.device)
-        feats = self.write(queries.repeat(1, g, 1), out.states.reshape(num_d * b, n, d), rope_k=self.rope, mask=mask)
-        feats = self.proj(feats).reshape(num_d, b, g, p, -1)
-        return feats.transpose(1, 2)
+        feats = self.write.forward_prefixes(queries, out.states.flatten(0, 1), out.tokens, rope_k=self.rope)
+        feats = self.proj(feats)  # (L*B, G, P, C_t)
+        return feats.unflatten(0, (num_d, b)).transpose(1, 2)
 
 
 class FeatureDistillation(nn.Module):

@@ -5,9 +5,13 @@ Shape conventions: tokens are ``(B, N, D)``; attention heads are ``(B, H, N, hea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .masks import prefix_mask
 
 LN_EPS = 1e-6  # timm's LayerNorm eps, which the reference model uses
 
@@ -153,6 +157,18 @@ class CrossAttentionBlock(nn.Module):
     def forward(self, sink: Tensor, source: Tensor, rope_q: RotaryEmbedding | None = None,
                 rope_k: RotaryEmbedding | None = None, mask: Tensor | None = None) -> Tensor:
         return sink + self.attn(self.norm_q(sink), self.norm_kv(source), rope_q, rope_k, mask)
+
+    def forward_prefixes(self, sink: Tensor, source: Tensor, prefixes: Sequence[int],
+                         rope_k: RotaryEmbedding | None = None) -> Tensor:
+        """Write from every source prefix ``source[:, :g]`` at once: ``(B, len(prefixes), M, D)``.
+
+        The sink queries are repeated once per prefix and masked to their prefix, so one attention
+        call equals ``len(prefixes)`` separate writes (keys are projected once).
+        """
+        b, m, _ = sink.shape
+        g = len(prefixes)
+        mask = prefix_mask(prefixes, m, source.shape[1], source.device)
+        return self.forward(sink.repeat(1, g, 1), source, rope_k=rope_k, mask=mask).reshape(b, g, m, -1)
 
 
 def resample_pos_embed(pos_embed: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import Block, CrossAttentionBlock, Mlp, PatchEmbed, RotaryEmbedding, hidden_units, layer_norm, trunc_normal_init
-from .masks import prefix_mask, token_block_mask
+from .masks import token_block_mask
 
 WidthArg = int | Sequence[int] | Tensor | None
 
@@ -277,11 +277,9 @@ class AdaPerceiver(nn.Module):
         queries = self.output_queries(patches)
         if prefixes is None:
             return self.head(self.write(queries, latents, rope_k=self.rope), grid)
-        b, m, _ = queries.shape
-        g = len(prefixes)
-        mask = prefix_mask(prefixes, m, latents.shape[1], latents.device)
-        out = self.write(queries.repeat(1, g, 1), latents, rope_k=self.rope, mask=mask)
-        out = self.head(out.reshape(b * g, m, -1), grid)
+        out = self.write.forward_prefixes(queries, latents, prefixes, rope_k=self.rope)  # (B, G, M, D)
+        b, g = out.shape[:2]
+        out = self.head(out.flatten(0, 1), grid)
         return out.reshape(b, g, *out.shape[1:])
 
     def forward_head(self, features: Features) -> Tensor:
