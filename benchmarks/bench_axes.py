@@ -30,7 +30,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import Tensor
 
 from adaperceiver import AdaPerceiver, build_model, preset_config
 

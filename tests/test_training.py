@@ -10,7 +10,7 @@ import torch
 
 from adaperceiver import from_pretrained
 from adaperceiver.cli import main
-from adaperceiver.tasks import TaskData, evaluate_classification, get_task, list_tasks
+from adaperceiver.tasks import evaluate_classification, get_task, list_tasks
 from adaperceiver.training import (
     EpochBatchSampler,
     NonFiniteLossError,

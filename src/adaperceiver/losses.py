@@ -7,7 +7,6 @@ for a plain ``(B, C, H, W)`` prediction the result is a scalar.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from . import distributed
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write, read_state_dict, save_pretrained, save_state_dict
