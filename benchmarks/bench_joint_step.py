@@ -3,7 +3,7 @@
 Three full training steps (forward + backward + AdamW update) on the same ready batch:
 
 * ``plain``: the full configuration only, ``CE(model(x), y)`` -- what a static model costs;
-* ``joint``: :class:`adaperceiver.objective.JointObjective`, ONE backbone pass at the maximum token
+* ``joint``: :class:`adaperceiver.training.objective.JointObjective`, ONE backbone pass at the maximum token
   count with one FFN width per sample, a read-out for every token granularity x every depth;
 * ``naive``: the same loss computed the obvious way, one backbone pass per (tokens, depth) read-out
   (each with the same per-sample widths), summed with the same weights, one backward. Its loss equals
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from adaperceiver import create_model
-from adaperceiver.objective import Batch, JointObjective
+from adaperceiver.training.objective import Batch, JointObjective
 
 
 def naive_loss(model, obj: JointObjective, batch: Batch, widths: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,8 @@ import torch
 
 from adaperceiver import from_pretrained
 from adaperceiver.data import SubsetDataset, get_dataset
-from adaperceiver.evaluation import _machine
-from adaperceiver.policy import (PolicyConfig, PolicyTrainConfig, TrainLog, collect_outcomes, configuration_flops,
+from adaperceiver.evaluation import machine_info
+from adaperceiver.adapt.policy import (PolicyConfig, PolicyTrainConfig, TrainLog, collect_outcomes, configuration_flops,
                                  evaluate_comparators, format_summary, save_policy, train_policy, write_results)
 
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"comparators: {time.time() - t2:.0f}s")
     meta = {"model": str(run), "dataset": args.dataset, "policy_train": train_desc, "args": vars(args),
             "full_acc_policy_train_split": full_train, "full_acc_val": full_val, "policy_logs": logs,
-            "machine": _machine()}
+            "machine": machine_info()}
     write_results(result, out, meta)
     if args.latency_batch_sizes:  # the shipping view: the same configurations as slim static models
         meta["slim"] = slim_latency(model, result, args.latency_batch_sizes)
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 def slim_latency(model, result, batch_sizes) -> list[dict]:
     """Adaptive model at a configuration vs its slim export: parameters and median latency per call."""
     from adaperceiver.evaluation import measure_latency
-    from adaperceiver.export import num_parameters, slim
+    from adaperceiver.export import num_parameters
+    from adaperceiver.models.slim import slim
 
     picks = [next(r for r in result["rows"] if r["method"] == "full")]
     par = result["summary"].get("parity_fixed")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from adaperceiver import build_model, save_pretrained
-from adaperceiver.budget import CACHE_NAME, load_rows, machine_key, select_configuration
+from adaperceiver.adapt.budget import CACHE_NAME, load_rows, machine_key, select_configuration
 from adaperceiver.cli import main
 from conftest import tiny_config
 

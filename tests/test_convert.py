@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from adaperceiver import from_pretrained
 from adaperceiver.cli import main as cli_main
-from adaperceiver.convert import config_from_reference, convert_reference_state_dict, load_reference
+from adaperceiver.reference import config_from_reference, convert_reference_state_dict, load_reference
 from conftest import loud_init
 
 # the reference's flat constructor arguments (as its hub config.json stores them)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from adaperceiver.tasks import get_task
 from adaperceiver.training import TrainConfig, Trainer
 
 WORKER = Path(__file__).resolve().parent / "helpers" / "ddp_worker.py"
@@ -35,22 +36,22 @@ def flat_params(model: torch.nn.Module) -> torch.Tensor:
 def single(tmp_path_factory):
     pytest.importorskip("sklearn")
     out = tmp_path_factory.mktemp("single")
-    return flat_params(Trainer(ddp_config(out, "one")).fit().model)
+    return flat_params(Trainer(ddp_config(out, "one"), get_task("classification")).fit().model)
 
 
 def test_gradient_accumulation_matches_one_big_batch(single, tmp_path):
-    accum = flat_params(Trainer(ddp_config(tmp_path, "accum", accum_steps=2)).fit().model)
+    accum = flat_params(Trainer(ddp_config(tmp_path, "accum", accum_steps=2), get_task("classification")).fit().model)
     torch.testing.assert_close(accum, single, atol=2e-5, rtol=0)
 
 
 def test_two_processes_with_torchrun_match_one_process(single, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parents[1] / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parents[2] / "src")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "params_rank0.pt"), torch.load(tmp_path / "params_rank1.pt")
     assert torch.equal(r0, r1), "ranks drifted apart"
-    initial = flat_params(Trainer(ddp_config(tmp_path, "init")).model)
+    initial = flat_params(Trainer(ddp_config(tmp_path, "init"), get_task("classification")).model)
     assert (r0 - initial).abs().max() > 1e-3  # training really moved them
     torch.testing.assert_close(r0, single, atol=2e-5, rtol=0)
     # only rank 0 wrote the run directory, and it holds exactly the configured number of steps

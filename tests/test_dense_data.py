@@ -154,8 +154,6 @@ def test_frozen_backbone_run_through_the_engine(tmp_path):
     from adaperceiver.tasks import TaskData, get_task
     from conftest import tiny_config
 
-    import adaperceiver.dense_tasks  # noqa: F401  (registers the tasks)
-
     clf = build_model(tiny_config(num_classes=3))
     save_pretrained(clf, tmp_path / "clf")
     g = torch.Generator().manual_seed(0)
@@ -166,7 +164,7 @@ def test_frozen_backbone_run_through_the_engine(tmp_path):
     cfg = training.TrainConfig(task="segmentation", init_from=str(tmp_path / "clf"), freeze_backbone=True, epochs=2,
                                batch_size=4, warmup_steps=1, ema_decay=0.0, out_dir=str(tmp_path), name="seg",
                                progress=False, model_overrides={"head.dropout": 0.0})
-    trainer = training.Trainer(cfg, data=data)
+    trainer = training.Trainer(cfg, get_task("segmentation"), data=data)
     model = trainer.model
     torch.testing.assert_close(model.backbone.blocks[0].attn.q.weight, clf.blocks[0].attn.q.weight)
     torch.testing.assert_close(model.backbone.write.attn.q.weight, clf.write.attn.q.weight)

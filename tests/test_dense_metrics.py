@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adaperceiver.losses import PixelCrossEntropy, SigLoss, pixel_cross_entropy, sig_loss
-from adaperceiver.metrics import DepthMetric, SegmentationMetric, depth_metric, segmentation_metric
+from adaperceiver.evaluation.metrics import DepthMetric, SegmentationMetric, depth_metric, segmentation_metric
 
 
 def test_miou_and_pixel_accuracy_by_hand():
@@ -124,7 +124,7 @@ def test_sig_loss_scale_invariance_and_value():
 
 
 def test_sweep_factories_read_the_model_head():
-    from adaperceiver.heads import build_dense_model
+    from adaperceiver.models.heads import build_dense_model
     from conftest import tiny_config
 
     seg = build_dense_model("segmentation", tiny_config(), {"num_classes": 4, "ignore_index": -100})

@@ -8,9 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaperceiver import build_model
-from adaperceiver.distill import FeatureDistillation, FeatureHead, feature_loss, kd_loss, resample_tokens
-from adaperceiver.objective import Batch, JointObjective, ObjectiveConfig
-from adaperceiver.teachers import CachedTeacher, StaticViT, ViTConfig, from_module, from_static_vit, load_teacher, save_vit
+from adaperceiver.losses import feature_loss, kd_loss
+from adaperceiver.models.vit import StaticViT, ViTConfig
+from adaperceiver.training.distill import FeatureDistillation, FeatureHead, resample_tokens
+from adaperceiver.training.objective import Batch, JointObjective, ObjectiveConfig
+from adaperceiver.training.teachers import CachedTeacher, from_module, from_static_vit, load_teacher, save_vit
 from conftest import loud_init, tiny_config
 
 

@@ -9,7 +9,8 @@ import torch
 
 from adaperceiver import build_model, from_pretrained, save_pretrained
 from adaperceiver.cli import main
-from adaperceiver.export import num_parameters, slim
+from adaperceiver.export import num_parameters
+from adaperceiver.models.slim import slim
 from conftest import loud_init, tiny_config
 
 ATOL = 1e-5

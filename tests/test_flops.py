@@ -3,7 +3,7 @@
 import torch
 
 from adaperceiver import build_model
-from adaperceiver.flops import count_flops, flops_by_op
+from adaperceiver.evaluation.cost import count_flops, flops_by_op
 from conftest import tiny_config
 
 

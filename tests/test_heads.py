@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adaperceiver import AdaPerceiverDense, from_pretrained, save_pretrained
-from adaperceiver.heads import (DepthHead, DepthHeadConfig, DepthModel, LayerNorm2d, SegmentationHead,
+from adaperceiver.models.heads import (DepthHead, DepthHeadConfig, DepthModel, LayerNorm2d, SegmentationHead,
                                 SegmentationHeadConfig, SegmentationModel, build_dense_model)
 from adaperceiver.losses import PixelCrossEntropy, SigLoss
 from conftest import loud_init, tiny_config
@@ -160,7 +160,7 @@ def test_classification_config_becomes_a_dense_backbone():
 def test_prediction_picture_is_written(tmp_path):
     from PIL import Image
 
-    from adaperceiver.visualize import colorize_labels, default_configs, plot_dense_predictions
+    from adaperceiver.evaluation.reports import colorize_labels, default_configs, plot_dense_predictions
 
     lab = torch.tensor([[0, 1], [255, 2]])
     rgb = colorize_labels(lab, 3)
@@ -178,7 +178,7 @@ def test_segmentation_sweep_reports_encoder_gflops(tmp_path):
     from torch.utils.data import DataLoader, TensorDataset
 
     from adaperceiver.evaluation import run_sweep
-    from adaperceiver.heads import build_dense_model
+    from adaperceiver.models.heads import build_dense_model
     from conftest import tiny_config
 
     model = build_dense_model("segmentation", tiny_config(depth=1, token_grans=(8, 16), widths=(32,)), {"num_classes": 3}).eval()

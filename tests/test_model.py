@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adaperceiver import AdaPerceiverDense, build_model, create_model, list_models, preset_config
-from adaperceiver.masks import token_block_mask
+from adaperceiver.models.masks import token_block_mask
 from conftest import loud_init, tiny_config
 
 ATOL = 2e-5
@@ -115,7 +115,7 @@ def test_each_axis_changes_the_output(model):
 
 def test_width_slice_is_a_real_slice():
     """Inference at a smaller width multiplies by a smaller weight: the FFN FLOPs drop in proportion."""
-    from adaperceiver.flops import flops_by_op
+    from adaperceiver.evaluation.cost import flops_by_op
 
     model = build_model(tiny_config(depth=1, embed_mlp=False)).eval()
     x = torch.randn(2, 3, 16, 16)

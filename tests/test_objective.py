@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaperceiver import build_model
-from adaperceiver.distill import kd_loss
-from adaperceiver.objective import Batch, JointObjective, ObjectiveConfig, readout_grid_weights
+from adaperceiver.losses import kd_loss
+from adaperceiver.training.objective import Batch, JointObjective, ObjectiveConfig, readout_grid_weights
 from conftest import loud_init, tiny_config
 
 

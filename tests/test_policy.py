@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adaperceiver import build_model, save_pretrained
-from adaperceiver.policy import (ActionSpace, ConfigPolicy, Outcomes, PolicyClassifier, PolicyTrainConfig, TrainLog,
+from adaperceiver.adapt.policy import (ActionSpace, ConfigPolicy, Outcomes, PolicyClassifier, PolicyTrainConfig, TrainLog,
                                  collect_outcomes, configuration_flops, evaluate_comparators, load_policy,
                                  run_from_patches, save_policy, train_policy, write_results)
 from conftest import loud_init, tiny_config
@@ -152,11 +152,11 @@ def test_save_load_and_errors(model, tmp_path):
 
 
 def test_policy_cli(model, tmp_path, monkeypatch, capsys):
-    from adaperceiver import policy as policy_mod
+    from adaperceiver.cli import policy as policy_cmd
     from adaperceiver.cli import main
 
     xs, ys = data(24)
-    monkeypatch.setattr(policy_mod, "_load_split", lambda spec, split: torch.utils.data.TensorDataset(xs, ys))
+    monkeypatch.setattr(policy_cmd, "load_dataset", lambda spec, split: torch.utils.data.TensorDataset(xs, ys))
     save_pretrained(model, tmp_path / "run")
     assert main(["policy", "train", "--model", str(tmp_path / "run"), "--lams", "0.1", "1", "--epochs", "1",
                  "--out", str(tmp_path / "pol")]) == 0

@@ -11,7 +11,7 @@ import torch
 from adaperceiver import from_pretrained
 from adaperceiver.cli import main
 from adaperceiver.tasks import evaluate_classification, get_task, list_tasks
-from adaperceiver.training import (
+from adaperceiver.training.trainer import (
     EpochBatchSampler,
     NonFiniteLossError,
     TrainConfig,
@@ -48,7 +48,7 @@ def params(model):
 
 def test_loss_decreases_on_a_tiny_subset(tmp_path):
     cfg = cfg_for(tmp_path, epochs=25, augment=False, ema_decay=0.0, eval_every=0)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, get_task("classification"))
     loader = torch.utils.data.DataLoader(trainer.data.train, batch_size=64)
     before = evaluate_classification(trainer.model, loader, trainer.device)
     result = trainer.fit()
@@ -61,12 +61,12 @@ def test_loss_decreases_on_a_tiny_subset(tmp_path):
 
 def test_resume_gives_the_same_parameters_as_uninterrupted(tmp_path):
     """Stop mid-epoch (step 5 of 2 x 4), resume in a new Trainer: same weights, EMA and metrics steps."""
-    full = Trainer(cfg_for(tmp_path, "full", checkpoint_every=3))
+    full = Trainer(cfg_for(tmp_path, "full", checkpoint_every=3), get_task("classification"))
     full.fit()
-    first = Trainer(cfg_for(tmp_path, "cut", checkpoint_every=3, max_steps=5))
+    first = Trainer(cfg_for(tmp_path, "cut", checkpoint_every=3, max_steps=5), get_task("classification"))
     res = first.fit()
     assert not res.finished and res.step == 5 and last_checkpoint(tmp_path / "cut").name == "step_00000005"
-    second = Trainer(cfg_for(tmp_path, "cut", checkpoint_every=3))
+    second = Trainer(cfg_for(tmp_path, "cut", checkpoint_every=3), get_task("classification"))
     assert second.fit(resume=True).finished
     for k, v in params(full.model).items():
         assert torch.equal(v, second.model.state_dict()[k]), k
@@ -78,11 +78,11 @@ def test_resume_gives_the_same_parameters_as_uninterrupted(tmp_path):
 
 
 def test_resume_refuses_changed_settings_and_overwrite(tmp_path):
-    Trainer(cfg_for(tmp_path, max_steps=2)).fit()
+    Trainer(cfg_for(tmp_path, max_steps=2), get_task("classification")).fit()
     with pytest.raises(ValueError, match="--resume"):
-        Trainer(cfg_for(tmp_path)).fit()
+        Trainer(cfg_for(tmp_path), get_task("classification")).fit()
     with pytest.raises(ValueError, match="lr"):
-        Trainer(cfg_for(tmp_path, lr=1e-2)).fit(resume=True)
+        Trainer(cfg_for(tmp_path, lr=1e-2), get_task("classification")).fit(resume=True)
 
 
 class NaNAtCall:
@@ -97,7 +97,7 @@ class NaNAtCall:
 
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
-    trainer = Trainer(cfg_for(tmp_path, epochs=3), extra_losses=[NaNAtCall(6)])  # 4 steps per epoch
+    trainer = Trainer(cfg_for(tmp_path, epochs=3), get_task("classification"), extra_losses=[NaNAtCall(6)])  # 4 steps per epoch
     with pytest.raises(NonFiniteLossError, match=r"step 5 .*loss is nan.*step_00000004.*--resume"):
         trainer.fit()
     assert last_checkpoint(tmp_path / "run").name == "step_00000004"
@@ -108,7 +108,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
 
 def test_from_pretrained_gives_the_exported_ema_model(tmp_path):
     cfg = cfg_for(tmp_path, epochs=1)
-    result = Trainer(cfg).fit()
+    result = Trainer(cfg, get_task("classification")).fit()
     meta = json.loads((tmp_path / "run" / "config.json").read_text())
     assert meta["weights"] == "ema" and meta["task"] == "classification" and meta["class_names"][3] == "3"
     loaded = from_pretrained(tmp_path / "run")
@@ -116,15 +116,15 @@ def test_from_pretrained_gives_the_exported_ema_model(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, tokens=4, depth=1, width=8), result.model(x, tokens=4, depth=1, width=8))
     assert load_run_config(tmp_path / "run") == cfg
-    raw = Trainer(cfg_for(tmp_path, "raw", epochs=1, export="raw"))
+    raw = Trainer(cfg_for(tmp_path, "raw", epochs=1, export="raw"), get_task("classification"))
     raw.fit()
     with torch.no_grad():
         torch.testing.assert_close(from_pretrained(tmp_path / "raw")(x), raw.model.eval()(x))
 
 
 def test_frozen_backbone_trains_only_the_readout(tmp_path):
-    Trainer(cfg_for(tmp_path, "pre", epochs=1)).fit()
-    trainer = Trainer(cfg_for(tmp_path, "ft", epochs=1, init_from=str(tmp_path / "pre"), freeze_backbone=True))
+    Trainer(cfg_for(tmp_path, "pre", epochs=1), get_task("classification")).fit()
+    trainer = Trainer(cfg_for(tmp_path, "ft", epochs=1, init_from=str(tmp_path / "pre"), freeze_backbone=True), get_task("classification"))
     pre = from_pretrained(tmp_path / "pre").state_dict()
     assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in pre.items())  # started from it
     trainer.fit()
@@ -140,7 +140,7 @@ def test_frozen_backbone_trains_only_the_readout(tmp_path):
 def test_static_baseline_has_the_static_shape(tmp_path):
     cfg = cfg_for(tmp_path, "static", epochs=1, static=(4, 1, 8), objective={"all_depths": False, "all_tokens": False,
                                                                             "sample_widths": False})
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, get_task("classification"))
     m = trainer.model
     assert m.cfg.num_latents == 4 and m.num_blocks == 1 and m.blocks[0].mlp.hidden_dim == 16
     trainer.fit()
@@ -194,7 +194,7 @@ def test_trains_on_a_users_image_folder(tmp_path):
     cfg = cfg_for(tmp_path, "folder", dataset="imagefolder", data_dir=str(tmp_path / "data"), image_size=8,
                   train_subset=None, val_subset=None, batch_size=2, epochs=1,
                   model_overrides={**TINY, "in_chans": 1})
-    result = Trainer(cfg).fit()
+    result = Trainer(cfg, get_task("classification")).fit()
     assert result.finished and result.step == 3 and 0 <= result.metrics["val_acc1"] <= 100
     meta = json.loads((tmp_path / "folder" / "config.json").read_text())
     assert meta["class_names"] == ["cat", "dog"] and meta["model"]["in_chans"] == 1

@@ -1,7 +1,7 @@
 """AdaPerceiver: one vision transformer that adapts tokens, depth and width at inference."""
 
 from .checkpoint import from_pretrained, save_pretrained
-from .model import (
+from .models import (
     AdaPerceiver,
     AdaPerceiverClassifier,
     AdaPerceiverConfig,
@@ -10,9 +10,11 @@ from .model import (
     EarlyExitOutput,
     Features,
     build_model,
+    create_model,
+    list_models,
+    preset_config,
+    slim,
 )
-from .export import slim
-from .registry import create_model, list_models, preset_config
 
 __version__ = "0.1.0"
 

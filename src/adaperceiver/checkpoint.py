@@ -1,12 +1,14 @@
 """Saving and loading models: safetensors weights + a JSON config, written atomically.
 
 A pretrained directory holds ``model.safetensors`` and ``config.json``; :func:`from_pretrained`
-rebuilds the model from it. Training state (optimizer, EMA, step) lives in the training module.
+rebuilds the model from it. Every weight loader lives here: :func:`read_state_dict` (safetensors or
+torch pickle), :func:`load_strict` (readable refusal of a mismatch), :func:`load_matching` (copy what
+fits) and :func:`strip_wrappers` (``module.`` / ``_orig_mod.`` prefixes). Training state (optimizer,
+EMA, step) lives in the training package.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import tempfile
@@ -17,20 +19,23 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
-from .model import AdaPerceiver, AdaPerceiverConfig, build_model
+from .models import heads, vit
+from .models.adaperceiver import AdaPerceiver, AdaPerceiverConfig, build_model
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+# wrapper prefixes of saved state dicts: DDP, torch.compile, and checkpoints holding {"model.": ...}
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 # Task models that ``build_model(cfg)`` cannot rebuild (a backbone plus a head) add
-# ``"architecture": name`` to config.json through a ``checkpoint_meta()`` method; the module named
+# ``"architecture": name`` to config.json through a ``checkpoint_meta()`` method; the function named
 # here rebuilds them with ``build_architecture(name, cfg, meta)``.
-ARCHITECTURE_MODULES = {
-    "segmentation": "adaperceiver.heads",
-    "depth": "adaperceiver.heads",
-    "static_vit": "adaperceiver.teachers",
+ARCHITECTURES = {
+    "segmentation": heads.build_architecture,
+    "depth": heads.build_architecture,
+    "static_vit": vit.build_architecture,
 }
 # architectures whose "model" section is not an AdaPerceiverConfig (they get cfg=None)
 FOREIGN_CONFIG_ARCHITECTURES = {"static_vit"}
@@ -88,6 +93,51 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return obj
 
 
+def strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop ``module.`` (DDP), ``_orig_mod.`` (torch.compile) and ``model.`` prefixes."""
+    out = {}
+    for k, v in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _WRAPPER_PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def load_strict(model: torch.nn.Module, state: Mapping[str, Tensor], source: str = "state dict") -> None:
+    """``load_state_dict`` with a readable refusal for missing, unexpected or mis-shaped keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        if shape:
+            parts.append("shape mismatch " + ", ".join(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shape[:8]))
+        raise ValueError(f"{source} does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state)
+
+
+def load_matching(model: nn.Module, directory: str | Path) -> tuple[list[str], list[str]]:
+    """Copy every parameter of ``directory/model.safetensors`` whose name and shape match ``model``.
+
+    Returns ``(loaded, skipped)`` key lists; used to start a run from a trained model.
+    """
+    state = read_state_dict(Path(directory) / WEIGHTS_NAME)
+    own = model.state_dict()
+    loaded = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
+    skipped = sorted(set(own) - set(loaded))
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    return loaded, skipped
+
+
 def save_pretrained(model: AdaPerceiver, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` (plus ``extra`` metadata) into ``directory``."""
     directory = Path(directory)
@@ -124,15 +174,13 @@ def build_from_meta(cfg: AdaPerceiverConfig | None, meta: dict[str, Any]) -> tor
     arch = meta.get("architecture")
     if arch is None:
         return build_model(cfg)
-    if arch not in ARCHITECTURE_MODULES:
-        raise ValueError(f"unknown architecture {arch!r} in config.json; known: {sorted(ARCHITECTURE_MODULES)}")
-    return importlib.import_module(ARCHITECTURE_MODULES[arch]).build_architecture(arch, cfg, meta)
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r} in config.json; known: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[arch](arch, cfg, meta)
 
 
 def from_pretrained(directory: str | Path, map_location: str | torch.device = "cpu") -> AdaPerceiver:
     """Rebuild a model saved by :func:`save_pretrained` (or a training run directory) for inference."""
-    from .convert import load_strict
-
     meta = load_meta(directory)
     cfg = None if meta.get("architecture") in FOREIGN_CONFIG_ARCHITECTURES else load_config(directory)
     model = build_from_meta(cfg, meta)

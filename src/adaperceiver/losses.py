@@ -1,6 +1,7 @@
-"""Dense-prediction losses: pixel cross-entropy with an ignore label and the scale-invariant log loss.
+"""Every loss of the library: classification cross-entropy, logits KD and feature matching (distillation),
+pixel cross-entropy with an ignore label and the scale-invariant log loss (dense prediction).
 
-Both accept predictions with leading read-out axes ``(..., B, C, H, W)`` (e.g. every (depth,
+The dense losses accept predictions with leading read-out axes ``(..., B, C, H, W)`` (e.g. every (depth,
 tokens) read-out of ``forward_anytime``) and then return one loss per read-out, shape ``(...)``;
 for a plain ``(B, C, H, W)`` prediction the result is a scalar.
 """
@@ -120,4 +121,61 @@ class SigLoss(nn.Module):
         return sig_loss(outputs, target, self.variance_focus, self.max_depth)
 
 
-__all__ = ["PixelCrossEntropy", "SigLoss", "pixel_cross_entropy", "sig_loss"]
+# --------------------------------------------------------------------------------------------------
+# classification
+class CrossEntropy:
+    """The classification task loss: mean cross-entropy with optional label smoothing.
+
+    Besides ``loss(pred, target)`` it offers ``per_readout(outputs, target)``, one vectorised call
+    for a whole ``(L, G, B, classes)`` read-out grid; any task loss may define it for speed.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(pred.float(), target, label_smoothing=self.label_smoothing)
+
+    def per_readout(self, outputs: Tensor, target: Tensor) -> Tensor:
+        lead = outputs.shape[:-2]
+        flat = outputs.float().reshape(-1, outputs.shape[-1])
+        reps = flat.shape[0] // target.shape[0]
+        losses = F.cross_entropy(flat, target.repeat(reps), label_smoothing=self.label_smoothing, reduction="none")
+        return losses.view(*lead, target.shape[0]).mean(-1)
+
+
+def cross_entropy(label_smoothing: float = 0.0) -> CrossEntropy:
+    return CrossEntropy(label_smoothing)
+
+
+# --------------------------------------------------------------------------------------------------
+# distillation
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL divergence of the student from the teacher at temperature T, scaled by T^2 (batch mean).
+
+    ``student_logits`` may carry leading read-out axes ``(..., B, C)``; the result is one value per
+    read-out (shape ``(...)``).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    t = temperature
+    log_p = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_q = F.log_softmax(teacher_logits.float() / t, dim=-1).expand_as(log_p)
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # (..., B)
+    return kl.mean(-1) * t * t
+
+
+def feature_loss(student: Tensor, teacher: Tensor, cosine_weight: float = 0.9, smooth_l1_weight: float = 0.1) -> Tensor:
+    """``cosine_weight * (1 - cos) + smooth_l1_weight * smooth_l1`` per read-out.
+
+    ``student`` is ``(..., B, P, C)``, ``teacher`` ``(B, P, C)``; the result has shape ``(...)``.
+    """
+    teacher = teacher.float().expand_as(student)
+    student = student.float()
+    cos = 1.0 - F.cosine_similarity(student, teacher, dim=-1)  # (..., B, P)
+    l1 = F.smooth_l1_loss(student, teacher, reduction="none").mean(-1)
+    return (cosine_weight * cos + smooth_l1_weight * l1).mean((-1, -2))
+
+
+__all__ = ["CrossEntropy", "PixelCrossEntropy", "SigLoss", "cross_entropy", "feature_loss", "kd_loss",
+           "pixel_cross_entropy", "sig_loss"]

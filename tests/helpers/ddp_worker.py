@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from adaperceiver import distributed
+from adaperceiver.training import distributed
+from adaperceiver.tasks import get_task
 from adaperceiver.training import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,7 +23,7 @@ def main() -> None:
     accum = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     info = distributed.setup("cpu")
     cfg = ddp_config(out, name="ddp", accum_steps=accum)
-    result = Trainer(cfg, dist_info=info).fit()
+    result = Trainer(cfg, get_task("classification"), dist_info=info).fit()
     flat = torch.cat([p.detach().flatten() for p in result.model.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(info.world_size)]
     dist.all_gather(gathered, flat)

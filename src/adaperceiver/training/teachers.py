@@ -9,7 +9,6 @@ trained here, or an AdaPerceiver at its full configuration), a timm model when t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,96 +16,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .layers import Block, PatchEmbed, hidden_units, layer_norm, trunc_normal_init
-from .model import AnytimeOutput
+from ..checkpoint import from_pretrained, read_state_dict, save_pretrained
+from ..models.vit import StaticViT
 
 
 class TeacherOutput(NamedTuple):
     logits: Tensor | None  # (B, classes)
     features: Tensor | None  # (B, P_t, C_t) per-patch features, row-major over the teacher's grid
-
-
-# --------------------------------------------------------------------------------------------------
-# a static ViT, the simplest strong teacher to train here
-@dataclass
-class ViTConfig:
-    img_size: int = 28
-    patch_size: int = 4
-    in_chans: int = 1
-    embed_dim: int = 128
-    depth: int = 6
-    num_heads: int = 4
-    mlp_ratio: float = 3.0
-    num_classes: int = 10
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    # what the training objective reads from a model config (one fixed configuration)
-    @property
-    def num_latents(self) -> int:
-        return (self.img_size // self.patch_size) ** 2
-
-    @property
-    def token_grans(self) -> tuple[int, ...]:
-        return (self.num_latents,)
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return (self.embed_dim,)
-
-
-class StaticViT(nn.Module):
-    """Plain ViT over patch tokens (no latents, no adaptivity), mean-pooled to logits.
-
-    ``forward_features`` returns the final patch tokens, which serve as the teacher's features.
-    It offers the trainable-model interface with a single read-out (``forward_anytime``), so the
-    shared training engine trains it with ``ObjectiveConfig.static()``.
-    """
-
-    def __init__(self, cfg: ViTConfig):
-        super().__init__()
-        self.cfg = cfg
-        d = cfg.embed_dim
-        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d, mlp_hidden=None)
-        hidden = hidden_units(d, cfg.mlp_ratio)
-        self.blocks = nn.ModuleList(Block(d, cfg.num_heads, hidden, ls_init=None) for _ in range(cfg.depth))
-        self.norm = layer_norm(d)
-        self.head = nn.Linear(d, cfg.num_classes)
-        trunc_normal_init(self)
-        nn.init.trunc_normal_(self.patch_embed.pos_embed, std=0.02, a=-0.04, b=0.04)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        z, _ = self.patch_embed(x)
-        for blk in self.blocks:
-            z = blk(z, rope=None)
-        return self.norm(z)
-
-    def forward_head(self, feats: Tensor) -> Tensor:
-        return self.head(feats.mean(1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.blocks)
-
-    def forward_anytime(self, x: Tensor, tokens=None, width=None, depths=None, token_counts=None) -> AnytimeOutput:
-        """The one read-out this static model has, in the adaptive models' layout."""
-        if width is not None or (depths is not None and tuple(depths) != (self.num_blocks,)):
-            raise ValueError("StaticViT has a single configuration: train it with ObjectiveConfig.static()")
-        return AnytimeOutput(self(x)[None, None], (self.num_blocks,), (self.cfg.num_latents,))
-
-    def checkpoint_meta(self) -> dict[str, Any]:
-        return {"architecture": "static_vit"}
-
-
-def build_architecture(name: str, cfg: None, meta: dict[str, Any]) -> StaticViT:
-    """Rebuild a saved static ViT (``checkpoint.from_pretrained`` calls this)."""
-    if name != "static_vit":
-        raise ValueError(f"adaperceiver.teachers builds 'static_vit', not {name!r}")
-    return StaticViT(ViTConfig(**meta["model"]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,8 +99,6 @@ def from_timm(model_name: str, checkpoint: str | Path | None = None, **kwargs: A
         raise ImportError("the timm teacher needs timm: pip install timm (it is optional; nothing else needs it)") from None
     model = timm.create_model(model_name, pretrained=False, **kwargs)
     if checkpoint is not None:
-        from .checkpoint import read_state_dict
-
         model.load_state_dict(read_state_dict(checkpoint))
     prefix = int(getattr(model, "num_prefix_tokens", 0))
 
@@ -202,8 +116,6 @@ def from_timm(model_name: str, checkpoint: str | Path | None = None, **kwargs: A
 # saving / loading static ViT teachers
 def save_vit(model: StaticViT, directory: str | Path) -> Path:
     """Write a static ViT in the usual layout (model.safetensors + config.json)."""
-    from .checkpoint import save_pretrained
-
     return save_pretrained(model, directory)
 
 
@@ -226,8 +138,6 @@ def load_teacher(spec: str) -> Teacher:
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
         raise ValueError(f"teacher {spec!r}: expected a run directory with config.json, 'timm:NAME[:CKPT]' or 'python:MODULE:ATTR'")
-    from .checkpoint import from_pretrained
-
     model = from_pretrained(directory)
     return from_static_vit(model) if isinstance(model, StaticViT) else from_adaperceiver(model)
 
@@ -321,47 +231,3 @@ class CachedTeacher(nn.Module):
                 out[missing] = new.float().cpu()
             result.append(out.to(x.device))
         return TeacherOutput(*result)
-
-
-# --------------------------------------------------------------------------------------------------
-# command line: adaperceiver teacher (train a static ViT teacher with the shared engine)
-def register_cli(sub) -> None:
-    from .training import _add_train_options
-
-    p = sub.add_parser(
-        "teacher", help="train a static ViT teacher for distillation",
-        description="Train a plain (non-adaptive) ViT classifier with the same engine, data and options as "
-                    "'adaperceiver train'. Its run directory is a --teacher for 'adaperceiver distill' (logits "
-                    "and final patch tokens as features).")
-    g = p.add_argument_group("teacher model")
-    g.add_argument("--embed-dim", type=int, default=128, help="width (default 128)")
-    g.add_argument("--depth", type=int, default=6, help="blocks (default 6)")
-    g.add_argument("--num-heads", type=int, default=4, help="attention heads (default 4)")
-    g.add_argument("--mlp-ratio", type=float, default=3.0, help="MLP hidden / width (default 3.0)")
-    g.add_argument("--patch-size", type=int, default=4, help="patch size (default 4)")
-    g = _add_train_options(p, epochs_default=5)
-    g.add_argument("--name", default="teacher", help="run name: the run directory is OUT/NAME (default teacher)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
-    p.set_defaults(func=_cli_teacher)
-
-
-def _cli_teacher(args) -> int:
-    import dataclasses
-
-    from .objective import ObjectiveConfig
-    from .tasks import get_task
-    from .training import Trainer, _config_from_args
-
-    cfg = _config_from_args(args, task="classification", model="static_vit", name=args.name, max_steps=args.max_steps)
-    cfg = dataclasses.replace(cfg, objective=ObjectiveConfig.static(label_smoothing=args.label_smoothing))
-    data = get_task(cfg.task).build_data(cfg)
-    torch.manual_seed(cfg.seed)
-    vit = StaticViT(ViTConfig(img_size=data.img_size, patch_size=args.patch_size, in_chans=data.in_chans,
-                              embed_dim=args.embed_dim, depth=args.depth, num_heads=args.num_heads,
-                              mlp_ratio=args.mlp_ratio, num_classes=data.num_classes))
-    result = Trainer(cfg, data=data, model=vit).fit()
-    n = sum(p.numel() for p in vit.parameters())
-    print(f"teacher ({n / 1e6:.2f} M parameters) trained to step {result.step} in {result.train_seconds:.0f} s; " +
-          ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
-    print(f"run directory: {result.run_dir} (use as: adaperceiver distill --teacher {result.run_dir})")
-    return 0

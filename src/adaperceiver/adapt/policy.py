@@ -34,8 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .flops import count_flops, flop_counter
-from .model import AdaPerceiver, AdaPerceiverClassifier
+from ..checkpoint import read_state_dict, save_state_dict, write_json
+from ..evaluation.cost import count_flops, flop_counter
+from ..evaluation.sweep import pareto_front
+from ..models.adaperceiver import AdaPerceiver, AdaPerceiverClassifier
 
 REWARDS = ("ce", "correct")
 BASELINES = ("ema", "loo")
@@ -209,8 +211,6 @@ class ConfigPolicy(nn.Module):
 
 
 def save_policy(policy: ConfigPolicy, directory: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
-    from .checkpoint import save_state_dict, write_json
-
     directory = Path(directory)
     save_state_dict(directory / "policy.safetensors", policy.state_dict(), metadata={"format": "pt"})
     write_json(directory / "policy.json", {**policy.to_dict(), **dict(extra or {})})
@@ -219,8 +219,6 @@ def save_policy(policy: ConfigPolicy, directory: str | Path, extra: Mapping[str,
 
 def load_policy(directory: str | Path) -> tuple[ConfigPolicy, dict[str, Any]]:
     """Return the policy saved by :func:`save_policy` and its JSON metadata (lam, reward, ...)."""
-    from .checkpoint import read_state_dict
-
     directory = Path(directory)
     path = directory / "policy.json"
     if not path.is_file():
@@ -606,8 +604,6 @@ def plot_comparators(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .evaluation import pareto_front
-
     fig, ax = plt.subplots(figsize=(7, 5))
     fixed = [r for r in rows if r["method"] == "fixed"]
     ax.scatter([r["gflops"] for r in fixed], [r["acc1"] for r in fixed], s=10, color="0.7", label="fixed configurations")
@@ -658,93 +654,6 @@ def plot_comparators(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
     return path
 
 
-# --------------------------------------------------------------------------------------------------
-# command line
-def _load_split(spec: str, split: str):
-    from .data import get_dataset
-
-    name, _, root = spec.partition(":")
-    return get_dataset(name, split, root=root or None)
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("policy", help="train / evaluate per-input configuration policies",
-                       description="Learned per-input choice of (tokens, depth, width) on a frozen backbone.")
-    psub = p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
-
-    t = psub.add_parser("train", help="REINFORCE policies (one per lambda) against a frozen classifier")
-    t.add_argument("--model", required=True, help="model / run directory")
-    t.add_argument("--dataset", default="fashion-mnist", help="dataset name for adaperceiver.data.get_dataset "
-                   "(name or name:ROOT)")
-    t.add_argument("--split", default="train", help="split the policy learns on")
-    t.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    t.add_argument("--lams", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4], help="cost weights, one policy each")
-    t.add_argument("--reward", choices=REWARDS, default="ce")
-    t.add_argument("--scale", type=float, default=1.0)
-    t.add_argument("--entropy", type=float, default=0.01)
-    t.add_argument("--baseline", choices=BASELINES, default="ema",
-                   help="ema: EMA of the mean reward; loo: per image, mean reward of its other sampled actions")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", required=True, help="output directory (one sub-directory per lambda)")
-    t.set_defaults(func=_cli_train)
-
-    e = psub.add_parser("eval", help="compare policies with fixed configurations, early exit and the oracle")
-    e.add_argument("--model", required=True, help="model / run directory")
-    e.add_argument("--policies", nargs="*", default=[], help="policy directories (from 'policy train')")
-    e.add_argument("--dataset", default="fashion-mnist")
-    e.add_argument("--split", default="test")
-    e.add_argument("--limit", type=int, default=None)
-    e.add_argument("--taus", type=float, nargs="*", default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999])
-    e.add_argument("--latency-batch-sizes", type=int, nargs="*", default=[1, 64],
-                   help="batch sizes to time every method at (none: skip timing)")
-    e.add_argument("--latency-images", type=int, default=128)
-    e.add_argument("--out", required=True)
-    e.set_defaults(func=_cli_eval)
-
-
-def _cli_train(args) -> int:
-    from .checkpoint import from_pretrained
-
-    model = from_pretrained(args.model)
-    outcomes = collect_outcomes(model, _load_split(args.dataset, args.split), limit=args.limit)
-    cost = configuration_flops(model, outcomes.space)
-    out = Path(args.out)
-    for lam in args.lams:
-        cfg = PolicyTrainConfig(lam=lam, reward=args.reward, scale=args.scale, entropy=args.entropy, epochs=args.epochs,
-                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, baseline=args.baseline)
-        log = TrainLog()
-        policy = train_policy(model, outcomes, cost, cfg, log=log)
-        d = save_policy(policy, out / f"lam{lam:g}", extra={"lam": lam, "train": asdict(cfg), "model": str(args.model),
-                                                           "dataset": args.dataset, "split": args.split,
-                                                           "num_images": len(outcomes)})
-        print(f"lam={lam:g}: train acc of chosen configs {100 * log.accuracy[-1]:.1f}%, "
-              f"normalised cost {log.mean_cost[-1]:.3f} -> {d}")
-    return 0
-
-
-def _cli_eval(args) -> int:
-    from .checkpoint import from_pretrained
-    from .evaluation import machine_info
-
-    model = from_pretrained(args.model)
-    policies = {}
-    for d in args.policies:
-        pol, meta = load_policy(d)
-        policies[f"lam={meta.get('lam', Path(d).name)}"] = pol
-    space = next(iter(policies.values())).space if policies else None
-    outcomes = collect_outcomes(model, _load_split(args.dataset, args.split), space, limit=args.limit)
-    cost = configuration_flops(model, outcomes.space)
-    result = evaluate_comparators(model, outcomes, cost, policies, args.taus, args.latency_batch_sizes,
-                                  latency_images=args.latency_images)
-    write_results(result, args.out, meta={"model": str(args.model), "dataset": args.dataset, "split": args.split,
-                                          "machine": machine_info()})
-    print(format_summary(result))
-    return 0
-
-
 def format_summary(result: Mapping[str, Any]) -> str:
     s = result["summary"]
     lines = [f"full: {s['full']['acc1']:.2f}% at {s['full']['gflops']:.4f} GFLOPs ({s['num_images']} images)"]
@@ -761,6 +670,6 @@ def format_summary(result: Mapping[str, Any]) -> str:
 __all__ = [
     "ActionSpace", "ConfigPolicy", "MixerBlock", "Outcomes", "PolicyClassifier", "PolicyConfig", "PolicyOutput",
     "PolicyTrainConfig", "TrainLog", "collect_outcomes", "configuration_flops", "evaluate_comparators",
-    "flops_saved_at_parity", "load_policy", "reward_table", "run_from_patches", "save_policy", "train_policy",
+    "flops_saved_at_parity", "format_summary", "load_policy", "reward_table", "run_from_patches", "save_policy", "train_policy",
     "write_results",
 ]

@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
-from .model import AdaPerceiver
+from ..checkpoint import write_json
+from ..evaluation.cost import measure_latency
+from ..models.adaperceiver import AdaPerceiver
 
 CACHE_NAME = "latency_cache.json"
 Row = dict[str, Any]
@@ -75,8 +77,6 @@ def machine_key(model: AdaPerceiver, batch_size: int) -> str:
 
 def default_measure(model: AdaPerceiver, tokens: int, depth: int, width: int, batch_size: int) -> float:
     """Median ms of one ``model(x, tokens, depth, width)`` call on a ready random batch."""
-    from .evaluation import measure_latency
-
     return measure_latency(model, tokens, depth, width, batch_size).median_ms
 
 
@@ -96,8 +96,6 @@ def measure_configurations(model: AdaPerceiver, configs: Sequence[tuple[int, int
     for t, d, w in todo:
         entry[_name(t, d, w)] = float(measure(model, t, d, w, batch_size))
     if todo and cache_path is not None:
-        from .checkpoint import write_json
-
         write_json(cache_path, cache)
     return {_name(*c): entry[_name(*c)] for c in configs}
 
@@ -154,41 +152,6 @@ def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model:
                          + ", ".join(f"{k}={cheapest[k]:.4g}" for k in ("latency_ms", "gflops", metric) if k in cheapest))
     sign = 1.0 if higher_is_better else -1.0
     return max(ok, key=lambda r: (sign * float(r[metric]), -float(r.get("gflops", 0.0))))
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser(
-        "budget",
-        help="pick the most accurate configuration of a sweep that fits a latency or FLOPs budget on this machine",
-        description="Measure (and cache next to the sweep) the latency of every configuration on this machine, "
-        "then print the most accurate configuration within the budget.",
-    )
-    p.add_argument("--sweep", required=True, help="sweep.json / sweep.csv (or its directory) from 'adaperceiver sweep'")
-    p.add_argument("--model", required=True, help="the model / run directory the sweep was made with")
-    p.add_argument("--max-ms", type=float, default=None, help="latency budget: median ms per call at --batch-size")
-    p.add_argument("--max-gflops", type=float, default=None, help="FLOPs budget per image")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--metric", default="acc1", help="sweep column to maximise")
-    p.add_argument("--cache", default=None, help=f"latency cache file (default: {CACHE_NAME} next to the sweep)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads while measuring")
-    p.set_defaults(func=_cli_budget)
-
-
-def _cli_budget(args) -> int:
-    from .checkpoint import from_pretrained
-
-    if args.max_ms is None and args.max_gflops is None:
-        raise ValueError("give --max-ms and/or --max-gflops")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model = from_pretrained(args.model)
-    row = select_configuration(args.sweep, model, args.max_ms, args.max_gflops, args.batch_size, metric=args.metric,
-                               cache_path=args.cache)
-    cols = [args.metric, "gflops", "latency_ms"]
-    print(f"tokens={row['tokens']} depth={row['depth']} width={row['width']}  "
-          + "  ".join(f"{c}={row[c]:.4g}" for c in cols if c in row)
-          + (f"  (batch size {args.batch_size})" if "latency_ms" in row else ""))
-    return 0
 
 
 __all__ = ["load_rows", "machine_key", "measure_configurations", "select_configuration"]

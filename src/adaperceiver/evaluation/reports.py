@@ -1,23 +1,26 @@
-"""Pictures of dense predictions: image | ground truth | prediction at a small and at the full configuration.
+"""Reports: the sweep's Pareto plot and markdown table, and pictures of dense predictions.
 
+Dense predictions: image | ground truth | prediction at a small and at the full configuration.
 ``plot_dense_predictions(model, images, targets, path)`` writes one PNG (matplotlib, Agg backend)
 with one row per image. Segmentation maps use a fixed palette (ignored pixels black); depth maps
 share one colour scale per row (pixels without ground truth black). Each prediction column is
 titled with its configuration (tokens/depth/width) and encoder GFLOPs; each cell with its
 per-image mIoU or AbsRel.
 
-CLI: ``adaperceiver dense-visualize --model RUN_DIR --data fashion_mnist_seg --out pic.png``.
+Command line: ``adaperceiver dense-visualize --model RUN_DIR --data fashion_mnist_seg --out pic.png``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .cost import count_flops
 from .metrics import DepthMetric, SegmentationMetric
 
 Config = tuple[int, int, int]
@@ -64,8 +67,6 @@ def _show_image(ax, img: Tensor) -> None:
 
 def encoder_gflops(model: nn.Module, config: Config, image_hw: tuple[int, int]) -> float:
     """GFLOPs per image of the backbone (encoder + write-out) at ``config``, head excluded."""
-    from .flops import count_flops
-
     backbone = getattr(model, "backbone", model)
     x = torch.zeros(1, model.cfg.in_chans, *image_hw, device=next(model.parameters()).device)
     t, d, w = config
@@ -141,46 +142,69 @@ def plot_dense_predictions(model: nn.Module, images: Tensor, targets: Tensor, pa
     return path
 
 
-def _parse_config(text: str) -> Config:
-    try:
-        t, d, w = (int(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"a configuration is 'tokens,depth,width' (three ints), got {text!r}") from None
-    return t, d, w
+# --------------------------------------------------------------------------------------------------
+# sweep reports
+def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | Path, primary: str, higher_is_better: bool = True,
+                latency_batch_size: int | None = 1, baselines: Sequence[Mapping[str, Any]] | None = None) -> Path:
+    """Two panels, primary metric vs GFLOPs and vs measured latency: every configuration faint,
+    the Pareto front as a line, static baselines with their own markers and labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("gflops", "GFLOPs per image", "pareto_gflops", "gflops")]
+    if latency_batch_size is not None:
+        b = latency_batch_size
+        panels.append((f"latency_ms_b{b}", f"latency (ms per batch of {b}, median)", f"pareto_latency_b{b}", "latency_ms"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    widths = sorted({r["width"] for r in rows})
+    colours = plt.get_cmap("viridis")([i / max(1, len(widths) - 1) for i in range(len(widths))])
+    markers = ["s", "^", "D", "v", "P", "X", "*", "h"]
+    for ax, (key, label, flag, base_key) in zip(axes[0], panels):
+        for w, col in zip(widths, colours):
+            pts = [r for r in rows if r["width"] == w]
+            ax.scatter([r[key] for r in pts], [r[primary] for r in pts], s=12, alpha=0.3, color=col,
+                       label=f"width {w}")
+        front = sorted((r for r in rows if r.get(flag)), key=lambda r: r[key])
+        ax.plot([r[key] for r in front], [r[primary] for r in front], "-o", color="black", ms=4, lw=1.2,
+                label="AdaPerceiver Pareto front")
+        for r in front:
+            ax.annotate(f"{r['tokens']}/{r['depth']}/{r['width']}", (r[key], r[primary]), fontsize=6,
+                        xytext=(3, -8), textcoords="offset points")
+        for i, bl in enumerate(baselines or ()):
+            if bl.get(base_key) is None or bl.get(primary) is None:
+                continue
+            ax.scatter([bl[base_key]], [bl[primary]], marker=markers[i % len(markers)], s=60, color=f"C{(i + 1) % 10}",
+                       edgecolors="black", zorder=5, label=f"static: {bl.get('name', f'baseline {i}')}")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"{primary} ({'higher' if higher_is_better else 'lower'} is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right" if higher_is_better else "upper right")
+    fig.suptitle("configuration sweep (labels: tokens/depth/width)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
-def register_cli(sub) -> None:
-    p = sub.add_parser("dense-visualize", help="picture of segmentation / depth predictions at small and full configurations",
-                       description="For the first N images of a dataset, draw image | ground truth | prediction at "
-                       "each configuration (default: a small one and the full one) and save a PNG.")
-    p.add_argument("--model", required=True, help="a segmentation or depth model / run directory")
-    p.add_argument("--data", default="fashion_mnist_seg",
-                   help="dataset: fashion_mnist_seg, visp_castel, ade20k:PATH, nyu:PATH (default: fashion_mnist_seg)")
-    p.add_argument("--split", default="val", help="split (default: val)")
-    p.add_argument("--num", type=int, default=4, help="number of images (default: 4)")
-    p.add_argument("--config", action="append", default=None, metavar="T,D,W",
-                   help="a configuration tokens,depth,width (repeatable; default: small and full)")
-    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/predictions.png)")
-    p.set_defaults(func=_cli_visualize)
+def format_table(rows: Sequence[Mapping[str, Any]], batch_sizes: Sequence[int] = (), only_front: bool = True) -> str:
+    """A markdown table of the sweep (by default only the GFLOPs-Pareto rows)."""
+    if not rows:
+        return ""
+    fixed = {"tokens", "depth", "width", "hidden", "gflops", "encoder_gflops", "params"}
+    metric_keys = [k for k in rows[0] if k not in fixed and not k.startswith(("latency_", "throughput_", "pareto_"))]
+    cols = ["tokens", "depth", "width", *metric_keys, "gflops", "params"]
+    cols += [f"latency_ms_b{b}" for b in batch_sizes] + [f"throughput_b{b}" for b in batch_sizes]
+    sel = [r for r in rows if r.get("pareto_gflops")] if only_front else list(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in sorted(sel, key=lambda r: r["gflops"]):
+        cells = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def _cli_visualize(args) -> int:
-    from .checkpoint import from_pretrained
-    from .data import get_dataset
-
-    if args.num < 1:
-        raise ValueError(f"--num must be >= 1, got {args.num}")
-    model = from_pretrained(args.model)
-    name, _, root = args.data.partition(":")
-    data = get_dataset(name, args.split, root=root or None)
-    items = [data[i] for i in range(min(args.num, len(data)))]
-    images = torch.stack([x for x, _ in items])
-    targets = torch.stack([torch.as_tensor(y) for _, y in items])
-    configs = [_parse_config(c) for c in args.config] if args.config else None
-    out = Path(args.out) if args.out else Path(args.model) / "predictions.png"
-    plot_dense_predictions(model, images, targets, out, configs, getattr(data, "classes", None))
-    print(f"wrote {out}")
-    return 0
-
-
-__all__ = ["colorize_labels", "default_configs", "encoder_gflops", "palette", "plot_dense_predictions"]
+__all__ = ["colorize_labels", "default_configs", "encoder_gflops", "format_table", "palette", "plot_dense_predictions",
+           "plot_pareto"]

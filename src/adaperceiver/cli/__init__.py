@@ -1,26 +1,18 @@
-"""``adaperceiver`` command line. Each subcommand lives in the module that does the work.
+"""``adaperceiver`` command line: one module per command (group) in this package.
 
-A module listed in ``COMMAND_MODULES`` defines ``register_cli(subparsers)``, which adds its
-subcommand(s) with ``set_defaults(func=...)``; ``func(args)`` returns an exit code (or None).
+Each command module defines ``register(subparsers)``, which adds its subcommand(s) with
+``set_defaults(func=...)``; ``func(args)`` returns an exit code (or None). The library never
+imports this package.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-COMMAND_MODULES = [  # in the order --help lists them
-    "adaperceiver.training",  # train, demo
-    "adaperceiver.evaluation",  # sweep
-    "adaperceiver.teachers",  # teacher
-    "adaperceiver.distill",  # distill
-    "adaperceiver.policy",  # policy train | eval
-    "adaperceiver.budget",  # budget
-    "adaperceiver.export",  # export
-    "adaperceiver.visualize",  # visualize (dense predictions)
-    "adaperceiver.convert",  # convert (reference checkpoints)
-]
+from . import budget, convert, demo, distill, export, policy, sweep, teacher, train, visualize
+
+COMMANDS = [train, demo, sweep, teacher, distill, policy, budget, export, visualize, convert]  # in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="AdaPerceiver: one vision transformer that adapts tokens, depth and width at inference.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register_cli(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .layers import Block, CrossAttentionBlock, Mlp, PatchEmbed, RotaryEmbedding, hidden_units, layer_norm, trunc_normal_init
 from .masks import token_block_mask
+from .slim import slim
 
 WidthArg = int | Sequence[int] | Tensor | None
 
@@ -340,9 +341,7 @@ class AdaPerceiver(nn.Module):
         return [(t, d, w) for t in cfg.trained_grans for d in range(1, self.num_blocks + 1) for w in cfg.widths]
 
     def slim(self, tokens: int, depth: int, width: int) -> "AdaPerceiver":
-        """A plain static model of this one configuration with physically sliced weights (see ``export.slim``)."""
-        from .export import slim
-
+        """A plain static model of this one configuration with physically sliced weights (see :func:`.slim.slim`)."""
         return slim(self, tokens, depth, width)
 
     def backbone_parameters(self) -> list[nn.Parameter]:

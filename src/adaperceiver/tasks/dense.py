@@ -1,10 +1,10 @@
 """The ``segmentation`` and ``depth`` tasks for the shared training engine and sweeps.
 
-Registered with :mod:`adaperceiver.tasks`, so ``adaperceiver train --task segmentation|depth``
+Registered by :mod:`adaperceiver.tasks`, so ``adaperceiver train --task segmentation|depth``
 runs through :class:`adaperceiver.training.Trainer` and the joint objective (every depth and token
 read-out of one backbone pass, per-sample widths) with :class:`~adaperceiver.losses.PixelCrossEntropy`
 or :class:`~adaperceiver.losses.SigLoss` as the task loss. Sweeps use the ``segmentation`` /
-``depth`` metrics of :mod:`adaperceiver.metrics`.
+``depth`` metrics of :mod:`adaperceiver.evaluation.metrics`.
 
 Datasets (``--dataset``; ``--data-dir`` is the root where needed):
 
@@ -30,19 +30,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .heads import DenseTaskModel, build_dense_model, dense_config, head_config
-from .losses import PixelCrossEntropy, SigLoss, pixel_cross_entropy, sig_loss
-from .metrics import DepthMetric, SegmentationMetric
-from .model import AdaPerceiverConfig
-from .tasks import TaskData, TaskSpec, adapt_model_config, register_task
-
-if TYPE_CHECKING:
-    from .training import TrainConfig
+from ..checkpoint import WEIGHTS_NAME, load_config, read_state_dict
+from ..data.dense import DepthFolder, FashionMNISTSegmentation, SegmentationFolder, ViSPCastelDepth, depth_range
+from ..evaluation.metrics import DepthMetric, SegmentationMetric
+from ..losses import PixelCrossEntropy, SigLoss, pixel_cross_entropy, sig_loss
+from ..models.adaperceiver import AdaPerceiverConfig
+from ..models.heads import DenseTaskModel, build_dense_model, dense_config, head_config
+from ..models.presets import preset_config
+from ..training.config import TaskData, TaskSpec, TrainConfig
+from .classification import adapt_model_config
 
 SEG_DATASETS = ("fashion_mnist", "fashion_mnist_seg", "fashion_mnist_seg28", "ade20k", "segfolder")
 DEPTH_DATASETS = ("visp_castel", "nyu", "depthfolder")
@@ -65,7 +66,7 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str
     return backbone, head
 
 
-def _no_head_overrides(cfg: "TrainConfig") -> "TrainConfig":
+def _no_head_overrides(cfg: TrainConfig) -> TrainConfig:
     backbone, _ = split_overrides(cfg.model_overrides)
     return dataclasses.replace(cfg, model_overrides=backbone)
 
@@ -87,15 +88,13 @@ def _subset(ds, n: int | None, seed: int = 0):
     return sub
 
 
-def _need_root(cfg: "TrainConfig") -> Path:
+def _need_root(cfg: TrainConfig) -> Path:
     if not cfg.data_dir:
         raise ValueError(f"dataset {cfg.dataset!r} needs --data-dir pointing at its root folder")
     return Path(cfg.data_dir)
 
 
-def segmentation_data(cfg: "TrainConfig") -> TaskData:
-    from .data.dense import FashionMNISTSegmentation, SegmentationFolder
-
+def segmentation_data(cfg: TrainConfig) -> TaskData:
     name = cfg.dataset.lower().replace("-", "_")
     _, head = split_overrides(cfg.model_overrides)
     if name in ("fashion_mnist", "fashion_mnist_seg", "fashion_mnist_seg28"):
@@ -123,9 +122,7 @@ def segmentation_data(cfg: "TrainConfig") -> TaskData:
     return TaskData(train, val, k, in_chans, size, tuple(classes), meta)
 
 
-def depth_data(cfg: "TrainConfig") -> TaskData:
-    from .data.dense import DepthFolder, ViSPCastelDepth, depth_range
-
+def depth_data(cfg: TrainConfig) -> TaskData:
     name = cfg.dataset.lower().replace("-", "_")
     if name == "visp_castel":
         size = (cfg.image_size * 3 // 4, cfg.image_size) if cfg.image_size else (96, 128)
@@ -150,8 +147,6 @@ def depth_data(cfg: "TrainConfig") -> TaskData:
 
 def _backbone_state(directory: str | Path) -> tuple[AdaPerceiverConfig, dict[str, Tensor]]:
     """Config and backbone-named weights of any saved model (classifier, dense, or dense task model)."""
-    from .checkpoint import WEIGHTS_NAME, load_config, read_state_dict
-
     src_cfg = load_config(directory)
     state = read_state_dict(Path(directory) / WEIGHTS_NAME)
     if any(k.startswith("backbone.") for k in state):
@@ -180,7 +175,7 @@ def load_backbone(model: DenseTaskModel, directory: str | Path, decoder: bool = 
     return keys
 
 
-def _backbone_config(cfg: "TrainConfig", data: TaskData) -> AdaPerceiverConfig:
+def _backbone_config(cfg: TrainConfig, data: TaskData) -> AdaPerceiverConfig:
     backbone, _ = split_overrides(cfg.model_overrides)
     if cfg.init_from:
         src_cfg, _ = _backbone_state(cfg.init_from)
@@ -189,8 +184,6 @@ def _backbone_config(cfg: "TrainConfig", data: TaskData) -> AdaPerceiverConfig:
                              f"{cfg.dataset} data has {data.in_chans}")
         mcfg = dense_config(src_cfg, backbone.get("num_classes", src_cfg.num_classes if src_cfg.task == "dense" else None))
         return mcfg.static_config(*cfg.static) if cfg.static else mcfg
-    from .registry import preset_config
-
     probe_values = {"img_size": data.img_size, "in_chans": data.in_chans, **backbone}
     probe_values.pop("num_classes", None)
     probe = preset_config(cfg.model, **probe_values)
@@ -198,7 +191,7 @@ def _backbone_config(cfg: "TrainConfig", data: TaskData) -> AdaPerceiverConfig:
     return adapt_model_config(_no_head_overrides(cfg), dataclasses.replace(data, num_classes=feature_dim), task="dense")
 
 
-def _head_values(cfg: "TrainConfig", data: TaskData, task: str) -> dict[str, Any]:
+def _head_values(cfg: TrainConfig, data: TaskData, task: str) -> dict[str, Any]:
     _, head = split_overrides(cfg.model_overrides)
     dense = data.meta.get("dense", {})
     if task == "segmentation":
@@ -211,15 +204,15 @@ def _head_values(cfg: "TrainConfig", data: TaskData, task: str) -> dict[str, Any
     return head
 
 
-def segmentation_model(cfg: "TrainConfig", data: TaskData) -> nn.Module:
+def segmentation_model(cfg: TrainConfig, data: TaskData) -> nn.Module:
     return _dense_model(cfg, data, "segmentation")
 
 
-def depth_model(cfg: "TrainConfig", data: TaskData) -> nn.Module:
+def depth_model(cfg: TrainConfig, data: TaskData) -> nn.Module:
     return _dense_model(cfg, data, "depth")
 
 
-def _dense_model(cfg: "TrainConfig", data: TaskData, task: str) -> DenseTaskModel:
+def _dense_model(cfg: TrainConfig, data: TaskData, task: str) -> DenseTaskModel:
     model = build_dense_model(task, _backbone_config(cfg, data), head_config(task, _head_values(cfg, data, task)))
     if cfg.init_from:
         load_backbone(model, cfg.init_from)
@@ -230,17 +223,17 @@ def _dense_model(cfg: "TrainConfig", data: TaskData, task: str) -> DenseTaskMode
 # losses, augmentation, evaluation
 
 
-def segmentation_loss(cfg: "TrainConfig") -> PixelCrossEntropy:
+def segmentation_loss(cfg: TrainConfig) -> PixelCrossEntropy:
     _, head = split_overrides(cfg.model_overrides)
     return PixelCrossEntropy(int(head.get("ignore_index", 255)))
 
 
-def depth_loss(cfg: "TrainConfig") -> SigLoss:
+def depth_loss(cfg: TrainConfig) -> SigLoss:
     _, head = split_overrides(cfg.model_overrides)
     return SigLoss(max_depth=head.get("max_depth"))
 
 
-def _flip_augment(cfg: "TrainConfig"):
+def _flip_augment(cfg: TrainConfig):
     """Joint horizontal flip of images and targets (labels / depth), drawn from the step generator."""
     if not cfg.hflip:
         return None
@@ -278,7 +271,7 @@ def evaluate_dense(model: nn.Module, loader: Iterable, device: torch.device, tok
     return {**metric.compute(), "loss": loss / batches}
 
 
-register_task(TaskSpec(
+SEGMENTATION = TaskSpec(
     name="segmentation",
     build_data=segmentation_data,
     build_model=segmentation_model,
@@ -289,9 +282,9 @@ register_task(TaskSpec(
     higher_is_better=True,
     sweep_metric="segmentation",
     description="semantic segmentation (derived Fashion-MNIST composites, ADE20K-style folders); pixel CE, mIoU",
-), overwrite=True)
+)
 
-register_task(TaskSpec(
+DEPTH = TaskSpec(
     name="depth",
     build_data=depth_data,
     build_model=depth_model,
@@ -302,8 +295,8 @@ register_task(TaskSpec(
     higher_is_better=False,
     sweep_metric="depth",
     description="monocular depth (ViSP castel frames, NYUv2-style folders); SigLoss, RMSE / AbsRel / delta",
-), overwrite=True)
+)
 
 
-__all__ = ["DEPTH_DATASETS", "SEG_DATASETS", "depth_data", "evaluate_dense", "load_backbone", "segmentation_data",
+__all__ = ["DEPTH", "DEPTH_DATASETS", "SEGMENTATION", "SEG_DATASETS", "depth_data", "evaluate_dense", "load_backbone", "segmentation_data",
            "split_overrides"]

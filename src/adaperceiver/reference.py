@@ -19,11 +19,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from .checkpoint import read_state_dict
-from .model import AdaPerceiver, AdaPerceiverClassifier, AdaPerceiverConfig, build_model
+from .checkpoint import load_strict, read_state_dict, strip_wrappers
+from .models.adaperceiver import AdaPerceiver, AdaPerceiverClassifier, AdaPerceiverConfig, build_model
 
 # (reference pattern, our replacement), applied in order to every key
 _KEY_RULES: list[tuple[str, str]] = [
@@ -39,7 +38,6 @@ _KEY_RULES: list[tuple[str, str]] = [
     (r"^output_adapter\.norm\.", "head_norm."),
     (r"^output_adapter\.ffn\.", "head_fc."),
 ]
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 # reference constructor argument -> our config field
 _CONFIG_NAMES = {
@@ -57,20 +55,6 @@ _SUPPORTED = {
     "attn_layer": ("flex", "full", "sdpa"),
 }
 _IGNORED = {"proj_drop", "attn_drop", "drop_path", "head_drop", "fourier_bands", "class", "conv_adapter_model"}
-
-
-def strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Drop ``module.`` (DDP), ``_orig_mod.`` (torch.compile) and ``model.`` prefixes."""
-    out = {}
-    for k, v in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _WRAPPER_PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
-        out[k] = v
-    return out
 
 
 # bookkeeping entries of reference checkpoints that are not weights (EMA counters, RoPE tables)
@@ -182,24 +166,6 @@ def load_reference(path: str | Path, config: Mapping[str, Any] | str | Path, sec
     return model.eval()
 
 
-def load_strict(model: torch.nn.Module, state: Mapping[str, Tensor], source: str = "state dict") -> None:
-    """``load_state_dict`` with a readable refusal for missing, unexpected or mis-shaped keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if shape:
-            parts.append("shape mismatch " + ", ".join(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shape[:8]))
-        raise ValueError(f"{source} does not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state)
-
-
 # --------------------------------------------------------------------------------------------------
 # reference forward semantics
 def _to_reference_layout(model: AdaPerceiver, out: Tensor) -> Tensor:
@@ -260,34 +226,3 @@ def reference_forward(model: AdaPerceiver, x: Tensor, num_tokens: int | None = N
     outputs = [write(z, g) for g in grans[:-1]] if token_loss else []
     outputs.append(write(z))
     return outputs, intermediates
-
-
-# --------------------------------------------------------------------------------------------------
-# command line: adaperceiver convert
-def register_cli(sub) -> None:
-    p = sub.add_parser(
-        "convert",
-        help="convert a checkpoint of the paper's reference code into a model directory",
-        description="Convert reference AdaPerceiver weights (safetensors or torch pickle; 'module.' and "
-        "'_orig_mod.' prefixes are removed) into this library's layout and write model.safetensors + "
-        "config.json, loadable with adaperceiver.from_pretrained().",
-    )
-    p.add_argument("checkpoint", help="reference weights file (.safetensors, .pt, .pth, .bin)")
-    p.add_argument("--config", required=True,
-                   help="JSON file with the reference constructor arguments (flat, or with the reference's "
-                   "AdaPercevierConfig + ClassificationConfig/DensePredictionConfig sections)")
-    p.add_argument("--section", help="entry of the JSON to use when it describes several models (e.g. 'dense')")
-    p.add_argument("--out", required=True, help="output directory")
-    p.set_defaults(func=_cli_convert)
-
-
-def _cli_convert(args) -> int:
-    from .checkpoint import save_pretrained
-
-    model = load_reference(args.checkpoint, args.config, section=args.section)
-    save_pretrained(model, args.out, extra={"converted_from": str(args.checkpoint)})
-    n = sum(p.numel() for p in model.parameters())
-    c = model.cfg
-    print(f"wrote {args.out}: {c.task} model, {n / 1e6:.2f} M parameters, D={c.embed_dim}, depth={c.depth}, "
-          f"tokens<={c.num_latents} (granularities {list(c.token_grans)}), widths {list(c.widths)}")
-    return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .model import AdaPerceiver, AdaPerceiverConfig, build_model
+from .adaperceiver import AdaPerceiver, AdaPerceiverConfig, build_model
 
 _PRESETS: dict[str, Callable[[], dict[str, Any]]] = {}
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import LN_EPS
-from .model import AdaPerceiverConfig, AdaPerceiverDense, AnytimeOutput, WidthArg
+from .adaperceiver import AdaPerceiverConfig, AdaPerceiverDense, AnytimeOutput, WidthArg
 
 # ------------------------------------------------------------------------------------------------
 # head configs

@@ -1,4 +1,11 @@
-"""Dense-prediction metrics as streaming accumulators: ``update(pred, target)``, then ``compute()``.
+"""Metrics as streaming accumulators: ``update(pred, target)``, then ``compute()``, and their registry.
+
+An accumulator says which key is primary and whether higher is better; :func:`register_metric`
+adds a factory ``factory(model, **kwargs) -> accumulator`` under a name, which
+:func:`adaperceiver.evaluation.run_sweep` looks up. The built-in metrics are registered at the
+bottom of this module:
+
+* ``"classification"``: :class:`ClassificationAccuracy`, top-1 (and top-5 with more than five classes).
 
 * :class:`SegmentationMetric`: confusion matrix over labelled pixels -> mIoU, pixel accuracy, mean
   class accuracy, in percent. mIoU averages the classes that occur in the ground truth or the
@@ -12,12 +19,99 @@ Each class names its ``primary`` key and whether ``higher_is_better``, for sweep
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
+# --------------------------------------------------------------------------------------------------
+# the registry
+@runtime_checkable
+class MetricAccumulator(Protocol):
+    """Accumulates one configuration's predictions over a dataset.
+
+    ``pred`` is exactly what ``model(x, tokens, depth, width)`` returns for the batch and
+    ``target`` what the loader yields next to ``x``. ``primary`` names the key of :meth:`compute`
+    that the Pareto front is built on; ``higher_is_better`` says which way it improves.
+    """
+
+    primary: str
+    higher_is_better: bool
+
+    def update(self, pred: Tensor, target: Tensor) -> None: ...
+
+    def compute(self) -> dict[str, float]: ...
+
+
+MetricFactory = Callable[..., MetricAccumulator]  # factory(model, **kwargs) -> accumulator
+_METRICS: dict[str, MetricFactory] = {}
+
+
+def register_metric(name: str, factory: MetricFactory, overwrite: bool = False) -> None:
+    """Make ``run_sweep(..., metric=name)`` build accumulators with ``factory(model, **metric_kwargs)``."""
+    if not name or not isinstance(name, str):
+        raise ValueError(f"metric name must be a non-empty string, got {name!r}")
+    if name in _METRICS and not overwrite and _METRICS[name] is not factory:
+        raise ValueError(f"metric {name!r} is already registered (pass overwrite=True to replace it)")
+    _METRICS[name] = factory
+
+
+def list_metrics() -> list[str]:
+    return sorted(_METRICS)
+
+
+def get_metric(name: str) -> MetricFactory:
+    """The factory registered under ``name``; unknown names list the known ones."""
+    if name not in _METRICS:
+        raise ValueError(f"unknown metric {name!r}; known metrics: {sorted(_METRICS)}")
+    return _METRICS[name]
+
+
+class ClassificationAccuracy:
+    """Top-1 (and top-5 when there are more than five classes) accuracy in percent."""
+
+    primary = "acc1"
+    higher_is_better = True
+
+    def __init__(self, num_classes: int | None = None):
+        self.num_classes = num_classes
+        self.count = 0
+        self.correct1 = 0
+        self.correct5 = 0
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        if pred.dim() != 2 or target.shape[0] != pred.shape[0]:
+            raise ValueError(f"classification metric expects logits (B, classes) and labels (B,), "
+                             f"got {tuple(pred.shape)} and {tuple(target.shape)}")
+        target = target.to(pred.device).long()
+        k = min(5, pred.shape[1])
+        top = pred.topk(k, dim=1).indices
+        hit = top == target.view(-1, 1)
+        self.correct1 += int(hit[:, 0].sum())
+        self.correct5 += int(hit.any(dim=1).sum())
+        self.count += pred.shape[0]
+        if self.num_classes is None:
+            self.num_classes = pred.shape[1]
+
+    def compute(self) -> dict[str, float]:
+        if not self.count:
+            raise ValueError("no samples were seen")
+        out = {"acc1": 100.0 * self.correct1 / self.count}
+        if (self.num_classes or 0) > 5:
+            out["acc5"] = 100.0 * self.correct5 / self.count
+        return out
+
+
+def _classification_factory(model: nn.Module, **kwargs: Any) -> ClassificationAccuracy:
+    cfg = getattr(model, "cfg", None)
+    return ClassificationAccuracy(kwargs.get("num_classes", getattr(cfg, "num_classes", None)))
+
+
+# --------------------------------------------------------------------------------------------------
+# dense prediction
 class SegmentationMetric:
     """Confusion-matrix accumulator for semantic segmentation.
 
@@ -168,15 +262,9 @@ def depth_metric(model=None, **kwargs) -> DepthMetric:
     return DepthMetric(float(min_depth), None if max_depth is None else float(max_depth))
 
 
-def _register() -> None:
-    try:
-        from .evaluation import register_metric
-    except ImportError:  # the sweep module is optional for using the accumulators
-        return
-    register_metric("segmentation", segmentation_metric, overwrite=True)
-    register_metric("depth", depth_metric, overwrite=True)
+register_metric("classification", _classification_factory)
+register_metric("segmentation", segmentation_metric)
+register_metric("depth", depth_metric)
 
-
-_register()
-
-__all__ = ["DepthMetric", "SegmentationMetric", "depth_metric", "segmentation_metric"]
+__all__ = ["ClassificationAccuracy", "DepthMetric", "MetricAccumulator", "MetricFactory", "SegmentationMetric",
+           "depth_metric", "get_metric", "list_metrics", "register_metric", "segmentation_metric"]

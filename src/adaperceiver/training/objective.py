@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .distill import kd_loss
-from .model import AdaPerceiver, AnytimeOutput
+from ..losses import cross_entropy, kd_loss
+from ..models.adaperceiver import AdaPerceiver, AnytimeOutput
 
 TaskLoss = Callable[[Tensor, Tensor], Tensor]
 ExtraLoss = Callable[[AnytimeOutput, "Batch", Tensor], tuple[Tensor, dict[str, float]]]
@@ -83,31 +82,6 @@ class Batch:
     teacher_logits: Tensor | None = None  # (B, classes): enables logits KD
     teacher_features: Tensor | None = None  # (B, P_t, C_t): for feature-distillation hooks
     extras: dict[str, Any] = field(default_factory=dict)  # "widths": per-sample widths chosen by the caller
-
-
-class CrossEntropy:
-    """The classification task loss: mean cross-entropy with optional label smoothing.
-
-    Besides ``loss(pred, target)`` it offers ``per_readout(outputs, target)``, one vectorised call
-    for a whole ``(L, G, B, classes)`` read-out grid; any task loss may define it for speed.
-    """
-
-    def __init__(self, label_smoothing: float = 0.0):
-        self.label_smoothing = label_smoothing
-
-    def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(pred.float(), target, label_smoothing=self.label_smoothing)
-
-    def per_readout(self, outputs: Tensor, target: Tensor) -> Tensor:
-        lead = outputs.shape[:-2]
-        flat = outputs.float().reshape(-1, outputs.shape[-1])
-        reps = flat.shape[0] // target.shape[0]
-        losses = F.cross_entropy(flat, target.repeat(reps), label_smoothing=self.label_smoothing, reduction="none")
-        return losses.view(*lead, target.shape[0]).mean(-1)
-
-
-def cross_entropy(label_smoothing: float = 0.0) -> CrossEntropy:
-    return CrossEntropy(label_smoothing)
 
 
 def per_readout_losses(task_loss: TaskLoss, outputs: Tensor, target: Tensor) -> Tensor:
@@ -218,5 +192,5 @@ class JointObjective(nn.Module):
         return total, metrics
 
 
-__all__ = ["Batch", "CrossEntropy", "ExtraLoss", "JointObjective", "ObjectiveConfig", "TaskLoss", "cross_entropy",
+__all__ = ["Batch", "ExtraLoss", "JointObjective", "ObjectiveConfig", "TaskLoss",
            "per_readout_losses", "readout_grid_weights"]

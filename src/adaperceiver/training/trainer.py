@@ -1,11 +1,11 @@
 """The training engine: joint (once-for-all) or static training with exact, resumable checkpoints.
 
-One :class:`Trainer` runs any registered task (:mod:`adaperceiver.tasks`) with the
-:class:`~adaperceiver.objective.JointObjective`: AdamW, linear warm-up then cosine decay, gradient
+One :class:`Trainer` runs any task (a :class:`TaskSpec`; named ones in :mod:`adaperceiver.tasks`) with the
+:class:`~adaperceiver.training.objective.JointObjective`: AdamW, linear warm-up then cosine decay, gradient
 clipping, an EMA of the weights, bf16 autocast only on CUDA, a progress bar and ``metrics.csv``.
 
 Determinism, which is what makes ``--resume`` exact: the data order of epoch ``e`` is a pure
-function of ``(seed, e)`` (:func:`adaperceiver.distributed.epoch_permutation`), and everything
+function of ``(seed, e)`` (:func:`adaperceiver.training.distributed.epoch_permutation`), and everything
 random inside a step (augmentation, per-sample widths) draws from a generator seeded by
 ``(seed, step)``. A checkpoint at step ``s`` therefore resumes at batch ``s mod steps_per_epoch``
 of epoch ``s // steps_per_epoch`` with nothing lost or repeated.
@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import copy
 import csv
-import dataclasses
 import json
 import math
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,118 +40,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..checkpoint import CONFIG_NAME, atomic_write, read_state_dict, save_pretrained, save_state_dict
 from . import distributed
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write, read_state_dict, save_pretrained, save_state_dict
-from .objective import Batch, ExtraLoss, JointObjective, ObjectiveConfig
-from .tasks import TaskData, TaskSpec, get_task
+from .config import TaskData, TaskSpec, TrainConfig
+from .objective import Batch, ExtraLoss, JointObjective
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_POINTER = "last.json"
 STATE_NAME = "trainer_state.pt"
 METRICS_NAME = "metrics.csv"
-EXPORT_CHOICES = ("ema", "raw")
 NO_DECAY_NAMES = ("pos_embed", "latent_token", "output_query")
 # fields a resumed run must share with the run it continues (they fix data order and schedule)
 RESUME_KEYS = ("task", "model", "model_overrides", "static", "dataset", "image_size", "train_subset", "epochs",
                "batch_size", "lr", "min_lr", "weight_decay", "warmup_steps", "seed", "objective", "ema_decay")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (saved in the run's config.json under ``"train"``)."""
-
-    # what to train
-    task: str = "classification"
-    model: str = "adaperceiver_tiny"  # a registry preset
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # any AdaPerceiverConfig field
-    static: tuple[int, int, int] | None = None  # (tokens, depth, width): train a static baseline instead
-    init_from: str | None = None  # a trained model directory to start from (the task's build_model loads it)
-    freeze_backbone: bool = False  # train only output query/queries, write cross-attention and head
-    # data
-    dataset: str = "fashion_mnist"
-    data_dir: str | None = None
-    image_size: int | None = None  # resize images (default: the dataset's size)
-    train_subset: int | None = None  # use a fixed random subset of the training set
-    val_subset: int | None = None
-    augment: bool = True
-    crop_padding: int = 2  # random crop after this much zero padding
-    hflip: bool = True
-    num_workers: int = 0
-    # optimisation
-    epochs: int = 5
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    lr: float = 2e-3
-    min_lr: float = 2e-5
-    weight_decay: float = 0.05
-    warmup_steps: int = 200
-    grad_clip: float = 3.0  # max global grad norm (0 disables)
-    accum_steps: int = 1  # split each (per-process) batch into this many micro-batches, one optimizer step
-    ema_decay: float = 0.999  # 0 disables the EMA
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    # run
-    seed: int = 0
-    device: str | None = None  # default: cuda when available, else cpu
-    out_dir: str = "runs"
-    name: str = "run"
-    export: str = "ema"  # weights in model.safetensors: "ema" or "raw" (raw when the EMA is off)
-    checkpoint_every: int = 0  # steps between checkpoints; 0: at the end of every epoch
-    keep_checkpoints: int = 2
-    log_every: int = 20
-    eval_every: int = 1  # epochs between evaluations (0: only at the end)
-    progress: bool = True
-    max_steps: int | None = None  # stop (resumably) after this global step
-
-    def __post_init__(self) -> None:
-        try:  # stored in config.json: keep it JSON-shaped (tuples become lists) so saved == loaded
-            self.model_overrides = json.loads(json.dumps(dict(self.model_overrides)))
-        except TypeError as e:
-            raise ValueError(f"model_overrides must be JSON-serialisable config values ({e})") from None
-        if isinstance(self.objective, dict):
-            self.objective = ObjectiveConfig(**self.objective)
-        if self.static is not None:
-            if len(self.static) != 3:
-                raise ValueError(f"static must be (tokens, depth, width), got {self.static!r}")
-            self.static = tuple(int(v) for v in self.static)
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints", "accum_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every", "num_workers", "eval_every", "crop_padding"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("lr must be > 0 and min_lr, weight_decay, grad_clip >= 0")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.export not in EXPORT_CHOICES:
-            raise ValueError(f"export must be one of {list(EXPORT_CHOICES)}, got {self.export!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.freeze_backbone and self.init_from is None:
-            raise ValueError("freeze_backbone needs init_from (a trained model directory): a random frozen "
-                             "backbone teaches nothing")
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
-
-    @property
-    def exported(self) -> str:
-        """Which weights model.safetensors holds: "ema" only when the EMA is on."""
-        return "ema" if self.export == "ema" and self.ema_decay > 0 else "raw"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["static"] = list(self.static) if self.static else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown train config keys {unknown}; allowed: {sorted(names)}")
-        return cls(**d)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -301,19 +201,6 @@ def last_checkpoint(run_dir: str | Path) -> Path | None:
     return path
 
 
-def load_matching(model: nn.Module, directory: str | Path) -> tuple[list[str], list[str]]:
-    """Copy every parameter of ``directory/model.safetensors`` whose name and shape match ``model``.
-
-    Returns ``(loaded, skipped)`` key lists; used to start a run from a trained model.
-    """
-    state = read_state_dict(Path(directory) / WEIGHTS_NAME)
-    own = model.state_dict()
-    loaded = [k for k, v in state.items() if k in own and own[k].shape == v.shape]
-    skipped = sorted(set(own) - set(loaded))
-    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
-    return loaded, skipped
-
-
 def autocast_for(device: torch.device):
     """bf16 autocast on CUDA; plain fp32 elsewhere (CPU autocast is slower for these small layers)."""
     if device.type == "cuda":
@@ -340,21 +227,21 @@ class StepModule(nn.Module):
 
 # --------------------------------------------------------------------------------------------------
 class Trainer:
-    """Train one model on one task; ``Trainer(cfg).fit(resume=...)`` returns a :class:`TrainResult`.
+    """Train one model on one task; ``Trainer(cfg, task).fit(resume=...)`` returns a :class:`TrainResult`.
 
+    ``task`` is the :class:`TaskSpec` to run (``adaperceiver.tasks.get_task(cfg.task)`` for a named one).
     ``teacher`` (optional) maps images to logits, or to an object with ``.logits`` / ``.features``
-    (e.g. :class:`adaperceiver.teachers.Teacher`); ``extra_losses`` are passed to the objective.
+    (e.g. :class:`adaperceiver.training.teachers.Teacher`); ``extra_losses`` are passed to the objective.
     ``data`` / ``model`` may be given to bypass the task's builders (tests, notebooks).
     """
 
-    def __init__(self, cfg: TrainConfig, *, teacher: Callable[[Tensor], Any] | None = None,
+    def __init__(self, cfg: TrainConfig, task: TaskSpec, *, teacher: Callable[[Tensor], Any] | None = None,
                  extra_losses: Sequence[ExtraLoss] = (), data: TaskData | None = None,
-                 model: nn.Module | None = None, task: TaskSpec | None = None,
-                 dist_info: distributed.DistInfo | None = None):
+                 model: nn.Module | None = None, dist_info: distributed.DistInfo | None = None):
         self.cfg = cfg
         self.dist = dist_info or distributed.DistInfo()
         self.device = distributed.device_for(self.dist, cfg.device)
-        self.task = task or get_task(cfg.task)
+        self.task = task
         self.data = data or self.task.build_data(cfg)
         if len(self.data.train) < cfg.batch_size:
             raise ValueError(f"the training set has {len(self.data.train)} items, fewer than batch_size {cfg.batch_size}")
@@ -646,9 +533,9 @@ class Trainer:
                     disable=not (self.cfg.progress and self.is_writer()), desc=self.cfg.name)
 
 
-def train(cfg: TrainConfig, resume: bool = False, **kwargs: Any) -> TrainResult:
-    """``Trainer(cfg, **kwargs).fit(resume)``."""
-    return Trainer(cfg, **kwargs).fit(resume=resume)
+def train(cfg: TrainConfig, task: TaskSpec, resume: bool = False, **kwargs: Any) -> TrainResult:
+    """``Trainer(cfg, task, **kwargs).fit(resume)``."""
+    return Trainer(cfg, task, **kwargs).fit(resume=resume)
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:
@@ -660,285 +547,3 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     if "train" not in meta:
         raise ValueError(f"{path} has no 'train' section: it was not written by adaperceiver train")
     return TrainConfig.from_dict(meta["train"])
-
-
-# --------------------------------------------------------------------------------------------------
-# command line: `adaperceiver train` and `adaperceiver demo`
-# the demo's schedule: ~6 minutes of training on 2 CPU cores; in this short schedule more, smaller
-# steps, a higher peak lr and no augmentation converge faster (docs/training.md has the measurements)
-DEMO_EPOCHS = 6
-DEMO_BATCH = 64
-DEMO_LR = 3e-3
-DEMO_BASELINES = ((8, 2, 32), (16, 3, 48), (32, 4, 64))
-
-
-def parse_config_triple(text: str) -> tuple[int, int, int]:
-    """``"16,3,48"`` -> ``(16, 3, 48)`` (tokens, depth, width)."""
-    try:
-        vals = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 3:
-        raise ValueError(f"a configuration is TOKENS,DEPTH,WIDTH like 16,3,48; got {text!r}")
-    return vals  # type: ignore[return-value]
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["embed_dim=96", "token_grans=[8,16,32]"]`` -> a dict (values parsed as JSON when possible)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE (a model config field), got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def _add_train_options(p, epochs_default: int, lr_default: float = 2e-3, augment_default: bool = True,
-                       batch_default: int = 128):
-    """Options shared by train and demo; returns the "run" argument group for more options."""
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="fashion_mnist",
-                   help="fashion_mnist (Debian dataset-fashion-mnist), imagefolder (needs --data-dir with "
-                        "train/<class>/ and val/<class>/) or digits (sklearn, 8x8); default: fashion_mnist")
-    g.add_argument("--data-dir", default=None, help="dataset root (Fashion-MNIST IDX files or an ImageFolder tree)")
-    g.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
-    g.add_argument("--train-subset", type=int, default=None, help="train on a fixed random subset of N images")
-    g.add_argument("--val-subset", type=int, default=None, help="evaluate on a fixed random subset of N images")
-    if augment_default:
-        g.add_argument("--no-augment", dest="augment", action="store_false",
-                       help="turn off the random crop (padding 2) + horizontal flip augmentation")
-    else:
-        g.add_argument("--augment", dest="augment", action="store_true",
-                       help="turn on random crop (padding 2) + horizontal flip (off in the short demo schedule)")
-    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=epochs_default, help=f"training epochs (default {epochs_default})")
-    g.add_argument("--batch-size", type=int, default=batch_default, help=f"images per step (default {batch_default})")
-    g.add_argument("--lr", type=float, default=lr_default, help=f"peak AdamW learning rate (default {lr_default:g})")
-    g.add_argument("--min-lr", type=float, default=2e-5, help="final learning rate of the cosine (default 2e-5)")
-    g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default 0.05)")
-    g.add_argument("--warmup-steps", type=int, default=200, help="linear warm-up steps (default 200)")
-    g.add_argument("--grad-clip", type=float, default=3.0, help="max gradient norm, 0 = off (default 3.0)")
-    g.add_argument("--accum-steps", type=int, default=1,
-                   help="gradient accumulation: micro-batches per optimizer step (default 1); --batch-size stays "
-                        "the global batch per step")
-    g.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the weights, 0 = off (default 0.999)")
-    g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing (default 0)")
-    g.add_argument("--depth-weighting", choices=("linear", "uniform"), default="linear",
-                   help="weights of the per-block read-outs: linear (i+1)/L or uniform (default linear)")
-    g.add_argument("--token-weights", default=None,
-                   help="comma-separated weight per token granularity, e.g. 1,1,1,2 (default: uniform)")
-    g.add_argument("--no-width-sampling", action="store_true",
-                   help="train at full width only instead of one random trained width per sample")
-    g.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
-    g = p.add_argument_group("run")
-    g.add_argument("--out", default="runs", help="parent directory of run directories (default runs)")
-    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return g
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser(
-        "train", help="train an AdaPerceiver jointly over tokens x depth x width (or a static baseline)",
-        description="Train one adaptive model with the joint objective: one backbone pass per batch at the maximum "
-                    "token count, a read-out for every token granularity and every block, one FFN width per sample. "
-                    "Writes RUN_DIR=OUT/NAME with model.safetensors + config.json (load with "
-                    "adaperceiver.from_pretrained(RUN_DIR)), metrics.csv and resumable checkpoints.")
-    g = p.add_argument_group("model")
-    g.add_argument("--task", default="classification", help="registered task (default classification)")
-    g.add_argument("--model", default="adaperceiver_tiny", help="model preset (default adaperceiver_tiny)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a model config field, e.g. --set embed_dim=96 --set token_grans=[8,16,32]")
-    g.add_argument("--static", default=None, metavar="TOKENS,DEPTH,WIDTH",
-                   help="train a static baseline: the same architecture fixed at one configuration, e.g. 16,3,48")
-    g.add_argument("--init-from", default=None, metavar="DIR",
-                   help="start from a trained model directory (parameters with matching name and shape)")
-    g.add_argument("--freeze-backbone", action="store_true",
-                   help="with --init-from: train only the output query/queries, write cross-attention and head")
-    g = _add_train_options(p, epochs_default=5)
-    g.add_argument("--name", default="run", help="run name: the run directory is OUT/NAME (default run)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue OUT/NAME from its last checkpoint with its saved settings (only --max-steps, "
-                        "--device, --num-workers and --no-progress may change); starts fresh when OUT/NAME has no "
-                        "checkpoint yet, so one command line serves torchrun --max-restarts")
-    g.add_argument("--max-steps", type=int, default=None, help="stop (resumably) after this many steps in total")
-    g.add_argument("--export", choices=EXPORT_CHOICES, default="ema",
-                   help="weights written to model.safetensors: ema (default) or raw")
-    g.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: each epoch)")
-    g.add_argument("--log-every", type=int, default=20, help="steps between metrics.csv rows (default 20)")
-    p.set_defaults(func=_cli_train)
-
-    d = sub.add_parser(
-        "demo", help="train adaperceiver_tiny on Fashion-MNIST, sweep every configuration, write a report",
-        description="The whole story in one command (about 6 minutes of training on 2 CPU cores): train "
-                    "adaperceiver_tiny jointly on Fashion-MNIST (Debian package dataset-fashion-mnist), evaluate "
-                    "every (tokens, depth, width) configuration (accuracy, GFLOPs, latency), mark the Pareto "
-                    "front, plot it, and write OUT/NAME/summary.md. With --baselines, also train static models "
-                    "at a few configurations (same data and epochs) and draw them on the plot.")
-    d.add_argument("--name", default="demo", help="run name: everything goes to OUT/NAME (default demo)")
-    d.add_argument("--overwrite", action="store_true", help="delete an existing OUT/NAME first")
-    d.add_argument("--baselines", nargs="*", default=None, metavar="TOKENS,DEPTH,WIDTH",
-                   help="also train static baselines; bare --baselines trains "
-                        + " ".join(",".join(map(str, b)) for b in DEMO_BASELINES) + " (roughly doubles the time)")
-    d.add_argument("--latency-batch-sizes", default="1,64", help="batch sizes for sweep latency (default 1,64)")
-    _add_train_options(d, epochs_default=DEMO_EPOCHS, lr_default=DEMO_LR, augment_default=False,
-                       batch_default=DEMO_BATCH)
-    d.set_defaults(func=_cli_demo)
-
-
-def _config_from_args(args, **extra: Any) -> TrainConfig:
-    tw = tuple(float(v) for v in args.token_weights.split(",")) if args.token_weights else None
-    obj = ObjectiveConfig(depth_weighting=args.depth_weighting, token_weights=tw, label_smoothing=args.label_smoothing,
-                          sample_widths=not args.no_width_sampling)
-    return TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, image_size=args.image_size, train_subset=args.train_subset,
-        val_subset=args.val_subset, augment=args.augment, num_workers=args.num_workers, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, accum_steps=args.accum_steps,
-        ema_decay=args.ema_decay, objective=obj,
-        seed=args.seed, out_dir=args.out, device=args.device, progress=not args.no_progress, **extra)
-
-
-def _cli_train(args) -> int:
-    info = distributed.setup(args.device)  # one process, or a rank of a torchrun launch
-    try:
-        return _train_from_args(args, info)
-    finally:
-        distributed.teardown()
-
-
-def _train_from_args(args, info: distributed.DistInfo) -> int:
-    say = print if info.is_main else (lambda *a, **k: None)
-    if args.resume and last_checkpoint(Path(args.out) / args.name) is not None:
-        run_dir = Path(args.out) / args.name
-        cfg = dataclasses.replace(load_run_config(run_dir), out_dir=args.out, name=args.name, max_steps=args.max_steps,
-                                  device=args.device, num_workers=args.num_workers, progress=not args.no_progress)
-    else:
-        static = parse_config_triple(args.static) if args.static else None
-        obj_static = {"objective": ObjectiveConfig.static(label_smoothing=args.label_smoothing)} if static else {}
-        cfg = _config_from_args(args, task=args.task, model=args.model, model_overrides=parse_overrides(args.overrides),
-                                static=static, init_from=args.init_from, freeze_backbone=args.freeze_backbone,
-                                name=args.name, max_steps=args.max_steps, export=args.export,
-                                checkpoint_every=args.checkpoint_every, log_every=args.log_every)
-        if obj_static:
-            cfg = dataclasses.replace(cfg, **obj_static)
-    try:
-        result = train(cfg, resume=args.resume, dist_info=info)
-    except NonFiniteLossError as e:
-        say(f"adaperceiver train: {e}")
-        return 1
-    procs = f" on {info.world_size} processes" if info.enabled else ""
-    state = (f"finished at step {result.step}{procs}" if result.finished
-             else f"stopped at step {result.step}{procs} (continue with --resume)")
-    say(f"{state}; {result.train_seconds:.0f} s of training; " +
-        ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
-    say(f"run directory: {result.run_dir} (adaperceiver.from_pretrained('{result.run_dir}'))")
-    return 0
-
-
-def train_baseline(base: TrainConfig, config: tuple[int, int, int], latency_batch_size: int = 1) -> dict[str, Any]:
-    """Train a static model at ``config`` with ``base``'s data and schedule; return its plot entry.
-
-    The entry has ``name``, ``acc1`` (validation, exported weights), ``gflops`` per image and
-    ``latency_ms`` (median, batch ``latency_batch_size``), measured like the sweep measures.
-    """
-    from .evaluation import measure_gflops, measure_latency
-
-    t, d, w = config
-    cfg = dataclasses.replace(base, static=config, name=f"{base.name}/baselines/static_t{t}_d{d}_w{w}",
-                              objective=ObjectiveConfig.static(label_smoothing=base.objective.label_smoothing))
-    result = train(cfg)
-    model = result.model
-    return {"name": f"static t{t} d{d} w{w}", "tokens": t, "depth": d, "width": w,
-            "acc1": result.metrics.get("val_acc1", float("nan")),  # percent, like the sweep
-            "gflops": measure_gflops(model, None, None, None),
-            "latency_ms": measure_latency(model, None, None, None, latency_batch_size).median_ms,
-            "train_seconds": round(result.train_seconds, 1), "run_dir": str(result.run_dir)}
-
-
-def _cli_demo(args) -> int:
-    from .evaluation import run_sweep  # written alongside; imported here so train works without it
-
-    sizes = tuple(int(v) for v in args.latency_batch_sizes.split(","))
-    cfg = _config_from_args(args, name=args.name)
-    if cfg.run_dir.exists():
-        if not args.overwrite:
-            raise ValueError(f"{cfg.run_dir} exists; pass --overwrite to replace it or --name to pick another")
-        shutil.rmtree(cfg.run_dir)
-    t0 = time.perf_counter()
-    trainer = Trainer(cfg)
-    result = trainer.fit()
-    baselines = []
-    if args.baselines is not None:
-        specs = [parse_config_triple(s) for s in args.baselines] or list(DEMO_BASELINES)
-        for spec in specs:
-            print(f"training static baseline {spec} ...")
-            baselines.append(train_baseline(cfg, spec, sizes[0]))
-    loader = trainer.val_loader()
-    sweep_dir = cfg.run_dir / "sweep"
-    rows = run_sweep(result.model, loader, sweep_dir, metric=trainer.task.sweep_metric, baselines=baselines or None,
-                     latency_batch_sizes=sizes, progress=cfg.progress)
-    summary = write_summary(cfg, trainer, result, rows, baselines, sweep_dir, sizes, time.perf_counter() - t0)
-    print(summary.read_text())
-    print(f"everything is in {cfg.run_dir}/: summary.md, sweep/sweep.csv, sweep/sweep.json, sweep/pareto.png, "
-          f"metrics.csv, model.safetensors + config.json (adaperceiver.from_pretrained('{cfg.run_dir}'))")
-    return 0
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def write_summary(cfg: TrainConfig, trainer: Trainer, result: TrainResult, rows: Sequence[dict[str, Any]],
-                  baselines: Sequence[dict[str, Any]], sweep_dir: Path, sizes: Sequence[int], wall_s: float) -> Path:
-    """``RUN_DIR/summary.md``: settings, training time, accuracy, the Pareto rows, baselines, file links."""
-    model_cfg = trainer.model.cfg
-    primary = trainer.task.primary_metric
-    lat = [f"latency_ms_b{b}" for b in sizes]
-    lines = [f"# AdaPerceiver run `{cfg.name}`", "",
-             f"- model: `{cfg.model}` ({sum(p.numel() for p in trainer.model.parameters()):,} parameters): "
-             f"embed_dim {model_cfg.embed_dim}, {model_cfg.depth} blocks, token granularities "
-             f"{list(model_cfg.token_grans)}, widths {list(model_cfg.widths)}, patch {model_cfg.patch_size}, "
-             f"image {model_cfg.img_size}",
-             f"- data: `{cfg.dataset}`, {len(trainer.data.train):,} training / "
-             f"{len(trainer.data.val) if trainer.data.val is not None else 0:,} validation images",
-             f"- training: {cfg.epochs} epochs x {trainer.steps_per_epoch} steps, batch {cfg.batch_size}, AdamW lr "
-             f"{cfg.lr:g} (warm-up {cfg.warmup_steps}, cosine), EMA {cfg.ema_decay:g}, seed {cfg.seed}, joint objective "
-             f"(depth weighting {cfg.objective.depth_weighting}, per-sample widths {cfg.objective.sample_widths})",
-             f"- training time: {result.train_seconds:.0f} s; whole command: {wall_s:.0f} s "
-             f"({torch.get_num_threads()} torch threads, device {trainer.device})",
-             f"- final validation (full configuration, {cfg.exported} weights): " +
-             ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()), ""]
-    front = sorted((r for r in rows if r.get("pareto_gflops")), key=lambda r: r["gflops"])
-    if front:
-        cols = ["tokens", "depth", "width", primary, "gflops", *lat]
-        cols = [c for c in cols if c in front[0]]
-        lines += ["## Pareto-optimal configurations (accuracy vs GFLOPs)", "",
-                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in front]
-        lines.append("")
-    if baselines:
-        lines += ["## Static baselines (same data and epochs) vs the one adaptive model", "",
-                  f"| configuration | static {primary} | adaptive {primary} | GFLOPs | static latency_ms (b{sizes[0]}) |",
-                  "|---|---|---|---|---|"]
-        for b in baselines:
-            match = next((r for r in rows if (r.get("tokens"), r.get("depth"), r.get("width")) ==
-                          (b["tokens"], b["depth"], b["width"])), {})
-            lines.append(f"| {b['tokens']},{b['depth']},{b['width']} | {_fmt(b['acc1'])} | "
-                         f"{_fmt(match.get(primary, 'n/a'))} | {_fmt(b['gflops'])} | {_fmt(b['latency_ms'])} |")
-        lines.append("")
-    rel = sweep_dir.relative_to(cfg.run_dir)
-    lines += ["## Files", "", f"- [{rel}/sweep.csv]({rel}/sweep.csv), [{rel}/sweep.json]({rel}/sweep.json): "
-              f"every configuration ({len(rows)} rows)",
-              f"- [{rel}/pareto.png]({rel}/pareto.png): accuracy vs GFLOPs and vs latency", "",
-              f"![Pareto plot]({rel}/pareto.png)", "",
-              "- [metrics.csv](metrics.csv): training curves; [config.json](config.json) + model.safetensors: "
-              f"`adaperceiver.from_pretrained('{cfg.run_dir}')`", ""]
-    path = cfg.run_dir / "summary.md"
-    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines)))
-    return path

@@ -1,0 +1,84 @@
+"""``adaperceiver policy train | eval``: learned per-input configuration policies and their comparators."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from ..adapt.policy import (BASELINES, REWARDS, PolicyTrainConfig, TrainLog, collect_outcomes, configuration_flops,
+                           evaluate_comparators, format_summary, load_policy, save_policy, train_policy, write_results)
+from ..checkpoint import from_pretrained
+from ..evaluation import machine_info
+from .common import load_dataset
+
+def register(sub) -> None:
+    p = sub.add_parser("policy", help="train / evaluate per-input configuration policies",
+                       description="Learned per-input choice of (tokens, depth, width) on a frozen backbone.")
+    psub = p.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+
+    t = psub.add_parser("train", help="REINFORCE policies (one per lambda) against a frozen classifier")
+    t.add_argument("--model", required=True, help="model / run directory")
+    t.add_argument("--dataset", default="fashion-mnist", help="dataset name for adaperceiver.data.get_dataset "
+                   "(name or name:ROOT)")
+    t.add_argument("--split", default="train", help="split the policy learns on")
+    t.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    t.add_argument("--lams", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.4], help="cost weights, one policy each")
+    t.add_argument("--reward", choices=REWARDS, default="ce")
+    t.add_argument("--scale", type=float, default=1.0)
+    t.add_argument("--entropy", type=float, default=0.01)
+    t.add_argument("--baseline", choices=BASELINES, default="ema",
+                   help="ema: EMA of the mean reward; loo: per image, mean reward of its other sampled actions")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="output directory (one sub-directory per lambda)")
+    t.set_defaults(func=_cli_train)
+
+    e = psub.add_parser("eval", help="compare policies with fixed configurations, early exit and the oracle")
+    e.add_argument("--model", required=True, help="model / run directory")
+    e.add_argument("--policies", nargs="*", default=[], help="policy directories (from 'policy train')")
+    e.add_argument("--dataset", default="fashion-mnist")
+    e.add_argument("--split", default="test")
+    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--taus", type=float, nargs="*", default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999])
+    e.add_argument("--latency-batch-sizes", type=int, nargs="*", default=[1, 64],
+                   help="batch sizes to time every method at (none: skip timing)")
+    e.add_argument("--latency-images", type=int, default=128)
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=_cli_eval)
+
+
+def _cli_train(args) -> int:
+    model = from_pretrained(args.model)
+    outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split), limit=args.limit)
+    cost = configuration_flops(model, outcomes.space)
+    out = Path(args.out)
+    for lam in args.lams:
+        cfg = PolicyTrainConfig(lam=lam, reward=args.reward, scale=args.scale, entropy=args.entropy, epochs=args.epochs,
+                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, baseline=args.baseline)
+        log = TrainLog()
+        policy = train_policy(model, outcomes, cost, cfg, log=log)
+        d = save_policy(policy, out / f"lam{lam:g}", extra={"lam": lam, "train": asdict(cfg), "model": str(args.model),
+                                                           "dataset": args.dataset, "split": args.split,
+                                                           "num_images": len(outcomes)})
+        print(f"lam={lam:g}: train acc of chosen configs {100 * log.accuracy[-1]:.1f}%, "
+              f"normalised cost {log.mean_cost[-1]:.3f} -> {d}")
+    return 0
+
+
+def _cli_eval(args) -> int:
+    model = from_pretrained(args.model)
+    policies = {}
+    for d in args.policies:
+        pol, meta = load_policy(d)
+        policies[f"lam={meta.get('lam', Path(d).name)}"] = pol
+    space = next(iter(policies.values())).space if policies else None
+    outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split), space, limit=args.limit)
+    cost = configuration_flops(model, outcomes.space)
+    result = evaluate_comparators(model, outcomes, cost, policies, args.taus, args.latency_batch_sizes,
+                                  latency_images=args.latency_images)
+    write_results(result, args.out, meta={"model": str(args.model), "dataset": args.dataset, "split": args.split,
+                                          "machine": machine_info()})
+    print(format_summary(result))
+    return 0

@@ -1,0 +1,57 @@
+"""``adaperceiver sweep``: metric, GFLOPs and latency of every configuration of a trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import DataLoader, Subset
+
+from ..checkpoint import from_pretrained, load_meta
+from ..evaluation import format_table, run_sweep
+from .common import load_dataset, parse_batch_sizes
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="evaluate a trained model at every (tokens, depth, width): metric, GFLOPs, latency, Pareto plot",
+        description="Evaluate a trained model over its whole configuration grid (token granularities x depths "
+        "x widths) and write sweep.csv, sweep.json and pareto.png. Accuracy for all tokens and depths at one "
+        "width comes from one anytime pass per batch; GFLOPs are counted with torch.utils.flop_counter; latency "
+        "is the median over repeats of the model alone at the stated batch sizes.",
+    )
+    p.add_argument("--model", required=True, help="model / run directory (loaded with adaperceiver.from_pretrained)")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="dataset: fashion-mnist, digits or imagefolder:PATH (default: fashion-mnist)")
+    p.add_argument("--split", default="test", help="dataset split to evaluate (default: test)")
+    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/sweep)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    p.add_argument("--latency-batch-sizes", default="1,64",
+                   help="comma-separated batch sizes to time every configuration at (default: 1,64)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--metric", default=None,
+                   help="metric name (default: the model's task: classification, segmentation or depth)")
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_cli_sweep)
+
+
+def _cli_sweep(args) -> int:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    sizes = parse_batch_sizes(args.latency_batch_sizes)
+    model = from_pretrained(args.model, map_location=args.device or "cpu")
+    data = load_dataset(args.data, args.split)
+    if args.limit is not None:
+        data = Subset(data, range(min(args.limit, len(data))))
+    loader = DataLoader(data, batch_size=args.batch_size, shuffle=False)
+    out = Path(args.out) if args.out else Path(args.model) / "sweep"
+    if args.metric is None:  # the task the model was saved as
+        arch = load_meta(args.model).get("architecture")
+        args.metric = arch if arch in ("segmentation", "depth") else "classification"
+    rows = run_sweep(model, loader, out, metric=args.metric, latency_batch_sizes=sizes,
+                     progress=not args.no_progress, device=args.device)
+    print(format_table(rows, sizes))
+    print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, {out / 'pareto.png'}")
+    return 0

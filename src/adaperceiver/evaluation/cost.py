@@ -1,0 +1,198 @@
+"""Cost of a configuration: FLOPs (one counter), wall-clock time (one timer), active parameters.
+
+FLOP counting uses ``torch.utils.flop_counter``, made to see attention on every device.
+
+PyTorch's counter has formulas for the CUDA attention kernels but not for the CPU flash kernel
+(``aten._scaled_dot_product_flash_attention_for_cpu``), so attention would count as zero on CPU.
+We register the standard formula for it here: ``QK^T`` and ``PV`` are each ``2*B*H*Lq*Lk*E``
+multiply-adds counted as FLOPs. A masked kernel still computes every score, so masks do not
+reduce the count (nor the time): fewer tokens means a shorter sequence, which does.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    b, h, lq, e = query_shape
+    lk, ev = key_shape[-2], value_shape[-1]
+    return 2 * b * h * lq * lk * e + 2 * b * h * lq * lk * ev
+
+
+# the counter hands formulas the *shapes* of tensor arguments
+def _cpu_flash_forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return _sdpa_flops(query, key, value)
+
+
+def _cpu_flash_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return 2 * _sdpa_flops(query, key, value)  # dQ, dK, dV, dP: twice the forward
+
+
+def custom_formulas() -> dict[Any, Callable[..., int]]:
+    """Formulas for attention kernels the stock counter misses (those present in this torch build)."""
+    aten = torch.ops.aten
+    table = {}
+    for name, fn in (("_scaled_dot_product_flash_attention_for_cpu", _cpu_flash_forward),
+                     ("_scaled_dot_product_flash_attention_for_cpu_backward", _cpu_flash_backward)):
+        if hasattr(aten, name):
+            table[getattr(aten, name)] = fn
+    return table
+
+
+def flop_counter() -> FlopCounterMode:
+    """A ``FlopCounterMode`` (no printing) that also counts CPU attention."""
+    return FlopCounterMode(display=False, custom_mapping=custom_formulas())
+
+
+def count_flops(model: nn.Module, *args: Any, **kwargs: Any) -> int:
+    """Total forward FLOPs of ``model(*args, **kwargs)``.
+
+    Runs with autograd enabled (FLOPs of the forward are the same), because the counter's module
+    tracker fails on parameter views created under ``no_grad``.
+    """
+    with torch.enable_grad(), flop_counter() as counter:
+        model(*args, **kwargs)
+    return int(counter.get_total_flops())
+
+
+def flops_by_op(model: nn.Module, *args: Any, **kwargs: Any) -> dict[str, int]:
+    with torch.enable_grad(), flop_counter() as counter:
+        model(*args, **kwargs)
+    return {str(k): int(v) for k, v in counter.get_flop_counts()["Global"].items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# wall-clock timing of model calls: warm-up, repeats, median, device synchronisation
+@dataclass
+class Timing:
+    median_ms: float
+    min_ms: float
+    iqr_ms: float
+    repeats: int
+    batch_size: int
+
+    @property
+    def throughput(self) -> float:
+        """Images per second at the median latency."""
+        return 1000.0 * self.batch_size / self.median_ms
+
+
+def _sync(device: torch.device | str | None) -> None:
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_call(fn: Callable[[], object], batch_size: int, warmup: int = 3, repeats: int = 10,
+              device: torch.device | str | None = None, min_seconds: float = 0.0) -> Timing:
+    """Time ``fn()`` (which should run the model alone, on ready inputs).
+
+    Runs ``warmup`` untimed calls, then at least ``repeats`` timed calls (more until ``min_seconds``
+    have passed), and reports the median and spread in milliseconds per call.
+    """
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start) < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    q = statistics.quantiles(times, n=4) if len(times) >= 4 else [min(times), 0, max(times)]
+    return Timing(statistics.median(times), min(times), q[2] - q[0], len(times), batch_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# one configuration: active parameters, latency, GFLOPs; where it was measured
+def _mlp_units(mlp: nn.Module) -> int:
+    """Parameters that one FFN hidden unit owns: a row of fc1 (+ bias) and a column of fc2."""
+    return mlp.fc1.in_features + (1 if mlp.fc1.bias is not None else 0) + mlp.fc2.out_features
+
+
+def active_parameters(model: nn.Module, tokens: int | None, depth: int | None, width: int | None) -> int:
+    """Parameters used by ``model(x, tokens, depth, width)``.
+
+    Blocks past ``depth`` and FFN hidden units past ``int(width * ffn_ratio)`` are not counted;
+    the token count changes no parameter (latents are copies of one learned vector) but is checked.
+    """
+    model.resolve_tokens(tokens)
+    d = model.resolve_depth(depth)
+    hidden, _ = model.resolve_width(width, 1)
+    total = sum(p.numel() for p in model.parameters())
+    for i, blk in enumerate(model.blocks):
+        if i >= d:
+            total -= sum(p.numel() for p in blk.parameters())
+        elif hidden is not None and hidden < blk.mlp.hidden_dim:
+            total -= (blk.mlp.hidden_dim - hidden) * _mlp_units(blk.mlp)
+    return total
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _image_shape(model: nn.Module, img_size: int | Sequence[int] | None) -> tuple[int, int, int]:
+    cfg = model.cfg
+    if img_size is None:
+        h = w = cfg.img_size
+    elif isinstance(img_size, int):
+        h = w = img_size
+    else:
+        h, w = (int(s) for s in img_size)
+    return cfg.in_chans, h, w
+
+
+def measure_latency(model: nn.Module, tokens: int | None, depth: int | None, width: int | None, batch_size: int,
+                    img_size: int | Sequence[int] | None = None, device: torch.device | str | None = None, *,
+                    warmup: int = 3, repeats: int = 10, min_seconds: float = 0.0) -> Timing:
+    """Median latency of ``model(x, tokens, depth, width)`` on a ready random batch.
+
+    The model alone is timed, in eval mode, under no_grad, with the input already on ``device``
+    (default: the model's); the model's train/eval mode is restored afterwards.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device) if device is not None else model_device(model)
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(batch_size, *_image_shape(model, img_size), device=device, dtype=dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return time_call(lambda: model(x, tokens=tokens, depth=depth, width=width), batch_size,
+                             warmup=warmup, repeats=repeats, device=device, min_seconds=min_seconds)
+    finally:
+        model.train(was_training)
+
+
+def measure_gflops(model: nn.Module, tokens: int | None, depth: int | None, width: int | None,
+                   img_size: int | Sequence[int] | None = None, device: torch.device | str | None = None) -> float:
+    """GFLOPs per image of one configuration (``torch.utils.flop_counter``, batch of one)."""
+    device = torch.device(device) if device is not None else model_device(model)
+    x = torch.zeros(1, *_image_shape(model, img_size), device=device, dtype=next(model.parameters()).dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        return count_flops(model, x, tokens=tokens, depth=depth, width=width) / 1e9
+    finally:
+        model.train(was_training)
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a measurement ran: platform, processor, CPU count, torch version and threads."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}

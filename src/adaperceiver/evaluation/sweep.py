@@ -1,0 +1,196 @@
+"""Configuration sweeps: metric, FLOPs, latency and active parameters of every (tokens, depth, width).
+
+One trained AdaPerceiver is evaluated over its whole grid (``cfg.trained_grans`` x depths ``1..L`` x
+``cfg.widths``). The metric of every token count and depth at one width comes from a single
+``forward_anytime`` pass per batch, so a sweep costs ``len(widths)`` passes over the data, not one
+per configuration. Cost is measured, not estimated: FLOPs with ``torch.utils.flop_counter``
+(:func:`adaperceiver.evaluation.cost.count_flops`), latency with :func:`adaperceiver.evaluation.cost.time_call` on the
+model alone (eval mode, no_grad, inputs already on the device, stated batch sizes).
+
+Metrics are pluggable (:mod:`adaperceiver.evaluation.metrics`): an accumulator has
+``update(pred, target)`` and ``compute() -> dict`` and says which key is primary and whether higher
+is better; :func:`~adaperceiver.evaluation.metrics.register_metric` adds a factory under a name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .cost import active_parameters, machine_info, measure_gflops, measure_latency, model_device
+from .metrics import MetricAccumulator, get_metric
+from .reports import plot_pareto
+
+
+# --------------------------------------------------------------------------------------------------
+# Pareto front, parameters, latency
+def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool = True) -> list[bool]:
+    """Flag the Pareto-optimal points of ``(cost, value)`` pairs (lower cost is better).
+
+    A point is on the front unless another point costs no more and is at least as good, with one
+    of the two strictly better. Exact duplicates of a front point are all on the front.
+    """
+    pts = [(float(c), float(v) if higher_is_better else -float(v)) for c, v in points]
+    flags = []
+    for i, (c, v) in enumerate(pts):
+        dominated = any(c2 <= c and v2 >= v and (c2 < c or v2 > v) for j, (c2, v2) in enumerate(pts) if j != i)
+        flags.append(not dominated)
+    return flags
+
+
+
+# --------------------------------------------------------------------------------------------------
+# the sweep
+@dataclass(frozen=True)
+class SweepConfig:
+    tokens: int
+    depth: int
+    width: int
+
+
+def grid(model: nn.Module) -> list[SweepConfig]:
+    """The trained configuration grid: granularities x depths 1..L x widths."""
+    cfg = model.cfg
+    return [SweepConfig(t, d, w) for t in cfg.trained_grans for d in range(1, len(model.blocks) + 1)
+            for w in cfg.widths]
+
+
+def _progress(it: Iterable, enabled: bool, **kw: Any) -> Iterable:
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, **kw)
+
+
+def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(batch, Mapping):
+        return batch["image"], batch["label"]
+    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise ValueError("the loader must yield (images, targets) pairs or dicts with 'image' and 'label'")
+
+
+@torch.no_grad()
+def evaluate_grid(model: nn.Module, loader: Iterable, metric: str = "classification", *,
+                  metric_kwargs: dict[str, Any] | None = None, device: torch.device | str | None = None,
+                  progress: bool = True) -> tuple[dict[SweepConfig, dict[str, float]], MetricAccumulator, tuple[int, ...], int]:
+    """Metric of every grid configuration, one ``forward_anytime`` pass per batch and width.
+
+    Returns ``(results, an accumulator (for primary / direction), image shape (C, H, W), images seen)``.
+    """
+    factory = get_metric(metric)
+    device = torch.device(device) if device is not None else model_device(model)
+    cfg = model.cfg
+    grans = cfg.trained_grans
+    depths = tuple(range(1, len(model.blocks) + 1))
+    accs = {c: factory(model, **(metric_kwargs or {})) for c in grid(model)}
+    was_training = model.training
+    model.eval()
+    seen, shape = 0, None
+    try:
+        for w in cfg.widths:
+            n_w = 0
+            for batch in _progress(loader, progress, desc=f"sweep width {w}", leave=False):
+                x, y = _split_batch(batch)
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                out = model.forward_anytime(x, width=w, token_counts=grans, depths=depths)
+                for i, d in enumerate(out.depths):
+                    for j, t in enumerate(out.tokens):
+                        accs[SweepConfig(t, d, w)].update(out.outputs[i, j], y)
+                n_w += x.shape[0]
+                shape = tuple(x.shape[1:])
+            if not n_w:
+                raise ValueError("the loader yielded no batches: nothing to evaluate")
+            seen = n_w
+    finally:
+        model.train(was_training)
+    results = {c: a.compute() for c, a in accs.items()}
+    return results, next(iter(accs.values())), shape, seen
+
+
+def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *, metric: str = "classification",
+              baselines: Sequence[Mapping[str, Any]] | None = None, latency_batch_sizes: Sequence[int] = (1, 64),
+              progress: bool = True, device: torch.device | str | None = None,
+              metric_kwargs: dict[str, Any] | None = None, latency_warmup: int = 3,
+              latency_repeats: int = 10) -> list[dict[str, Any]]:
+    """Evaluate ``model`` at every (tokens, depth, width) of its grid; write CSV, JSON and a Pareto plot.
+
+    Each row has ``tokens, depth, width, hidden`` (FFN units), the metric's values, ``gflops``
+    (per image), ``params`` (active), for every batch size ``b`` ``latency_ms_b{b}`` (median per
+    batch) and ``throughput_b{b}`` (images/s), and the Pareto flags ``pareto_gflops`` and
+    ``pareto_latency_b{b}`` (primary metric vs that cost). ``out_dir=None`` writes nothing.
+    """
+    bss = tuple(int(b) for b in latency_batch_sizes)
+    if any(b < 1 for b in bss):
+        raise ValueError(f"latency batch sizes must be >= 1, got {list(latency_batch_sizes)}")
+    device = torch.device(device) if device is not None else model_device(model)
+    model.to(device)
+    results, acc, shape, seen = evaluate_grid(model, loader, metric, metric_kwargs=metric_kwargs, device=device,
+                                              progress=progress)
+    img = shape[1:] if shape is not None and len(shape) == 3 else None
+    rows: list[dict[str, Any]] = []
+    for c in _progress(grid(model), progress, desc="cost (FLOPs, latency)", leave=False):
+        hidden, _ = model.resolve_width(c.width, 1)
+        row: dict[str, Any] = {"tokens": c.tokens, "depth": c.depth, "width": c.width,
+                               "hidden": hidden if hidden is not None else model.cfg.mlp_hidden}
+        row.update(results[c])
+        row["gflops"] = measure_gflops(model, c.tokens, c.depth, c.width, img, device)
+        if hasattr(model, "backbone"):  # task models (segmentation / depth): the encoder's share without the head
+            row["encoder_gflops"] = measure_gflops(model.backbone, c.tokens, c.depth, c.width, img, device)
+        row["params"] = active_parameters(model, c.tokens, c.depth, c.width)
+        for b in bss:
+            t = measure_latency(model, c.tokens, c.depth, c.width, b, img, device,
+                                warmup=latency_warmup, repeats=latency_repeats)
+            row[f"latency_ms_b{b}"] = t.median_ms
+            row[f"throughput_b{b}"] = t.throughput
+        rows.append(row)
+    mark_pareto(rows, acc.primary, acc.higher_is_better, bss)
+    if out_dir is not None:
+        meta = {"metric": metric, "primary": acc.primary, "higher_is_better": acc.higher_is_better,
+                "num_images": seen, "image_shape": list(shape) if shape else None,
+                "latency_batch_sizes": list(bss), "latency": {"warmup": latency_warmup, "repeats": latency_repeats,
+                                                              "statistic": "median ms per batch"},
+                "device": str(device), "machine": machine_info(), "model": model.cfg.to_dict(),
+                "baselines": [dict(b) for b in baselines or ()]}
+        write_sweep(rows, out_dir, meta)
+        plot_pareto(rows, Path(out_dir) / "pareto.png", acc.primary, acc.higher_is_better,
+                    latency_batch_size=bss[0] if bss else None, baselines=baselines)
+    return rows
+
+
+def mark_pareto(rows: list[dict[str, Any]], primary: str, higher_is_better: bool, batch_sizes: Sequence[int]) -> None:
+    """Add ``pareto_gflops`` and ``pareto_latency_b{b}`` flags to sweep rows, in place."""
+    costs = {"pareto_gflops": "gflops", **{f"pareto_latency_b{b}": f"latency_ms_b{b}" for b in batch_sizes}}
+    for flag, key in costs.items():
+        front = pareto_front([(r[key], r[primary]) for r in rows], higher_is_better)
+        for r, f in zip(rows, front):
+            r[flag] = f
+
+
+def write_sweep(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, meta: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write ``sweep.csv`` (rows) and ``sweep.json`` (``meta`` + rows)."""
+    if not rows:
+        raise ValueError("no sweep rows to write")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = list(rows[0])
+    csv_path, json_path = out / "sweep.csv", out / "sweep.json"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    json_path.write_text(json.dumps({**meta, "rows": list(rows)}, indent=1) + "\n")
+    return csv_path, json_path
+
+
+__all__ = ["SweepConfig", "evaluate_grid", "grid", "mark_pareto", "pareto_front", "run_sweep", "write_sweep"]

@@ -1,0 +1,22 @@
+"""The networks: layers and masks, the AdaPerceiver model (with slim), dense heads, a static ViT, presets.
+
+This package imports nothing else from the library.
+"""
+
+from .adaperceiver import (
+    AdaPerceiver,
+    AdaPerceiverClassifier,
+    AdaPerceiverConfig,
+    AdaPerceiverDense,
+    AnytimeOutput,
+    EarlyExitOutput,
+    Features,
+    build_model,
+)
+from .presets import create_model, list_models, preset_config
+from .slim import slim
+
+__all__ = [
+    "AdaPerceiver", "AdaPerceiverClassifier", "AdaPerceiverConfig", "AdaPerceiverDense", "AnytimeOutput",
+    "EarlyExitOutput", "Features", "build_model", "create_model", "list_models", "preset_config", "slim",
+]

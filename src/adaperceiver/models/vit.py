@@ -1,0 +1,96 @@
+"""A static (non-adaptive) ViT: the simplest strong teacher to train for distillation.
+
+It offers the trainable-model interface of the adaptive models with a single read-out, so the one
+training engine trains it; :mod:`adaperceiver.training.teachers` wraps it as a teacher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from .adaperceiver import AnytimeOutput
+from .layers import Block, PatchEmbed, hidden_units, layer_norm, trunc_normal_init
+
+
+@dataclass
+class ViTConfig:
+    img_size: int = 28
+    patch_size: int = 4
+    in_chans: int = 1
+    embed_dim: int = 128
+    depth: int = 6
+    num_heads: int = 4
+    mlp_ratio: float = 3.0
+    num_classes: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # what the training objective reads from a model config (one fixed configuration)
+    @property
+    def num_latents(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def token_grans(self) -> tuple[int, ...]:
+        return (self.num_latents,)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (self.embed_dim,)
+
+
+class StaticViT(nn.Module):
+    """Plain ViT over patch tokens (no latents, no adaptivity), mean-pooled to logits.
+
+    ``forward_features`` returns the final patch tokens, which serve as the teacher's features.
+    It offers the trainable-model interface with a single read-out (``forward_anytime``), so the
+    shared training engine trains it with ``ObjectiveConfig.static()``.
+    """
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d, mlp_hidden=None)
+        hidden = hidden_units(d, cfg.mlp_ratio)
+        self.blocks = nn.ModuleList(Block(d, cfg.num_heads, hidden, ls_init=None) for _ in range(cfg.depth))
+        self.norm = layer_norm(d)
+        self.head = nn.Linear(d, cfg.num_classes)
+        trunc_normal_init(self)
+        nn.init.trunc_normal_(self.patch_embed.pos_embed, std=0.02, a=-0.04, b=0.04)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        z, _ = self.patch_embed(x)
+        for blk in self.blocks:
+            z = blk(z, rope=None)
+        return self.norm(z)
+
+    def forward_head(self, feats: Tensor) -> Tensor:
+        return self.head(feats.mean(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    def forward_anytime(self, x: Tensor, tokens=None, width=None, depths=None, token_counts=None) -> AnytimeOutput:
+        """The one read-out this static model has, in the adaptive models' layout."""
+        if width is not None or (depths is not None and tuple(depths) != (self.num_blocks,)):
+            raise ValueError("StaticViT has a single configuration: train it with ObjectiveConfig.static()")
+        return AnytimeOutput(self(x)[None, None], (self.num_blocks,), (self.cfg.num_latents,))
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"architecture": "static_vit"}
+
+
+def build_architecture(name: str, cfg: None, meta: dict[str, Any]) -> StaticViT:
+    """Rebuild a saved static ViT (``checkpoint.from_pretrained`` calls this)."""
+    if name != "static_vit":
+        raise ValueError(f"adaperceiver.models.vit builds 'static_vit', not {name!r}")
+    return StaticViT(ViTConfig(**meta["model"]))

@@ -1,0 +1,97 @@
+"""Image classification: Fashion-MNIST, ImageFolder trees, digits; CE on every read-out, top-1 accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..checkpoint import load_matching
+from ..data import RandomCropFlip, get_dataset
+from ..losses import cross_entropy
+from ..models.adaperceiver import build_model
+from ..models.presets import preset_config
+from ..training.config import TaskData, TaskSpec, TrainConfig
+
+
+def _classification_data(cfg: TrainConfig) -> TaskData:
+    # image folders load grey or RGB to match the model (--set in_chans=1); other sets have fixed channels
+    kw = dict(root=cfg.data_dir, image_size=cfg.image_size, in_chans=cfg.model_overrides.get("in_chans"))
+    train = get_dataset(cfg.dataset, "train", subset=cfg.train_subset, **kw)
+    val = get_dataset(cfg.dataset, "val", subset=cfg.val_subset, **kw)
+    return TaskData(train, val, len(train.classes), train.in_chans, train.img_size, tuple(train.classes))
+
+
+def adapt_model_config(cfg: TrainConfig, data: TaskData, task: str = "classification"):
+    """The preset's config with the data's classes / channels / image size and the user's overrides.
+
+    With ``cfg.static = (tokens, depth, width)`` it is the config of that fixed configuration.
+    """
+    values = dict(num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size, task=task)
+    mcfg = preset_config(cfg.model, **{**values, **cfg.model_overrides})
+    if mcfg.img_size % mcfg.patch_size:
+        raise ValueError(f"image size {mcfg.img_size} is not a multiple of the patch size {mcfg.patch_size}; "
+                         f"pass --image-size or --set patch_size=...")
+    return mcfg.static_config(*cfg.static) if cfg.static else mcfg
+
+
+def _classification_model(cfg: TrainConfig, data: TaskData) -> nn.Module:
+    model = build_model(adapt_model_config(cfg, data))
+    if cfg.init_from:  # copy every parameter whose name and shape match (e.g. all but a new head)
+        load_matching(model, cfg.init_from)
+    return model
+
+
+def _classification_loss(cfg: TrainConfig) -> Callable[[Tensor, Tensor], Tensor]:
+    return cross_entropy(cfg.objective.label_smoothing)
+
+
+@torch.no_grad()
+def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.device) -> dict[str, float]:
+    """Top-1 (``acc1``) and, with more than five classes, top-5 (``acc5``) accuracy in percent, and the
+    mean cross-entropy (``loss``), at the full configuration (the same scale as the sweep's rows)."""
+    was_training = model.training
+    model.eval()
+    correct1, correct5, loss, count, classes = 0, 0, 0.0, 0, 0
+    for images, targets in loader:
+        images, targets = images.to(device), targets.to(device)
+        logits = model(images).float()
+        classes = logits.shape[-1]
+        loss += float(F.cross_entropy(logits, targets, reduction="sum"))
+        hits = logits.topk(min(5, classes), dim=-1).indices == targets[:, None]
+        correct1 += int(hits[:, 0].sum())
+        correct5 += int(hits.any(-1).sum())
+        count += targets.numel()
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("the evaluation loader yielded no samples")
+    out = {"acc1": 100.0 * correct1 / count}
+    if classes > 5:
+        out["acc5"] = 100.0 * correct5 / count
+    out["loss"] = loss / count
+    return out
+
+
+def _classification_augment(cfg: TrainConfig):
+    if cfg.crop_padding <= 0 and not cfg.hflip:
+        return None
+    crop = RandomCropFlip(padding=cfg.crop_padding, flip=cfg.hflip)
+    return lambda images, targets, gen: (crop(images, gen), targets)
+
+
+CLASSIFICATION = TaskSpec(
+    name="classification",
+    build_data=_classification_data,
+    build_model=_classification_model,
+    make_loss=_classification_loss,
+    evaluate=evaluate_classification,
+    make_augment=_classification_augment,
+    primary_metric="acc1",
+    sweep_metric="classification",
+    description="image classification (Fashion-MNIST, ImageFolder, digits); CE on every read-out, top-1 accuracy",
+)
+
+
+__all__ = ["CLASSIFICATION", "adapt_model_config", "evaluate_classification"]
