@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import read_state_dict, save_state_dict, write_json
 from ..evaluation.cost import count_flops, flop_counter
+from ..evaluation.reports import new_figure, save_figure
 from ..evaluation.sweep import pareto_front
 from ..models.adaperceiver import AdaPerceiver, AdaPerceiverClassifier
 
@@ -599,12 +600,8 @@ def write_results(result: Mapping[str, Any], out_dir: str | Path, meta: Mapping[
 
 
 def plot_comparators(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = new_figure(figsize=(7, 5))
+    ax = fig.subplots()
     fixed = [r for r in rows if r["method"] == "fixed"]
     ax.scatter([r["gflops"] for r in fixed], [r["acc1"] for r in fixed], s=10, color="0.7", label="fixed configurations")
     flags = pareto_front([(r["gflops"], r["acc1"]) for r in fixed])
@@ -648,10 +645,7 @@ def plot_comparators(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def format_summary(result: Mapping[str, Any]) -> str:
