@@ -9,7 +9,6 @@ import pytest
 from adaperceiver import build_model, save_pretrained
 from adaperceiver.adapt.budget import CACHE_NAME, load_rows, machine_key, select_configuration
 from adaperceiver.cli import main
-from conftest import tiny_config
 
 # a made-up sweep over a tiny model: accuracy and cost grow with every axis
 ROWS = [
@@ -26,7 +25,7 @@ def fake_latency(calls):
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(tiny_config):
     return build_model(tiny_config()).eval()
 
 

@@ -11,7 +11,6 @@ from safetensors.torch import save_file
 from adaperceiver import from_pretrained
 from adaperceiver.cli import main as cli_main
 from adaperceiver.reference import config_from_reference, convert_reference_state_dict, load_reference
-from conftest import loud_init
 
 # the reference's flat constructor arguments (as its hub config.json stores them)
 REF_CONFIG = {
@@ -44,7 +43,7 @@ def reference_layout(model):
 
 
 @pytest.fixture
-def model():
+def model(loud_init):
     from adaperceiver import build_model
 
     return loud_init(build_model(config_from_reference(REF_CONFIG))).eval()

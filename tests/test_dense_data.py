@@ -148,11 +148,10 @@ def test_visp_castel_frames_if_extracted():
     assert 0.1 < float(valid.min()) and float(valid.max()) < 1.5  # a table-top scene, metres
 
 
-def test_frozen_backbone_run_through_the_engine(tmp_path):
+def test_frozen_backbone_run_through_the_engine(tmp_path, tiny_config):
     training = pytest.importorskip("adaperceiver.training")
     from adaperceiver import build_model, save_pretrained
     from adaperceiver.tasks import TaskData, get_task
-    from conftest import tiny_config
 
     clf = build_model(tiny_config(num_classes=3))
     save_pretrained(clf, tmp_path / "clf")

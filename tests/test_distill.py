@@ -13,7 +13,6 @@ from adaperceiver.models.vit import StaticViT, ViTConfig
 from adaperceiver.training.distill import FeatureDistillation, FeatureHead, resample_tokens
 from adaperceiver.training.objective import Batch, JointObjective, ObjectiveConfig
 from adaperceiver.training.teachers import CachedTeacher, from_module, from_static_vit, load_teacher, save_vit
-from conftest import loud_init, tiny_config
 
 
 def test_kd_loss_matches_definition():
@@ -46,7 +45,7 @@ def test_feature_loss_and_resampling():
         resample_tokens(torch.ones(1, 10, 3), (3, 3), (2, 2))
 
 
-def test_feature_head_reads_every_prefix_like_a_separate_write():
+def test_feature_head_reads_every_prefix_like_a_separate_write(loud_init, tiny_config):
     model = loud_init(build_model(tiny_config())).eval()
     head = loud_init(FeatureHead(model, teacher_dim=12), seed=3).eval()
     x = torch.randn(2, 3, 16, 16)
@@ -62,7 +61,7 @@ def test_feature_head_reads_every_prefix_like_a_separate_write():
                 torch.testing.assert_close(feats[i, j], want, atol=2e-5, rtol=0)
 
 
-def test_joint_objective_with_kd_and_features_trains_student_not_teacher():
+def test_joint_objective_with_kd_and_features_trains_student_not_teacher(tiny_config):
     torch.manual_seed(0)
     student = build_model(tiny_config()).train()
     vit = StaticViT(ViTConfig(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=1, num_heads=4, num_classes=5))
@@ -86,7 +85,7 @@ def test_joint_objective_with_kd_and_features_trains_student_not_teacher():
     assert float(zero) == 0.0 and m == {}
 
 
-def test_feature_distillation_with_other_teacher_grid_and_channels():
+def test_feature_distillation_with_other_teacher_grid_and_channels(tiny_config):
     student = build_model(tiny_config())
     x = torch.randn(2, 3, 16, 16)
     out = student.forward_anytime(x)

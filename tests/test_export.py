@@ -12,13 +12,12 @@ from adaperceiver import build_model, from_pretrained, save_pretrained
 from adaperceiver.cli import main
 from adaperceiver.export import num_parameters
 from adaperceiver.models.slim import slim
-from conftest import loud_init, tiny_config
 
 ATOL = 1e-5
 
 
 @pytest.fixture(params=["classification", "dense"])
-def model(request):
+def model(request, loud_init, tiny_config):
     m = build_model(tiny_config(task=request.param, num_classes=5 if request.param == "classification" else 6))
     return loud_init(m).eval()
 
@@ -68,7 +67,7 @@ def test_slim_bad_configuration(model, kwargs, match):
         slim(model, **kwargs)
 
 
-def test_slim_compiles_without_graph_breaks():
+def test_slim_compiles_without_graph_breaks(loud_init, tiny_config):
     """fullgraph dynamo capture + AOT autograd (fast); the inductor run is in the slow test below."""
     model = loud_init(build_model(tiny_config())).eval()
     small = slim(model, 12, 2, 24)
@@ -82,7 +81,7 @@ def test_slim_compiles_without_graph_breaks():
 
 @pytest.mark.skipif(not os.environ.get("ADAPERCEIVER_SLOW_TESTS"), reason="inductor compile takes ~30 s on 2 cores; "
                     "set ADAPERCEIVER_SLOW_TESTS=1")
-def test_slim_compiles_with_inductor():
+def test_slim_compiles_with_inductor(loud_init, tiny_config):
     model = loud_init(build_model(tiny_config())).eval()
     small = slim(model, 12, 2, 24)
     torch._dynamo.reset()
@@ -99,7 +98,7 @@ def _optional(name: str):
     return pytest.importorskip(name)
 
 
-def test_onnx_matches_onnxruntime(tmp_path):
+def test_onnx_matches_onnxruntime(tmp_path, loud_init, tiny_config):
     _optional("onnx")
     _optional("onnxscript")
     ort = _optional("onnxruntime")
@@ -118,7 +117,7 @@ def test_onnx_matches_onnxruntime(tmp_path):
         assert abs(y - ref).max() < ATOL
 
 
-def test_export_cli(tmp_path, capsys):
+def test_export_cli(tmp_path, capsys, loud_init, tiny_config):
     model = loud_init(build_model(tiny_config()))
     save_pretrained(model, tmp_path / "run")
     assert main(["export", "--model", str(tmp_path / "run"), "--tokens", "8", "--depth", "2", "--width", "16",
@@ -133,14 +132,15 @@ def test_export_cli(tmp_path, capsys):
     assert "depth must be an int" in capsys.readouterr().err
 
 
-def test_slim_method_and_package_export():
+def test_slim_method_and_package_export(tiny_config):
     import adaperceiver
     from adaperceiver import build_model
-    from conftest import tiny_config
 
     model = build_model(tiny_config()).eval()
     x = torch.randn(2, 3, 16, 16)
     small = model.slim(tokens=8, depth=2, width=16)
-    assert adaperceiver.slim is not None and sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x, tokens=8, depth=2, width=16), atol=1e-5, rtol=0)
+        # the package-level function is the same operation as the method
+        torch.testing.assert_close(adaperceiver.slim(model, 8, 2, 16)(x), small(x), atol=0, rtol=0)

@@ -7,13 +7,12 @@ import torch
 
 from adaperceiver import AdaPerceiverDense, build_model, create_model, list_models, preset_config
 from adaperceiver.models.masks import token_block_mask
-from conftest import loud_init, tiny_config
 
 ATOL = 2e-5
 
 
 @pytest.fixture(params=["classification", "dense"])
-def model(request):
+def model(request, loud_init, tiny_config):
     m = build_model(tiny_config(task=request.param, num_classes=5 if request.param == "classification" else 6))
     return loud_init(m).eval()
 
@@ -113,7 +112,7 @@ def test_each_axis_changes_the_output(model):
             assert (model(x, **kw) - full).abs().max() > 1e-4, kw
 
 
-def test_width_slice_is_a_real_slice():
+def test_width_slice_is_a_real_slice(tiny_config):
     """Inference at a smaller width multiplies by a smaller weight: the FFN FLOPs drop in proportion."""
     from adaperceiver.evaluation.cost import flops_by_op
 
@@ -142,13 +141,13 @@ def test_width_slice_is_a_real_slice():
         (dict(width=[16, 32, 64]), r"width must be an int in \[1, 32\]"),
     ],
 )
-def test_bad_configuration_errors(kwargs, match):
+def test_bad_configuration_errors(kwargs, match, tiny_config):
     model = build_model(tiny_config()).eval()
     with pytest.raises(ValueError, match=match):
         model(torch.randn(3, 3, 16, 16), **kwargs)
 
 
-def test_bad_input_errors():
+def test_bad_input_errors(tiny_config):
     model = build_model(tiny_config()).eval()
     with pytest.raises(ValueError, match="model takes 3-channel images, got 1 channels"):
         model(torch.randn(2, 1, 16, 16))
@@ -158,13 +157,13 @@ def test_bad_input_errors():
         model(torch.randn(3, 16, 16))
 
 
-def test_width_without_hidden_units_is_refused():
+def test_width_without_hidden_units_is_refused(tiny_config):
     model = build_model(tiny_config(embed_dim=32, ffn_ratio=0.1, widths=(16, 32)))
     with pytest.raises(ValueError, match=r"width must be an int in \[10, 32\]"):
         model(torch.randn(1, 3, 16, 16), width=5)
 
 
-def test_config_errors():
+def test_config_errors(tiny_config):
     with pytest.raises(ValueError, match="must include num_latents"):
         tiny_config(token_grans=(4, 8))
     with pytest.raises(ValueError, match="increasing"):
@@ -173,7 +172,7 @@ def test_config_errors():
         tiny_config(task="detection")
 
 
-def test_early_exit_regroups_per_sample():
+def test_early_exit_regroups_per_sample(loud_init, tiny_config):
     model = loud_init(build_model(tiny_config())).eval()
     x = torch.randn(6, 3, 16, 16)
     with torch.no_grad():
@@ -210,7 +209,7 @@ def test_presets():
         create_model("adaperceiver_tiny", num_clases=3)
 
 
-def test_training_step_reaches_every_parameter():
+def test_training_step_reaches_every_parameter(tiny_config):
     model = build_model(tiny_config()).train()
     x = torch.randn(4, 3, 16, 16)
     out = model.forward_anytime(x, width=[16, 24, 32, 32])
@@ -218,7 +217,7 @@ def test_training_step_reaches_every_parameter():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-def test_static_config_same_math():
+def test_static_config_same_math(loud_init, tiny_config):
     model = loud_init(build_model(tiny_config())).eval()
     x = torch.randn(2, 3, 16, 16)
     for t, d, w in [(8, 2, 16), (12, 3, 24), (16, 1, 32)]:
@@ -236,7 +235,7 @@ def test_static_config_same_math():
         model.cfg.static_config(8, 4, 16)
 
 
-def test_anytime_without_block_mask_still_equals_individual_calls():
+def test_anytime_without_block_mask_still_equals_individual_calls(loud_init, tiny_config):
     import dataclasses
 
     model = loud_init(build_model(dataclasses.replace(tiny_config(), latent_mask="none"))).eval()

@@ -11,7 +11,6 @@ from adaperceiver import build_model, save_pretrained
 from adaperceiver.adapt.policy import (ActionSpace, ConfigPolicy, Outcomes, PolicyClassifier, PolicyTrainConfig, TrainLog,
                                  collect_outcomes, configuration_flops, evaluate_comparators, load_policy,
                                  run_from_patches, save_policy, train_policy, write_results)
-from conftest import loud_init, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +23,7 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(loud_init, tiny_config):
     torch.manual_seed(0)
     return loud_init(build_model(tiny_config(depth=2, token_grans=(4, 8, 16), widths=(16, 32)))).eval()
 
