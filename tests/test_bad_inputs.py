@@ -186,7 +186,6 @@ OTHER_ROWS = [
     ("sweep-corrupt-config", ["sweep", "--model", "{root}/corrupt_config", "--data", "digits"], [r"config\.json"]),
     ("sweep-classifier-on-segmentation", ["sweep", "--model", "{root}/tiny", "--data", "fashion_mnist_seg", "--limit", "4"],
      [r"classif", r"segment"]),
-    ("sweep-wrong-image-size", ["sweep", "--model", "{root}/tiny", "--data", "digits", "--limit", "4"], [r"8", r"28"]),
     ("budget-threads-negative", ["budget", "--sweep", "{root}/bad_sweep.json", "--model", "{root}/tiny", "--max-gflops", "1",
                                  "--threads", "-1"], [r"threads", r"-1"]),
     ("budget-corrupt-sweep", ["budget", "--sweep", "{root}/bad_sweep.json", "--model", "{root}/tiny", "--max-gflops", "1"],
