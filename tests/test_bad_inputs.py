@@ -308,7 +308,7 @@ OBJECTIVE_ROWS = [("kd_weight", -1.0), ("ce_weight", -0.5), ("ce_weight", "one")
 
 @pytest.mark.parametrize("field,value", OBJECTIVE_ROWS, ids=[f"{f}={v!r}" for f, v in OBJECTIVE_ROWS])
 def test_objective_config_rows(field, value):
-    from adaperceiver.objective import ObjectiveConfig
+    from adaperceiver.training import ObjectiveConfig
 
     with pytest.raises(ValueError) as info:
         ObjectiveConfig(**{field: value})
@@ -326,7 +326,7 @@ CONVERT_ROWS = [
 
 @pytest.mark.parametrize("ref,patterns", [r[1:] for r in CONVERT_ROWS], ids=[r[0] for r in CONVERT_ROWS])
 def test_conversion_config_rows(ref, patterns):
-    from adaperceiver.convert import config_from_reference
+    from adaperceiver.reference import config_from_reference
 
     with pytest.raises(ValueError) as info:
         config_from_reference(ref)

@@ -207,6 +207,7 @@ def test_resume_accepts_the_options_it_can_change(run):
 
 
 def test_nan_advice_says_what_works(tmp_path):
+    from adaperceiver.tasks import get_task
     from adaperceiver.training import NonFiniteLossError, TrainConfig, Trainer
 
     class NaNAtCall:
@@ -219,7 +220,7 @@ def test_nan_advice_says_what_works(tmp_path):
     cfg = TrainConfig(dataset="digits", train_subset=32, val_subset=16, model_overrides=TINY, epochs=2, batch_size=16,
                       warmup_steps=1, out_dir=str(tmp_path), progress=False)
     with pytest.raises(NonFiniteLossError) as info:
-        Trainer(cfg, extra_losses=[NaNAtCall()]).fit()
+        Trainer(cfg, get_task("classification"), extra_losses=[NaNAtCall()]).fit()
     msg = str(info.value)
     assert "lowering --lr" not in msg and "--" not in msg, msg  # no advice resume cannot follow, no CLI flags
     assert "new run" in msg and "lr" in msg and "init_from" in msg, msg
