@@ -17,6 +17,7 @@ import re
 import secrets
 import socket
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def remove_temporaries(directory: str | Path, recursive: bool = False) -> list[P
     if not directory.is_dir():
         return []
     found = directory.rglob(f".*{TEMP_SUFFIX}") if recursive else directory.glob(f".*{TEMP_SUFFIX}")
-    gone = [p for p in found if p.is_file() and re.fullmatch(r"\..+\.[0-9a-z_]{8}\.tmp", p.name)]
+    gone = [p for p in found if p.is_file() and re.fullmatch(r"\..+\.[0-9A-Za-z_]+\.tmp", p.name)]
     for p in gone:
         p.unlink(missing_ok=True)
     return gone
@@ -116,7 +117,10 @@ class RunLock:
         self.directory = Path(directory)
 
     def acquire(self) -> "RunLock":
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UserError(f"cannot write {self.directory}: it or a parent of it is a file, not a directory") from None
         key = self.directory.resolve()
         if key in _LOCKS:
             _LOCKS[key][1] += 1
@@ -209,7 +213,9 @@ def read_state_dict(path: str | Path, verify: bool = True) -> dict[str, Tensor]:
                             f"(damaged on disk, or edited by hand); to load an edited file anyway pass verify=False")
         return _check_finite(state, path)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file's unpickling warnings would only add noise to the error
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged or foreign pickle
         raise UserError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {first_line(e)})") from None
     for key in ("state_dict", "model", "model_state_dict"):
