@@ -106,7 +106,7 @@ def readout_grid_weights(depths: Sequence[int], tokens: Sequence[int], num_block
     else:
         if len(token_weights) != len(tokens):
             raise ValueError(f"token_weights has {len(token_weights)} entries but the model reads out "
-                             f"{len(tokens)} token counts {list(tokens)}")
+                             f"{len(tokens)} token granularities {list(tokens)}")
         tw = torch.tensor(list(token_weights), dtype=torch.float32)
     w = dw[:, None] * tw[None, :]
     return w / w.sum()

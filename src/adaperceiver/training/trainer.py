@@ -271,6 +271,8 @@ class Trainer:
             for p in self.model.backbone_parameters():
                 p.requires_grad_(False)
         self.objective = JointObjective(cfg.objective, self.task.make_loss(cfg), extra_losses).to(self.device)
+        if cfg.objective.token_weights is not None:  # one weight per read-out granularity: check before training
+            self.objective.weights(self.model)
         self.step_module: nn.Module = StepModule(self.model, self.objective)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
