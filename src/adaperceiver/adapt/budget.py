@@ -42,8 +42,14 @@ def load_rows(sweep: str | Path | Sequence[Mapping[str, Any]]) -> list[Row]:
         if not path.is_file():
             raise FileNotFoundError(f"no sweep file at {path} (expected sweep.json or sweep.csv)")
         if path.suffix == ".json":
-            obj = json.loads(path.read_text())
-            rows = obj["rows"] if isinstance(obj, dict) else obj
+            try:
+                obj = json.loads(path.read_text())
+                rows = obj["rows"] if isinstance(obj, dict) else obj
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"{path} is not a sweep file ({type(e).__name__}: {e}); write it with "
+                                 f"adaperceiver.evaluation.run_sweep") from None
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ValueError(f"{path} is not a sweep file (its rows are not a list of objects)")
         elif path.suffix == ".csv":
             with open(path, newline="") as f:
                 rows = [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
