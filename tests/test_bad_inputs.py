@@ -51,6 +51,7 @@ def files(tmp_path_factory):
     torch.manual_seed(0)
     save_pretrained(create_model("adaperceiver_tiny", **TINY), root / "tiny")  # 28x28 grey, 10 classes
     save_pretrained(create_model("adaperceiver_tiny", **{**TINY, "img_size": 8}), root / "digits_model")
+    save_pretrained(create_model("adaperceiver_tiny", **{**TINY, "img_size": 8, "in_chans": 3}), root / "rgb_model")
     save_pretrained(create_model("adaperceiver_tiny", **{**TINY, "img_size": 8, "embed_dim": 32, "num_heads": 4,
                                                           "widths": (16, 32)}), root / "other_width")
     # config.json variants of the tiny model
@@ -201,6 +202,9 @@ OTHER_ROWS = [
      [r"foreign\.safetensors"]),
     ("convert-missing-config", ["convert", "{root}/foreign.safetensors", "--config", "{root}/nowhere.json", "--out", "{out}/c"],
      [r"nowhere\.json"]),
+    ("distill-teacher-wrong-channels", ["distill", "--teacher", "{root}/rgb_model", "--dataset", "digits",
+                                        "--train-subset", "32", "--batch-size", "16", "--out", "{out}"],
+     [r"rgb_model", r"channel"]),
     ("export-out-is-a-file", ["export", "--model", "{root}/tiny", "--tokens", "4", "--depth", "1", "--width", "8",
                               "--out", "{root}/a_file"], [r"a_file"]),
     ("export-untrained-tokens", ["export", "--model", "{root}/tiny", "--tokens", "99", "--depth", "1", "--width", "8",
@@ -449,3 +453,18 @@ def test_from_pretrained_config_errors_name_the_file(files):
     for name, field in (("float_depth", "depth"), ("string_dim", "embed_dim"), ("zero_heads", "num_heads")):
         with pytest.raises(ValueError, match=rf"config\.json.*{field}"):
             from_pretrained(files / name)
+
+
+def test_budget_refuses_a_sweep_of_other_weights(tmp_path, model):
+    from adaperceiver.adapt.budget import select_configuration
+    from adaperceiver.checkpoint import tensors_digest
+
+    rows = [{"tokens": 4, "depth": 1, "width": 8, "acc1": 50.0, "gflops": 0.001},
+            {"tokens": 8, "depth": 2, "width": 16, "acc1": 60.0, "gflops": 0.002}]
+    (tmp_path / "sweep.json").write_text(json.dumps({"model_sha256": tensors_digest(model.state_dict()), "rows": rows}))
+    assert select_configuration(tmp_path / "sweep.json", model, max_gflops=1.0)["acc1"] == 60.0
+    other = create_model("adaperceiver_tiny", **TINY)  # same shapes ...
+    with torch.no_grad():
+        other.head_fc.bias.add_(0.01)  # ... other weights
+    with pytest.raises(ValueError, match=r"sweep\.json.*other weights"):
+        select_configuration(tmp_path / "sweep.json", other, max_gflops=1.0)
