@@ -8,6 +8,7 @@ digits images, no training beyond a couple of steps).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import struct
@@ -205,6 +206,10 @@ OTHER_ROWS = [
     ("distill-teacher-wrong-channels", ["distill", "--teacher", "{root}/rgb_model", "--dataset", "digits",
                                         "--train-subset", "32", "--batch-size", "16", "--out", "{out}"],
      [r"rgb_model", r"channel"]),
+    ("distill-teacher-module-missing", ["distill", "--teacher", "python:no_such_module:make", "--dataset", "digits",
+                                        "--out", "{out}"], [r"no_such_module"]),
+    ("distill-timm-missing", ["distill", "--teacher", "timm:vit_tiny_patch16_224", "--dataset", "digits", "--out", "{out}"],
+     [r"timm"]),
     ("export-out-is-a-file", ["export", "--model", "{root}/tiny", "--tokens", "4", "--depth", "1", "--width", "8",
                               "--out", "{root}/a_file"], [r"a_file"]),
     ("export-untrained-tokens", ["export", "--model", "{root}/tiny", "--tokens", "99", "--depth", "1", "--width", "8",
@@ -215,6 +220,8 @@ OTHER_ROWS = [
 @pytest.mark.parametrize("argv,patterns", [r[1:] for r in OTHER_ROWS], ids=[r[0] for r in OTHER_ROWS])
 def test_command_rows(argv, patterns, files, tmp_path, capsys, monkeypatch):
     must_not_train(monkeypatch)
+    if "timm:" in " ".join(argv) and importlib.util.find_spec("timm") is not None:
+        pytest.skip("timm is installed here")
     argv = [a.format(root=files, out=tmp_path) for a in argv]
     if argv[0] == "demo":  # a wrong option must be refused before the 6-minute training starts
         argv += ["--dataset", "digits"]
