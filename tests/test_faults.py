@@ -124,12 +124,16 @@ def test_temporary_files_left_by_a_kill_are_removed_on_the_next_run(run):
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
+    from adaperceiver.checkpoint import save_state_dict
+
     old = os.umask(umask)
     try:
         atomic_write(tmp_path / "f.txt", lambda tmp: Path(tmp).write_text("x"))
+        save_state_dict(tmp_path / "w.safetensors", {"a": torch.zeros(2)})  # safetensors recreates its file
     finally:
         os.umask(old)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == mode
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

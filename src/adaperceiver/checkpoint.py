@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .errors import UserError, first_line
-
 from .models import heads, vit
 from .models.adaperceiver import AdaPerceiver, AdaPerceiverConfig, build_model
 
@@ -72,6 +70,7 @@ def atomic_write(path: str | Path, write) -> None:
         tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            mode = tmp.stat().st_mode & 0o777  # 0666 minus the umask
             break
         except FileExistsError:
             continue
@@ -79,6 +78,8 @@ def atomic_write(path: str | Path, write) -> None:
             raise UserError(f"cannot write {path}: {first_line(e)}") from None
     try:
         write(str(tmp))
+        if tmp.stat().st_mode & 0o777 != mode:  # writers that recreate the file (safetensors) use 0600
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except (OSError, SafetensorError) as e:
         raise UserError(f"cannot write {path}: {first_line(e)}; the previous version (if any) is kept") from None
