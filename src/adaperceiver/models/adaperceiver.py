@@ -34,7 +34,7 @@ WidthArg = int | Sequence[int] | Tensor | None
 MODEL_CONFIG_RANGES = {
     "num_classes": ">= 1", "img_size": ">= 1", "patch_size": ">= 1", "in_chans": ">= 1", "embed_dim": ">= 1",
     "depth": ">= 1", "num_heads": ">= 1", "ffn_ratio": "> 0", "mlp_hidden_dim": ">= 1", "num_latents": ">= 1",
-    "max_latents_mult": ">= 1", "token_grans": ">= 1", "widths": ">= 1", "rope_theta": "> 0", "ls_init": "> 0",
+    "max_latents_mult": ">= 1", "token_grans": ">= 1", "widths": ">= 1", "rope_theta": "> 0", "ls_init": ">= 0",
     "latent_std": ">= 0",
 }
 
@@ -60,7 +60,7 @@ class AdaPerceiverConfig:
     rope_theta: float = 10000.0
     qkv_bias: bool = True
     proj_bias: bool = True
-    ls_init: float | None = 1e-5
+    ls_init: float | None = 1e-5  # LayerScale start value; None or 0: no LayerScale
     embed_mlp: bool = True
     head_mlp: bool = False  # LN + MLP before the output (dense default), else a Linear
     latent_std: float = 0.02
