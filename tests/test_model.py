@@ -74,7 +74,7 @@ def test_anytime_subsets_and_errors(model):
         torch.testing.assert_close(out.get(10, 2), model(x, tokens=10, depth=2), atol=ATOL, rtol=0)
     with pytest.raises(KeyError, match="have tokens"):
         out.get(16, 2)
-    with pytest.raises(ValueError, match=r"token_counts must lie in \[1, 10\]"):
+    with pytest.raises(ValueError, match=r"token_counts must be granularities of this 10-token pass \[4, 8, 10\]"):
         model.forward_anytime(x, tokens=10, token_counts=[4, 12])
 
 

@@ -98,7 +98,7 @@ class NaNAtCall:
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
     trainer = Trainer(cfg_for(tmp_path, epochs=3), get_task("classification"), extra_losses=[NaNAtCall(6)])  # 4 steps per epoch
-    with pytest.raises(NonFiniteLossError, match=r"step 5 .*loss is nan.*step_00000004.*--resume"):
+    with pytest.raises(NonFiniteLossError, match=r"step 5 .*loss is nan.*step_00000004.*new run"):
         trainer.fit()
     assert last_checkpoint(tmp_path / "run").name == "step_00000004"
     model = from_pretrained(tmp_path / "run")

@@ -22,6 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from .checkpoint import load_strict, read_state_dict, strip_wrappers
+from .errors import UserError
 from .models.adaperceiver import AdaPerceiver, AdaPerceiverClassifier, AdaPerceiverConfig, build_model
 
 # (reference pattern, our replacement), applied in order to every key
@@ -85,7 +86,11 @@ def config_from_reference(ref: Mapping[str, Any], task: str | None = None) -> Ad
 
     ``ref`` is a flat dict or one with the reference's two sections (``AdaPercevierConfig`` plus
     ``ClassificationConfig`` / ``DensePredictionConfig``), as in the fixture's ``config.json``.
+    Values are checked like any model config (type and range), naming the reference argument.
     """
+    if not isinstance(ref, Mapping):
+        raise UserError(f"the reference config must be a JSON object of constructor arguments, got "
+                        f"{type(ref).__name__} {ref!r:.60}")
     sections = {k: v for k, v in ref.items() if isinstance(v, Mapping) and k.endswith("Config")}
     flat: dict[str, Any] = {}
     if sections:  # only the constructor sections count; other entries are descriptive
@@ -111,7 +116,12 @@ def config_from_reference(ref: Mapping[str, Any], task: str | None = None) -> Ad
     if "token_grans" not in cfg and "num_latents" in cfg:
         cfg["token_grans"] = (cfg["num_latents"],)
     cfg["latent_std"] = 0.02
-    return AdaPerceiverConfig(**cfg)
+    try:
+        return AdaPerceiverConfig(**cfg)
+    except ValueError as e:
+        ours = {v: k for k, v in _CONFIG_NAMES.items() if k in flat}
+        named = ", ".join(f"{o} is the reference's {r}" for o, r in ours.items() if o in str(e) and o != r)
+        raise UserError(f"reference config: {e}{f' ({named})' if named else ''}") from None
 
 
 def infer_shapes(state: Mapping[str, Tensor]) -> dict[str, Any]:
@@ -143,10 +153,14 @@ def load_reference(path: str | Path, config: Mapping[str, Any] | str | Path, sec
     a file whose keys or shapes do not fit is refused with the offending keys named.
     """
     if not isinstance(config, Mapping):
+        source = config
         try:
-            config = json.loads(Path(config).read_text())
+            config = json.loads(Path(source).read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{config} is not valid JSON ({e})") from None
+            raise UserError(f"{source} is not valid JSON ({e})") from None
+        if not isinstance(config, Mapping):
+            raise UserError(f"{source} must hold a JSON object of reference constructor arguments, "
+                            f"not a {type(config).__name__}")
     state = convert_reference_state_dict(read_state_dict(path))
     if section is not None:
         if section not in config:
@@ -157,6 +171,10 @@ def load_reference(path: str | Path, config: Mapping[str, Any] | str | Path, sec
         if isinstance(config.get(task), Mapping):  # a file describing both models, keyed by task
             config = config[task]
     cfg = config_from_reference(config)
+    missing = [k for k in ("patch_embed.proj.weight", "patch_embed.pos_embed") if k not in state]
+    if missing:
+        raise UserError(f"{path} is not an AdaPerceiver reference checkpoint: after renaming it has no {missing} "
+                        f"(its first keys: {sorted(state)[:3]})")
     shapes = infer_shapes(state)
     for k, v in shapes.items():
         if getattr(cfg, k) != v:

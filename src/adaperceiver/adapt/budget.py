@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import write_json
+from ..checkpoint import tensors_digest, write_json
 from ..evaluation.cost import measure_latency
 from ..models.adaperceiver import AdaPerceiver
 
@@ -42,8 +42,14 @@ def load_rows(sweep: str | Path | Sequence[Mapping[str, Any]]) -> list[Row]:
         if not path.is_file():
             raise FileNotFoundError(f"no sweep file at {path} (expected sweep.json or sweep.csv)")
         if path.suffix == ".json":
-            obj = json.loads(path.read_text())
-            rows = obj["rows"] if isinstance(obj, dict) else obj
+            try:
+                obj = json.loads(path.read_text())
+                rows = obj["rows"] if isinstance(obj, dict) else obj
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"{path} is not a sweep file ({type(e).__name__}: {e}); write it with "
+                                 f"adaperceiver.evaluation.run_sweep") from None
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ValueError(f"{path} is not a sweep file (its rows are not a list of objects)")
         elif path.suffix == ".csv":
             with open(path, newline="") as f:
                 rows = [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
@@ -104,6 +110,19 @@ def _name(tokens: int, depth: int, width: int) -> str:
     return f"{tokens}/{depth}/{width}"
 
 
+def check_sweep_model(sweep: str | Path, model: AdaPerceiver) -> None:
+    """Refuse a sweep.json recorded for other weights than ``model``'s (its accuracies would not be this model's)."""
+    path = Path(sweep)
+    path = path / "sweep.json" if path.is_dir() else path
+    if path.suffix != ".json" or not path.is_file():
+        return  # a CSV carries no record of its model
+    meta = json.loads(path.read_text())
+    recorded = meta.get("model_sha256") if isinstance(meta, dict) else None
+    if recorded is not None and recorded != tensors_digest(model.state_dict()):
+        raise ValueError(f"{path} was measured on other weights (sha256 {recorded[:12]}...) than this model "
+                         f"({tensors_digest(model.state_dict())[:12]}...); sweep this model first")
+
+
 def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model: AdaPerceiver,
                          max_ms: float | None = None, max_gflops: float | None = None, batch_size: int = 1, *,
                          metric: str = "acc1", higher_is_better: bool = True, cache_path: str | Path | None = None,
@@ -122,6 +141,8 @@ def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rows = load_rows(sweep)
+    if isinstance(sweep, (str, Path)):
+        check_sweep_model(sweep, model)
     if metric not in rows[0]:
         raise ValueError(f"sweep rows have no {metric!r} column; columns: {sorted(rows[0])}")
     if max_gflops is not None and "gflops" not in rows[0]:

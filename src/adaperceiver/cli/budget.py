@@ -28,7 +28,9 @@ def register(sub) -> None:
 def _cli_budget(args) -> int:
     if args.max_ms is None and args.max_gflops is None:
         raise ValueError("give --max-ms and/or --max-gflops")
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     model = from_pretrained(args.model)
     row = select_configuration(args.sweep, model, args.max_ms, args.max_gflops, args.batch_size, metric=args.metric,

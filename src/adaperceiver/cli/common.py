@@ -82,7 +82,7 @@ def add_train_options(p, epochs_default: int, lr_default: float = 2e-3, augment_
 
 
 def config_from_args(args, **extra: Any) -> TrainConfig:
-    tw = tuple(float(v) for v in args.token_weights.split(",")) if args.token_weights else None
+    tw = parse_floats(args.token_weights, "--token-weights") if args.token_weights else None
     obj = ObjectiveConfig(depth_weighting=args.depth_weighting, token_weights=tw, label_smoothing=args.label_smoothing,
                           sample_widths=not args.no_width_sampling)
     return TrainConfig(
@@ -92,6 +92,14 @@ def config_from_args(args, **extra: Any) -> TrainConfig:
         warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, accum_steps=args.accum_steps,
         ema_decay=args.ema_decay, objective=obj,
         seed=args.seed, out_dir=args.out, device=args.device, progress=not args.no_progress, **extra)
+
+
+def parse_floats(text: str, option: str) -> tuple[float, ...]:
+    """``"1,1,2"`` -> ``(1.0, 1.0, 2.0)``, or a one-line error naming ``option``."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated numbers like 1,1,2, got {text!r}") from None
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write
+from ..checkpoint import LOCK_NAME, atomic_write, run_lock
 from ..evaluation import measure_gflops, measure_latency, run_sweep
 from ..tasks import get_task
 from ..training import ObjectiveConfig, Trainer, TrainConfig, TrainResult, train
-from .common import add_train_options, config_from_args, parse_config_triple
+from .common import add_train_options, config_from_args, parse_batch_sizes, parse_config_triple
 
 # the demo's schedule: ~6 minutes of training on 2 CPU cores; in this short schedule more, smaller
 # steps, a higher peak lr and no augmentation converge faster (docs/training.md has the measurements)
@@ -66,18 +66,26 @@ def train_baseline(base: TrainConfig, config: tuple[int, int, int], latency_batc
 
 
 def _cli_demo(args) -> int:
-    sizes = tuple(int(v) for v in args.latency_batch_sizes.split(","))
+    # every option is checked before the minutes of training start
+    sizes = parse_batch_sizes(args.latency_batch_sizes)
+    specs = None if args.baselines is None else [parse_config_triple(s) for s in args.baselines] or list(DEMO_BASELINES)
     cfg = config_from_args(args, name=args.name)
-    if cfg.run_dir.exists():
+    with run_lock(cfg.run_dir):  # no other run writes (or deletes) this directory meanwhile
+        return _demo(args, cfg, sizes, specs)
+
+
+def _demo(args, cfg: TrainConfig, sizes: tuple[int, ...], specs: list[tuple[int, int, int]] | None) -> int:
+    old = [p for p in cfg.run_dir.iterdir() if p.name != LOCK_NAME]
+    if old:
         if not args.overwrite:
             raise ValueError(f"{cfg.run_dir} exists; pass --overwrite to replace it or --name to pick another")
-        shutil.rmtree(cfg.run_dir)
+        for p in old:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     t0 = time.perf_counter()
     trainer = Trainer(cfg, get_task(cfg.task))
     result = trainer.fit()
     baselines = []
-    if args.baselines is not None:
-        specs = [parse_config_triple(s) for s in args.baselines] or list(DEMO_BASELINES)
+    if specs is not None:
         for spec in specs:
             print(f"training static baseline {spec} ...")
             baselines.append(train_baseline(cfg, spec, sizes[0]))

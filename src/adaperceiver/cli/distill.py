@@ -7,6 +7,7 @@ import dataclasses
 import torch
 from torch.utils.data import DataLoader
 
+from ..errors import first_line
 from ..tasks import get_task
 from ..training import Trainer, distributed
 from ..training.distill import FeatureDistillation
@@ -57,7 +58,11 @@ def _cli_distill(args) -> int:
         data = task.build_data(cfg)
         torch.manual_seed(cfg.seed)  # the same student initialisation as 'adaperceiver train' with this seed
         student = task.build_model(cfg, data)
-        probe = teacher(next(iter(DataLoader(data.train, batch_size=2)))[0])
+        try:
+            probe = teacher(next(iter(DataLoader(data.train, batch_size=2)))[0])
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"teacher {args.teacher} cannot take the images of dataset {cfg.dataset!r} "
+                             f"({first_line(e)})") from None
         if probe.logits is not None and probe.logits.shape[-1] != data.num_classes:
             raise ValueError(f"the teacher predicts {probe.logits.shape[-1]} classes, the dataset has {data.num_classes}")
         extra = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import from_pretrained, load_meta
@@ -50,6 +51,13 @@ def _cli_sweep(args) -> int:
     if args.metric is None:  # the task the model was saved as
         arch = load_meta(args.model).get("architecture")
         args.metric = arch if arch in ("segmentation", "depth") else "classification"
+    target = data[0][1]
+    dense_data = isinstance(target, torch.Tensor) and target.dim() >= 1
+    if args.metric in ("classification", "segmentation", "depth") and dense_data != (args.metric != "classification"):
+        kind = "per-pixel (segmentation or depth)" if dense_data else "one label per image (classification)"
+        raise ValueError(f"{args.model} is swept with metric {args.metric!r} but dataset {args.data!r} has {kind} "
+                         f"targets: a {'classifier' if args.metric == 'classification' else args.metric + ' model'} "
+                         f"needs matching data")
     rows = run_sweep(model, loader, out, metric=args.metric, latency_batch_sizes=sizes,
                      progress=not args.no_progress, device=args.device)
     print(format_table(rows, sizes))

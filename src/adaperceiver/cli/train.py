@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 from pathlib import Path
 
 from ..tasks import get_task
-from ..training import NonFiniteLossError, ObjectiveConfig, distributed, last_checkpoint, load_run_config, train
+from ..errors import UserError
+from ..training import NonFiniteLossError, ObjectiveConfig, TrainConfig, distributed, last_checkpoint, load_run_config, train
 from ..training.config import EXPORT_CHOICES
 from .common import add_train_options, config_from_args, parse_config_triple, parse_overrides
 
@@ -51,26 +54,61 @@ def _cli_train(args) -> int:
         distributed.teardown()
 
 
+# options --resume may change; any other option given with --resume must equal the saved setting
+RESUME_MAY_CHANGE = ("max_steps", "device", "num_workers", "no_progress", "resume", "out", "name")
+# option dest -> TrainConfig field, where they differ
+_FIELD_OF = {"overrides": "model_overrides", "out": "out_dir", "no_progress": "progress", "depth_weighting": "objective",
+             "token_weights": "objective", "label_smoothing": "objective", "no_width_sampling": "objective"}
+
+
+def _fresh_config(args) -> TrainConfig:
+    """The run configuration the options describe (for a new run)."""
+    static = parse_config_triple(args.static) if args.static else None
+    cfg = config_from_args(args, task=args.task, model=args.model, model_overrides=parse_overrides(args.overrides),
+                           static=static, init_from=args.init_from, freeze_backbone=args.freeze_backbone,
+                           name=args.name, max_steps=args.max_steps, export=args.export,
+                           checkpoint_every=args.checkpoint_every, log_every=args.log_every)
+    if static:
+        cfg = dataclasses.replace(cfg, objective=ObjectiveConfig.static(label_smoothing=args.label_smoothing))
+    return cfg
+
+
+def _resume_config(args, run_dir: Path) -> TrainConfig:
+    """The saved configuration, refusing options given on the command line that would change it."""
+    saved = load_run_config(run_dir)
+    given = {d: opt for d, opt in getattr(args, "given", {}).items() if d not in RESUME_MAY_CHANGE}
+    if given:
+        wanted = json.loads(json.dumps(_fresh_config(args).to_dict()))
+        kept = json.loads(json.dumps(saved.to_dict()))
+        for dest, opt in sorted(given.items()):
+            field = _FIELD_OF.get(dest, dest)
+            if field in kept and wanted[field] != kept[field]:
+                raise UserError(f"--resume continues {run_dir} with its saved settings, and {opt} would change "
+                                f"{field} (saved {kept[field]!r}, given {wanted[field]!r}); only --max-steps, --device, "
+                                f"--num-workers and --no-progress may change: drop {opt}, or start a new --name")
+    return dataclasses.replace(saved, out_dir=args.out, name=args.name, max_steps=args.max_steps, device=args.device,
+                               num_workers=args.num_workers, progress=not args.no_progress)
+
+
 def _train_from_args(args, info: distributed.DistInfo) -> int:
     say = print if info.is_main else (lambda *a, **k: None)
-    if args.resume and last_checkpoint(Path(args.out) / args.name) is not None:
-        run_dir = Path(args.out) / args.name
-        cfg = dataclasses.replace(load_run_config(run_dir), out_dir=args.out, name=args.name, max_steps=args.max_steps,
-                                  device=args.device, num_workers=args.num_workers, progress=not args.no_progress)
+    run_dir = Path(args.out) / args.name
+    if args.resume and last_checkpoint(run_dir) is not None:
+        cfg = _resume_config(args, run_dir)
     else:
-        static = parse_config_triple(args.static) if args.static else None
-        obj_static = {"objective": ObjectiveConfig.static(label_smoothing=args.label_smoothing)} if static else {}
-        cfg = config_from_args(args, task=args.task, model=args.model, model_overrides=parse_overrides(args.overrides),
-                                static=static, init_from=args.init_from, freeze_backbone=args.freeze_backbone,
-                                name=args.name, max_steps=args.max_steps, export=args.export,
-                                checkpoint_every=args.checkpoint_every, log_every=args.log_every)
-        if obj_static:
-            cfg = dataclasses.replace(cfg, **obj_static)
+        cfg = _fresh_config(args)
     try:
         result = train(cfg, get_task(cfg.task), resume=args.resume, dist_info=info)
     except NonFiniteLossError as e:
         say(f"adaperceiver train: {e}")
         return 1
+    except KeyboardInterrupt:
+        last = last_checkpoint(run_dir) if info.is_main else None
+        kept = (f"the last complete checkpoint {last} is kept: continue with --resume" if last is not None
+                else "no checkpoint was written yet")
+        if info.is_main:
+            print(f"adaperceiver train: interrupted; {kept}", file=sys.stderr)
+        return 130
     procs = f" on {info.world_size} processes" if info.enabled else ""
     state = (f"finished at step {result.step}{procs}" if result.finished
              else f"stopped at step {result.step}{procs} (continue with --resume)")

@@ -86,8 +86,12 @@ def get_dataset(name: str, split: str, root: str | Path | None = None, *, image_
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {list_datasets()}")
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+        raise ValueError(f"subset must be an int >= 1 (or None for the whole split), got {subset!r}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size must be an int >= 1 (or None for the dataset's size), got {image_size!r}")
     ds = DATASETS[key](check_split(split), root=root, image_size=image_size, in_chans=in_chans)
-    return SubsetDataset(ds, subset) if subset else ds
+    return SubsetDataset(ds, subset) if subset is not None else ds
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checkpoint import tensors_digest
 from .cost import active_parameters, machine_info, measure_gflops, measure_latency, model_device
 from .metrics import MetricAccumulator, get_metric
 from .reports import plot_pareto
@@ -160,6 +161,7 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
                 "latency_batch_sizes": list(bss), "latency": {"warmup": latency_warmup, "repeats": latency_repeats,
                                                               "statistic": "median ms per batch"},
                 "device": str(device), "machine": machine_info(), "model": model.cfg.to_dict(),
+                "model_sha256": tensors_digest(model.state_dict()),  # which weights these rows describe
                 "baselines": [dict(b) for b in baselines or ()]}
         write_sweep(rows, out_dir, meta)
         plot_pareto(rows, Path(out_dir) / "pareto.png", acc.primary, acc.higher_is_better,

@@ -24,11 +24,19 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..errors import check_fields
 from .layers import Block, CrossAttentionBlock, Mlp, PatchEmbed, RotaryEmbedding, hidden_units, layer_norm, trunc_normal_init
 from .masks import token_block_mask
 from .slim import slim
 
 WidthArg = int | Sequence[int] | Tensor | None
+# allowed ranges of the numeric config fields (types come from the annotations)
+MODEL_CONFIG_RANGES = {
+    "num_classes": ">= 1", "img_size": ">= 1", "patch_size": ">= 1", "in_chans": ">= 1", "embed_dim": ">= 1",
+    "depth": ">= 1", "num_heads": ">= 1", "ffn_ratio": "> 0", "mlp_hidden_dim": ">= 1", "num_latents": ">= 1",
+    "max_latents_mult": ">= 1", "token_grans": ">= 1", "widths": ">= 1", "rope_theta": "> 0", "ls_init": ">= 0",
+    "latent_std": ">= 0",
+}
 
 
 @dataclass
@@ -52,15 +60,15 @@ class AdaPerceiverConfig:
     rope_theta: float = 10000.0
     qkv_bias: bool = True
     proj_bias: bool = True
-    ls_init: float | None = 1e-5
+    ls_init: float | None = 1e-5  # LayerScale start value; None or 0: no LayerScale
     embed_mlp: bool = True
     head_mlp: bool = False  # LN + MLP before the output (dense default), else a Linear
     latent_std: float = 0.02
     latent_mask: str = "block"  # "block" (granularity mask) or "none" (all-to-all, the reference's 'full' layer)
 
     def __post_init__(self) -> None:
-        self.token_grans = tuple(int(g) for g in self.token_grans)
-        self.widths = tuple(int(w) for w in self.widths) or self.default_widths()
+        check_fields(self, MODEL_CONFIG_RANGES, "model config")  # every field's type and range, up front
+        self.widths = self.widths or self.default_widths()
         if self.latent_mask not in ("block", "none"):
             raise ValueError(f"latent_mask must be 'block' or 'none', got {self.latent_mask!r}")
         if self.task not in ("classification", "dense"):
@@ -221,19 +229,57 @@ class AdaPerceiver(nn.Module):
         return hidden_units(w, cfg.ffn_ratio)
 
     def resolve_width(self, width: WidthArg, batch_size: int) -> tuple[int | None, Tensor | None]:
-        """Return ``(hidden, sample_hidden)``: one FFN hidden count, or one per sample."""
+        """Return ``(hidden, sample_hidden)``: one FFN hidden count, or one per sample.
+
+        Widths are whole embedding units: ints, or tensors holding whole numbers; a fractional
+        value is refused, never truncated.
+        """
         if width is None:
             return None, None
         if isinstance(width, Tensor):
-            if width.dim() == 0:
-                return min(self._check_width(int(width)), self.cfg.mlp_hidden), None
-            width = width.tolist()
+            if width.dtype == torch.bool or width.is_complex():
+                raise ValueError(f"width must hold whole numbers (embedding units), got a {width.dtype} tensor")
+            values = width.detach().flatten().tolist()
+            frac = [v for v in values if isinstance(v, float) and not v.is_integer()]
+            if frac:
+                raise ValueError(f"width must hold whole numbers (embedding units), got {frac[0]:.6g}")
+            width = int(values[0]) if width.dim() == 0 else [int(v) for v in values]
         if isinstance(width, (list, tuple)):
             if len(width) != batch_size:
                 raise ValueError(f"per-sample width list has {len(width)} entries for a batch of {batch_size}")
-            hidden = [min(self._check_width(int(w) if not isinstance(w, bool) else w), self.cfg.mlp_hidden) for w in width]
+            hidden = [min(self._check_width(w), self.cfg.mlp_hidden) for w in width]
             return None, torch.tensor(hidden, device=self.latent_token.device)
         return min(self._check_width(width), self.cfg.mlp_hidden), None
+
+    def check_input(self, x: Tensor) -> Tensor:
+        """``x`` in the model's floating dtype (another float dtype is cast); non-tensors and integer
+        images are refused (they need normalising like the training data, which a cast cannot do)."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x must be a torch.Tensor of images (B, C, H, W), got {type(x).__module__}."
+                             f"{type(x).__qualname__}; convert it with torch.as_tensor(x)")
+        if not x.is_floating_point():
+            raise ValueError(f"x has dtype {x.dtype}; the model takes float images normalised like its training "
+                             f"data (for uint8 pixels: x.float() / 255, then the dataset's mean and std)")
+        dtype = self.latent_token.dtype
+        return x if x.dtype == dtype else x.to(dtype)
+
+    def resolve_token_counts(self, token_counts: Sequence[int] | None, tokens: int) -> tuple[int, ...]:
+        """The prefixes a pass at ``tokens`` latents can read out: granularities below it, and itself.
+
+        Another prefix would not equal a separate run at that token count (the block mask differs),
+        so it is refused; without the block mask any count in ``[1, tokens]`` is a separate pass.
+        """
+        allowed = tuple(g for g in self.cfg.token_grans if g < tokens) + (tokens,)
+        if token_counts is None:
+            return allowed
+        counts = list(token_counts)
+        free = self.cfg.latent_mask == "none"
+        bad = [c for c in counts if isinstance(c, bool) or not isinstance(c, int)
+               or (c not in allowed if not free else not 1 <= c <= tokens)]
+        if not counts or bad:
+            need = f"ints in [1, {tokens}]" if free else f"granularities of this {tokens}-token pass {list(allowed)}"
+            raise ValueError(f"token_counts must be {need}, got {counts!r}")
+        return tuple(sorted(set(counts)))
 
     def latent_mask(self, num_tokens: int, device: torch.device) -> Tensor | None:
         key = (num_tokens, str(device))
@@ -262,6 +308,7 @@ class AdaPerceiver(nn.Module):
 
     def forward_features(self, x: Tensor, tokens: int | None = None, depth: int | None = None,
                          width: WidthArg = None) -> Features:
+        x = self.check_input(x)
         n, d = self.resolve_tokens(tokens), self.resolve_depth(depth)
         hidden, sample_hidden = self.resolve_width(width, x.shape[0])
         patches, grid = self.patch_embed(x)
@@ -298,14 +345,10 @@ class AdaPerceiver(nn.Module):
         ``token_counts`` (default: the granularities below ``tokens``, then ``tokens``) is written
         out. By the block mask each prefix read-out equals a separate run at that token count.
         """
+        x = self.check_input(x)
         n = self.resolve_tokens(tokens)
         depths = tuple(range(1, self.num_blocks + 1)) if depths is None else tuple(sorted({self.resolve_depth(d) for d in depths}))
-        if token_counts is None:
-            counts = tuple(g for g in self.cfg.token_grans if g < n) + (n,)
-        else:
-            counts = tuple(sorted(set(token_counts)))
-            if not counts or counts[0] < 1 or counts[-1] > n:
-                raise ValueError(f"token_counts must lie in [1, {n}] (the tokens of this pass), got {list(token_counts)}")
+        counts = self.resolve_token_counts(token_counts, n)
         if self.cfg.latent_mask == "none" and len(counts) > 1:
             # without the block mask prefixes do not nest: one backbone pass per token count
             parts = [self.forward_anytime(x, c, width, depths, (c,)).outputs for c in counts]
@@ -381,6 +424,7 @@ class AdaPerceiverClassifier(AdaPerceiver):
         """
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        x = self.check_input(x)
         n = self.resolve_tokens(tokens)
         hidden, sample_hidden = self.resolve_width(width, x.shape[0])
         patches, grid = self.patch_embed(x)

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..errors import check_fields
 from .adaperceiver import AnytimeOutput
 from .layers import Block, PatchEmbed, hidden_units, layer_norm, trunc_normal_init
 
@@ -25,6 +26,15 @@ class ViTConfig:
     num_heads: int = 4
     mlp_ratio: float = 3.0
     num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"img_size": ">= 1", "patch_size": ">= 1", "in_chans": ">= 1", "embed_dim": ">= 1",
+                            "depth": ">= 1", "num_heads": ">= 1", "mlp_ratio": "> 0", "num_classes": ">= 1"},
+                     "teacher config")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"teacher config: embed_dim {self.embed_dim} does not split into {self.num_heads} heads")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"teacher config: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import load_matching
 from ..data import RandomCropFlip, get_dataset
+from ..errors import UserError
 from ..losses import cross_entropy
 from ..models.adaperceiver import build_model
 from ..models.presets import preset_config
@@ -32,15 +33,24 @@ def adapt_model_config(cfg: TrainConfig, data: TaskData, task: str = "classifica
     values = dict(num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size, task=task)
     mcfg = preset_config(cfg.model, **{**values, **cfg.model_overrides})
     if mcfg.img_size % mcfg.patch_size:
-        raise ValueError(f"image size {mcfg.img_size} is not a multiple of the patch size {mcfg.patch_size}; "
-                         f"pass --image-size or --set patch_size=...")
+        raise UserError(f"image size {mcfg.img_size} is not a multiple of the patch size {mcfg.patch_size}; "
+                        f"set image_size or override patch_size")
+    if task == "classification" and mcfg.num_classes < data.num_classes:
+        raise UserError(f"model override num_classes={mcfg.num_classes} is below the {data.num_classes} classes of "
+                        f"dataset {cfg.dataset!r} (labels up to {data.num_classes - 1}); drop it or set >= "
+                        f"{data.num_classes}")
+    if mcfg.in_chans != data.in_chans:
+        raise UserError(f"model override in_chans={mcfg.in_chans} does not match the {data.in_chans}-channel images of "
+                        f"dataset {cfg.dataset!r}")
     return mcfg.static_config(*cfg.static) if cfg.static else mcfg
 
 
 def _classification_model(cfg: TrainConfig, data: TaskData) -> nn.Module:
     model = build_model(adapt_model_config(cfg, data))
     if cfg.init_from:  # copy every parameter whose name and shape match (e.g. all but a new head)
-        load_matching(model, cfg.init_from)
+        names = {id(p): n for n, p in model.named_parameters()}
+        frozen = [names[id(p)] for p in model.backbone_parameters()] if cfg.freeze_backbone else []
+        load_matching(model, cfg.init_from, required=frozen)
     return model
 
 

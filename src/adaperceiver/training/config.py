@@ -18,9 +18,20 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..errors import UserError, check_fields, check_value
+from ..models.adaperceiver import MODEL_CONFIG_RANGES, AdaPerceiverConfig
+from .distributed import parse_device
 from .objective import ObjectiveConfig
 
 EXPORT_CHOICES = ("ema", "raw")
+# allowed ranges of the numeric fields (types come from the annotations)
+TRAIN_CONFIG_RANGES = {
+    "image_size": ">= 1", "train_subset": ">= 1", "val_subset": ">= 1", "crop_padding": ">= 0", "num_workers": ">= 0",
+    "epochs": ">= 1", "batch_size": ">= 1", "eval_batch_size": ">= 1", "lr": "> 0", "min_lr": ">= 0",
+    "weight_decay": ">= 0", "warmup_steps": ">= 0", "grad_clip": ">= 0", "accum_steps": ">= 1", "ema_decay": "[0, 1)",
+    "seed": ">= 0", "checkpoint_every": ">= 0", "keep_checkpoints": ">= 1", "log_every": ">= 1", "eval_every": ">= 0",
+    "max_steps": ">= 1", "static": ">= 1",
+}
 
 
 @dataclass
@@ -72,31 +83,28 @@ class TrainConfig:
     def __post_init__(self) -> None:
         try:  # stored in config.json: keep it JSON-shaped (tuples become lists) so saved == loaded
             self.model_overrides = json.loads(json.dumps(dict(self.model_overrides)))
-        except TypeError as e:
-            raise ValueError(f"model_overrides must be JSON-serialisable config values ({e})") from None
+        except (TypeError, ValueError) as e:
+            raise UserError(f"model_overrides must be a mapping of JSON-serialisable config values ({e})") from None
         if isinstance(self.objective, dict):
-            self.objective = ObjectiveConfig(**self.objective)
-        if self.static is not None:
-            if len(self.static) != 3:
-                raise ValueError(f"static must be (tokens, depth, width), got {self.static!r}")
-            self.static = tuple(int(v) for v in self.static)
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints", "accum_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every", "num_workers", "eval_every", "crop_padding"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("lr must be > 0 and min_lr, weight_decay, grad_clip >= 0")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+            try:
+                self.objective = ObjectiveConfig(**self.objective)
+            except TypeError as e:
+                raise UserError(f"train config field objective: {e}") from None
+        check_fields(self, TRAIN_CONFIG_RANGES, "train config")  # every field's type and range, up front
+        model_fields = {f.name for f in dataclasses.fields(AdaPerceiverConfig)}
+        for k, v in self.model_overrides.items():  # other keys belong to task heads; their task checks them
+            if k in model_fields:
+                check_value(AdaPerceiverConfig, k, v, MODEL_CONFIG_RANGES.get(k), "model config")
+        if not self.name or ".." in Path(self.name).parts or Path(self.name).is_absolute():
+            raise UserError(f"train config field name must be a relative path inside out_dir without '..', "
+                            f"got {self.name!r}")
+        if self.device is not None:
+            parse_device(self.device)
         if self.export not in EXPORT_CHOICES:
-            raise ValueError(f"export must be one of {list(EXPORT_CHOICES)}, got {self.export!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+            raise UserError(f"train config field export must be one of {list(EXPORT_CHOICES)}, got {self.export!r}")
         if self.freeze_backbone and self.init_from is None:
-            raise ValueError("freeze_backbone needs init_from (a trained model directory): a random frozen "
-                             "backbone teaches nothing")
+            raise UserError("freeze_backbone needs init_from (a trained model directory): a random frozen "
+                            "backbone teaches nothing")
 
     @property
     def run_dir(self) -> Path:

@@ -30,12 +30,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import check_fields
 from ..losses import cross_entropy, kd_loss
 from ..models.adaperceiver import AdaPerceiver, AnytimeOutput
 
 TaskLoss = Callable[[Tensor, Tensor], Tensor]
 ExtraLoss = Callable[[AnytimeOutput, "Batch", Tensor], tuple[Tensor, dict[str, float]]]
 DEPTH_WEIGHTINGS = ("linear", "uniform")
+
+
+OBJECTIVE_CONFIG_RANGES = {"widths": ">= 1", "token_weights": ">= 0", "label_smoothing": "[0, 1)", "ce_weight": ">= 0",
+                           "kd_weight": ">= 0", "kd_temperature": "> 0"}
 
 
 @dataclass
@@ -54,18 +59,15 @@ class ObjectiveConfig:
     kd_temperature: float = 1.0
 
     def __post_init__(self) -> None:
+        check_fields(self, OBJECTIVE_CONFIG_RANGES, "objective config")  # every field's type and range, up front
         if self.depth_weighting not in DEPTH_WEIGHTINGS:
             raise ValueError(f"depth_weighting must be one of {list(DEPTH_WEIGHTINGS)}, got {self.depth_weighting!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.kd_temperature <= 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
-        if self.token_weights is not None:
-            self.token_weights = tuple(float(w) for w in self.token_weights)
-            if any(w < 0 for w in self.token_weights) or not sum(self.token_weights) > 0:
-                raise ValueError(f"token_weights must be >= 0 with a positive sum, got {list(self.token_weights)}")
-        if self.widths is not None:
-            self.widths = tuple(int(w) for w in self.widths)
+        if self.token_weights is not None and not sum(self.token_weights) > 0:
+            raise ValueError(f"token_weights must be >= 0 with a positive sum, got {list(self.token_weights)}")
 
     @classmethod
     def static(cls, **kw: Any) -> "ObjectiveConfig":
@@ -104,7 +106,7 @@ def readout_grid_weights(depths: Sequence[int], tokens: Sequence[int], num_block
     else:
         if len(token_weights) != len(tokens):
             raise ValueError(f"token_weights has {len(token_weights)} entries but the model reads out "
-                             f"{len(tokens)} token counts {list(tokens)}")
+                             f"{len(tokens)} token granularities {list(tokens)}")
         tw = torch.tensor(list(token_weights), dtype=torch.float32)
     w = dw[:, None] * tw[None, :]
     return w / w.sum()

@@ -132,8 +132,12 @@ def load_teacher(spec: str) -> Teacher:
         _, name, *ckpt = spec.split(":", 2)
         return from_timm(name, ckpt[0] if ckpt else None)
     if spec.startswith("python:"):
-        _, mod, attr = spec.split(":", 2)
-        return from_module(getattr(importlib.import_module(mod), attr)())
+        _, mod, attr = (spec.split(":", 2) + ["", ""])[:3]
+        try:
+            factory = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ValueError(f"teacher {spec!r}: cannot load python:MODULE:ATTR ({e})") from None
+        return from_module(factory())
     directory = Path(spec)
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
