@@ -174,8 +174,9 @@ def test_cli_train_resume_and_help(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path), "--name", "cli", "--resume", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "finished" in out and "val_acc1" in out and last_checkpoint(tmp_path / "cli").name == "step_00000006"
-    assert main(["train", "--static", "4,1"]) == 2
-    assert "TOKENS,DEPTH,WIDTH" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--static", "4,1"])
+    assert exit_.value.code == 2 and "--static takes TOKENS,DEPTH,WIDTH" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "Fashion-MNIST" in capsys.readouterr().out

@@ -15,16 +15,14 @@ from ..checkpoint import atomic_write
 from ..evaluation import measure_gflops, measure_latency, run_sweep
 from ..tasks import get_task
 from ..training import ObjectiveConfig, Trainer, TrainConfig, TrainResult, train
-from .common import add_train_options, config_from_args, parse_config_triple
+from ..errors import UserError
+from .common import parse_batch_sizes, parse_config_triple
+from .options import add_config_options, config_from_args
 
 # the demo's schedule: ~6 minutes of training on 2 CPU cores; in this short schedule more, smaller
 # steps, a higher peak lr and no augmentation converge faster (docs/training.md has the measurements)
-DEMO_EPOCHS = 6
-DEMO_BATCH = 64
-DEMO_LR = 3e-3
+DEMO_DEFAULTS = {"name": "demo", "epochs": 6, "batch_size": 64, "lr": 3e-3, "augment": False}
 DEMO_BASELINES = ((8, 2, 32), (16, 3, 48), (32, 4, 64))
-
-
 
 def register(sub) -> None:
     d = sub.add_parser(
@@ -34,14 +32,14 @@ def register(sub) -> None:
                     "every (tokens, depth, width) configuration (accuracy, GFLOPs, latency), mark the Pareto "
                     "front, plot it, and write OUT/NAME/summary.md. With --baselines, also train static models "
                     "at a few configurations (same data and epochs) and draw them on the plot.")
-    d.add_argument("--name", default="demo", help="run name: everything goes to OUT/NAME (default demo)")
+    add_config_options(d, TrainConfig, ("model", "data", "optimisation", "objective", "run"), defaults=DEMO_DEFAULTS,
+                       exclude=("task", "static", "init_from", "freeze_backbone"))
     d.add_argument("--overwrite", action="store_true", help="delete an existing OUT/NAME first")
     d.add_argument("--baselines", nargs="*", default=None, metavar="TOKENS,DEPTH,WIDTH",
                    help="also train static baselines; bare --baselines trains "
                         + " ".join(",".join(map(str, b)) for b in DEMO_BASELINES) + " (roughly doubles the time)")
-    d.add_argument("--latency-batch-sizes", default="1,64", help="batch sizes for sweep latency (default 1,64)")
-    add_train_options(d, epochs_default=DEMO_EPOCHS, lr_default=DEMO_LR, augment_default=False,
-                       batch_default=DEMO_BATCH)
+    d.add_argument("--latency-batch-sizes", type=parse_batch_sizes, default=(1, 64),
+                   help="batch sizes for sweep latency (default 1,64)")
     d.set_defaults(func=_cli_demo)
 
 
@@ -66,11 +64,11 @@ def train_baseline(base: TrainConfig, config: tuple[int, int, int], latency_batc
 
 
 def _cli_demo(args) -> int:
-    sizes = tuple(int(v) for v in args.latency_batch_sizes.split(","))
-    cfg = config_from_args(args, name=args.name)
+    sizes = args.latency_batch_sizes
+    cfg = config_from_args(TrainConfig, args)
     if cfg.run_dir.exists():
         if not args.overwrite:
-            raise ValueError(f"{cfg.run_dir} exists; pass --overwrite to replace it or --name to pick another")
+            raise UserError(f"{cfg.run_dir} exists; pass --overwrite to replace it or --name to pick another")
         shutil.rmtree(cfg.run_dir)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, get_task(cfg.task))
