@@ -63,3 +63,24 @@ def test_demo_end_to_end_on_a_tiny_setting(tmp_path, capsys):
     # a second demo into the same directory is refused with one line, unless --overwrite
     assert main(args) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
+    from adaperceiver.cli import export as export_cmd
+    from adaperceiver.errors import UserError
+
+    def mistake(path):
+        raise UserError(f"no model at {path}")
+
+    monkeypatch.setattr(export_cmd, "from_pretrained", mistake)
+    argv = ["export", "--model", str(tmp_path), "--tokens", "4", "--depth", "1", "--width", "8", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"adaperceiver export: error: no model at {tmp_path}\n"
+
+    def bug(path):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(export_cmd, "from_pretrained", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(argv)

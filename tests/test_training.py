@@ -10,6 +10,7 @@ import torch
 
 from adaperceiver import from_pretrained
 from adaperceiver.cli import main
+from adaperceiver.errors import UserError
 from adaperceiver.tasks import evaluate_classification, get_task, list_tasks
 from adaperceiver.training.trainer import (
     EpochBatchSampler,
@@ -79,7 +80,7 @@ def test_resume_gives_the_same_parameters_as_uninterrupted(tmp_path):
 
 def test_resume_refuses_changed_settings_and_overwrite(tmp_path):
     Trainer(cfg_for(tmp_path, max_steps=2), get_task("classification")).fit()
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(UserError, match="resume it"):
         Trainer(cfg_for(tmp_path), get_task("classification")).fit()
     with pytest.raises(ValueError, match="lr"):
         Trainer(cfg_for(tmp_path, lr=1e-2), get_task("classification")).fit(resume=True)
@@ -98,7 +99,7 @@ class NaNAtCall:
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
     trainer = Trainer(cfg_for(tmp_path, epochs=3), get_task("classification"), extra_losses=[NaNAtCall(6)])  # 4 steps per epoch
-    with pytest.raises(NonFiniteLossError, match=r"step 5 .*loss is nan.*step_00000004.*--resume"):
+    with pytest.raises(NonFiniteLossError, match=r"step 5 .*loss is nan.*step_00000004.*resume from it"):
         trainer.fit()
     assert last_checkpoint(tmp_path / "run").name == "step_00000004"
     model = from_pretrained(tmp_path / "run")

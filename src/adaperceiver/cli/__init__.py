@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import UserError
 from . import budget, convert, demo, distill, export, policy, sweep, teacher, train, visualize
 
 COMMANDS = [train, demo, sweep, teacher, distill, policy, budget, export, visualize, convert]  # in --help order
@@ -34,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no stack trace
+    except (UserError, ValueError, FileNotFoundError) as e:  # user mistakes: one clear line, no stack trace
         print(f"adaperceiver {args.command}: error: {e}", file=sys.stderr)
         return 2
+    # anything else is a bug: it propagates with its traceback
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from .classification import FASHION_MNIST_DIR, FASHION_MNIST_FILES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, read_idx
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
@@ -473,7 +474,7 @@ def depth_range(dataset: Dataset, limit: int = 64) -> tuple[float, float]:
 
 def _needs_root(name: str, root) -> Path:
     if root is None:
-        raise ValueError(f"the {name!r} dataset needs root (--data {name}:PATH or --data-dir)")
+        raise UserError(f"the {name!r} dataset needs root: the folder holding it")
     return Path(root)
 
 

@@ -33,7 +33,7 @@ def adapt_model_config(cfg: TrainConfig, data: TaskData, task: str = "classifica
     mcfg = preset_config(cfg.model, **{**values, **cfg.model_overrides})
     if mcfg.img_size % mcfg.patch_size:
         raise ValueError(f"image size {mcfg.img_size} is not a multiple of the patch size {mcfg.patch_size}; "
-                         f"pass --image-size or --set patch_size=...")
+                         f"set image_size, or patch_size in model_overrides")
     return mcfg.static_config(*cfg.static) if cfg.static else mcfg
 
 

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import WEIGHTS_NAME, load_config, read_state_dict
 from ..data.dense import DepthFolder, FashionMNISTSegmentation, SegmentationFolder, ViSPCastelDepth, depth_range
+from ..errors import UserError
 from ..evaluation.metrics import DepthMetric, SegmentationMetric
 from ..losses import PixelCrossEntropy, SigLoss, pixel_cross_entropy, sig_loss
 from ..models.adaperceiver import AdaPerceiverConfig
@@ -90,7 +91,7 @@ def _subset(ds, n: int | None, seed: int = 0):
 
 def _need_root(cfg: TrainConfig) -> Path:
     if not cfg.data_dir:
-        raise ValueError(f"dataset {cfg.dataset!r} needs --data-dir pointing at its root folder")
+        raise UserError(f"dataset {cfg.dataset!r} needs data_dir pointing at its root folder")
     return Path(cfg.data_dir)
 
 
@@ -108,7 +109,7 @@ def segmentation_data(cfg: TrainConfig) -> TaskData:
         ade = name == "ade20k"
         k = int(head.get("num_classes", 150 if ade else 0))
         if k < 2:
-            raise ValueError("dataset 'segfolder' needs the class count: --set head.num_classes=K")
+            raise UserError("dataset 'segfolder' needs the class count: head.num_classes=K in model_overrides")
         ignore = int(head.get("ignore_index", 255))
         size = cfg.image_size or 224
         kw = dict(num_classes=k, size=size, reduce_zero_label=ade, ignore_index=ignore)

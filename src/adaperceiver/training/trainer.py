@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..checkpoint import CONFIG_NAME, atomic_write, read_state_dict, save_pretrained, save_state_dict
+from ..errors import UserError
 from . import distributed
 from .config import TaskData, TaskSpec, TrainConfig
 from .objective import Batch, ExtraLoss, JointObjective
@@ -366,8 +367,8 @@ class Trainer:
 
     def _stop_message(self, what: str) -> str:
         last = last_checkpoint(self.cfg.run_dir) if self.is_writer() else None
-        kept = (f"the last good checkpoint ({last}) is kept; continue from it with --resume, e.g. after lowering --lr"
-                if last else "no checkpoint was written yet; lower --lr or check the data")
+        kept = (f"the last good checkpoint ({last}) is kept; resume from it, e.g. after lowering lr"
+                if last else "no checkpoint was written yet; lower lr or check the data")
         return (f"stopped at step {self.step} (epoch {self.step // self.steps_per_epoch}): {what}. "
                 f"Nothing was saved for this step; {kept}.")
 
@@ -449,16 +450,17 @@ class Trainer:
         mine = json.loads(json.dumps(self.cfg.to_dict()))  # tuples -> lists, as saved
         diff = [k for k in RESUME_KEYS if k in saved and saved[k] != mine[k]]
         if diff:
-            raise ValueError(f"cannot resume {self.cfg.run_dir}: settings {diff} differ from the saved run "
-                             f"(saved: {[saved[k] for k in diff]}); resume with the saved config or start a new --name")
+            raise UserError(f"cannot resume {self.cfg.run_dir}: settings {diff} differ from the saved run "
+                            f"(saved: {[saved[k] for k in diff]}); resume with the saved config or give the run "
+                            f"another name")
 
     # ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
         cfg = self.cfg
         last = last_checkpoint(cfg.run_dir)
         if last is not None and not resume:
-            raise ValueError(f"{cfg.run_dir} already holds a checkpoint ({last.name}); pass --resume to continue "
-                             f"it or choose another --name")
+            raise UserError(f"{cfg.run_dir} already holds a checkpoint ({last.name}); resume it (resume=True) "
+                            f"or give the run another name")
         if resume and last is not None:
             self.check_resumable()
             self.load_checkpoint(last)
