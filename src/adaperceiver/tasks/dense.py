@@ -43,6 +43,7 @@ from ..losses import PixelCrossEntropy, SigLoss, pixel_cross_entropy, sig_loss
 from ..models.adaperceiver import AdaPerceiverConfig
 from ..models.heads import DenseTaskModel, build_dense_model, dense_config, head_config
 from ..models.presets import preset_config
+from ..models.util import eval_mode
 from ..training.config import TaskData, TaskSpec, TrainConfig
 from .classification import adapt_model_config
 
@@ -254,19 +255,17 @@ def _flip_augment(cfg: TrainConfig):
 def evaluate_dense(model: nn.Module, loader: Iterable, device: torch.device, tokens: int | None = None,
                    depth: int | None = None, width: int | None = None) -> dict[str, float]:
     """Metrics and mean loss of one configuration (default: the full one) over ``loader``."""
-    was_training = model.training
-    model.eval()
     head = model.head_cfg
     seg = model.task == "segmentation"
     metric = SegmentationMetric(head.num_classes, head.ignore_index) if seg else DepthMetric(max_depth=head.max_depth)
     loss, batches = 0.0, 0
-    for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
-        pred = model(images, tokens=tokens, depth=depth, width=width)
-        loss += float(pixel_cross_entropy(pred, targets, head.ignore_index) if seg else sig_loss(pred, targets))
-        metric.update(pred, targets)
-        batches += 1
-    model.train(was_training)
+    with eval_mode(model):
+        for images, targets in loader:
+            images, targets = images.to(device), targets.to(device)
+            pred = model(images, tokens=tokens, depth=depth, width=width)
+            loss += float(pixel_cross_entropy(pred, targets, head.ignore_index) if seg else sig_loss(pred, targets))
+            metric.update(pred, targets)
+            batches += 1
     if not batches:
         raise ValueError("the evaluation loader yielded no batches")
     return {**metric.compute(), "loss": loss / batches}
