@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 def slim_latency(model, result, batch_sizes) -> list[dict]:
     """Adaptive model at a configuration vs its slim export: parameters and median latency per call."""
     from adaperceiver.evaluation import measure_latency
-    from adaperceiver.export import num_parameters
+    from adaperceiver.models.util import num_parameters
     from adaperceiver.models.slim import slim
 
     picks = [next(r for r in result["rows"] if r["method"] == "full")]

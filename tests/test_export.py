@@ -10,7 +10,7 @@ import torch
 
 from adaperceiver import build_model, from_pretrained, save_pretrained
 from adaperceiver.cli import main
-from adaperceiver.export import num_parameters
+from adaperceiver.models.util import num_parameters
 from adaperceiver.models.slim import slim
 
 ATOL = 1e-5

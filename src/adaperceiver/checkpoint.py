@@ -93,6 +93,14 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return obj
 
 
+def strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries under ``prefix`` (e.g. ``"backbone."``) with the prefix removed; the state itself
+    when no key has it."""
+    if not any(k.startswith(prefix) for k in state):
+        return dict(state)
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Drop ``module.`` (DDP), ``_orig_mod.`` (torch.compile) and ``model.`` prefixes."""
     out = {}

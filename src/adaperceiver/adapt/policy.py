@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import read_state_dict, save_state_dict, write_json
+from ..checkpoint import load_strict, read_state_dict, save_state_dict, write_json
 from ..evaluation.cost import flop_counter, measure_flops, time_call
 from ..evaluation.reports import new_figure, save_figure, write_csv
 from ..evaluation.sweep import pareto_front
@@ -220,7 +220,7 @@ def load_policy(directory: str | Path) -> tuple[ConfigPolicy, dict[str, Any]]:
     meta = json.loads(path.read_text())
     space = ActionSpace(**meta["space"])
     policy = ConfigPolicy(meta["num_patches"], meta["embed_dim"], space, PolicyConfig(**meta["policy"]))
-    policy.load_state_dict(read_state_dict(directory / "policy.safetensors"))
+    load_strict(policy, read_state_dict(directory / "policy.safetensors"), source=str(directory / "policy.safetensors"))
     return policy.eval(), meta
 
 

@@ -29,6 +29,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def load_dataset(spec: str, split: str):
-    """``fashion-mnist``, ``digits`` or ``imagefolder:PATH`` via :func:`adaperceiver.data.get_dataset`."""
+    """A dataset named on the command line: ``NAME`` or ``NAME:ROOT`` (``fashion-mnist``, ``digits``,
+    ``imagefolder:PATH``, ``ade20k:PATH`` ...), via :func:`adaperceiver.data.get_dataset`."""
     name, _, root = spec.partition(":")
     return get_dataset(name, split, root=root or None)

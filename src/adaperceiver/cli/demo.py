@@ -16,6 +16,7 @@ from ..evaluation import measure_gflops, measure_latency, run_sweep
 from ..tasks import get_task
 from ..training import ObjectiveConfig, Trainer, TrainConfig, TrainResult, train
 from ..errors import UserError
+from ..models.util import num_parameters
 from .common import parse_batch_sizes, parse_config_triple
 from .options import add_config_options, config_from_args
 
@@ -101,7 +102,7 @@ def write_summary(cfg: TrainConfig, trainer: Trainer, result: TrainResult, rows:
     primary = trainer.task.primary_metric
     lat = [f"latency_ms_b{b}" for b in sizes]
     lines = [f"# AdaPerceiver run `{cfg.name}`", "",
-             f"- model: `{cfg.model}` ({sum(p.numel() for p in trainer.model.parameters()):,} parameters): "
+             f"- model: `{cfg.model}` ({num_parameters(trainer.model):,} parameters): "
              f"embed_dim {model_cfg.embed_dim}, {model_cfg.depth} blocks, token granularities "
              f"{list(model_cfg.token_grans)}, widths {list(model_cfg.widths)}, patch {model_cfg.patch_size}, "
              f"image {model_cfg.img_size}",

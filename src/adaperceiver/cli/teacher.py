@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.util import num_parameters
 from ..models.vit import StaticViT, ViTConfig
 from ..tasks import get_task
 from ..training import ObjectiveConfig, Trainer, TrainConfig
@@ -30,7 +31,7 @@ def _cli_teacher(args) -> int:
     vit = StaticViT(config_from_args(ViTConfig, args, prefix="vit:", img_size=data.img_size, in_chans=data.in_chans,
                                      num_classes=data.num_classes))
     result = Trainer(cfg, get_task(cfg.task), data=data, model=vit).fit()
-    n = sum(p.numel() for p in vit.parameters())
+    n = num_parameters(vit)
     print(f"teacher ({n / 1e6:.2f} M parameters) trained to step {result.step} in {result.train_seconds:.0f} s; " +
           ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
     print(f"run directory: {result.run_dir} (use as: adaperceiver distill --teacher {result.run_dir})")

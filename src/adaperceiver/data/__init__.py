@@ -68,7 +68,9 @@ class SubsetDataset(Dataset):
             raise ValueError(f"subset size must be >= 1, got {n}")
         order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed))
         self.base, self.indices = base, order[: min(n, len(base))].tolist()
-        self.classes, self.in_chans, self.img_size = base.classes, base.in_chans, base.img_size
+        for attr in ("classes", "in_chans", "img_size", "num_classes"):  # what the dataset says about itself
+            if hasattr(base, attr):
+                setattr(self, attr, getattr(base, attr))
 
     def __len__(self) -> int:
         return len(self.indices)

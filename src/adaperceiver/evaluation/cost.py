@@ -188,6 +188,8 @@ def measure_flops(model: nn.Module, tokens: int | None, depth: int | None, width
 
 
 def machine_info() -> dict[str, Any]:
-    """Where a measurement ran: platform, processor, CPU count, torch version and threads."""
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    """Where a measurement ran: platform, host, machine, processor, CPU count, torch version and threads
+    (the one machine description: sweeps, policy results and the budget's latency cache use it)."""
+    return {"platform": platform.platform(), "node": platform.node(), "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}

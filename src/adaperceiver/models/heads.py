@@ -195,6 +195,9 @@ class DenseTaskModel(nn.Module):
         """Encoder parameters (embedding, latents, read, blocks): what frozen-backbone mode freezes."""
         return self.backbone.backbone_parameters()
 
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+
     def decoder_parameters(self) -> list[nn.Parameter]:
         """What frozen-backbone mode trains: output queries, write cross-attention, feature layer, head."""
         frozen = {id(p) for p in self.backbone_parameters()}

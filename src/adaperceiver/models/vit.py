@@ -85,6 +85,9 @@ class StaticViT(nn.Module):
             raise ValueError("StaticViT has a single configuration: train it with ObjectiveConfig.static()")
         return AnytimeOutput(self(x)[None, None], (self.num_blocks,), (self.cfg.num_latents,))
 
+    def no_weight_decay(self) -> set[str]:
+        return {"patch_embed.pos_embed"}
+
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"architecture": "static_vit"}
 

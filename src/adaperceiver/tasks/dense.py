@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import WEIGHTS_NAME, load_config, read_state_dict
+from ..checkpoint import WEIGHTS_NAME, load_config, read_state_dict, strip_prefix
+from ..data import SubsetDataset
 from ..data.dense import DepthFolder, FashionMNISTSegmentation, SegmentationFolder, ViSPCastelDepth, depth_range
 from ..errors import UserError
 from ..evaluation.metrics import DepthMetric, SegmentationMetric
@@ -78,16 +79,7 @@ def _no_head_overrides(cfg: TrainConfig) -> TrainConfig:
 
 
 def _subset(ds, n: int | None, seed: int = 0):
-    if not n or n >= len(ds):
-        return ds
-    from torch.utils.data import Subset
-
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    sub = Subset(ds, order)
-    for attr in ("in_chans", "img_size", "classes", "num_classes"):
-        if hasattr(ds, attr):
-            setattr(sub, attr, getattr(ds, attr))
-    return sub
+    return ds if not n or n >= len(ds) else SubsetDataset(ds, n, seed)
 
 
 def _need_root(cfg: TrainConfig) -> Path:
@@ -150,9 +142,7 @@ def depth_data(cfg: TrainConfig) -> TaskData:
 def _backbone_state(directory: str | Path) -> tuple[AdaPerceiverConfig, dict[str, Tensor]]:
     """Config and backbone-named weights of any saved model (classifier, dense, or dense task model)."""
     src_cfg = load_config(directory)
-    state = read_state_dict(Path(directory) / WEIGHTS_NAME)
-    if any(k.startswith("backbone.") for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    state = strip_prefix(read_state_dict(Path(directory) / WEIGHTS_NAME), "backbone.")
     return src_cfg, state
 
 

@@ -167,7 +167,7 @@ class TaskSpec:
 
     * ``build_data(cfg) -> TaskData``
     * ``build_model(cfg, data) -> nn.Module`` (an AdaPerceiver, or a model exposing ``cfg``,
-      ``forward_anytime`` and ``backbone_parameters`` like it); honour ``cfg.static`` and
+      ``forward_anytime``, ``backbone_parameters`` and ``no_weight_decay`` like it); honour ``cfg.static`` and
       ``cfg.init_from`` (start from a trained model directory) when set
     * ``make_loss(cfg) -> task_loss(pred, target) -> scalar``, applied to every read-out
     * ``evaluate(model, loader, device) -> dict[str, float]``, containing ``primary_metric``

@@ -30,7 +30,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +50,6 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_POINTER = "last.json"
 STATE_NAME = "trainer_state.pt"
 METRICS_NAME = "metrics.csv"
-NO_DECAY_NAMES = ("pos_embed", "latent_token", "output_query")
 # fields a resumed run must share with the run it continues (they fix data order and schedule)
 RESUME_KEYS = ("task", "model", "model_overrides", "static", "dataset", "image_size", "train_subset", "epochs",
                "batch_size", "lr", "min_lr", "weight_decay", "warmup_steps", "seed", "objective", "ema_decay")
@@ -113,13 +112,16 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
     return factor
 
 
-def param_groups(named: Sequence[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: not on biases, norms, LayerScale or learned tokens/positions."""
+def param_groups(named: Sequence[tuple[str, nn.Parameter]], weight_decay: float,
+                 no_decay_names: Collection[str] = ()) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: not on biases, norms, LayerScale, nor on ``no_decay_names``
+    (the model's ``no_weight_decay()``: learned tokens and positions)."""
     decay, no_decay = [], []
+    skip = set(no_decay_names)
     for name, p in named:
         if not p.requires_grad:
             continue
-        (no_decay if p.dim() < 2 or any(k in name for k in NO_DECAY_NAMES) else decay).append(p)
+        (no_decay if p.dim() < 2 or name in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -267,7 +269,8 @@ class Trainer:
         self.params = [p for _, p in named if p.requires_grad]
         if not self.params:
             raise ValueError("nothing to train: every parameter is frozen")
-        self.optimizer = torch.optim.AdamW(param_groups(named, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+        no_decay = getattr(self.model, "no_weight_decay", set)()  # the model names its learned tokens/positions
+        self.optimizer = torch.optim.AdamW(param_groups(named, cfg.weight_decay, no_decay), lr=cfg.lr, betas=(0.9, 0.999))
         self.steps_per_epoch = len(self.data.train) // cfg.batch_size
         self.total_steps = cfg.epochs * self.steps_per_epoch
         warmup = min(cfg.warmup_steps, self.total_steps // 2)
