@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from adaperceiver import build_model
-from adaperceiver.adapt.policy import collect_outcomes, configuration_flops, ActionSpace
+from adaperceiver.adapt.policy import ActionSpace, collect_outcomes, configuration_flops
 from adaperceiver.evaluation import measure_latency, run_sweep
 from adaperceiver.models.util import eval_mode
 from adaperceiver.tasks import evaluate_classification

@@ -128,7 +128,8 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, Tensor], source: str
         if unexpected:
             parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
         if shape:
-            parts.append("shape mismatch " + ", ".join(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shape[:8]))
+            parts.append("shape mismatch " + ", ".join(
+                f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shape[:8]))
         raise ValueError(f"{source} does not fit the model: " + "; ".join(parts))
     model.load_state_dict(state)
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .models.adaperceiver import AdaPerceiver
 from .models.util import num_parameters
 
+
 class _Logits(nn.Module):
     """Wrap a static model so that tracing sees one tensor in, one tensor out."""
 

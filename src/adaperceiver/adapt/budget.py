@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
 from ..checkpoint import write_json
 from ..evaluation.cost import machine_info, measure_latency
 from ..models.adaperceiver import AdaPerceiver

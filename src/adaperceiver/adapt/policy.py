@@ -561,7 +561,7 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
                          "mean_depth": float(torch.tensor(space.depths)[a[:, 1]].float().mean()),
                          "mean_width": float(torch.tensor(space.widths)[a[:, 2]].float().mean()),
                          "distinct_configs": int(len({tuple(r) for r in a.tolist()})),
-                         **lat(lambda c: runner(c)), "deployable": True})
+                         **lat(runner), "deployable": True})
 
         summary: dict[str, Any] = {"num_images": n, "full": {"acc1": full["acc1"], "gflops": full["gflops"]},
                                    "latency_images": int(xs.shape[0]), "latency_batch_sizes": list(bss)}

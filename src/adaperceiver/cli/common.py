@@ -3,7 +3,6 @@ generated from the config dataclasses: :mod:`adaperceiver.cli.options`.)"""
 
 from __future__ import annotations
 
-
 from ..data import get_dataset
 
 

@@ -6,6 +6,7 @@ from ..checkpoint import save_pretrained
 from ..models.util import num_parameters
 from ..reference import load_reference
 
+
 def register(sub) -> None:
     p = sub.add_parser(
         "convert",

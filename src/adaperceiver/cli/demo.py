@@ -12,11 +12,11 @@ from typing import Any
 import torch
 
 from ..checkpoint import atomic_write
-from ..evaluation import measure_gflops, measure_latency, run_sweep
-from ..tasks import get_task
-from ..training import ObjectiveConfig, Trainer, TrainConfig, TrainResult, train
 from ..errors import UserError
+from ..evaluation import measure_gflops, measure_latency, run_sweep
 from ..models.util import num_parameters
+from ..tasks import get_task
+from ..training import ObjectiveConfig, TrainConfig, Trainer, TrainResult, train
 from .common import parse_batch_sizes, parse_config_triple
 from .options import add_config_options, config_from_args
 

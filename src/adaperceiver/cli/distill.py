@@ -6,10 +6,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..tasks import get_task
-from ..training import Trainer, TrainConfig, distributed
+from ..training import TrainConfig, Trainer, distributed
 from ..training.distill import FeatureDistillation
 from ..training.teachers import CachedTeacher, load_teacher
 from .options import add_config_options, config_from_args
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -54,7 +55,8 @@ def _cli_distill(args) -> int:
         result = Trainer(cfg, task, teacher=teacher, extra_losses=extra, data=data, model=student,
                          dist_info=info).fit(resume=args.resume)
         if info.is_main:
-            what = "logits KD" + (" + feature matching" if extra else "") + (f" + {cfg.objective.ce_weight} x CE" if cfg.objective.ce_weight else "")
+            ce = cfg.objective.ce_weight
+            what = "logits KD" + (" + feature matching" if extra else "") + (f" + {ce} x CE" if ce else "")
             print(f"distilled ({what}) from {teacher.name if hasattr(teacher, 'name') else args.teacher} "
                   f"to step {result.step}; {result.train_seconds:.0f} s; " +
                   ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))

@@ -9,6 +9,7 @@ from ..export import export_onnx
 from ..models.slim import slim
 from ..models.util import num_parameters
 
+
 def register(sub) -> None:
     p = sub.add_parser(
         "export",

@@ -121,7 +121,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, groups: Itera
             # a flag that turns the field on (--x) or off (--no-x / an explicit off spelling)
             turns_on = not flag.startswith("--no-")
             g.add_argument(flag, dest=dest, action="store_true" if turns_on else "store_false", default=default,
-                           help=f"{help_}: {'off by default, this flag turns it on' if turns_on else 'on by default, this flag turns it off'}")
+                           help=f"{help_}: " + ("off by default, this flag turns it on" if turns_on
+                                                 else "on by default, this flag turns it off"))
         elif typing.get_origin(base) is dict:
             g.add_argument(flag_for(path), dest=dest, action="append", type=parse_override, default=[],
                            metavar="KEY=VALUE", help=f"{help_} (repeatable)")

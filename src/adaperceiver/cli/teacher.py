@@ -7,7 +7,7 @@ import torch
 from ..models.util import num_parameters
 from ..models.vit import StaticViT, ViTConfig
 from ..tasks import get_task
-from ..training import ObjectiveConfig, Trainer, TrainConfig
+from ..training import ObjectiveConfig, TrainConfig, Trainer
 from .options import add_config_options, config_from_args, option_values
 
 

@@ -6,10 +6,8 @@ import dataclasses
 from pathlib import Path
 
 from ..tasks import get_task
-from ..training import (NonFiniteLossError, ObjectiveConfig, TrainConfig, distributed, last_checkpoint, load_run_config,
-                        train)
+from ..training import NonFiniteLossError, ObjectiveConfig, TrainConfig, distributed, last_checkpoint, load_run_config, train
 from .options import add_config_options, config_from_args, flag_for, option_values
-
 
 TRAIN_GROUPS = ("model", "data", "optimisation", "objective", "run")
 

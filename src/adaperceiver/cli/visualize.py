@@ -11,7 +11,6 @@ from ..evaluation.reports import plot_dense_predictions
 from .common import load_dataset, parse_config_triple
 
 
-
 def register(sub) -> None:
     p = sub.add_parser("dense-visualize", help="picture of segmentation / depth predictions at small and full configurations",
                        description="For the first N images of a dataset, draw image | ground truth | prediction at "

@@ -37,7 +37,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..errors import UserError
-from .classification import FASHION_MNIST_DIR, FASHION_MNIST_FILES, IMAGE_EXTENSIONS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, read_idx
+from .classification import (
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_FILES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    IMAGE_EXTENSIONS,
+    read_idx,
+)
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPLIT_DIRS = {"train": ("training", "train"), "val": ("validation", "val", "test")}
@@ -499,7 +506,8 @@ def _visp(split, root=None, image_size=None, in_chans=None):
 
 
 # for ``adaperceiver.data.get_dataset`` (and so ``adaperceiver sweep --data NAME[:ROOT]``)
-DENSE_DATASETS = {"fashion_mnist_seg": _fmnist_seg, "fashion_mnist_seg28": _fmnist_seg28, "ade20k": _ade20k, "nyu": _nyu, "visp_castel": _visp}
+DENSE_DATASETS = {"fashion_mnist_seg": _fmnist_seg, "fashion_mnist_seg28": _fmnist_seg28, "ade20k": _ade20k, "nyu": _nyu,
+                  "visp_castel": _visp}
 
 __all__ = [
     "DENSE_DATASETS", "DepthFolder", "FashionMNISTSegmentation", "SegmentationFolder", "ViSPCastelDepth", "depth_range",

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import LN_EPS
 from .adaperceiver import AdaPerceiverConfig, AdaPerceiverDense, AnytimeOutput, WidthArg
+from .layers import LN_EPS
 
 # ------------------------------------------------------------------------------------------------
 # head configs

@@ -12,9 +12,9 @@ from ..checkpoint import load_matching
 from ..data import RandomCropFlip, get_dataset
 from ..evaluation.metrics import ClassificationAccuracy
 from ..losses import cross_entropy
-from ..models.util import eval_mode
 from ..models.adaperceiver import build_model
 from ..models.presets import preset_config
+from ..models.util import eval_mode
 from ..training.config import TaskData, TaskSpec, TrainConfig
 
 
