@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from adaperceiver.losses import PixelCrossEntropy, SigLoss, pixel_cross_entropy, sig_loss
 from adaperceiver.evaluation.metrics import DepthMetric, SegmentationMetric, depth_metric, segmentation_metric
+from adaperceiver.losses import PixelCrossEntropy, SigLoss, pixel_cross_entropy, sig_loss
 
 
 def test_miou_and_pixel_accuracy_by_hand():

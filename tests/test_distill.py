@@ -156,9 +156,10 @@ def test_two_stage_recipe_from_the_cli(tmp_path, capsys):
     pytest.importorskip("sklearn")
     import csv
 
+    from safetensors.torch import load_file
+
     from adaperceiver import from_pretrained
     from adaperceiver.cli import main
-    from safetensors.torch import load_file
 
     common = ["--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--max-steps", "3", "--warmup-steps", "1",
               "--out", str(tmp_path), "--no-progress", "--val-subset", "64"]

@@ -10,8 +10,8 @@ import torch
 
 from adaperceiver import build_model, from_pretrained, save_pretrained
 from adaperceiver.cli import main
-from adaperceiver.export import num_parameters
 from adaperceiver.models.slim import slim
+from adaperceiver.models.util import num_parameters
 
 ATOL = 1e-5
 

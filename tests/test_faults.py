@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_bad_inputs import TINY, cli_error, train_argv
 
 from adaperceiver import from_pretrained
 from adaperceiver.checkpoint import atomic_write
 from adaperceiver.cli import main
-
-from test_bad_inputs import TINY, cli_error, train_argv
 
 pytest.importorskip("sklearn")
 
@@ -150,8 +149,9 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 
 def test_disk_full_during_a_checkpoint_is_one_line_and_the_run_stays_resumable(run, capsys, monkeypatch):
-    from adaperceiver import checkpoint
     from safetensors import SafetensorError
+
+    from adaperceiver import checkpoint
 
     out, run_dir = run
     before = step_dir(run_dir)

@@ -8,9 +8,17 @@ import pytest
 import torch
 
 from adaperceiver import AdaPerceiverDense, from_pretrained, save_pretrained
-from adaperceiver.models.heads import (DepthHead, DepthHeadConfig, DepthModel, LayerNorm2d, SegmentationHead,
-                                SegmentationHeadConfig, SegmentationModel, build_dense_model)
 from adaperceiver.losses import PixelCrossEntropy, SigLoss
+from adaperceiver.models.heads import (
+    DepthHead,
+    DepthHeadConfig,
+    DepthModel,
+    LayerNorm2d,
+    SegmentationHead,
+    SegmentationHeadConfig,
+    SegmentationModel,
+    build_dense_model,
+)
 
 
 @pytest.fixture

@@ -8,9 +8,22 @@ import pytest
 import torch
 
 from adaperceiver import build_model, save_pretrained
-from adaperceiver.adapt.policy import (ActionSpace, ConfigPolicy, Outcomes, PolicyClassifier, PolicyTrainConfig, TrainLog,
-                                 collect_outcomes, configuration_flops, evaluate_comparators, load_policy,
-                                 run_from_patches, save_policy, train_policy, write_results)
+from adaperceiver.adapt.policy import (
+    ActionSpace,
+    ConfigPolicy,
+    Outcomes,
+    PolicyClassifier,
+    PolicyTrainConfig,
+    TrainLog,
+    collect_outcomes,
+    configuration_flops,
+    evaluate_comparators,
+    load_policy,
+    run_from_patches,
+    save_policy,
+    train_policy,
+    write_results,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -151,8 +164,8 @@ def test_save_load_and_errors(model, tmp_path):
 
 
 def test_policy_cli(model, tmp_path, monkeypatch, capsys):
-    from adaperceiver.cli import policy as policy_cmd
     from adaperceiver.cli import main
+    from adaperceiver.cli import policy as policy_cmd
 
     xs, ys = data(24)
     monkeypatch.setattr(policy_cmd, "load_dataset", lambda spec, split: torch.utils.data.TensorDataset(xs, ys))

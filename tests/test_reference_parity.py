@@ -18,9 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adaperceiver.reference import load_reference, reference_forward
-from adaperceiver.models.masks import token_block_mask
 from adaperceiver.models.adaperceiver import build_model
+from adaperceiver.models.masks import token_block_mask
+from adaperceiver.reference import load_reference, reference_forward
 
 ROOT = Path(os.environ.get("ADAPERCEIVER_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"))
 pytestmark = pytest.mark.skipif(not (ROOT / "config.json").is_file(), reason=f"reference fixture not found at {ROOT}")

@@ -10,6 +10,7 @@ import torch
 
 from adaperceiver import from_pretrained
 from adaperceiver.cli import main
+from adaperceiver.errors import UserError
 from adaperceiver.tasks import evaluate_classification, get_task, list_tasks
 from adaperceiver.training.trainer import (
     EpochBatchSampler,
@@ -79,7 +80,7 @@ def test_resume_gives_the_same_parameters_as_uninterrupted(tmp_path):
 
 def test_resume_refuses_changed_settings_and_overwrite(tmp_path):
     Trainer(cfg_for(tmp_path, max_steps=2), get_task("classification")).fit()
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(UserError, match="resume it"):
         Trainer(cfg_for(tmp_path), get_task("classification")).fit()
     with pytest.raises(ValueError, match="lr"):
         Trainer(cfg_for(tmp_path, lr=1e-2), get_task("classification")).fit(resume=True)
@@ -174,8 +175,9 @@ def test_cli_train_resume_and_help(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path), "--name", "cli", "--resume", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "finished" in out and "val_acc1" in out and last_checkpoint(tmp_path / "cli").name == "step_00000006"
-    assert main(["train", "--static", "4,1"]) == 2
-    assert "TOKENS,DEPTH,WIDTH" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--static", "4,1"])
+    assert exit_.value.code == 2 and "--static takes TOKENS,DEPTH,WIDTH" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "Fashion-MNIST" in capsys.readouterr().out
@@ -201,3 +203,22 @@ def test_trains_on_a_users_image_folder(tmp_path, make_folder):
     assert result.metrics["val_acc1"] == pytest.approx(direct["acc1"])
     meta = json.loads((tmp_path / "folder" / "config.json").read_text())
     assert meta["class_names"] == ["cat", "dog"] and meta["model"]["in_chans"] == 1
+
+
+def test_weight_decay_skips_what_the_model_names(tmp_path):
+    from adaperceiver import build_model
+    from adaperceiver.models.heads import build_dense_model
+    from adaperceiver.models.vit import StaticViT, ViTConfig
+
+    cfg = cfg_for(tmp_path)
+    model = build_model(get_task("classification").build_model(cfg, get_task("classification").build_data(cfg)).cfg)
+    assert model.no_weight_decay() == {"latent_token", "output_query", "patch_embed.pos_embed"}
+    dense = build_dense_model("segmentation", model.cfg, {"num_classes": 3})
+    assert dense.no_weight_decay() == {"backbone.latent_token", "backbone.patch_embed.pos_embed"}
+    assert StaticViT(ViTConfig()).no_weight_decay() <= {n for n, _ in StaticViT(ViTConfig()).named_parameters()}
+    trainer = Trainer(cfg, get_task("classification"))
+    decay, no_decay = trainer.optimizer.param_groups
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"] if id(p) in names}
+    assert trainer.model.no_weight_decay() <= skipped and decay["weight_decay"] > 0 == no_decay["weight_decay"]
+    assert all(p.dim() >= 2 for p in decay["params"]) and not {names.get(id(p)) for p in decay["params"]} & skipped

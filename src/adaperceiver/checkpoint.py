@@ -236,6 +236,14 @@ def _check_finite(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     return state
 
 
+def strip_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries under ``prefix`` (e.g. ``"backbone."``) with the prefix removed; the state itself
+    when no key has it."""
+    if not any(k.startswith(prefix) for k in state):
+        return dict(state)
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
 def strip_wrappers(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Drop ``module.`` (DDP), ``_orig_mod.`` (torch.compile) and ``model.`` prefixes."""
     out = {}
@@ -263,7 +271,8 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, Tensor], source: str
         if unexpected:
             parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
         if shape:
-            parts.append("shape mismatch " + ", ".join(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shape[:8]))
+            parts.append("shape mismatch " + ", ".join(
+                f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shape[:8]))
         raise ValueError(f"{source} does not fit the model: " + "; ".join(parts))
     model.load_state_dict(state)
 

@@ -164,7 +164,8 @@ def load_reference(path: str | Path, config: Mapping[str, Any] | str | Path, sec
     state = convert_reference_state_dict(read_state_dict(path))
     if section is not None:
         if section not in config:
-            raise ValueError(f"config has no section {section!r}; sections: {sorted(k for k, v in config.items() if isinstance(v, Mapping))}")
+            sections = sorted(k for k, v in config.items() if isinstance(v, Mapping))
+            raise ValueError(f"config has no section {section!r}; sections: {sections}")
         config = config[section]
     elif not any(k.endswith("Config") or k in _CONFIG_NAMES for k in config):
         task = "dense" if "query_proj.weight" in state else "classification"

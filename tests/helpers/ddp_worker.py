@@ -12,9 +12,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from adaperceiver.training import distributed
 from adaperceiver.tasks import get_task
-from adaperceiver.training import Trainer, TrainConfig
+from adaperceiver.training import TrainConfig, Trainer, distributed
 
 
 def main() -> None:

@@ -14,15 +14,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import platform
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..checkpoint import tensors_digest, write_json
-from ..evaluation.cost import measure_latency
+from ..evaluation.cost import machine_info, measure_latency
 from ..models.adaperceiver import AdaPerceiver
 
 CACHE_NAME = "latency_cache.json"
@@ -76,9 +73,9 @@ def _parse(v: str) -> Any:
 def machine_key(model: AdaPerceiver, batch_size: int) -> str:
     """What a latency depends on: machine, torch build and threads, batch size, and the model."""
     cfg_hash = hashlib.sha1(json.dumps(model.cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:10]
-    dev = next(model.parameters()).device
-    return (f"{platform.node()}|{platform.machine()}|{platform.processor() or '-'}|torch {torch.__version__}|"
-            f"threads {torch.get_num_threads()}|{dev}|{next(model.parameters()).dtype}|batch {batch_size}|model {cfg_hash}")
+    p, m = next(model.parameters()), machine_info()
+    return (f"{m['node']}|{m['machine']}|{m['processor']}|torch {m['torch']}|threads {m['torch_threads']}|"
+            f"{p.device}|{p.dtype}|batch {batch_size}|model {cfg_hash}")
 
 
 def default_measure(model: AdaPerceiver, tokens: int, depth: int, width: int, batch_size: int) -> float:

@@ -21,10 +21,8 @@ fixed configuration, confidence early exit (a threshold sweep, ``forward_early_e
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import read_state_dict, save_state_dict, write_json
-from ..evaluation.cost import count_flops, flop_counter
-from ..evaluation.reports import new_figure, save_figure
+from ..checkpoint import load_strict, read_state_dict, save_state_dict, write_json
+from ..evaluation.cost import flop_counter, measure_flops, time_call
+from ..evaluation.reports import new_figure, save_figure, write_csv
 from ..evaluation.sweep import pareto_front
 from ..models.adaperceiver import AdaPerceiver, AdaPerceiverClassifier
+from ..models.util import eval_mode
 
 REWARDS = ("ce", "correct")
 BASELINES = ("ema", "loo")
@@ -97,17 +96,11 @@ def _example_input(model: AdaPerceiver) -> Tensor:
 
 def configuration_flops(model: AdaPerceiver, space: ActionSpace) -> Tensor:
     """FLOPs per image of every configuration, ``(n_tokens, n_depths, n_widths)``, counted once each."""
-    x = _example_input(model)
     table = torch.zeros(space.shape, dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        for i, t in enumerate(space.tokens):
-            for j, d in enumerate(space.depths):
-                for k, w in enumerate(space.widths):
-                    table[i, j, k] = count_flops(model, x, tokens=t, depth=d, width=w)
-    finally:
-        model.train(was_training)
+    for i, t in enumerate(space.tokens):
+        for j, d in enumerate(space.depths):
+            for k, w in enumerate(space.widths):
+                table[i, j, k] = measure_flops(model, t, d, w)
     return table
 
 
@@ -227,7 +220,7 @@ def load_policy(directory: str | Path) -> tuple[ConfigPolicy, dict[str, Any]]:
     meta = json.loads(path.read_text())
     space = ActionSpace(**meta["space"])
     policy = ConfigPolicy(meta["num_patches"], meta["embed_dim"], space, PolicyConfig(**meta["policy"]))
-    policy.load_state_dict(read_state_dict(directory / "policy.safetensors"))
+    load_strict(policy, read_state_dict(directory / "policy.safetensors"), source=str(directory / "policy.safetensors"))
     return policy.eval(), meta
 
 
@@ -274,33 +267,33 @@ def collect_outcomes(model: AdaPerceiverClassifier, data: Any, space: ActionSpac
         raise ValueError("policies are defined for classification models (AdaPerceiverClassifier)")
     space = space or ActionSpace.of(model)
     space.check(model)
-    model.eval()
-    dev = next(model.parameters()).device
-    imgs, labels, ces, cors = [], [], [], []
-    seen = 0
-    for x, y in _batches(data, batch_size):
-        if limit is not None:
-            if seen >= limit:
-                break
-            x, y = x[:limit - seen], y[:limit - seen]
-        x, y = x.to(dev), y.to(dev).long()
-        ce = x.new_empty(x.shape[0], *space.shape)
-        correct = torch.zeros(x.shape[0], *space.shape, dtype=torch.bool, device=dev)
-        for k, w in enumerate(space.widths):
-            out = model.forward_anytime(x, tokens=space.tokens[-1], width=w, depths=space.depths,
-                                        token_counts=space.tokens).outputs  # (n_d, n_t, B, C)
-            logits = out.permute(2, 1, 0, 3)  # (B, n_t, n_d, C)
-            target = y.view(-1, 1, 1).expand(logits.shape[:3])
-            ce[..., k] = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(logits.shape[:3])
-            correct[..., k] = logits.argmax(-1) == target
-        imgs.append(x.cpu())
-        labels.append(y.cpu())
-        ces.append(ce.cpu())
-        cors.append(correct.cpu())
-        seen += x.shape[0]
-    if not labels:
-        raise ValueError("no data: the data set yielded no batches")
-    return Outcomes(torch.cat(imgs), torch.cat(labels), torch.cat(ces), torch.cat(cors), space)
+    with eval_mode(model):
+        dev = next(model.parameters()).device
+        imgs, labels, ces, cors = [], [], [], []
+        seen = 0
+        for x, y in _batches(data, batch_size):
+            if limit is not None:
+                if seen >= limit:
+                    break
+                x, y = x[:limit - seen], y[:limit - seen]
+            x, y = x.to(dev), y.to(dev).long()
+            ce = x.new_empty(x.shape[0], *space.shape)
+            correct = torch.zeros(x.shape[0], *space.shape, dtype=torch.bool, device=dev)
+            for k, w in enumerate(space.widths):
+                out = model.forward_anytime(x, tokens=space.tokens[-1], width=w, depths=space.depths,
+                                            token_counts=space.tokens).outputs  # (n_d, n_t, B, C)
+                logits = out.permute(2, 1, 0, 3)  # (B, n_t, n_d, C)
+                target = y.view(-1, 1, 1).expand(logits.shape[:3])
+                ce[..., k] = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(logits.shape[:3])
+                correct[..., k] = logits.argmax(-1) == target
+            imgs.append(x.cpu())
+            labels.append(y.cpu())
+            ces.append(ce.cpu())
+            cors.append(correct.cpu())
+            seen += x.shape[0]
+        if not labels:
+            raise ValueError("no data: the data set yielded no batches")
+        return Outcomes(torch.cat(imgs), torch.cat(labels), torch.cat(ces), torch.cat(cors), space)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -456,17 +449,13 @@ def _stream_ms(fn, xs: Tensor, batch_size: int, repeats: int = 3) -> float:
     ``fn`` gets ready input tensors (no data loading inside the timing); one untimed warm-up pass.
     """
     chunks = list(xs.split(batch_size))
-    with torch.no_grad():
+
+    def stream() -> None:
         for c in chunks:
             fn(c)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for c in chunks:
-                fn(c)
-            times.append((time.perf_counter() - t0) * 1000.0 / xs.shape[0])
-    times.sort()
-    return times[len(times) // 2]
+
+    timing = time_call(stream, xs.shape[0], warmup=1, repeats=repeats, device=xs.device)  # synchronises CUDA
+    return timing.median_ms / xs.shape[0]
 
 
 def flops_saved_at_parity(rows: Sequence[Mapping[str, Any]], full_acc: float, full_gflops: float,
@@ -494,92 +483,92 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
     configurations it picks, weighted by how often it picks them.
     """
     space = outcomes.space
-    model.eval()
-    dev = next(model.parameters()).device
-    xs = outcomes.images[:latency_images].to(dev)
-    bss = tuple(int(b) for b in latency_batch_sizes)
-    n = len(outcomes)
-    gcost = cost / 1e9
-    rows: list[dict[str, Any]] = []
+    with eval_mode(model):
+        dev = next(model.parameters()).device
+        xs = outcomes.images[:latency_images].to(dev)
+        bss = tuple(int(b) for b in latency_batch_sizes)
+        n = len(outcomes)
+        gcost = cost / 1e9
+        rows: list[dict[str, Any]] = []
 
-    def lat(fn) -> dict[str, float]:
-        return {f"latency_ms_b{b}": _stream_ms(fn, xs, b, latency_repeats) for b in bss}
+        def lat(fn) -> dict[str, float]:
+            return {f"latency_ms_b{b}": _stream_ms(fn, xs, b, latency_repeats) for b in bss}
 
-    # every fixed configuration (the full one included)
-    fixed_lat: dict[tuple[int, int, int], dict[str, float]] = {}
-    for i, t in enumerate(space.tokens):
-        for j, d in enumerate(space.depths):
-            for k, w in enumerate(space.widths):
-                fixed_lat[(i, j, k)] = lat(lambda c, t=t, d=d, w=w: model(c, tokens=t, depth=d, width=w))
-                rows.append({"method": "fixed", "setting": f"{t}/{d}/{w}", "tokens": t, "depth": d, "width": w,
-                             "acc1": 100.0 * float(outcomes.correct[:, i, j, k].float().mean()),
-                             "gflops": float(gcost[i, j, k]), **fixed_lat[(i, j, k)], "deployable": True})
-    full = next(r for r in rows if (r["tokens"], r["depth"], r["width"]) == space.full)
-    full = {**full, "method": "full"}
-    rows.insert(0, full)
+        # every fixed configuration (the full one included)
+        fixed_lat: dict[tuple[int, int, int], dict[str, float]] = {}
+        for i, t in enumerate(space.tokens):
+            for j, d in enumerate(space.depths):
+                for k, w in enumerate(space.widths):
+                    fixed_lat[(i, j, k)] = lat(lambda c, t=t, d=d, w=w: model(c, tokens=t, depth=d, width=w))
+                    rows.append({"method": "fixed", "setting": f"{t}/{d}/{w}", "tokens": t, "depth": d, "width": w,
+                                 "acc1": 100.0 * float(outcomes.correct[:, i, j, k].float().mean()),
+                                 "gflops": float(gcost[i, j, k]), **fixed_lat[(i, j, k)], "deployable": True})
+        full = next(r for r in rows if (r["tokens"], r["depth"], r["width"]) == space.full)
+        full = {**full, "method": "full"}
+        rows.insert(0, full)
 
-    # oracle: per image, the cheapest configuration that is correct (the cheapest overall if none is)
-    flat_cost = cost.flatten()
-    correct = outcomes.correct.flatten(1)
-    masked = torch.where(correct, flat_cost.expand(n, -1), torch.full_like(flat_cost, float("inf")).expand(n, -1))
-    choice = torch.where(correct.any(1), masked.argmin(1), flat_cost.argmin().expand(n))
-    counts = torch.bincount(choice, minlength=flat_cost.numel()).double()
-    oracle_lat = {key: sum(counts[c].item() * fixed_lat[tuple(int(v) for v in torch.unravel_index(torch.tensor(c), space.shape))][key]
-                           for c in counts.nonzero().flatten().tolist()) / n for key in (f"latency_ms_b{b}" for b in bss)}
-    rows.append({"method": "oracle", "setting": "cheapest correct", "acc1": 100.0 * float(correct.any(1).float().mean()),
-                 "gflops": float(flat_cost[choice].mean() / 1e9), **oracle_lat, "deployable": False})
+        # oracle: per image, the cheapest configuration that is correct (the cheapest overall if none is)
+        flat_cost = cost.flatten()
+        correct = outcomes.correct.flatten(1)
+        masked = torch.where(correct, flat_cost.expand(n, -1), torch.full_like(flat_cost, float("inf")).expand(n, -1))
+        choice = torch.where(correct.any(1), masked.argmin(1), flat_cost.argmin().expand(n))
+        counts = torch.bincount(choice, minlength=flat_cost.numel()).double()
+        oracle_lat = {key: sum(counts[c].item() * fixed_lat[tuple(int(v) for v in torch.unravel_index(torch.tensor(c), space.shape))][key]
+                               for c in counts.nonzero().flatten().tolist()) / n for key in (f"latency_ms_b{b}" for b in bss)}
+        rows.append({"method": "oracle", "setting": "cheapest correct", "acc1": 100.0 * float(correct.any(1).float().mean()),
+                     "gflops": float(flat_cost[choice].mean() / 1e9), **oracle_lat, "deployable": False})
 
-    # confidence early exit at full tokens and width
-    t_full, _, w_full = space.full
-    write = writeout_flops(model, t_full)
-    depth_cost = {d: float(cost[-1, j, -1]) for j, d in enumerate(space.depths)}
-    for tau in taus:
-        exit_depths, hits = [], 0
-        for s in range(0, n, eval_batch_size):
-            x = outcomes.images[s:s + eval_batch_size].to(dev)
-            out = model.forward_early_exit(x, tau, tokens=t_full, width=w_full)
-            hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
-            exit_depths.append(out.exit_depth.cpu())
-        ed = torch.cat(exit_depths)
-        flops = torch.tensor([depth_cost[int(d)] + (int(d) - 1) * write for d in ed.tolist()], dtype=torch.float64)
-        rows.append({"method": "early_exit", "setting": f"tau={tau:g}", "tau": tau, "acc1": 100.0 * hits / n,
-                     "gflops": float(flops.mean() / 1e9), "mean_exit_depth": float(ed.float().mean()),
-                     **lat(lambda c, tau=tau: model.forward_early_exit(c, tau, tokens=t_full, width=w_full)),
-                     "deployable": True})
+        # confidence early exit at full tokens and width
+        t_full, _, w_full = space.full
+        write = writeout_flops(model, t_full)
+        depth_cost = {d: float(cost[-1, j, -1]) for j, d in enumerate(space.depths)}
+        for tau in taus:
+            exit_depths, hits = [], 0
+            for s in range(0, n, eval_batch_size):
+                x = outcomes.images[s:s + eval_batch_size].to(dev)
+                out = model.forward_early_exit(x, tau, tokens=t_full, width=w_full)
+                hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
+                exit_depths.append(out.exit_depth.cpu())
+            ed = torch.cat(exit_depths)
+            flops = torch.tensor([depth_cost[int(d)] + (int(d) - 1) * write for d in ed.tolist()], dtype=torch.float64)
+            rows.append({"method": "early_exit", "setting": f"tau={tau:g}", "tau": tau, "acc1": 100.0 * hits / n,
+                         "gflops": float(flops.mean() / 1e9), "mean_exit_depth": float(ed.float().mean()),
+                         **lat(lambda c, tau=tau: model.forward_early_exit(c, tau, tokens=t_full, width=w_full)),
+                         "deployable": True})
 
-    # learned policies
-    for name, policy in (policies or {}).items():
-        policy = policy.to(dev).eval()
-        runner = PolicyClassifier(model, policy)
-        x_pol = _example_input(model)
-        with torch.no_grad():
-            p1 = model.patch_embed(x_pol)[0]
-        with torch.enable_grad(), flop_counter() as counter:
-            policy(p1)
-        pol_flops = int(counter.get_total_flops())
-        acts, hits = [], 0
-        for s in range(0, n, eval_batch_size):
-            out = runner(outcomes.images[s:s + eval_batch_size].to(dev))
-            hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
-            acts.append(out.actions.cpu())
-        a = torch.cat(acts)
-        # the table says what the backbone gets for these actions; the run above must agree
-        table_hits = int(outcomes.correct[torch.arange(n), a[:, 0], a[:, 1], a[:, 2]].sum())
-        chosen = cost[a[:, 0], a[:, 1], a[:, 2]]
-        rows.append({"method": "policy", "setting": name, "acc1": 100.0 * hits / n,
-                     "gflops": float((chosen.mean() + pol_flops) / 1e9), "policy_gflops": pol_flops / 1e9,
-                     "table_acc1": 100.0 * table_hits / n, "mean_tokens": float(torch.tensor(space.tokens)[a[:, 0]].float().mean()),
-                     "mean_depth": float(torch.tensor(space.depths)[a[:, 1]].float().mean()),
-                     "mean_width": float(torch.tensor(space.widths)[a[:, 2]].float().mean()),
-                     "distinct_configs": int(len({tuple(r) for r in a.tolist()})),
-                     **lat(lambda c: runner(c)), "deployable": True})
+        # learned policies
+        for name, policy in (policies or {}).items():
+            policy = policy.to(dev).eval()
+            runner = PolicyClassifier(model, policy)
+            x_pol = _example_input(model)
+            with torch.no_grad():
+                p1 = model.patch_embed(x_pol)[0]
+            with torch.enable_grad(), flop_counter() as counter:
+                policy(p1)
+            pol_flops = int(counter.get_total_flops())
+            acts, hits = [], 0
+            for s in range(0, n, eval_batch_size):
+                out = runner(outcomes.images[s:s + eval_batch_size].to(dev))
+                hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
+                acts.append(out.actions.cpu())
+            a = torch.cat(acts)
+            # the table says what the backbone gets for these actions; the run above must agree
+            table_hits = int(outcomes.correct[torch.arange(n), a[:, 0], a[:, 1], a[:, 2]].sum())
+            chosen = cost[a[:, 0], a[:, 1], a[:, 2]]
+            rows.append({"method": "policy", "setting": name, "acc1": 100.0 * hits / n,
+                         "gflops": float((chosen.mean() + pol_flops) / 1e9), "policy_gflops": pol_flops / 1e9,
+                         "table_acc1": 100.0 * table_hits / n, "mean_tokens": float(torch.tensor(space.tokens)[a[:, 0]].float().mean()),
+                         "mean_depth": float(torch.tensor(space.depths)[a[:, 1]].float().mean()),
+                         "mean_width": float(torch.tensor(space.widths)[a[:, 2]].float().mean()),
+                         "distinct_configs": int(len({tuple(r) for r in a.tolist()})),
+                         **lat(runner), "deployable": True})
 
-    summary: dict[str, Any] = {"num_images": n, "full": {"acc1": full["acc1"], "gflops": full["gflops"]},
-                               "latency_images": int(xs.shape[0]), "latency_batch_sizes": list(bss)}
-    for method in ("fixed", "early_exit", "policy", "oracle"):
-        summary[f"parity_{method}"] = flops_saved_at_parity([r for r in rows if r["method"] == method],
-                                                            full["acc1"], full["gflops"])
-    return {"rows": rows, "summary": summary}
+        summary: dict[str, Any] = {"num_images": n, "full": {"acc1": full["acc1"], "gflops": full["gflops"]},
+                                   "latency_images": int(xs.shape[0]), "latency_batch_sizes": list(bss)}
+        for method in ("fixed", "early_exit", "policy", "oracle"):
+            summary[f"parity_{method}"] = flops_saved_at_parity([r for r in rows if r["method"] == method],
+                                                                full["acc1"], full["gflops"])
+        return {"rows": rows, "summary": summary}
 
 
 def write_results(result: Mapping[str, Any], out_dir: str | Path, meta: Mapping[str, Any] | None = None) -> None:
@@ -587,14 +576,7 @@ def write_results(result: Mapping[str, Any], out_dir: str | Path, meta: Mapping[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = result["rows"]
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    with open(out / "comparators.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_csv(rows, out / "comparators.csv")
     (out / "comparators.json").write_text(json.dumps({**dict(meta or {}), **result}, indent=1) + "\n")
     plot_comparators(rows, out / "accuracy_vs_gflops.png")
 

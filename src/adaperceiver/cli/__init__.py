@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import UserError
 from . import budget, convert, demo, distill, export, policy, sweep, teacher, train, visualize
 
 COMMANDS = [train, demo, sweep, teacher, distill, policy, budget, export, visualize, convert]  # in --help order
@@ -39,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"adaperceiver {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, ImportError) as e:  # user errors: one clear line, no stack trace
+    except (UserError, ValueError, FileNotFoundError, ImportError) as e:  # user mistakes: one clear line, no stack trace
         print(f"adaperceiver {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    # anything else is a bug: it propagates with its traceback
 
 
 def one_line(error: BaseException) -> str:

@@ -7,6 +7,7 @@ import torch
 from ..adapt.budget import CACHE_NAME, select_configuration
 from ..checkpoint import from_pretrained
 
+
 def register(sub) -> None:
     p = sub.add_parser(
         "budget",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from ..checkpoint import save_pretrained
+from ..models.util import num_parameters
 from ..reference import load_reference
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -25,7 +27,7 @@ def register(sub) -> None:
 def _cli_convert(args) -> int:
     model = load_reference(args.checkpoint, args.config, section=args.section)
     save_pretrained(model, args.out, extra={"converted_from": str(args.checkpoint)})
-    n = sum(p.numel() for p in model.parameters())
+    n = num_parameters(model)
     c = model.cfg
     print(f"wrote {args.out}: {c.task} model, {n / 1e6:.2f} M parameters, D={c.embed_dim}, depth={c.depth}, "
           f"tokens<={c.num_latents} (granularities {list(c.token_grans)}), widths {list(c.widths)}")

@@ -12,19 +12,18 @@ from typing import Any
 import torch
 
 from ..checkpoint import LOCK_NAME, atomic_write, run_lock
+from ..errors import UserError
 from ..evaluation import measure_gflops, measure_latency, run_sweep
+from ..models.util import num_parameters
 from ..tasks import get_task
-from ..training import ObjectiveConfig, Trainer, TrainConfig, TrainResult, train
-from .common import add_train_options, config_from_args, parse_batch_sizes, parse_config_triple
+from ..training import ObjectiveConfig, TrainConfig, Trainer, TrainResult, train
+from .common import parse_batch_sizes, parse_config_triple
+from .options import add_config_options, config_from_args
 
 # the demo's schedule: ~6 minutes of training on 2 CPU cores; in this short schedule more, smaller
 # steps, a higher peak lr and no augmentation converge faster (docs/training.md has the measurements)
-DEMO_EPOCHS = 6
-DEMO_BATCH = 64
-DEMO_LR = 3e-3
+DEMO_DEFAULTS = {"name": "demo", "epochs": 6, "batch_size": 64, "lr": 3e-3, "augment": False}
 DEMO_BASELINES = ((8, 2, 32), (16, 3, 48), (32, 4, 64))
-
-
 
 def register(sub) -> None:
     d = sub.add_parser(
@@ -34,14 +33,14 @@ def register(sub) -> None:
                     "every (tokens, depth, width) configuration (accuracy, GFLOPs, latency), mark the Pareto "
                     "front, plot it, and write OUT/NAME/summary.md. With --baselines, also train static models "
                     "at a few configurations (same data and epochs) and draw them on the plot.")
-    d.add_argument("--name", default="demo", help="run name: everything goes to OUT/NAME (default demo)")
+    add_config_options(d, TrainConfig, ("model", "data", "optimisation", "objective", "run"), defaults=DEMO_DEFAULTS,
+                       exclude=("task", "static", "init_from", "freeze_backbone"))
     d.add_argument("--overwrite", action="store_true", help="delete an existing OUT/NAME first")
     d.add_argument("--baselines", nargs="*", default=None, metavar="TOKENS,DEPTH,WIDTH",
                    help="also train static baselines; bare --baselines trains "
                         + " ".join(",".join(map(str, b)) for b in DEMO_BASELINES) + " (roughly doubles the time)")
-    d.add_argument("--latency-batch-sizes", default="1,64", help="batch sizes for sweep latency (default 1,64)")
-    add_train_options(d, epochs_default=DEMO_EPOCHS, lr_default=DEMO_LR, augment_default=False,
-                       batch_default=DEMO_BATCH)
+    d.add_argument("--latency-batch-sizes", type=parse_batch_sizes, default=(1, 64),
+                   help="batch sizes for sweep latency (default 1,64)")
     d.set_defaults(func=_cli_demo)
 
 
@@ -67,9 +66,9 @@ def train_baseline(base: TrainConfig, config: tuple[int, int, int], latency_batc
 
 def _cli_demo(args) -> int:
     # every option is checked before the minutes of training start
-    sizes = parse_batch_sizes(args.latency_batch_sizes)
+    sizes = args.latency_batch_sizes
     specs = None if args.baselines is None else [parse_config_triple(s) for s in args.baselines] or list(DEMO_BASELINES)
-    cfg = config_from_args(args, name=args.name)
+    cfg = config_from_args(TrainConfig, args)
     with run_lock(cfg.run_dir):  # no other run writes (or deletes) this directory meanwhile
         return _demo(args, cfg, sizes, specs)
 
@@ -78,7 +77,7 @@ def _demo(args, cfg: TrainConfig, sizes: tuple[int, ...], specs: list[tuple[int,
     old = [p for p in cfg.run_dir.iterdir() if p.name != LOCK_NAME]
     if old:
         if not args.overwrite:
-            raise ValueError(f"{cfg.run_dir} exists; pass --overwrite to replace it or --name to pick another")
+            raise UserError(f"{cfg.run_dir} exists; pass --overwrite to replace it or --name to pick another")
         for p in old:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     t0 = time.perf_counter()
@@ -111,7 +110,7 @@ def write_summary(cfg: TrainConfig, trainer: Trainer, result: TrainResult, rows:
     primary = trainer.task.primary_metric
     lat = [f"latency_ms_b{b}" for b in sizes]
     lines = [f"# AdaPerceiver run `{cfg.name}`", "",
-             f"- model: `{cfg.model}` ({sum(p.numel() for p in trainer.model.parameters()):,} parameters): "
+             f"- model: `{cfg.model}` ({num_parameters(trainer.model):,} parameters): "
              f"embed_dim {model_cfg.embed_dim}, {model_cfg.depth} blocks, token granularities "
              f"{list(model_cfg.token_grans)}, widths {list(model_cfg.widths)}, patch {model_cfg.patch_size}, "
              f"image {model_cfg.img_size}",

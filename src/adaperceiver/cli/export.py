@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checkpoint import WEIGHTS_NAME, from_pretrained, save_pretrained
-from ..export import export_onnx, num_parameters
+from ..export import export_onnx
 from ..models.slim import slim
+from ..models.util import num_parameters
+
 
 def register(sub) -> None:
     p = sub.add_parser(

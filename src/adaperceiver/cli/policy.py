@@ -5,11 +5,24 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ..adapt.policy import (BASELINES, REWARDS, PolicyTrainConfig, TrainLog, collect_outcomes, configuration_flops,
-                           evaluate_comparators, format_summary, load_policy, save_policy, train_policy, write_results)
+from ..adapt.policy import (
+    BASELINES,
+    REWARDS,
+    PolicyTrainConfig,
+    TrainLog,
+    collect_outcomes,
+    configuration_flops,
+    evaluate_comparators,
+    format_summary,
+    load_policy,
+    save_policy,
+    train_policy,
+    write_results,
+)
 from ..checkpoint import from_pretrained
 from ..evaluation import machine_info
 from .common import load_dataset
+
 
 def register(sub) -> None:
     p = sub.add_parser("policy", help="train / evaluate per-input configuration policies",

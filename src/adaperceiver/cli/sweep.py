@@ -11,6 +11,7 @@ from ..checkpoint import from_pretrained, load_meta
 from ..evaluation import format_table, run_sweep
 from .common import load_dataset, parse_batch_sizes
 
+
 def register(sub) -> None:
     p = sub.add_parser(
         "sweep",

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from .classification import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -43,7 +44,7 @@ _ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "
 def _imagefolder(split: str, root: str | Path | None = None, image_size: int | None = None,
                  in_chans: int | None = None) -> ImageFolderDataset:
     if root is None:
-        raise ValueError("the 'imagefolder' dataset needs root (--data-dir) holding train/<class>/ and val/<class>/")
+        raise UserError("the 'imagefolder' dataset needs root: a folder holding train/<class>/ and val/<class>/")
     return ImageFolderDataset(root, split, image_size or 32, in_chans or 3)
 
 
@@ -67,7 +68,9 @@ class SubsetDataset(Dataset):
             raise ValueError(f"subset size must be >= 1, got {n}")
         order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed))
         self.base, self.indices = base, order[: min(n, len(base))].tolist()
-        self.classes, self.in_chans, self.img_size = base.classes, base.in_chans, base.img_size
+        for attr in ("classes", "in_chans", "img_size", "num_classes"):  # what the dataset says about itself
+            if hasattr(base, attr):
+                setattr(self, attr, getattr(base, attr))
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -121,7 +121,7 @@ def fashion_mnist(split: str, root: str | Path | None = None, image_size: int | 
     if not (root / img_name).is_file() or not (root / lbl_name).is_file():
         raise FileNotFoundError(
             f"Fashion-MNIST files {img_name}, {lbl_name} not found in {root}; install them with "
-            f"'apt-get install dataset-fashion-mnist' or pass --data-dir pointing to the IDX .gz files")
+            f"'apt-get install dataset-fashion-mnist' or give root: the folder holding the IDX .gz files")
     images, labels = read_idx(root / img_name), read_idx(root / lbl_name)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"{root / img_name} and {root / lbl_name} do not form an (N, H, W) image / (N,) label pair")

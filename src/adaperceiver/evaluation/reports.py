@@ -12,15 +12,17 @@ Command line: ``adaperceiver dense-visualize --model RUN_DIR --data fashion_mnis
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .cost import count_flops
+from ..models.util import eval_mode, module_device
+from .cost import measure_gflops
 from .metrics import DepthMetric, SegmentationMetric
 
 Config = tuple[int, int, int]
@@ -90,10 +92,8 @@ def _show_image(ax, img: Tensor) -> None:
 
 def encoder_gflops(model: nn.Module, config: Config, image_hw: tuple[int, int]) -> float:
     """GFLOPs per image of the backbone (encoder + write-out) at ``config``, head excluded."""
-    backbone = getattr(model, "backbone", model)
-    x = torch.zeros(1, model.cfg.in_chans, *image_hw, device=next(model.parameters()).device)
     t, d, w = config
-    return count_flops(backbone, x, tokens=t, depth=d, width=w) / 1e9
+    return measure_gflops(getattr(model, "backbone", model), t, d, w, img_size=image_hw)
 
 
 @torch.no_grad()
@@ -107,11 +107,9 @@ def plot_dense_predictions(model: nn.Module, images: Tensor, targets: Tensor, pa
     if task not in ("segmentation", "depth"):
         raise ValueError(f"expected a SegmentationModel or DepthModel, got {type(model).__name__}")
     configs = list(configs or default_configs(model))
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    preds = [model(images.to(device), tokens=t, depth=d, width=w).cpu() for t, d, w in configs]
-    model.train(was_training)
+    device = module_device(model)
+    with eval_mode(model):
+        preds = [model(images.to(device), tokens=t, depth=d, width=w).cpu() for t, d, w in configs]
     gflops = [encoder_gflops(model, c, tuple(images.shape[-2:])) for c in configs]
     n, cols = images.shape[0], 2 + len(configs)
     fig = new_figure(figsize=(2.3 * cols, 2.3 * n + 0.6))
@@ -157,6 +155,23 @@ def plot_dense_predictions(model: nn.Module, images: Tensor, targets: Tensor, pa
                  fontsize=9)
     fig.tight_layout(rect=(0, 0.06 if task == "segmentation" and class_names else 0, 1, 0.97))
     return save_figure(fig, path, dpi=110)
+
+
+# --------------------------------------------------------------------------------------------------
+# tables
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Rows as CSV: the columns of every row in first-seen order, floats to 6 significant digits."""
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,4 +232,4 @@ def format_table(rows: Sequence[Mapping[str, Any]], batch_sizes: Sequence[int] =
 
 
 __all__ = ["colorize_labels", "default_configs", "encoder_gflops", "format_table", "palette", "plot_dense_predictions",
-           "plot_pareto"]
+           "plot_pareto", "write_csv"]

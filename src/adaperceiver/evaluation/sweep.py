@@ -14,7 +14,6 @@ is better; :func:`~adaperceiver.evaluation.metrics.register_metric` adds a facto
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,9 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import tensors_digest
-from .cost import active_parameters, machine_info, measure_gflops, measure_latency, model_device
+from ..models.util import eval_mode, module_device
+from .cost import active_parameters, machine_info, measure_gflops, measure_latency
 from .metrics import MetricAccumulator, get_metric
-from .reports import plot_pareto
+from .reports import plot_pareto, write_csv
 
 
 # --------------------------------------------------------------------------------------------------
@@ -57,10 +57,20 @@ class SweepConfig:
 
 
 def grid(model: nn.Module) -> list[SweepConfig]:
-    """The trained configuration grid: granularities x depths 1..L x widths."""
-    cfg = model.cfg
-    return [SweepConfig(t, d, w) for t in cfg.trained_grans for d in range(1, len(model.blocks) + 1)
-            for w in cfg.widths]
+    """The trained configuration grid (``model.configurations()``: granularities x depths 1..L x widths)."""
+    return [SweepConfig(t, d, w) for t, d, w in model.configurations()]
+
+
+def _check_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """The model's device; a ``device`` given must be that one (the sweep never moves the caller's model)."""
+    own = module_device(model)
+    if device is None:
+        return own
+    want = torch.device(device)
+    if want.type != own.type or (want.index is not None and own.index is not None and want.index != own.index):
+        raise ValueError(f"the model is on {own}, not {want}: move it first (model.to({str(want)!r})) or leave "
+                         f"device unset")
+    return own
 
 
 def _progress(it: Iterable, enabled: bool, **kw: Any) -> Iterable:
@@ -88,16 +98,14 @@ def evaluate_grid(model: nn.Module, loader: Iterable, metric: str = "classificat
     Returns ``(results, an accumulator (for primary / direction), image shape (C, H, W), images seen)``.
     """
     factory = get_metric(metric)
-    device = torch.device(device) if device is not None else model_device(model)
-    cfg = model.cfg
-    grans = cfg.trained_grans
-    depths = tuple(range(1, len(model.blocks) + 1))
-    accs = {c: factory(model, **(metric_kwargs or {})) for c in grid(model)}
-    was_training = model.training
-    model.eval()
+    device = _check_device(model, device)
+    configs = grid(model)
+    grans = tuple(sorted({c.tokens for c in configs}))
+    depths = tuple(sorted({c.depth for c in configs}))
+    accs = {c: factory(model, **(metric_kwargs or {})) for c in configs}
     seen, shape = 0, None
-    try:
-        for w in cfg.widths:
+    with eval_mode(model):
+        for w in sorted({c.width for c in configs}):
             n_w = 0
             for batch in _progress(loader, progress, desc=f"sweep width {w}", leave=False):
                 x, y = _split_batch(batch)
@@ -112,8 +120,6 @@ def evaluate_grid(model: nn.Module, loader: Iterable, metric: str = "classificat
             if not n_w:
                 raise ValueError("the loader yielded no batches: nothing to evaluate")
             seen = n_w
-    finally:
-        model.train(was_training)
     results = {c: a.compute() for c, a in accs.items()}
     return results, next(iter(accs.values())), shape, seen
 
@@ -133,8 +139,7 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
     bss = tuple(int(b) for b in latency_batch_sizes)
     if any(b < 1 for b in bss):
         raise ValueError(f"latency batch sizes must be >= 1, got {list(latency_batch_sizes)}")
-    device = torch.device(device) if device is not None else model_device(model)
-    model.to(device)
+    device = _check_device(model, device)
     results, acc, shape, seen = evaluate_grid(model, loader, metric, metric_kwargs=metric_kwargs, device=device,
                                               progress=progress)
     img = shape[1:] if shape is not None and len(shape) == 3 else None
@@ -184,13 +189,7 @@ def write_sweep(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, meta: Ma
         raise ValueError("no sweep rows to write")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fields = list(rows[0])
-    csv_path, json_path = out / "sweep.csv", out / "sweep.json"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    csv_path, json_path = write_csv(rows, out / "sweep.csv"), out / "sweep.json"
     json_path.write_text(json.dumps({**meta, "rows": list(rows)}, indent=1) + "\n")
     return csv_path, json_path
 

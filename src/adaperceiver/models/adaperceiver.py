@@ -392,6 +392,11 @@ class AdaPerceiver(nn.Module):
         mods = [self.patch_embed, self.read, self.blocks]
         return [self.latent_token] + [p for m in mods for p in m.parameters()]
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of the matrices that are learned tokens / positions, not weights: no weight decay on them
+        (vectors — biases, norms, LayerScale — get none anyway)."""
+        return {n for n, _ in self.named_parameters() if n in ("latent_token", "output_query") or n.endswith("pos_embed")}
+
 
 class AdaPerceiverClassifier(AdaPerceiver):
     """One learned output query written out from the latents, then a Linear (or LN+MLP) to logits."""

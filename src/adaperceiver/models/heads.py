@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import LN_EPS
 from .adaperceiver import AdaPerceiverConfig, AdaPerceiverDense, AnytimeOutput, WidthArg
+from .layers import LN_EPS
 
 # ------------------------------------------------------------------------------------------------
 # head configs
@@ -194,6 +194,9 @@ class DenseTaskModel(nn.Module):
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Encoder parameters (embedding, latents, read, blocks): what frozen-backbone mode freezes."""
         return self.backbone.backbone_parameters()
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         """What frozen-backbone mode trains: output queries, write cross-attention, feature layer, head."""

@@ -6,7 +6,7 @@ training engine trains it; :mod:`adaperceiver.training.teachers` wraps it as a t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
@@ -19,12 +19,12 @@ from .layers import Block, PatchEmbed, hidden_units, layer_norm, trunc_normal_in
 @dataclass
 class ViTConfig:
     img_size: int = 28
-    patch_size: int = 4
+    patch_size: int = field(default=4, metadata=dict(group="teacher model", help="patch size"))
     in_chans: int = 1
-    embed_dim: int = 128
-    depth: int = 6
-    num_heads: int = 4
-    mlp_ratio: float = 3.0
+    embed_dim: int = field(default=128, metadata=dict(group="teacher model", help="width"))
+    depth: int = field(default=6, metadata=dict(group="teacher model", help="blocks"))
+    num_heads: int = field(default=4, metadata=dict(group="teacher model", help="attention heads"))
+    mlp_ratio: float = field(default=3.0, metadata=dict(group="teacher model", help="MLP hidden / width"))
     num_classes: int = 10
 
     def __post_init__(self) -> None:
@@ -94,6 +94,9 @@ class StaticViT(nn.Module):
         if width is not None or (depths is not None and tuple(depths) != (self.num_blocks,)):
             raise ValueError("StaticViT has a single configuration: train it with ObjectiveConfig.static()")
         return AnytimeOutput(self(x)[None, None], (self.num_blocks,), (self.cfg.num_latents,))
+
+    def no_weight_decay(self) -> set[str]:
+        return {"patch_embed.pos_embed"}
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"architecture": "static_vit"}

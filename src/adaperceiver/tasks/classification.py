@@ -11,9 +11,11 @@ from torch import Tensor, nn
 from ..checkpoint import load_matching
 from ..data import RandomCropFlip, get_dataset
 from ..errors import UserError
+from ..evaluation.metrics import ClassificationAccuracy
 from ..losses import cross_entropy
 from ..models.adaperceiver import build_model
 from ..models.presets import preset_config
+from ..models.util import eval_mode
 from ..training.config import TaskData, TaskSpec, TrainConfig
 
 
@@ -62,25 +64,17 @@ def _classification_loss(cfg: TrainConfig) -> Callable[[Tensor, Tensor], Tensor]
 def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.device) -> dict[str, float]:
     """Top-1 (``acc1``) and, with more than five classes, top-5 (``acc5``) accuracy in percent, and the
     mean cross-entropy (``loss``), at the full configuration (the same scale as the sweep's rows)."""
-    was_training = model.training
-    model.eval()
-    correct1, correct5, loss, count, classes = 0, 0, 0.0, 0, 0
-    for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
-        logits = model(images).float()
-        classes = logits.shape[-1]
-        loss += float(F.cross_entropy(logits, targets, reduction="sum"))
-        hits = logits.topk(min(5, classes), dim=-1).indices == targets[:, None]
-        correct1 += int(hits[:, 0].sum())
-        correct5 += int(hits.any(-1).sum())
-        count += targets.numel()
-    model.train(was_training)
-    if count == 0:
+    accuracy, loss = ClassificationAccuracy(), 0.0
+    with eval_mode(model):
+        for images, targets in loader:
+            images, targets = images.to(device), targets.to(device)
+            logits = model(images).float()
+            loss += float(F.cross_entropy(logits, targets, reduction="sum"))
+            accuracy.update(logits, targets)
+    if accuracy.count == 0:
         raise ValueError("the evaluation loader yielded no samples")
-    out = {"acc1": 100.0 * correct1 / count}
-    if classes > 5:
-        out["acc5"] = 100.0 * correct5 / count
-    out["loss"] = loss / count
+    out = accuracy.compute()
+    out["loss"] = loss / accuracy.count
     return out
 
 

@@ -38,47 +38,72 @@ TRAIN_CONFIG_RANGES = {
 class TrainConfig:
     """Everything that defines a training run (saved in the run's config.json under ``"train"``)."""
 
+    # Each field says what it means (metadata "help") and where it belongs ("group"): the command line
+    # is generated from these (adaperceiver.cli.options), so an option is declared once, here.
     # what to train
-    task: str = "classification"
-    model: str = "adaperceiver_tiny"  # a registry preset
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # any AdaPerceiverConfig field
-    static: tuple[int, int, int] | None = None  # (tokens, depth, width): train a static baseline instead
-    init_from: str | None = None  # a trained model directory to start from (the task's build_model loads it)
-    freeze_backbone: bool = False  # train only output query/queries, write cross-attention and head
+    task: str = field(default="classification", metadata=dict(
+        group="model", help="task: classification, segmentation or depth"))
+    model: str = field(default="adaperceiver_tiny", metadata=dict(group="model", help="model preset"))
+    model_overrides: dict[str, Any] = field(default_factory=dict, metadata=dict(
+        group="model", help="model config fields to override, e.g. embed_dim=96 or token_grans=[8,16,32] "
+                            "(segmentation/depth head fields as head.<field>)"))
+    static: tuple[int, int, int] | None = field(default=None, metadata=dict(
+        group="model", metavar="TOKENS,DEPTH,WIDTH", help="train a static baseline: the same architecture fixed at one configuration "
+                            "(tokens, depth, width), e.g. 16,3,48"))
+    init_from: str | None = field(default=None, metadata=dict(
+        group="model", help="start from a trained model directory (parameters with matching name and shape)"))
+    freeze_backbone: bool = field(default=False, metadata=dict(
+        group="model", help="with init_from: train only the output query/queries, write cross-attention and head"))
     # data
-    dataset: str = "fashion_mnist"
-    data_dir: str | None = None
-    image_size: int | None = None  # resize images (default: the dataset's size)
-    train_subset: int | None = None  # use a fixed random subset of the training set
-    val_subset: int | None = None
-    augment: bool = True
-    crop_padding: int = 2  # random crop after this much zero padding
-    hflip: bool = True
-    num_workers: int = 0
+    dataset: str = field(default="fashion_mnist", metadata=dict(
+        group="data", help="fashion_mnist (Debian dataset-fashion-mnist), imagefolder (a data_dir with "
+                           "train/<class>/ and val/<class>/), digits (sklearn, 8x8), or a dense dataset"))
+    data_dir: str | None = field(default=None, metadata=dict(
+        group="data", help="dataset root (Fashion-MNIST IDX files or an ImageFolder tree)"))
+    image_size: int | None = field(default=None, metadata=dict(
+        group="data", help="resize images to this square size (default: the dataset's size)"))
+    train_subset: int | None = field(default=None, metadata=dict(
+        group="data", help="train on a fixed random subset of N images"))
+    val_subset: int | None = field(default=None, metadata=dict(
+        group="data", help="evaluate on a fixed random subset of N images"))
+    augment: bool = field(default=True, metadata=dict(
+        group="data", help="batched training augmentation (classification: random crop + horizontal flip)"))
+    crop_padding: int = field(default=2, metadata=dict(
+        group="data", help="random crop after this much zero padding (0 = no crop)"))
+    hflip: bool = field(default=True, metadata=dict(group="data", help="random horizontal flips"))
+    num_workers: int = field(default=0, metadata=dict(group="data", help="DataLoader worker processes"))
     # optimisation
-    epochs: int = 5
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    lr: float = 2e-3
-    min_lr: float = 2e-5
-    weight_decay: float = 0.05
-    warmup_steps: int = 200
-    grad_clip: float = 3.0  # max global grad norm (0 disables)
-    accum_steps: int = 1  # split each (per-process) batch into this many micro-batches, one optimizer step
-    ema_decay: float = 0.999  # 0 disables the EMA
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    epochs: int = field(default=5, metadata=dict(group="optimisation", help="training epochs"))
+    batch_size: int = field(default=128, metadata=dict(
+        group="optimisation", help="images per optimizer step (global, over all processes)"))
+    eval_batch_size: int = field(default=256, metadata=dict(group="optimisation", help="images per evaluation batch"))
+    lr: float = field(default=2e-3, metadata=dict(group="optimisation", help="peak AdamW learning rate"))
+    min_lr: float = field(default=2e-5, metadata=dict(group="optimisation", help="final learning rate of the cosine"))
+    weight_decay: float = field(default=0.05, metadata=dict(group="optimisation", help="AdamW weight decay on matrices"))
+    warmup_steps: int = field(default=200, metadata=dict(group="optimisation", help="linear warm-up steps"))
+    grad_clip: float = field(default=3.0, metadata=dict(group="optimisation", help="max global gradient norm, 0 = off"))
+    accum_steps: int = field(default=1, metadata=dict(
+        group="optimisation", help="gradient accumulation: micro-batches per optimizer step (batch_size stays the "
+                                   "global batch per step)"))
+    ema_decay: float = field(default=0.999, metadata=dict(
+        group="optimisation", help="EMA decay of the weights, 0 = off"))
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig, metadata=dict(group="objective"))
     # run
-    seed: int = 0
-    device: str | None = None  # default: cuda when available, else cpu
-    out_dir: str = "runs"
-    name: str = "run"
-    export: str = "ema"  # weights in model.safetensors: "ema" or "raw" (raw when the EMA is off)
-    checkpoint_every: int = 0  # steps between checkpoints; 0: at the end of every epoch
-    keep_checkpoints: int = 2
-    log_every: int = 20
-    eval_every: int = 1  # epochs between evaluations (0: only at the end)
-    progress: bool = True
-    max_steps: int | None = None  # stop (resumably) after this global step
+    seed: int = field(default=0, metadata=dict(group="run", help="seed of initialisation, data order and augmentation"))
+    device: str | None = field(default=None, metadata=dict(
+        group="run", help="torch device (default: cuda when available, else cpu)"))
+    out_dir: str = field(default="runs", metadata=dict(group="run", help="parent directory of run directories"))
+    name: str = field(default="run", metadata=dict(group="run", help="run name: the run directory is out_dir/name"))
+    export: str = field(default="ema", metadata=dict(
+        group="run", choices=EXPORT_CHOICES, help="weights written to model.safetensors (raw when the EMA is off)"))
+    checkpoint_every: int = field(default=0, metadata=dict(
+        group="run", help="steps between checkpoints; 0: at the end of every epoch"))
+    keep_checkpoints: int = field(default=2, metadata=dict(group="run", help="checkpoints kept on disk"))
+    log_every: int = field(default=20, metadata=dict(group="run", help="steps between metrics.csv rows"))
+    eval_every: int = field(default=1, metadata=dict(group="run", help="epochs between evaluations (0: only at the end)"))
+    progress: bool = field(default=True, metadata=dict(group="run", help="show a progress bar"))
+    max_steps: int | None = field(default=None, metadata=dict(
+        group="run", help="stop (resumably) after this many optimizer steps in total"))
 
     def __post_init__(self) -> None:
         try:  # stored in config.json: keep it JSON-shaped (tuples become lists) so saved == loaded
@@ -150,7 +175,7 @@ class TaskSpec:
 
     * ``build_data(cfg) -> TaskData``
     * ``build_model(cfg, data) -> nn.Module`` (an AdaPerceiver, or a model exposing ``cfg``,
-      ``forward_anytime`` and ``backbone_parameters`` like it); honour ``cfg.static`` and
+      ``forward_anytime``, ``backbone_parameters`` and ``no_weight_decay`` like it); honour ``cfg.static`` and
       ``cfg.init_from`` (start from a trained model directory) when set
     * ``make_loss(cfg) -> task_loss(pred, target) -> scalar``, applied to every read-out
     * ``evaluate(model, loader, device) -> dict[str, float]``, containing ``primary_metric``

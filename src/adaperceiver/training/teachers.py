@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import from_pretrained, read_state_dict, save_pretrained
+from ..checkpoint import from_pretrained, load_strict, read_state_dict, save_pretrained, strip_wrappers
 from ..models.vit import StaticViT
 
 
@@ -99,7 +99,7 @@ def from_timm(model_name: str, checkpoint: str | Path | None = None, **kwargs: A
         raise ImportError("the timm teacher needs timm: pip install timm (it is optional; nothing else needs it)") from None
     model = timm.create_model(model_name, pretrained=False, **kwargs)
     if checkpoint is not None:
-        model.load_state_dict(read_state_dict(checkpoint))
+        load_strict(model, strip_wrappers(read_state_dict(checkpoint)), source=str(checkpoint))
     prefix = int(getattr(model, "num_prefix_tokens", 0))
 
     def fn(m: nn.Module, x: Tensor):

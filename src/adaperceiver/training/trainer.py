@@ -31,7 +31,7 @@ import math
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +60,6 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_POINTER = "last.json"
 STATE_NAME = "trainer_state.pt"
 METRICS_NAME = "metrics.csv"
-NO_DECAY_NAMES = ("pos_embed", "latent_token", "output_query")
 # fields a resumed run must share with the run it continues (they fix data order and schedule)
 RESUME_KEYS = ("task", "model", "model_overrides", "static", "dataset", "image_size", "train_subset", "epochs",
                "batch_size", "lr", "min_lr", "weight_decay", "warmup_steps", "seed", "objective", "ema_decay")
@@ -123,13 +122,16 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
     return factor
 
 
-def param_groups(named: Sequence[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: not on biases, norms, LayerScale or learned tokens/positions."""
+def param_groups(named: Sequence[tuple[str, nn.Parameter]], weight_decay: float,
+                 no_decay_names: Collection[str] = ()) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: not on biases, norms, LayerScale, nor on ``no_decay_names``
+    (the model's ``no_weight_decay()``: learned tokens and positions)."""
     decay, no_decay = [], []
+    skip = set(no_decay_names)
     for name, p in named:
         if not p.requires_grad:
             continue
-        (no_decay if p.dim() < 2 or any(k in name for k in NO_DECAY_NAMES) else decay).append(p)
+        (no_decay if p.dim() < 2 or name in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -288,7 +290,8 @@ class Trainer:
         self.params = [p for _, p in named if p.requires_grad]
         if not self.params:
             raise ValueError("nothing to train: every parameter is frozen")
-        self.optimizer = torch.optim.AdamW(param_groups(named, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+        no_decay = getattr(self.model, "no_weight_decay", set)()  # the model names its learned tokens/positions
+        self.optimizer = torch.optim.AdamW(param_groups(named, cfg.weight_decay, no_decay), lr=cfg.lr, betas=(0.9, 0.999))
         self.steps_per_epoch = len(self.data.train) // cfg.batch_size
         self.total_steps = cfg.epochs * self.steps_per_epoch
         warmup = min(cfg.warmup_steps, self.total_steps // 2)
@@ -484,8 +487,9 @@ class Trainer:
         mine = json.loads(json.dumps(self.cfg.to_dict()))  # tuples -> lists, as saved
         diff = [k for k in RESUME_KEYS if k in saved and saved[k] != mine[k]]
         if diff:
-            raise ValueError(f"cannot resume {self.cfg.run_dir}: settings {diff} differ from the saved run "
-                             f"(saved: {[saved[k] for k in diff]}); resume with the saved config or start a new --name")
+            raise UserError(f"cannot resume {self.cfg.run_dir}: settings {diff} differ from the saved run "
+                            f"(saved: {[saved[k] for k in diff]}); resume with the saved config or give the run "
+                            f"another name")
 
     # ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
@@ -501,8 +505,8 @@ class Trainer:
         cfg = self.cfg
         last = last_checkpoint(cfg.run_dir)
         if last is not None and not resume:
-            raise ValueError(f"{cfg.run_dir} already holds a checkpoint ({last.name}); pass --resume to continue "
-                             f"it or choose another --name")
+            raise UserError(f"{cfg.run_dir} already holds a checkpoint ({last.name}); resume it (resume=True) "
+                            f"or give the run another name")
         if resume and last is not None:
             self.check_resumable()
             self.load_checkpoint(last, expected_step=_read_json(last.parent / LAST_POINTER).get("step"))
