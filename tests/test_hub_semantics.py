@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from adaperceiver import from_pretrained
 from adaperceiver.cli import main as cli_main
-from adaperceiver.convert import load_reference
+from adaperceiver.reference import load_reference
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "official"
 ATOL = 1e-5
