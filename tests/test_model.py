@@ -165,8 +165,15 @@ def test_width_without_hidden_units_is_refused():
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="must include num_latents"):
-        tiny_config(token_grans=(4, 8))
+    tiny_config(token_grans=(4, 8))  # granularities may stop below num_latents (the reference runs them)
+    with pytest.raises(ValueError, match=r"must stay within the RoPE table \(32 positions\)"):
+        tiny_config(token_grans=(4, 8, 64))
+    with pytest.raises(ValueError, match=r"rope_scaling must be one of \['none', 'ntk'\], got 'yarn'"):
+        tiny_config(rope_scaling="yarn")
+    with pytest.raises(ValueError, match=r"beyond_grans must be one of \['first_gk', 'all'\]"):
+        tiny_config(beyond_grans="some")
+    with pytest.raises(ValueError, match="RoPE table length is unknown: set rope_base_len or max_latents_mult"):
+        tiny_config(max_latents_mult=None)
     with pytest.raises(ValueError, match="increasing"):
         tiny_config(token_grans=(8, 4, 16))
     with pytest.raises(ValueError, match="task must be"):
