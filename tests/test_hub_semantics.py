@@ -247,3 +247,55 @@ def test_hub_directory_converts_from_the_folder_alone(tmp_path, data, capsys):
     with torch.no_grad():
         want = rederived_forward(sd, hub_config("classification"), io["input.x"], 48, "hub")
         torch.testing.assert_close(model(io["input.x"], tokens=48).unsqueeze(1), want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("semantics,grans", [("hub", [8, 16]), ("training", [8, 16]), ("hub", [8, 16, 32, 64])])
+def test_granularities_not_ending_at_the_maximum(data, semantics, grans):
+    """The reference runs granularity lists that stop below max_latent_tokens or go past it."""
+    sd, io = data["classification"]
+    conf = {**(hub_config("classification") if semantics == "hub" else flat_config("classification")), "mask_token_grans": grans}
+    model = load_reference(FIXTURE / "classification.safetensors", conf)
+    assert model.cfg.token_grans == tuple(grans)
+    with torch.no_grad():
+        for n in (12, 24, 32, 40, 64):
+            want = rederived_forward(sd, conf, io["input.x"], n, semantics)
+            torch.testing.assert_close(model(io["input.x"], tokens=n).unsqueeze(1), want, atol=ATOL, rtol=0)
+
+
+def test_anytime_read_outs_equal_separate_runs_under_hub_rules(tmp_path):
+    """Under the hub rules a pass above the maximum rescales RoPE for every latent, and latents past
+    the last granularity see all latents: such counts get their own pass, never a prefix read-out."""
+    model = load_reference(hub_dir(tmp_path, "classification"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model.forward_anytime(x, tokens=48, depths=[2, 4], token_counts=[8, 16, 32, 40, 48])
+        for i, d in enumerate(out.depths):
+            for j, t in enumerate(out.tokens):
+                torch.testing.assert_close(out.outputs[i, j], model(x, tokens=t, depth=d), atol=2e-6, rtol=0)
+    assert not model.shares_pass(16, 48) and model.shares_pass(16, 32) and not model.shares_pass(40, 48)
+
+
+def test_slim_model_runs_as_the_hub_above_the_maximum(tmp_path):
+    model = load_reference(hub_dir(tmp_path, "classification"))
+    x = torch.randn(2, 3, 32, 32)
+    static = model.slim(48, 3, 48)
+    assert static.cfg.rope_len == 32 and static.cfg.rope_scaling == "ntk"
+    with torch.no_grad():
+        torch.testing.assert_close(static(x), model(x, tokens=48, depth=3, width=48), atol=2e-6, rtol=0)
+
+
+def test_unknown_table_length_is_refused_above_the_maximum(data):
+    """Training-code arguments without max_latent_tokens_mult: the table length is not assumed."""
+    sd, io = data["classification"]
+    conf = json.loads((FIXTURE / "config.json").read_text())["classification"]
+    conf = {**conf, "AdaPercevierConfig": {k: v for k, v in conf["AdaPercevierConfig"].items() if k != "max_latent_tokens_mult"}}
+    model = load_reference(FIXTURE / "classification.safetensors", conf)
+    assert model.cfg.max_latents_mult is None and model.cfg.max_tokens == 32
+    with torch.no_grad():
+        torch.testing.assert_close(model(io["input.x"], tokens=32).unsqueeze(1), io["logits.tokens32.matfull.depth4"], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match=r"tokens must be an int in \[1, 32\].*got 33; this model's RoPE table has 32 positions and no rule"):
+        model(io["input.x"], tokens=33)
+    # the same flat arguments forced to the training semantics: refused above the maximum too
+    forced = load_reference(FIXTURE / "classification.safetensors", hub_config("classification"), semantics="training")
+    with pytest.raises(ValueError, match=r"got 40; this model's RoPE table has 32 positions"):
+        forced(io["input.x"], tokens=40)
