@@ -40,34 +40,28 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
         if scaling not in self.SCALINGS:
             raise ValueError(f"RoPE scaling must be one of {list(self.SCALINGS)}, got {scaling!r}")
+        self.head_dim, self.theta = head_dim, theta
         self.base_len = base_len
         self.scaling = scaling
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
         cos, sin = self.build_table(base_len)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
-    @property
-    def max_positions(self) -> int | None:
-        """Most positions this embedding rotates (None: any number)."""
-        return None if self.scaling == "ntk" else self.base_len
-
-    def build_table(self, n: int) -> tuple[Tensor, Tensor]:
+    def build_table(self, n: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
         """``(cos, sin)`` of shape ``(n, head_dim/2)`` in float32: the one place the scaling rule lives."""
-        inv_freq = self.inv_freq
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim))
         if n > self.base_len:
             if self.scaling != "ntk":
                 raise ValueError(f"RoPE table has {self.base_len} positions, asked for {n}")
             inv_freq = inv_freq / (n / self.base_len)
-        angles = torch.outer(torch.arange(n, dtype=torch.float32, device=inv_freq.device), inv_freq)
+        angles = torch.outer(torch.arange(n, dtype=torch.float32, device=device), inv_freq)
         return angles.cos(), angles.sin()
 
     def table(self, n: int) -> tuple[Tensor, Tensor]:
         """``(cos, sin)`` for positions ``0..n-1`` of a sequence of ``n`` positions."""
         if n <= self.base_len:
             return self.cos[:n], self.sin[:n]
-        return self.build_table(n)
+        return self.build_table(n, self.cos.device)
 
     def forward(self, x: Tensor) -> Tensor:
         """Rotate ``x`` of shape ``(B, H, N, head_dim)`` at positions ``0..N-1``."""
