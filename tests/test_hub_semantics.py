@@ -299,3 +299,14 @@ def test_unknown_table_length_is_refused_above_the_maximum(data):
     forced = load_reference(FIXTURE / "classification.safetensors", hub_config("classification"), semantics="training")
     with pytest.raises(ValueError, match=r"got 40; this model's RoPE table has 32 positions"):
         forced(io["input.x"], tokens=40)
+
+
+def test_library_masks_follow_both_rules():
+    from adaperceiver.masks import token_block_mask
+
+    for grans in ([8, 16, 32], [4, 8], [3, 5, 9, 16]):
+        for n in range(1, 41):
+            for beyond, want in (("first_gk", training_mask(n, grans)), ("all", hub_mask(n, grans))):
+                got = token_block_mask(n, grans, beyond=beyond)
+                got = torch.ones(n, n, dtype=torch.bool) if got is None else got
+                assert torch.equal(got, want), (grans, n, beyond)

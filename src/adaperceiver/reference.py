@@ -59,7 +59,7 @@ _IGNORED = {"proj_drop", "attn_drop", "drop_path", "head_drop", "fourier_bands",
 _REQUIRED = ("num_heads", "max_latent_tokens")
 
 # Which reference model a checkpoint comes from decides what token counts above max_latent_tokens mean
-# (docs/reference.md, "Two semantics"):
+# (docs/reference.md, "Token counts above the trained maximum"):
 #   "training": the training code; RoPE table of max_latent_tokens * max_latent_tokens_mult positions,
 #               never scaled; latents past the last granularity see the first g_K latents.
 #   "hub":      the class the released weights load into; NTK-scaled RoPE above max_latent_tokens and

@@ -57,7 +57,7 @@ class AdaPerceiverConfig:
     head_mlp: bool = False  # LN + MLP before the output (dense default), else a Linear
     latent_std: float = 0.02
     latent_mask: str = "block"  # "block" (granularity mask) or "none" (all-to-all, the reference's 'full' layer)
-    # Token counts above the trained ones (docs/reference.md, "Two semantics"):
+    # token counts above the trained ones (docs/reference.md, "Token counts above the trained maximum"):
     rope_base_len: int | None = None  # positions of the unscaled RoPE table; None -> num_latents * max_latents_mult
     rope_scaling: str = "none"  # above rope_base_len: "none" refuses, "ntk" divides every inverse frequency by N / base
     beyond_grans: str = "first_gk"  # latents past the last granularity see: "first_gk" (the first g_K) or "all" (all N)

@@ -1,8 +1,8 @@
 """The granularity block mask that makes token counts nest.
 
 With granularities ``g1 < g2 < ... < gK``, latent query ``q`` may attend to latent key ``k`` iff
-``k < g(q)``, where ``g(q)`` is the first granularity strictly greater than ``q`` (``gK`` for
-``q >= gK``). Latents in group ``j`` see their own group and all earlier ones, so the first ``g``
+``k < g(q)``, where ``g(q)`` is the first granularity strictly greater than ``q`` (for ``q >= gK``
+see below). Latents in group ``j`` see their own group and all earlier ones, so the first ``g``
 latents of any longer run are exactly the latents of a run with ``g`` tokens.
 
 Latents past the last granularity (``q >= gK``, a token count above the trained ones) follow one
