@@ -302,7 +302,7 @@ def test_unknown_table_length_is_refused_above_the_maximum(data):
 
 
 def test_library_masks_follow_both_rules():
-    from adaperceiver.masks import token_block_mask
+    from adaperceiver.models.masks import token_block_mask
 
     for grans in ([8, 16, 32], [4, 8], [3, 5, 9, 16]):
         for n in range(1, 41):
