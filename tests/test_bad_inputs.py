@@ -70,8 +70,8 @@ def files(tmp_path_factory):
     (d / "config.json").write_text('{"model": {"embed_dim": 16,')
     # reference-conversion inputs
     (root / "ref_list.json").write_text("[1, 2, 3]")
-    (root / "ref_string.json").write_text(json.dumps({"embed_dim": "abc", "num_heads": 2, "depth": 2}))
-    (root / "ref_ok.json").write_text(json.dumps({"embed_dim": 16, "num_heads": 2, "depth": 2}))
+    (root / "ref_string.json").write_text(json.dumps({"embed_dim": "abc", "num_heads": 2, "depth": 2, "max_latent_tokens": 8}))
+    (root / "ref_ok.json").write_text(json.dumps({"embed_dim": 16, "num_heads": 2, "depth": 2, "max_latent_tokens": 8}))
     from safetensors.torch import save_file
 
     save_file({"foo.weight": torch.zeros(2, 2)}, str(root / "foreign.safetensors"))
@@ -328,10 +328,11 @@ def test_objective_config_rows(field, value):
 
 CONVERT_ROWS = [
     ("json-list", [1, 2], [r"object|mapping|dict"]),
-    ("string-field", {"embed_dim": "abc", "num_heads": 2, "depth": 2}, [r"embed_dim", r"abc"]),
-    ("zero-depth", {"embed_dim": 16, "num_heads": 2, "depth": 0}, [r"depth", r"\b0\b"]),
-    ("bool-as-number", {"embed_dim": True, "num_heads": 2, "depth": 2}, [r"embed_dim"]),
-    ("unsupported-option", {"embed_dim": 16, "num_heads": 2, "depth": 2, "ffn_layer": "swiglu"}, [r"ffn_layer", r"swiglu"]),
+    ("string-field", {"embed_dim": "abc", "num_heads": 2, "depth": 2, "max_latent_tokens": 8}, [r"embed_dim", r"abc"]),
+    ("zero-depth", {"embed_dim": 16, "num_heads": 2, "depth": 0, "max_latent_tokens": 8}, [r"depth", r"\b0\b"]),
+    ("bool-as-number", {"embed_dim": True, "num_heads": 2, "depth": 2, "max_latent_tokens": 8}, [r"embed_dim"]),
+    ("unsupported-option", {"embed_dim": 16, "num_heads": 2, "depth": 2, "max_latent_tokens": 8, "ffn_layer": "swiglu"},
+     [r"ffn_layer", r"swiglu"]),
 ]
 
 
@@ -358,7 +359,6 @@ def _x(dtype=torch.float32):
 
 
 CALL_ROWS = [
-    ("anytime-not-granularities", lambda m: m.forward_anytime(_x(), token_counts=[3, 5]), [r"token_counts", r"\b3\b", r"4"]),
     ("anytime-float-count", lambda m: m.forward_anytime(_x(), token_counts=[4.5, 8]), [r"token_counts", r"4\.5"]),
     ("anytime-bool-count", lambda m: m.forward_anytime(_x(), token_counts=[True, 8]), [r"token_counts", r"True"]),
     ("anytime-empty", lambda m: m.forward_anytime(_x(), token_counts=[]), [r"token_counts"]),
@@ -389,12 +389,14 @@ def test_model_call_rows(call, patterns, model):
         assert re.search(pat, str(info.value), re.I), f"{pat!r} not in: {info.value}"
 
 
-def test_granularity_token_counts_equal_separate_runs(model):
-    """What forward_anytime labels as token count t must be what model(x, tokens=t) gives."""
+@pytest.mark.parametrize("counts", [[4, 8], [3, 5], [3, 4, 7, 8]])
+def test_token_counts_equal_separate_runs(model, counts):
+    """What forward_anytime labels as token count t must be what model(x, tokens=t) gives, for
+    granularities and for counts that split a granularity block (those get a pass of their own)."""
     x = _x()
     with torch.no_grad():
-        out = model.forward_anytime(x, token_counts=[4, 8])
-        for t in (4, 8):
+        out = model.forward_anytime(x, token_counts=counts)
+        for t in counts:
             torch.testing.assert_close(out.get(t, 2), model(x, tokens=t), atol=1e-5, rtol=1e-5)
 
 

@@ -74,7 +74,7 @@ def test_anytime_subsets_and_errors(model):
         torch.testing.assert_close(out.get(10, 2), model(x, tokens=10, depth=2), atol=ATOL, rtol=0)
     with pytest.raises(KeyError, match="have tokens"):
         out.get(16, 2)
-    with pytest.raises(ValueError, match=r"token_counts must be granularities of this 10-token pass \[4, 8, 10\]"):
+    with pytest.raises(ValueError, match=r"token_counts must be ints in \[1, 10\]"):
         model.forward_anytime(x, tokens=10, token_counts=[4, 12])
 
 
@@ -164,8 +164,15 @@ def test_width_without_hidden_units_is_refused(tiny_config):
 
 
 def test_config_errors(tiny_config):
-    with pytest.raises(ValueError, match="must include num_latents"):
-        tiny_config(token_grans=(4, 8))
+    tiny_config(token_grans=(4, 8))  # granularities may stop below num_latents (the reference runs them)
+    with pytest.raises(ValueError, match=r"must stay within the RoPE table \(32 positions\)"):
+        tiny_config(token_grans=(4, 8, 64))
+    with pytest.raises(ValueError, match=r"rope_scaling must be one of \['none', 'ntk'\], got 'yarn'"):
+        tiny_config(rope_scaling="yarn")
+    with pytest.raises(ValueError, match=r"beyond_grans must be one of \['first_gk', 'all'\]"):
+        tiny_config(beyond_grans="some")
+    with pytest.raises(ValueError, match="RoPE table length is unknown: set rope_base_len or max_latents_mult"):
+        tiny_config(max_latents_mult=None)
     with pytest.raises(ValueError, match="increasing"):
         tiny_config(token_grans=(8, 4, 16))
     with pytest.raises(ValueError, match="task must be"):

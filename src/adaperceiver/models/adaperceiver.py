@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import check_fields
 from .layers import Block, CrossAttentionBlock, Mlp, PatchEmbed, RotaryEmbedding, hidden_units, layer_norm, trunc_normal_init
-from .masks import token_block_mask
+from .masks import BEYOND_GRANS, token_block_mask
 from .slim import slim
 
 WidthArg = int | Sequence[int] | Tensor | None
@@ -53,8 +53,8 @@ class AdaPerceiverConfig:
     num_heads: int = 4
     ffn_ratio: float = 2.0
     mlp_hidden_dim: int | None = None  # overrides int(embed_dim * ffn_ratio) for the latent blocks
-    num_latents: int = 32  # trained maximum token count (last granularity)
-    max_latents_mult: int = 2  # RoPE table holds num_latents * max_latents_mult positions
+    num_latents: int = 32  # trained maximum token count (the default count of a call)
+    max_latents_mult: int | None = 2  # RoPE table of num_latents * max_latents_mult positions (unless rope_base_len)
     token_grans: tuple[int, ...] = (8, 16, 32)
     widths: tuple[int, ...] = ()  # trained Matryoshka widths; () -> (D/2, 3D/4, D)
     rope_theta: float = 10000.0
@@ -65,12 +65,24 @@ class AdaPerceiverConfig:
     head_mlp: bool = False  # LN + MLP before the output (dense default), else a Linear
     latent_std: float = 0.02
     latent_mask: str = "block"  # "block" (granularity mask) or "none" (all-to-all, the reference's 'full' layer)
+    # token counts above the trained ones (docs/reference.md, "Token counts above the trained maximum"):
+    rope_base_len: int | None = None  # positions of the unscaled RoPE table; None -> num_latents * max_latents_mult
+    rope_scaling: str = "none"  # above rope_base_len: "none" refuses, "ntk" divides every inverse frequency by N / base
+    beyond_grans: str = "first_gk"  # latents past the last granularity see: "first_gk" (the first g_K) or "all" (all N)
 
     def __post_init__(self) -> None:
         check_fields(self, MODEL_CONFIG_RANGES, "model config")  # every field's type and range, up front
         self.widths = self.widths or self.default_widths()
         if self.latent_mask not in ("block", "none"):
             raise ValueError(f"latent_mask must be 'block' or 'none', got {self.latent_mask!r}")
+        if self.rope_scaling not in RotaryEmbedding.SCALINGS:
+            raise ValueError(f"rope_scaling must be one of {list(RotaryEmbedding.SCALINGS)}, got {self.rope_scaling!r}")
+        if self.beyond_grans not in BEYOND_GRANS:
+            raise ValueError(f"beyond_grans must be one of {list(BEYOND_GRANS)}, got {self.beyond_grans!r}")
+        if self.rope_base_len is None and not self.max_latents_mult:
+            raise ValueError("the RoPE table length is unknown: set rope_base_len or max_latents_mult")
+        if self.rope_len < 1:
+            raise ValueError(f"the RoPE table needs at least one position, got {self.rope_len}")
         if self.task not in ("classification", "dense"):
             raise ValueError(f"task must be 'classification' or 'dense', got {self.task!r}")
         if self.embed_dim % self.num_heads or (self.embed_dim // self.num_heads) % 2:
@@ -80,9 +92,10 @@ class AdaPerceiverConfig:
         grans = self.token_grans
         if not grans or list(grans) != sorted(set(grans)) or grans[0] < 1:
             raise ValueError(f"token_grans must be increasing positive ints, got {grans}")
-        if self.num_latents not in grans or grans[-1] > self.max_tokens:
-            raise ValueError(f"token_grans {list(grans)} must include num_latents ({self.num_latents}) and stay "
-                             f"within the RoPE table ({self.max_tokens} positions)")
+        top = self.max_tokens
+        if top is not None and max(grans[-1], self.num_latents) > top:
+            raise ValueError(f"token_grans {list(grans)} and num_latents ({self.num_latents}) must stay within the "
+                             f"RoPE table ({top} positions)")
         for w in self.widths:
             if not 1 <= w <= self.embed_dim or hidden_units(w, self.ffn_ratio) < 1:
                 raise ValueError(f"trained width {w} must be in [1, {self.embed_dim}] and give >= 1 hidden unit")
@@ -101,8 +114,14 @@ class AdaPerceiverConfig:
         return self.mlp_hidden_dim or hidden_units(self.embed_dim, self.ffn_ratio)
 
     @property
-    def max_tokens(self) -> int:
-        return self.num_latents * self.max_latents_mult
+    def rope_len(self) -> int:
+        """Positions of the unscaled RoPE table."""
+        return self.rope_base_len if self.rope_base_len is not None else self.num_latents * self.max_latents_mult
+
+    @property
+    def max_tokens(self) -> int | None:
+        """Most latents a call may use: the RoPE table, or None (any number) under NTK scaling."""
+        return None if self.rope_scaling == "ntk" else self.rope_len
 
     def static_config(self, tokens: int, depth: int, width: int) -> "AdaPerceiverConfig":
         """Config of a fixed-shape model equal to this one run at ``(tokens, depth, width)``.
@@ -111,13 +130,16 @@ class AdaPerceiverConfig:
         FFN hidden units; it keeps the granularities below ``tokens`` so the block mask (and so
         the math) is the same, but nothing is sliced or chosen at run time.
         """
-        if not 1 <= tokens <= self.max_tokens or not 1 <= depth <= self.depth or not 1 <= width <= self.embed_dim:
-            raise ValueError(f"static config needs tokens in [1, {self.max_tokens}], depth in [1, {self.depth}], "
+        top = self.max_tokens
+        if not 1 <= tokens <= (top or tokens) or not 1 <= depth <= self.depth or not 1 <= width <= self.embed_dim:
+            raise ValueError(f"static config needs tokens in [1, {top or 'any'}], depth in [1, {self.depth}], "
                              f"width in [1, {self.embed_dim}]; got ({tokens}, {depth}, {width})")
         grans = tuple(g for g in self.token_grans if g < tokens) + (tokens,)
         hidden = min(hidden_units(width, self.ffn_ratio), self.mlp_hidden)
+        # an NTK-scaled table keeps its base length, so the static model rotates as this one does at `tokens`
+        base = self.rope_len if self.rope_scaling == "ntk" else None
         return dataclasses.replace(self, num_latents=tokens, token_grans=grans, depth=depth, mlp_hidden_dim=hidden,
-                                   widths=(self.embed_dim,), max_latents_mult=1)
+                                   widths=(self.embed_dim,), max_latents_mult=1, rope_base_len=base)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,7 +199,7 @@ class AdaPerceiver(nn.Module):
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d,
                                       hidden_units(d, cfg.ffn_ratio) if cfg.embed_mlp else None)
         self.latent_token = nn.Parameter(torch.zeros(d))
-        self.rope = RotaryEmbedding(d // cfg.num_heads, cfg.max_tokens, cfg.rope_theta)
+        self.rope = RotaryEmbedding(d // cfg.num_heads, cfg.rope_len, cfg.rope_theta, cfg.rope_scaling)
         self.read = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias)
         self.blocks = nn.ModuleList(
             Block(d, cfg.num_heads, cfg.mlp_hidden, cfg.qkv_bias, cfg.proj_bias, cfg.ls_init) for _ in range(cfg.depth)
@@ -206,10 +228,13 @@ class AdaPerceiver(nn.Module):
         cfg = self.cfg
         if tokens is None:
             return cfg.num_latents
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= cfg.max_tokens:
-            raise ValueError(
-                f"tokens must be an int in [1, {cfg.max_tokens}] (trained granularities {list(cfg.token_grans)}), got {tokens!r}"
-            )
+        top = cfg.max_tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1 or (top is not None and tokens > top):
+            allowed = "a positive int" if top is None else f"an int in [1, {top}]"
+            why = ""
+            if isinstance(tokens, int) and top is not None and tokens > top:
+                why = f"; this model's RoPE table has {top} positions and no rule (rope_scaling) for more"
+            raise ValueError(f"tokens must be {allowed} (trained granularities {list(cfg.token_grans)}), got {tokens!r}{why}")
         return tokens
 
     def resolve_depth(self, depth: int | None) -> int:
@@ -264,21 +289,15 @@ class AdaPerceiver(nn.Module):
         return x if x.dtype == dtype else x.to(dtype)
 
     def resolve_token_counts(self, token_counts: Sequence[int] | None, tokens: int) -> tuple[int, ...]:
-        """The prefixes a pass at ``tokens`` latents can read out: granularities below it, and itself.
-
-        Another prefix would not equal a separate run at that token count (the block mask differs),
-        so it is refused; without the block mask any count in ``[1, tokens]`` is a separate pass.
-        """
-        allowed = tuple(g for g in self.cfg.token_grans if g < tokens) + (tokens,)
+        """The token counts a pass at ``tokens`` latents reads out: by default the granularities below
+        it, and itself; any ints in ``[1, tokens]`` when given (see :meth:`shares_pass` for which of
+        them need a pass of their own)."""
         if token_counts is None:
-            return allowed
+            return tuple(g for g in self.cfg.token_grans if g < tokens) + (tokens,)
         counts = list(token_counts)
-        free = self.cfg.latent_mask == "none"
-        bad = [c for c in counts if isinstance(c, bool) or not isinstance(c, int)
-               or (c not in allowed if not free else not 1 <= c <= tokens)]
+        bad = [c for c in counts if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= tokens]
         if not counts or bad:
-            need = f"ints in [1, {tokens}]" if free else f"granularities of this {tokens}-token pass {list(allowed)}"
-            raise ValueError(f"token_counts must be {need}, got {counts!r}")
+            raise ValueError(f"token_counts must be ints in [1, {tokens}] (the tokens of this pass), got {counts!r}")
         return tuple(sorted(set(counts)))
 
     def latent_mask(self, num_tokens: int, device: torch.device) -> Tensor | None:
@@ -286,7 +305,7 @@ class AdaPerceiver(nn.Module):
         if self.cfg.latent_mask == "none":
             return None
         if key not in self._mask_cache:
-            self._mask_cache[key] = token_block_mask(num_tokens, self.cfg.token_grans, device)
+            self._mask_cache[key] = token_block_mask(num_tokens, self.cfg.token_grans, device, self.cfg.beyond_grans)
         return self._mask_cache[key]
 
     # ----------------------------------------------------------------------------------------------
@@ -343,16 +362,23 @@ class AdaPerceiver(nn.Module):
         The backbone runs once at ``tokens`` latents (default: the maximum) and up to the largest of
         ``depths`` (default: all ``1..L``); after each requested depth, every prefix in
         ``token_counts`` (default: the granularities below ``tokens``, then ``tokens``) is written
-        out. By the block mask each prefix read-out equals a separate run at that token count.
+        out. By the block mask each prefix read-out equals a separate run at that token count; counts
+        for which that does not hold (no block mask, an NTK-rescaled RoPE table, latents past the last
+        granularity that see all latents) get a backbone pass of their own (see :meth:`shares_pass`).
         """
         x = self.check_input(x)
         n = self.resolve_tokens(tokens)
         depths = tuple(range(1, self.num_blocks + 1)) if depths is None else tuple(sorted({self.resolve_depth(d) for d in depths}))
         counts = self.resolve_token_counts(token_counts, n)
-        if self.cfg.latent_mask == "none" and len(counts) > 1:
-            # without the block mask prefixes do not nest: one backbone pass per token count
-            parts = [self.forward_anytime(x, c, width, depths, (c,)).outputs for c in counts]
-            return AnytimeOutput(torch.cat(parts, dim=1), depths, counts)
+        together = tuple(c for c in counts if self.shares_pass(c, n))
+        if together != counts:
+            # the other counts do not nest in this pass: read them out of passes of their own
+            rest = tuple(c for c in counts if c not in together)
+            parts = [self.forward_anytime(x, n, width, depths, together)] if together else []
+            parts.append(self.forward_anytime(x, rest[-1], width, depths, rest))
+            order = sorted(range(len(counts)), key=lambda i: (together + rest)[i])
+            out = torch.cat([p.outputs for p in parts], dim=1)[:, order]
+            return AnytimeOutput(out, depths, counts)
         hidden, sample_hidden = self.resolve_width(width, x.shape[0])
         patches, grid = self.patch_embed(x)
         z = self.read_latents(patches, n)
@@ -361,6 +387,23 @@ class AdaPerceiver(nn.Module):
         out = self.write_out(torch.cat(states), patches.repeat(num_d, 1, 1), grid, prefixes=counts)
         out = out.reshape(num_d, x.shape[0], *out.shape[1:]).transpose(1, 2)
         return AnytimeOutput(out, depths, counts, torch.stack(states), patches, grid)
+
+    def shares_pass(self, count: int, tokens: int) -> bool:
+        """Whether a pass at ``tokens`` latents can read out ``count`` from its first ``count`` latents.
+
+        False when a ``count``-latent run computes those latents differently: without the block mask,
+        for a count that splits a granularity block,
+        under an NTK-scaled RoPE table rebuilt for ``tokens``, or when ``count`` is past the last
+        granularity and those latents see all latents of the run (``beyond_grans="all"``).
+        """
+        cfg = self.cfg
+        if count == tokens:
+            return True
+        if cfg.latent_mask == "none" or (cfg.rope_scaling == "ntk" and tokens > cfg.rope_len):
+            return False
+        if count < cfg.token_grans[-1] and count not in cfg.token_grans:
+            return False  # inside a granularity block: its latents see the rest of their block in a longer pass
+        return not (cfg.beyond_grans == "all" and count > cfg.token_grans[-1])
 
     # ----------------------------------------------------------------------------------------------
     # task hooks

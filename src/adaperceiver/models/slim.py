@@ -29,9 +29,10 @@ def _check_slim_args(model: nn.Module, tokens: int, depth: int, width: int) -> N
     model.resolve_depth(depth)
     model.resolve_width(width, 1)
     last = model.cfg.token_grans[-1]
-    if model.cfg.latent_mask == "block" and tokens > last:
+    if model.cfg.latent_mask == "block" and model.cfg.beyond_grans == "first_gk" and tokens > last:
         # past the last granularity the adaptive mask lets those latents see only the first `last`
-        # latents; a static model cannot reproduce that with its own granularities
+        # latents; a static model cannot reproduce that with its own granularities (under "all"
+        # they see every latent, which is what a static model's last group does)
         raise ValueError(f"slim() supports tokens up to the last granularity ({last}) of this model "
                          f"(granularities {list(model.cfg.token_grans)}), got {tokens}")
 
