@@ -11,8 +11,10 @@ backbone is frozen, the quality of *every* action on every training image is com
 front, with one ``forward_anytime`` pass per width (:func:`collect_outcomes`); policy training then
 only indexes that table. FLOPs are counted once per configuration (:func:`configuration_flops`).
 
-At inference (:class:`PolicyClassifier`) the policy picks a configuration per image and the batch is
-split into groups sharing a configuration, so each group still runs batched.
+At inference (:class:`PolicyClassifier`) the policy picks a configuration per image and the whole
+batch runs in one pass (:func:`run_mixed`): per-image depths (images leave the batch after their
+last block), widths and token prefixes, so a batch of many different choices costs one backbone
+call, not one per configuration.
 
 :func:`evaluate_comparators` scores, with the same code and data: the full configuration, every
 fixed configuration, confidence early exit (a threshold sweep, ``forward_early_exit``), the oracle
@@ -24,7 +26,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import read_state_dict, save_state_dict, write_json
-from ..evaluation.cost import count_flops, flop_counter
+from ..evaluation.cost import count_flops, flop_counter, time_call
 from ..evaluation.sweep import pareto_front
 from ..models.adaperceiver import AdaPerceiver, AdaPerceiverClassifier
 
@@ -417,6 +418,64 @@ def run_from_patches(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int]
     return model.write_out(z, patches, grid)
 
 
+@torch.no_grad()
+def run_mixed(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], tokens: Sequence[int],
+              depths: Sequence[int], widths: Sequence[int]) -> Tensor:
+    """Outputs of a batch whose images each have their own ``(tokens, depth, width)``, in one pass.
+
+    Equals ``run_from_patches`` per image: the batch runs at its largest token count (by the block
+    mask, the first ``t`` latents evolve as in a run at ``t``) and each image's read-out sees only
+    its first ``tokens[i]`` latents; widths differ per image through ``sample_hidden`` (units past
+    an image's width are zeroed, which equals slicing); images are sorted by depth, deepest first,
+    so after block ``j`` the images still running are a prefix of the batch and those whose depth
+    is ``j`` are written out and leave it.
+    """
+    b = patches.shape[0]
+    dev = patches.device
+    order = sorted(range(b), key=lambda i: -depths[i])
+    d_sorted = [depths[i] for i in order]
+    t_sorted = [tokens[i] for i in order]
+    w_sorted = [widths[i] for i in order]
+    same_order = order == list(range(b))
+    perm = None if same_order else torch.tensor(order, device=dev)
+    p = patches if same_order else patches[perm]
+    n = max(t_sorted)
+    z = model.read_latents(p, n)
+    hid = [min(model.resolve_width(w, 1)[0], model.cfg.mlp_hidden) for w in w_sorted]
+    hid_t = torch.tensor(hid, device=dev) if min(hid) != max(hid) else None
+    outs = []
+    active = b
+    mask = model.latent_mask(n, dev)
+    for i in range(d_sorted[0]):
+        h = hid[:active]
+        if min(h) == max(h):
+            z = model.blocks[i](z, model.rope, mask, h[0])
+        else:
+            z = model.blocks[i](z, model.rope, mask, sample_hidden=hid_t[:active])
+        k = active
+        while k > 0 and d_sorted[k - 1] == i + 1:
+            k -= 1
+        if k < active:  # images [k, active) stop after this block
+            ts = t_sorted[k:active]
+            zo = z[k:active]
+            if min(ts) == max(ts):
+                zo = zo[:, :ts[0]]
+                kv_mask = None
+            else:
+                kv_mask = (torch.arange(n, device=dev) < torch.tensor(ts, device=dev).view(-1, 1)).view(-1, 1, 1, n)
+            q = model.output_queries(p[k:active])
+            o = model.write(q, zo, rope_k=model.rope, mask=kv_mask)
+            outs.append(model.head(o, grid))
+            z = z[:k]
+            active = k
+    out = torch.cat(outs[::-1]) if len(outs) > 1 else outs[0]  # shallowest were written first
+    if same_order:
+        return out
+    res = torch.empty_like(out)
+    res[perm] = out
+    return res
+
+
 @dataclass
 class PolicyOutput:
     logits: Tensor  # (B, classes)
@@ -424,26 +483,51 @@ class PolicyOutput:
 
 
 class PolicyClassifier(nn.Module):
-    """Backbone + policy: embed patches once, choose a configuration per image, run each group batched."""
+    """Backbone + policy: embed patches once, choose a configuration per image, run the batch.
 
-    def __init__(self, model: AdaPerceiverClassifier, policy: ConfigPolicy):
+    ``group`` says how a batch whose images chose different configurations runs:
+
+    * ``"mixed"`` (default): one pass for the whole batch (:func:`run_mixed`): the largest token
+      count, per-image widths and depths, each image written out from its own token prefix;
+    * ``"tokens"``: one :func:`run_mixed` pass per chosen token count (no latent wasted);
+    * ``"config"``: one :func:`run_from_patches` call per distinct configuration.
+
+    All three give each image the output of its own configuration.
+    """
+
+    GROUPS = ("mixed", "tokens", "config")
+
+    def __init__(self, model: AdaPerceiverClassifier, policy: ConfigPolicy, group: str = "mixed"):
         super().__init__()
         if not isinstance(model, AdaPerceiverClassifier):
             raise ValueError("PolicyClassifier needs an AdaPerceiverClassifier")
+        if group not in self.GROUPS:
+            raise ValueError(f"group must be one of {list(self.GROUPS)}, got {group!r}")
         policy.space.check(model)
         self.model = model
         self.policy = policy
+        self.group = group
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> PolicyOutput:
         patches, grid = self.model.patch_embed(x)
         actions = self.policy.choose(patches)
+        space = self.policy.space
+        chosen = [space.config(*a) for a in actions.tolist()]  # one host sync for the whole batch
+        tokens, depths, widths = (list(v) for v in zip(*chosen))
+        if self.group == "mixed":
+            return PolicyOutput(run_mixed(self.model, patches, grid, tokens, depths, widths), actions)
         logits = patches.new_empty(x.shape[0], self.model.cfg.num_classes)
-        choices, group = torch.unique(actions, dim=0, return_inverse=True)
-        for g, (it, id_, iw) in enumerate(choices.tolist()):
-            sel = (group == g).nonzero().squeeze(1)
-            t, d, w = self.policy.space.config(it, id_, iw)
-            logits[sel] = run_from_patches(self.model, patches[sel], grid, t, d, w)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, c in enumerate(chosen):
+            groups.setdefault(c if self.group == "config" else c[:1], []).append(i)
+        for key, idx in groups.items():
+            sel = torch.tensor(idx, device=x.device)
+            if self.group == "config":
+                logits[sel] = run_from_patches(self.model, patches[sel], grid, *key)
+            else:
+                logits[sel] = run_mixed(self.model, patches[sel], grid, [tokens[i] for i in idx],
+                                        [depths[i] for i in idx], [widths[i] for i in idx])
         return PolicyOutput(logits, actions)
 
 
@@ -453,19 +537,16 @@ def _stream_ms(fn, xs: Tensor, batch_size: int, repeats: int = 3) -> float:
     """Median over ``repeats`` of the wall time to process ``xs`` in batches of ``batch_size``, in ms per image.
 
     ``fn`` gets ready input tensors (no data loading inside the timing); one untimed warm-up pass.
+    Timed with the one timer (:func:`~adaperceiver.evaluation.cost.time_call`, which synchronises
+    CUDA), so every method of the comparison is measured the same way.
     """
     chunks = list(xs.split(batch_size))
-    with torch.no_grad():
+
+    def stream() -> None:
         for c in chunks:
             fn(c)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for c in chunks:
-                fn(c)
-            times.append((time.perf_counter() - t0) * 1000.0 / xs.shape[0])
-    times.sort()
-    return times[len(times) // 2]
+
+    return time_call(stream, xs.shape[0], warmup=1, repeats=repeats, device=xs.device).median_ms / xs.shape[0]
 
 
 def flops_saved_at_parity(rows: Sequence[Mapping[str, Any]], full_acc: float, full_gflops: float,
@@ -670,6 +751,6 @@ def format_summary(result: Mapping[str, Any]) -> str:
 __all__ = [
     "ActionSpace", "ConfigPolicy", "MixerBlock", "Outcomes", "PolicyClassifier", "PolicyConfig", "PolicyOutput",
     "PolicyTrainConfig", "TrainLog", "collect_outcomes", "configuration_flops", "evaluate_comparators",
-    "flops_saved_at_parity", "format_summary", "load_policy", "reward_table", "run_from_patches", "save_policy", "train_policy",
-    "write_results",
+    "flops_saved_at_parity", "format_summary", "load_policy", "reward_table", "run_from_patches", "run_mixed",
+    "save_policy", "train_policy", "write_results",
 ]
