@@ -59,13 +59,18 @@ class InferenceModel(nn.Module):
         if not all(hasattr(model, a) for a in ("cfg", "resolve_tokens", "forward_anytime", "latent_mask")):
             raise ValueError(f"for_inference needs an AdaPerceiver model, got {type(model).__name__}")
         self.dtype = parse_dtype(dtype)
-        self.compile = bool(compile)
+        self.compiled = bool(compile)
         self.backend = backend
         self.compile_options = {"freezing": True, **(compile_options or {})}
         self.model = copy.deepcopy(model).to(self.dtype).eval().requires_grad_(False)
         self.cfg = model.cfg
         self._static: dict[tuple[int, int, int], nn.Module] = {}
         self._runners: dict[tuple[int, int, int], Callable[[Tensor], Tensor]] = {}
+        self.eval()
+
+    def train(self, mode: bool = True) -> "InferenceModel":
+        """Always eval mode: an inference copy has no training behaviour to switch on."""
+        return super().train(False)
 
     # ----------------------------------------------------------------------------------------------
     def resolve(self, tokens: int | None, depth: int | None, width: int | None) -> tuple[int, int, int]:
@@ -78,6 +83,20 @@ class InferenceModel(nn.Module):
         w = self.cfg.embed_dim if width is None else width
         m.resolve_width(w, 1)
         return t, d, w
+
+    # the adaptive model's validators (what a sweep or a budget checks its rows with)
+    def resolve_tokens(self, tokens: int | None) -> int:
+        return self.model.resolve_tokens(tokens)
+
+    def resolve_depth(self, depth: int | None) -> int:
+        return self.model.resolve_depth(depth)
+
+    def resolve_width(self, width: Any, batch_size: int) -> tuple[int | None, Tensor | None]:
+        return self.model.resolve_width(width, batch_size)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.model.num_blocks
 
     def configuration(self, tokens: int | None = None, depth: int | None = None, width: int | None = None) -> nn.Module:
         """The slim static module of one configuration in ``dtype`` (built once, kept)."""
@@ -93,10 +112,10 @@ class InferenceModel(nn.Module):
         key = self.resolve(tokens, depth, width)
         if key not in self._runners:
             static = self.configuration(*key)
-            self._runners[key] = self._compiled(static) if self.compile else static
+            self._runners[key] = self._compile(static) if self.compiled else static
         return self._runners[key]
 
-    def _compiled(self, static: nn.Module) -> Callable[[Tensor], Tensor]:
+    def _compile(self, static: nn.Module) -> Callable[[Tensor], Tensor]:
         # torch.compile keeps its graphs (and a limit of 8 of them) per code object, and every static
         # model shares AdaPerceiver.forward's: give each configuration its own copy of that code so
         # that configurations do not evict each other or fall back to eager past the limit
@@ -129,7 +148,7 @@ class InferenceModel(nn.Module):
         return next(self.model.parameters()).device
 
     def extra_repr(self) -> str:
-        return f"dtype={self.dtype}, compile={self.compile}, configurations={sorted(self._static)}"
+        return f"dtype={self.dtype}, compiled={self.compiled}, configurations={sorted(self._static)}"
 
 
 def for_inference(model: nn.Module, dtype: str | torch.dtype | None = torch.float32, compile: bool = False,
