@@ -187,3 +187,10 @@ def test_policy_cli(model, tmp_path, monkeypatch, capsys):
                  "--out", str(tmp_path / "eval")]) == 0
     assert "full:" in capsys.readouterr().out
     assert (tmp_path / "eval" / "comparators.csv").is_file()
+    # every method timed on the bf16 copy: same accuracies, latencies of the fast model
+    assert main(["policy", "eval", "--model", str(tmp_path / "run"), "--policies", str(tmp_path / "pol" / "lam1"),
+                 "--taus", "0.9", "--latency-batch-sizes", "2", "--latency-images", "4", "--dtype", "bfloat16",
+                 "--out", str(tmp_path / "eval16")]) == 0
+    res = json.loads((tmp_path / "eval16" / "comparators.json").read_text())
+    assert res["timed_as"] == {"dtype": "bfloat16", "compile": False}
+    assert all(r["latency_ms_b2"] > 0 for r in res["rows"]) and {r["method"] for r in res["rows"]} >= {"full", "policy"}

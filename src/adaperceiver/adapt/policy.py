@@ -23,6 +23,7 @@ fixed configuration, confidence early exit (a threshold sweep, ``forward_early_e
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -564,7 +565,8 @@ def flops_saved_at_parity(rows: Sequence[Mapping[str, Any]], full_acc: float, fu
 def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost: Tensor,
                          policies: Mapping[str, ConfigPolicy] | None = None, taus: Sequence[float] = (),
                          latency_batch_sizes: Sequence[int] = (1,), latency_images: int = 64,
-                         latency_repeats: int = 3, eval_batch_size: int = 256) -> dict[str, Any]:
+                         latency_repeats: int = 3, eval_batch_size: int = 256,
+                         dtype: torch.dtype | str | None = None, compile: bool = False) -> dict[str, Any]:
     """Score every method on the held-out ``outcomes``; see the module docstring.
 
     Each row: ``method, setting, acc1 (%), gflops (mean per image, including the policy network),
@@ -572,6 +574,11 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
     ``b``, the whole method timed: patch embedding, policy, grouped backbone runs) and ``deployable``.
     The oracle is not deployable (it needs the label); its latency is the mean latency of the fixed
     configurations it picks, weighted by how often it picks them.
+
+    With ``dtype`` and/or ``compile`` every method is timed on ``model.for_inference(dtype,
+    compile)``: fixed configurations as their slim (compiled) modules, early exit and the policies
+    on its eager copy in ``dtype`` (their shapes depend on the data, so they are not compiled).
+    Accuracies stay those of ``model`` as given.
     """
     space = outcomes.space
     model.eval()
@@ -582,15 +589,19 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
     gcost = cost / 1e9
     rows: list[dict[str, Any]] = []
 
+    fast = model.for_inference(dtype, compile) if dtype is not None or compile else None
+    timed = fast.model if fast is not None else model  # what early exit and the policies run on
+    cast = fast.dtype if fast is not None else xs.dtype
+
     def lat(fn) -> dict[str, float]:
-        return {f"latency_ms_b{b}": _stream_ms(fn, xs, b, latency_repeats) for b in bss}
+        return {f"latency_ms_b{b}": _stream_ms(fn, xs.to(cast), b, latency_repeats) for b in bss}
 
     # every fixed configuration (the full one included)
     fixed_lat: dict[tuple[int, int, int], dict[str, float]] = {}
     for i, t in enumerate(space.tokens):
         for j, d in enumerate(space.depths):
             for k, w in enumerate(space.widths):
-                fixed_lat[(i, j, k)] = lat(lambda c, t=t, d=d, w=w: model(c, tokens=t, depth=d, width=w))
+                fixed_lat[(i, j, k)] = lat(lambda c, t=t, d=d, w=w: (fast or model)(c, tokens=t, depth=d, width=w))
                 rows.append({"method": "fixed", "setting": f"{t}/{d}/{w}", "tokens": t, "depth": d, "width": w,
                              "acc1": 100.0 * float(outcomes.correct[:, i, j, k].float().mean()),
                              "gflops": float(gcost[i, j, k]), **fixed_lat[(i, j, k)], "deployable": True})
@@ -624,7 +635,7 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
         flops = torch.tensor([depth_cost[int(d)] + (int(d) - 1) * write for d in ed.tolist()], dtype=torch.float64)
         rows.append({"method": "early_exit", "setting": f"tau={tau:g}", "tau": tau, "acc1": 100.0 * hits / n,
                      "gflops": float(flops.mean() / 1e9), "mean_exit_depth": float(ed.float().mean()),
-                     **lat(lambda c, tau=tau: model.forward_early_exit(c, tau, tokens=t_full, width=w_full)),
+                     **lat(lambda c, tau=tau: timed.forward_early_exit(c, tau, tokens=t_full, width=w_full)),
                      "deployable": True})
 
     # learned policies
@@ -643,6 +654,8 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
             hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
             acts.append(out.actions.cpu())
         a = torch.cat(acts)
+        if fast is not None:  # the same policy on the timed copy of the backbone
+            runner = PolicyClassifier(timed, copy.deepcopy(policy).to(fast.dtype))
         # the table says what the backbone gets for these actions; the run above must agree
         table_hits = int(outcomes.correct[torch.arange(n), a[:, 0], a[:, 1], a[:, 2]].sum())
         chosen = cost[a[:, 0], a[:, 1], a[:, 2]]
