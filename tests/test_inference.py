@@ -40,6 +40,7 @@ def test_for_inference_float32_equals_the_model(model):
     assert fast.configuration(8, 2, 16) is fast.configuration(8, 2, 16)  # built once
     static = fast.configuration(8, 2, 16)
     assert len(static.blocks) == 2 and static.blocks[0].mlp.fc1.out_features == int(16 * 2.57)
+    assert isinstance(static.blocks[0].ls1, torch.nn.Identity) and hasattr(model.blocks[0].ls1, "gamma")  # folded
 
 
 def test_for_inference_bfloat16_agrees_with_float32(model):

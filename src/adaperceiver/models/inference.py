@@ -2,12 +2,13 @@
 
 ``model.for_inference(dtype=torch.bfloat16, compile=True)`` returns an :class:`InferenceModel`.
 It is called like the model (``fast(x, tokens=..., depth=..., width=...)``) and returns float32
-outputs, but each configuration runs a slim static copy of the network (``export.slim``: the
-unused blocks dropped, the FFN weights cut to contiguous slices), cast to ``dtype`` and, with
-``compile=True``, compiled by ``torch.compile`` (inductor, weights frozen as constants). The slim
-copy of a configuration is built on its first call and kept; shapes are static per configuration
-and batch size, so a compiled graph is built once per (configuration, batch size) and reused on
-every later call (a new batch size compiles once more; nothing recompiles per call).
+outputs, but each configuration runs a slim static copy of the network (:func:`.slim.slim`: the
+unused blocks dropped, the FFN weights cut to contiguous slices) with each block's LayerScale
+folded into the linear layer before it, cast to ``dtype`` and, with ``compile=True``, compiled by
+``torch.compile`` (inductor, weights frozen as constants). The slim copy of a configuration is
+built on its first call and kept; shapes are static per configuration and batch size, so a
+compiled graph is built once per (configuration, batch size) and reused on every later call (a
+new batch size compiles once more; nothing recompiles per call).
 
 What it buys on a CPU with bf16 matrix units (AMX / AVX-512-bf16) is measured by
 ``benchmarks/bench_inference.py`` (docs/performance.md).
@@ -103,7 +104,8 @@ class InferenceModel(nn.Module):
         key = self.resolve(tokens, depth, width)
         if key not in self._static:
             with torch.no_grad():
-                self._static[key] = slim(self.model, *key).requires_grad_(False)
+                static = fold_layer_scale(slim(self.model, *key).float()).to(self.dtype)
+            self._static[key] = static.requires_grad_(False)
         return self._static[key]
 
     def runner(self, tokens: int | None = None, depth: int | None = None,
@@ -151,10 +153,26 @@ class InferenceModel(nn.Module):
         return f"dtype={self.dtype}, compiled={self.compiled}, configurations={sorted(self._static)}"
 
 
+@torch.no_grad()
+def fold_layer_scale(model: nn.Module) -> nn.Module:
+    """Fold each block's LayerScale into the layer before it, in place: ``gamma * (W x + b)`` becomes
+    ``(gamma W) x + gamma b`` (attention's ``proj``, the FFN's ``fc2``), two multiplies per block fewer."""
+    for blk in getattr(model, "blocks", ()):
+        for linear, name in ((blk.attn.proj, "ls1"), (blk.mlp.fc2, "ls2")):
+            gamma = getattr(getattr(blk, name), "gamma", None)
+            if gamma is None:
+                continue
+            linear.weight.mul_(gamma.view(-1, 1))
+            if linear.bias is not None:
+                linear.bias.mul_(gamma)
+            setattr(blk, name, nn.Identity())
+    return model
+
+
 def for_inference(model: nn.Module, dtype: str | torch.dtype | None = torch.float32, compile: bool = False,
                   **kwargs: Any) -> InferenceModel:
     """``InferenceModel(model, dtype, compile)``; see :class:`InferenceModel`."""
     return InferenceModel(model, dtype, compile, **kwargs)
 
 
-__all__ = ["DTYPES", "InferenceModel", "for_inference", "parse_dtype"]
+__all__ = ["DTYPES", "InferenceModel", "fold_layer_scale", "for_inference", "parse_dtype"]
