@@ -193,4 +193,11 @@ def test_cli_sweep(tmp_path, monkeypatch, capsys, tiny_config):
     meta = json.loads((out / "sweep.json").read_text())
     assert meta["num_images"] == 6 and len(meta["rows"]) == 2 * 2 * 2
     assert "| tokens | depth | width | acc1 | acc5 |" in capsys.readouterr().out
+    assert meta["inference"] == {"dtype": "torch.float32", "compile": False}
+    # the fast model: accuracy computed in bfloat16, latency of each slim bf16 configuration
+    assert cli.main(["sweep", "--model", str(tmp_path / "run"), "--out", str(out), "--latency-batch-sizes", "1",
+                     "--limit", "6", "--batch-size", "4", "--no-progress", "--dtype", "bfloat16"]) == 0
+    meta16 = json.loads((out / "sweep.json").read_text())
+    assert meta16["inference"] == {"dtype": "torch.bfloat16", "compile": False} and len(meta16["rows"]) == 8
+    assert all(r["latency_ms_b1"] > 0 for r in meta16["rows"])
     assert cli.main(["sweep", "--model", str(tmp_path / "run"), "--latency-batch-sizes", "1,x"]) == 2

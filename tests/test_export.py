@@ -127,6 +127,11 @@ def test_export_cli(tmp_path, capsys, loud_init, tiny_config):
     with torch.no_grad():
         torch.testing.assert_close(from_pretrained(tmp_path / "slim")(x), model.eval()(x, tokens=8, depth=2, width=16),
                                    atol=ATOL, rtol=0)
+    assert main(["export", "--model", str(tmp_path / "run"), "--tokens", "8", "--depth", "2", "--width", "16",
+                 "--out", str(tmp_path / "slim16"), "--dtype", "bfloat16"]) == 0
+    capsys.readouterr()
+    size = (tmp_path / "slim16" / "model.safetensors").stat().st_size
+    assert size < 0.6 * (tmp_path / "slim" / "model.safetensors").stat().st_size  # 2 bytes a weight, not 4
     assert main(["export", "--model", str(tmp_path / "run"), "--tokens", "8", "--depth", "9", "--width", "16",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "depth must be an int" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from adaperceiver import AdaPerceiverDense, build_model, create_model, list_models, preset_config
+from adaperceiver.models.layers import RotaryEmbedding
 from adaperceiver.models.masks import token_block_mask
 
 ATOL = 2e-5
@@ -256,3 +257,40 @@ def test_anytime_without_block_mask_still_equals_individual_calls(loud_init, tin
         one_pass = model.forward_anytime(x, token_counts=(16,)).outputs
         assert one_pass.shape[1] == 1
         assert (model.forward_features(x, tokens=4).latents - model.forward_features(x).latents[:, :4]).abs().max() > 1e-3
+
+
+def real_rotation(rope, x):
+    """The textbook formula, pair by pair: (a, b) -> (a cos - b sin, a sin + b cos)."""
+    n = x.shape[-2]
+    a, b = x[..., 0::2], x[..., 1::2]
+    cos, sin = rope.cos[:n], rope.sin[:n]
+    out = torch.empty_like(x)
+    out[..., 0::2] = a * cos - b * sin
+    out[..., 1::2] = a * sin + b * cos
+    return out
+
+
+def test_rope_equals_the_real_formula_and_caches_per_length():
+    rope = RotaryEmbedding(8, 16)
+    x = torch.randn(2, 3, 16, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(rope(x), real_rotation(rope, x), atol=1e-6, rtol=0)
+    xt = torch.randn(2, 5, 3, 8).transpose(1, 2)  # the (B, N, H, hd) -> (B, H, N, hd) view attention hands it
+    torch.testing.assert_close(rope(xt), real_rotation(rope, xt), atol=1e-6, rtol=0)
+    assert rope.table(5) is rope.table(5) and rope.table(5).shape == (5, 4)
+    xb = x.bfloat16()  # rotated in float32, returned in the input's dtype
+    assert rope(xb).dtype == torch.bfloat16
+    torch.testing.assert_close(rope(xb).float(), real_rotation(rope, xb.float()), atol=1e-2, rtol=0)
+    with pytest.raises(ValueError, match="16 positions, asked for 17"):
+        rope(torch.randn(1, 1, 17, 8))
+
+
+def test_rope_table_follows_its_buffers():
+    rope = RotaryEmbedding(8, 16)
+    old = rope.table(4)
+    rope.sin.mul_(0)  # an in-place edit of the buffer invalidates the cached table
+    assert not torch.equal(rope.table(4), old)
+    x = torch.randn(1, 1, 4, 8)
+    torch.testing.assert_close(rope(x), real_rotation(rope, x))
+    before = rope.table(4)
+    rope.to(torch.float64)  # moved / cast: rebuilt from the new buffers
+    assert rope.table(4) is not before and rope.table(4).dtype == torch.complex64

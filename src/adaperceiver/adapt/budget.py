@@ -71,11 +71,13 @@ def _parse(v: str) -> Any:
 
 
 def machine_key(model: AdaPerceiver, batch_size: int) -> str:
-    """What a latency depends on: machine, torch build and threads, batch size, and the model."""
+    """What a latency depends on: machine, torch build and threads, batch size, the model, and for a
+    ``model.for_inference(...)`` copy its dtype and whether it is compiled."""
     cfg_hash = hashlib.sha1(json.dumps(model.cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:10]
     p, m = next(model.parameters()), machine_info()
     return (f"{m['node']}|{m['machine']}|{m['processor']}|torch {m['torch']}|threads {m['torch_threads']}|"
-            f"{p.device}|{p.dtype}|batch {batch_size}|model {cfg_hash}")
+            f"{p.device}|{p.dtype}|batch {batch_size}|model {cfg_hash}"
+            + ("|slim compiled" if getattr(model, "compiled", False) else "|slim" if hasattr(model, "compiled") else ""))
 
 
 def default_measure(model: AdaPerceiver, tokens: int, depth: int, width: int, batch_size: int) -> float:

@@ -11,8 +11,10 @@ backbone is frozen, the quality of *every* action on every training image is com
 front, with one ``forward_anytime`` pass per width (:func:`collect_outcomes`); policy training then
 only indexes that table. FLOPs are counted once per configuration (:func:`configuration_flops`).
 
-At inference (:class:`PolicyClassifier`) the policy picks a configuration per image and the batch is
-split into groups sharing a configuration, so each group still runs batched.
+At inference (:class:`PolicyClassifier`) the policy picks a configuration per image and the whole
+batch runs in one pass (:func:`run_mixed`): per-image depths (images leave the batch after their
+last block), widths and token prefixes, so a batch of many different choices costs one backbone
+call, not one per configuration.
 
 :func:`evaluate_comparators` scores, with the same code and data: the full configuration, every
 fixed configuration, confidence early exit (a threshold sweep, ``forward_early_exit``), the oracle
@@ -21,6 +23,7 @@ fixed configuration, confidence early exit (a threshold sweep, ``forward_early_e
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -411,6 +414,64 @@ def run_from_patches(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int]
     return model.write_out(z, patches, grid)
 
 
+@torch.no_grad()
+def run_mixed(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], tokens: Sequence[int],
+              depths: Sequence[int], widths: Sequence[int]) -> Tensor:
+    """Outputs of a batch whose images each have their own ``(tokens, depth, width)``, in one pass.
+
+    Equals ``run_from_patches`` per image: the batch runs at its largest token count (by the block
+    mask, the first ``t`` latents evolve as in a run at ``t``) and each image's read-out sees only
+    its first ``tokens[i]`` latents; widths differ per image through ``sample_hidden`` (units past
+    an image's width are zeroed, which equals slicing); images are sorted by depth, deepest first,
+    so after block ``j`` the images still running are a prefix of the batch and those whose depth
+    is ``j`` are written out and leave it.
+    """
+    b = patches.shape[0]
+    dev = patches.device
+    order = sorted(range(b), key=lambda i: -depths[i])
+    d_sorted = [depths[i] for i in order]
+    t_sorted = [tokens[i] for i in order]
+    w_sorted = [widths[i] for i in order]
+    same_order = order == list(range(b))
+    perm = None if same_order else torch.tensor(order, device=dev)
+    p = patches if same_order else patches[perm]
+    n = max(t_sorted)
+    z = model.read_latents(p, n)
+    hid = [min(model.resolve_width(w, 1)[0], model.cfg.mlp_hidden) for w in w_sorted]
+    hid_t = torch.tensor(hid, device=dev) if min(hid) != max(hid) else None
+    outs = []
+    active = b
+    mask = model.latent_mask(n, dev)
+    for i in range(d_sorted[0]):
+        h = hid[:active]
+        if min(h) == max(h):
+            z = model.blocks[i](z, model.rope, mask, h[0])
+        else:
+            z = model.blocks[i](z, model.rope, mask, sample_hidden=hid_t[:active])
+        k = active
+        while k > 0 and d_sorted[k - 1] == i + 1:
+            k -= 1
+        if k < active:  # images [k, active) stop after this block
+            ts = t_sorted[k:active]
+            zo = z[k:active]
+            if min(ts) == max(ts):
+                zo = zo[:, :ts[0]]
+                kv_mask = None
+            else:
+                kv_mask = (torch.arange(n, device=dev) < torch.tensor(ts, device=dev).view(-1, 1)).view(-1, 1, 1, n)
+            q = model.output_queries(p[k:active])
+            o = model.write(q, zo, rope_k=model.rope, mask=kv_mask)
+            outs.append(model.head(o, grid))
+            z = z[:k]
+            active = k
+    out = torch.cat(outs[::-1]) if len(outs) > 1 else outs[0]  # shallowest were written first
+    if same_order:
+        return out
+    res = torch.empty_like(out)
+    res[perm] = out
+    return res
+
+
 @dataclass
 class PolicyOutput:
     logits: Tensor  # (B, classes)
@@ -418,26 +479,51 @@ class PolicyOutput:
 
 
 class PolicyClassifier(nn.Module):
-    """Backbone + policy: embed patches once, choose a configuration per image, run each group batched."""
+    """Backbone + policy: embed patches once, choose a configuration per image, run the batch.
 
-    def __init__(self, model: AdaPerceiverClassifier, policy: ConfigPolicy):
+    ``group`` says how a batch whose images chose different configurations runs:
+
+    * ``"mixed"`` (default): one pass for the whole batch (:func:`run_mixed`): the largest token
+      count, per-image widths and depths, each image written out from its own token prefix;
+    * ``"tokens"``: one :func:`run_mixed` pass per chosen token count (no latent wasted);
+    * ``"config"``: one :func:`run_from_patches` call per distinct configuration.
+
+    All three give each image the output of its own configuration.
+    """
+
+    GROUPS = ("mixed", "tokens", "config")
+
+    def __init__(self, model: AdaPerceiverClassifier, policy: ConfigPolicy, group: str = "mixed"):
         super().__init__()
         if not isinstance(model, AdaPerceiverClassifier):
             raise ValueError("PolicyClassifier needs an AdaPerceiverClassifier")
+        if group not in self.GROUPS:
+            raise ValueError(f"group must be one of {list(self.GROUPS)}, got {group!r}")
         policy.space.check(model)
         self.model = model
         self.policy = policy
+        self.group = group
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> PolicyOutput:
         patches, grid = self.model.patch_embed(x)
         actions = self.policy.choose(patches)
+        space = self.policy.space
+        chosen = [space.config(*a) for a in actions.tolist()]  # one host sync for the whole batch
+        tokens, depths, widths = (list(v) for v in zip(*chosen))
+        if self.group == "mixed":
+            return PolicyOutput(run_mixed(self.model, patches, grid, tokens, depths, widths), actions)
         logits = patches.new_empty(x.shape[0], self.model.cfg.num_classes)
-        choices, group = torch.unique(actions, dim=0, return_inverse=True)
-        for g, (it, id_, iw) in enumerate(choices.tolist()):
-            sel = (group == g).nonzero().squeeze(1)
-            t, d, w = self.policy.space.config(it, id_, iw)
-            logits[sel] = run_from_patches(self.model, patches[sel], grid, t, d, w)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, c in enumerate(chosen):
+            groups.setdefault(c if self.group == "config" else c[:1], []).append(i)
+        for key, idx in groups.items():
+            sel = torch.tensor(idx, device=x.device)
+            if self.group == "config":
+                logits[sel] = run_from_patches(self.model, patches[sel], grid, *key)
+            else:
+                logits[sel] = run_mixed(self.model, patches[sel], grid, [tokens[i] for i in idx],
+                                        [depths[i] for i in idx], [widths[i] for i in idx])
         return PolicyOutput(logits, actions)
 
 
@@ -447,6 +533,8 @@ def _stream_ms(fn, xs: Tensor, batch_size: int, repeats: int = 3) -> float:
     """Median over ``repeats`` of the wall time to process ``xs`` in batches of ``batch_size``, in ms per image.
 
     ``fn`` gets ready input tensors (no data loading inside the timing); one untimed warm-up pass.
+    Timed with the one timer (:func:`~adaperceiver.evaluation.cost.time_call`, which synchronises
+    CUDA), so every method of the comparison is measured the same way.
     """
     chunks = list(xs.split(batch_size))
 
@@ -454,8 +542,7 @@ def _stream_ms(fn, xs: Tensor, batch_size: int, repeats: int = 3) -> float:
         for c in chunks:
             fn(c)
 
-    timing = time_call(stream, xs.shape[0], warmup=1, repeats=repeats, device=xs.device)  # synchronises CUDA
-    return timing.median_ms / xs.shape[0]
+    return time_call(stream, xs.shape[0], warmup=1, repeats=repeats, device=xs.device).median_ms / xs.shape[0]
 
 
 def flops_saved_at_parity(rows: Sequence[Mapping[str, Any]], full_acc: float, full_gflops: float,
@@ -473,7 +560,8 @@ def flops_saved_at_parity(rows: Sequence[Mapping[str, Any]], full_acc: float, fu
 def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost: Tensor,
                          policies: Mapping[str, ConfigPolicy] | None = None, taus: Sequence[float] = (),
                          latency_batch_sizes: Sequence[int] = (1,), latency_images: int = 64,
-                         latency_repeats: int = 3, eval_batch_size: int = 256) -> dict[str, Any]:
+                         latency_repeats: int = 3, eval_batch_size: int = 256,
+                         dtype: torch.dtype | str | None = None, compile: bool = False) -> dict[str, Any]:
     """Score every method on the held-out ``outcomes``; see the module docstring.
 
     Each row: ``method, setting, acc1 (%), gflops (mean per image, including the policy network),
@@ -481,9 +569,14 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
     ``b``, the whole method timed: patch embedding, policy, grouped backbone runs) and ``deployable``.
     The oracle is not deployable (it needs the label); its latency is the mean latency of the fixed
     configurations it picks, weighted by how often it picks them.
+
+    With ``dtype`` and/or ``compile`` every method is timed on ``model.for_inference(dtype,
+    compile)``: fixed configurations as their slim (compiled) modules, early exit and the policies
+    on its eager copy in ``dtype`` (their shapes depend on the data, so they are not compiled).
+    Accuracies stay those of ``model`` as given.
     """
-    space = outcomes.space
     with eval_mode(model):
+        space = outcomes.space
         dev = next(model.parameters()).device
         xs = outcomes.images[:latency_images].to(dev)
         bss = tuple(int(b) for b in latency_batch_sizes)
@@ -491,15 +584,19 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
         gcost = cost / 1e9
         rows: list[dict[str, Any]] = []
 
+        fast = model.for_inference(dtype, compile) if dtype is not None or compile else None
+        timed = fast.model if fast is not None else model  # what early exit and the policies run on
+        cast = fast.dtype if fast is not None else xs.dtype
+
         def lat(fn) -> dict[str, float]:
-            return {f"latency_ms_b{b}": _stream_ms(fn, xs, b, latency_repeats) for b in bss}
+            return {f"latency_ms_b{b}": _stream_ms(fn, xs.to(cast), b, latency_repeats) for b in bss}
 
         # every fixed configuration (the full one included)
         fixed_lat: dict[tuple[int, int, int], dict[str, float]] = {}
         for i, t in enumerate(space.tokens):
             for j, d in enumerate(space.depths):
                 for k, w in enumerate(space.widths):
-                    fixed_lat[(i, j, k)] = lat(lambda c, t=t, d=d, w=w: model(c, tokens=t, depth=d, width=w))
+                    fixed_lat[(i, j, k)] = lat(lambda c, t=t, d=d, w=w: (fast or model)(c, tokens=t, depth=d, width=w))
                     rows.append({"method": "fixed", "setting": f"{t}/{d}/{w}", "tokens": t, "depth": d, "width": w,
                                  "acc1": 100.0 * float(outcomes.correct[:, i, j, k].float().mean()),
                                  "gflops": float(gcost[i, j, k]), **fixed_lat[(i, j, k)], "deployable": True})
@@ -533,7 +630,7 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
             flops = torch.tensor([depth_cost[int(d)] + (int(d) - 1) * write for d in ed.tolist()], dtype=torch.float64)
             rows.append({"method": "early_exit", "setting": f"tau={tau:g}", "tau": tau, "acc1": 100.0 * hits / n,
                          "gflops": float(flops.mean() / 1e9), "mean_exit_depth": float(ed.float().mean()),
-                         **lat(lambda c, tau=tau: model.forward_early_exit(c, tau, tokens=t_full, width=w_full)),
+                         **lat(lambda c, tau=tau: timed.forward_early_exit(c, tau, tokens=t_full, width=w_full)),
                          "deployable": True})
 
         # learned policies
@@ -552,6 +649,8 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
                 hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
                 acts.append(out.actions.cpu())
             a = torch.cat(acts)
+            if fast is not None:  # the same policy on the timed copy of the backbone
+                runner = PolicyClassifier(timed, copy.deepcopy(policy).to(fast.dtype))
             # the table says what the backbone gets for these actions; the run above must agree
             table_hits = int(outcomes.correct[torch.arange(n), a[:, 0], a[:, 1], a[:, 2]].sum())
             chosen = cost[a[:, 0], a[:, 1], a[:, 2]]
@@ -646,6 +745,6 @@ def format_summary(result: Mapping[str, Any]) -> str:
 __all__ = [
     "ActionSpace", "ConfigPolicy", "MixerBlock", "Outcomes", "PolicyClassifier", "PolicyConfig", "PolicyOutput",
     "PolicyTrainConfig", "TrainLog", "collect_outcomes", "configuration_flops", "evaluate_comparators",
-    "flops_saved_at_parity", "format_summary", "load_policy", "reward_table", "run_from_patches", "save_policy", "train_policy",
-    "write_results",
+    "flops_saved_at_parity", "format_summary", "load_policy", "reward_table", "run_from_patches", "run_mixed",
+    "save_policy", "train_policy", "write_results",
 ]

@@ -32,3 +32,13 @@ def load_dataset(spec: str, split: str):
     ``imagefolder:PATH``, ``ade20k:PATH`` ...), via :func:`adaperceiver.data.get_dataset`."""
     name, _, root = spec.partition(":")
     return get_dataset(name, split, root=root or None)
+
+
+def add_inference_options(p) -> None:
+    """``--dtype`` and ``--compile``: run configurations through ``model.for_inference(dtype, compile)``."""
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="run each configuration as a slim static module in this dtype (bfloat16 is several times "
+                        "faster on CPUs with AMX / AVX-512-bf16; see docs/performance.md); default: the model as loaded")
+    p.add_argument("--compile", action="store_true",
+                   help="also compile each configuration with torch.compile (once per configuration and batch size; "
+                        "the first call of each takes seconds to minutes)")

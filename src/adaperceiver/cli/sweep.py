@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import from_pretrained, load_meta
 from ..evaluation import format_table, run_sweep
-from .common import load_dataset, parse_batch_sizes
+from .common import add_inference_options, load_dataset, parse_batch_sizes
 
 
 def register(sub) -> None:
@@ -34,6 +34,7 @@ def register(sub) -> None:
                    help="metric name (default: the model's task: classification, segmentation or depth)")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_inference_options(p)
     p.set_defaults(func=_cli_sweep)
 
 
@@ -60,7 +61,7 @@ def _cli_sweep(args) -> int:
                          f"targets: a {'classifier' if args.metric == 'classification' else args.metric + ' model'} "
                          f"needs matching data")
     rows = run_sweep(model, loader, out, metric=args.metric, latency_batch_sizes=sizes,
-                     progress=not args.no_progress, device=args.device)
+                     progress=not args.no_progress, device=args.device, dtype=args.dtype, compile=args.compile)
     print(format_table(rows, sizes))
     print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, {out / 'pareto.png'}")
     return 0

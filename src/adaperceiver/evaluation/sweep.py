@@ -92,11 +92,14 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
 @torch.no_grad()
 def evaluate_grid(model: nn.Module, loader: Iterable, metric: str = "classification", *,
                   metric_kwargs: dict[str, Any] | None = None, device: torch.device | str | None = None,
-                  progress: bool = True) -> tuple[dict[SweepConfig, dict[str, float]], MetricAccumulator, tuple[int, ...], int]:
+                  progress: bool = True, anytime: Any = None,
+                  ) -> tuple[dict[SweepConfig, dict[str, float]], MetricAccumulator, tuple[int, ...], int]:
     """Metric of every grid configuration, one ``forward_anytime`` pass per batch and width.
 
     Returns ``(results, an accumulator (for primary / direction), image shape (C, H, W), images seen)``.
+    ``anytime`` replaces ``model.forward_anytime`` (e.g. that of ``model.for_inference(dtype)``).
     """
+    anytime = anytime or model.forward_anytime
     factory = get_metric(metric)
     device = _check_device(model, device)
     configs = grid(model)
@@ -111,7 +114,7 @@ def evaluate_grid(model: nn.Module, loader: Iterable, metric: str = "classificat
                 x, y = _split_batch(batch)
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
-                out = model.forward_anytime(x, width=w, token_counts=grans, depths=depths)
+                out = anytime(x, width=w, token_counts=grans, depths=depths)
                 for i, d in enumerate(out.depths):
                     for j, t in enumerate(out.tokens):
                         accs[SweepConfig(t, d, w)].update(out.outputs[i, j], y)
@@ -128,20 +131,27 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
               baselines: Sequence[Mapping[str, Any]] | None = None, latency_batch_sizes: Sequence[int] = (1, 64),
               progress: bool = True, device: torch.device | str | None = None,
               metric_kwargs: dict[str, Any] | None = None, latency_warmup: int = 3,
-              latency_repeats: int = 10) -> list[dict[str, Any]]:
+              latency_repeats: int = 10, dtype: torch.dtype | str | None = None,
+              compile: bool = False) -> list[dict[str, Any]]:
     """Evaluate ``model`` at every (tokens, depth, width) of its grid; write CSV, JSON and a Pareto plot.
 
     Each row has ``tokens, depth, width, hidden`` (FFN units), the metric's values, ``gflops``
     (per image), ``params`` (active), for every batch size ``b`` ``latency_ms_b{b}`` (median per
     batch) and ``throughput_b{b}`` (images/s), and the Pareto flags ``pareto_gflops`` and
     ``pareto_latency_b{b}`` (primary metric vs that cost). ``out_dir=None`` writes nothing.
+
+    With ``dtype`` (e.g. ``torch.bfloat16``) and/or ``compile``, the metric and the latency are those
+    of ``model.for_inference(dtype, compile)``: the metric computed in that dtype, the latency of each
+    configuration's slim (compiled) module; GFLOPs and parameters are the model's.
     """
     bss = tuple(int(b) for b in latency_batch_sizes)
     if any(b < 1 for b in bss):
         raise ValueError(f"latency batch sizes must be >= 1, got {list(latency_batch_sizes)}")
     device = _check_device(model, device)
+    fast = model.for_inference(dtype, compile) if dtype is not None or compile else None
+    timed = fast if fast is not None else model
     results, acc, shape, seen = evaluate_grid(model, loader, metric, metric_kwargs=metric_kwargs, device=device,
-                                              progress=progress)
+                                              progress=progress, anytime=fast.forward_anytime if fast else None)
     img = shape[1:] if shape is not None and len(shape) == 3 else None
     rows: list[dict[str, Any]] = []
     for c in _progress(grid(model), progress, desc="cost (FLOPs, latency)", leave=False):
@@ -154,7 +164,7 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
             row["encoder_gflops"] = measure_gflops(model.backbone, c.tokens, c.depth, c.width, img, device)
         row["params"] = active_parameters(model, c.tokens, c.depth, c.width)
         for b in bss:
-            t = measure_latency(model, c.tokens, c.depth, c.width, b, img, device,
+            t = measure_latency(timed, c.tokens, c.depth, c.width, b, img, device,
                                 warmup=latency_warmup, repeats=latency_repeats)
             row[f"latency_ms_b{b}"] = t.median_ms
             row[f"throughput_b{b}"] = t.throughput
@@ -167,6 +177,7 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
                                                               "statistic": "median ms per batch"},
                 "device": str(device), "machine": machine_info(), "model": model.cfg.to_dict(),
                 "model_sha256": tensors_digest(model.state_dict()),  # which weights these rows describe
+                "inference": {"dtype": str(fast.dtype) if fast else "torch.float32", "compile": bool(compile)},
                 "baselines": [dict(b) for b in baselines or ()]}
         write_sweep(rows, out_dir, meta)
         plot_pareto(rows, Path(out_dir) / "pareto.png", acc.primary, acc.higher_is_better,

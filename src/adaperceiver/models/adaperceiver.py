@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import check_fields
+from .inference import InferenceModel
 from .layers import Block, CrossAttentionBlock, Mlp, PatchEmbed, RotaryEmbedding, hidden_units, layer_norm, trunc_normal_init
 from .masks import BEYOND_GRANS, token_block_mask
 from .slim import slim
@@ -425,6 +426,17 @@ class AdaPerceiver(nn.Module):
         """The trained grid: every (tokens, depth, width) triple."""
         cfg = self.cfg
         return [(t, d, w) for t in cfg.trained_grans for d in range(1, self.num_blocks + 1) for w in cfg.widths]
+
+    def for_inference(self, dtype: torch.dtype | str | None = torch.float32, compile: bool = False,
+                      **kwargs: Any) -> InferenceModel:
+        """A copy of this model prepared for fast inference at fixed configurations.
+
+        ``fast = model.for_inference(dtype=torch.bfloat16, compile=True)``; ``fast(x, tokens, depth,
+        width)`` runs that configuration as a slim static module in ``dtype`` (with ``compile``,
+        compiled once per configuration and batch size) and returns float32. See
+        :class:`adaperceiver.models.inference.InferenceModel`.
+        """
+        return InferenceModel(self, dtype, compile, **kwargs)
 
     def slim(self, tokens: int, depth: int, width: int) -> "AdaPerceiver":
         """A plain static model of this one configuration with physically sliced weights (see :func:`.slim.slim`)."""
