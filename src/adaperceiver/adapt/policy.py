@@ -77,12 +77,13 @@ class ActionSpace:
         return self.tokens[it], self.depths[id_], self.widths[iw]
 
     def check(self, model: AdaPerceiver) -> None:
+        """Every axis value must be a configuration the model can run (checked by the model)."""
         for t in self.tokens:
-            model.resolve_tokens(t)
+            model.resolve_configuration(t, None, None)
         for d in self.depths:
-            model.resolve_depth(d)
+            model.resolve_configuration(None, d, None)
         for w in self.widths:
-            model.resolve_width(w, 1)
+            model.resolve_configuration(None, None, w)
 
     def to_dict(self) -> dict[str, list[int]]:
         return {"tokens": list(self.tokens), "depths": list(self.depths), "widths": list(self.widths)}
