@@ -40,7 +40,7 @@ from ..evaluation.cost import flop_counter, measure_flops, time_call
 from ..evaluation.reports import new_figure, save_figure, write_csv
 from ..evaluation.sweep import pareto_front
 from ..models.adaperceiver import AdaPerceiver, AdaPerceiverClassifier
-from ..models.util import eval_mode
+from ..models.util import eval_mode, module_device
 
 REWARDS = ("ce", "correct")
 BASELINES = ("ema", "loo")
@@ -80,12 +80,13 @@ class ActionSpace:
         return self.tokens[it], self.depths[id_], self.widths[iw]
 
     def check(self, model: AdaPerceiver) -> None:
+        """Every axis value must be a configuration the model can run (checked by the model)."""
         for t in self.tokens:
-            model.resolve_tokens(t)
+            model.resolve_configuration(t, None, None)
         for d in self.depths:
-            model.resolve_depth(d)
+            model.resolve_configuration(None, d, None)
         for w in self.widths:
-            model.resolve_width(w, 1)
+            model.resolve_configuration(None, None, w)
 
     def to_dict(self) -> dict[str, list[int]]:
         return {"tokens": list(self.tokens), "depths": list(self.depths), "widths": list(self.widths)}
@@ -635,32 +636,34 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
 
         # learned policies
         for name, policy in (policies or {}).items():
-            policy = policy.to(dev).eval()
-            runner = PolicyClassifier(model, policy)
-            x_pol = _example_input(model)
-            with torch.no_grad():
-                p1 = model.patch_embed(x_pol)[0]
-            with torch.enable_grad(), flop_counter() as counter:
-                policy(p1)
-            pol_flops = int(counter.get_total_flops())
-            acts, hits = [], 0
-            for s in range(0, n, eval_batch_size):
-                out = runner(outcomes.images[s:s + eval_batch_size].to(dev))
-                hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
-                acts.append(out.actions.cpu())
-            a = torch.cat(acts)
-            if fast is not None:  # the same policy on the timed copy of the backbone
-                runner = PolicyClassifier(timed, copy.deepcopy(policy).to(fast.dtype))
-            # the table says what the backbone gets for these actions; the run above must agree
-            table_hits = int(outcomes.correct[torch.arange(n), a[:, 0], a[:, 1], a[:, 2]].sum())
-            chosen = cost[a[:, 0], a[:, 1], a[:, 2]]
-            rows.append({"method": "policy", "setting": name, "acc1": 100.0 * hits / n,
-                         "gflops": float((chosen.mean() + pol_flops) / 1e9), "policy_gflops": pol_flops / 1e9,
-                         "table_acc1": 100.0 * table_hits / n, "mean_tokens": float(torch.tensor(space.tokens)[a[:, 0]].float().mean()),
-                         "mean_depth": float(torch.tensor(space.depths)[a[:, 1]].float().mean()),
-                         "mean_width": float(torch.tensor(space.widths)[a[:, 2]].float().mean()),
-                         "distinct_configs": int(len({tuple(r) for r in a.tolist()})),
-                         **lat(runner), "deployable": True})
+            if module_device(policy) != dev:  # the caller's policy is not moved
+                raise ValueError(f"policy {name!r} is on {module_device(policy)}, the model on {dev}: move it first")
+            with eval_mode(policy):
+                runner = PolicyClassifier(model, policy)
+                x_pol = _example_input(model)
+                with torch.no_grad():
+                    p1 = model.patch_embed(x_pol)[0]
+                with torch.enable_grad(), flop_counter() as counter:
+                    policy(p1)
+                pol_flops = int(counter.get_total_flops())
+                acts, hits = [], 0
+                for s in range(0, n, eval_batch_size):
+                    out = runner(outcomes.images[s:s + eval_batch_size].to(dev))
+                    hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
+                    acts.append(out.actions.cpu())
+                a = torch.cat(acts)
+                if fast is not None:  # the same policy on the timed copy of the backbone
+                    runner = PolicyClassifier(timed, copy.deepcopy(policy).to(fast.dtype))
+                # the table says what the backbone gets for these actions; the run above must agree
+                table_hits = int(outcomes.correct[torch.arange(n), a[:, 0], a[:, 1], a[:, 2]].sum())
+                chosen = cost[a[:, 0], a[:, 1], a[:, 2]]
+                rows.append({"method": "policy", "setting": name, "acc1": 100.0 * hits / n,
+                             "gflops": float((chosen.mean() + pol_flops) / 1e9), "policy_gflops": pol_flops / 1e9,
+                             "table_acc1": 100.0 * table_hits / n, "mean_tokens": float(torch.tensor(space.tokens)[a[:, 0]].float().mean()),
+                             "mean_depth": float(torch.tensor(space.depths)[a[:, 1]].float().mean()),
+                             "mean_width": float(torch.tensor(space.widths)[a[:, 2]].float().mean()),
+                             "distinct_configs": int(len({tuple(r) for r in a.tolist()})),
+                             **lat(runner), "deployable": True})
 
         summary: dict[str, Any] = {"num_images": n, "full": {"acc1": full["acc1"], "gflops": full["gflops"]},
                                    "latency_images": int(xs.shape[0]), "latency_batch_sizes": list(bss)}

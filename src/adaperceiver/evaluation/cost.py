@@ -130,9 +130,7 @@ def active_parameters(model: nn.Module, tokens: int | None, depth: int | None, w
     Blocks past ``depth`` and FFN hidden units past ``int(width * ffn_ratio)`` are not counted;
     the token count changes no parameter (latents are copies of one learned vector) but is checked.
     """
-    model.resolve_tokens(tokens)
-    d = model.resolve_depth(depth)
-    hidden, _ = model.resolve_width(width, 1)
+    _, d, hidden = model.resolve_configuration(tokens, depth, width)
     total = num_parameters(model)
     for i, blk in enumerate(model.blocks):
         if i >= d:

@@ -155,7 +155,7 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
     img = shape[1:] if shape is not None and len(shape) == 3 else None
     rows: list[dict[str, Any]] = []
     for c in _progress(grid(model), progress, desc="cost (FLOPs, latency)", leave=False):
-        hidden, _ = model.resolve_width(c.width, 1)
+        _, _, hidden = model.resolve_configuration(c.tokens, c.depth, c.width)
         row: dict[str, Any] = {"tokens": c.tokens, "depth": c.depth, "width": c.width,
                                "hidden": hidden if hidden is not None else model.cfg.mlp_hidden}
         row.update(results[c])

@@ -447,6 +447,12 @@ class AdaPerceiver(nn.Module):
         mods = [self.patch_embed, self.read, self.blocks]
         return [self.latent_token] + [p for m in mods for p in m.parameters()]
 
+    def resolve_configuration(self, tokens: int | None, depth: int | None, width: int | None) -> tuple[int, int, int | None]:
+        """Check one ``(tokens, depth, width)`` (None: the full value) and return ``(latents, blocks,
+        FFN hidden units)``, hidden None for full width; the one check every user of a configuration calls."""
+        hidden, _ = self.resolve_width(width, 1)
+        return self.resolve_tokens(tokens), self.resolve_depth(depth), hidden
+
     def no_weight_decay(self) -> set[str]:
         """Names of the matrices that are learned tokens / positions, not weights: no weight decay on them
         (vectors — biases, norms, LayerScale — get none anyway)."""

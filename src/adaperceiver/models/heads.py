@@ -191,6 +191,9 @@ class DenseTaskModel(nn.Module):
     def resolve_depth(self, depth: int | None) -> int:
         return self.backbone.resolve_depth(depth)
 
+    def resolve_configuration(self, tokens: int | None, depth: int | None, width: int | None) -> tuple[int, int, int | None]:
+        return self.backbone.resolve_configuration(tokens, depth, width)
+
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Encoder parameters (embedding, latents, read, blocks): what frozen-backbone mode freezes."""
         return self.backbone.backbone_parameters()

@@ -23,11 +23,9 @@ _SLICEABLE = re.compile(r"^blocks\.\d+\.mlp\.fc[12]\.(weight|bias)$")
 
 
 def _check_slim_args(model: nn.Module, tokens: int, depth: int, width: int) -> None:
-    if not all(hasattr(model, a) for a in ("cfg", "resolve_tokens", "resolve_depth", "resolve_width", "latent_mask")):
+    if not all(hasattr(model, a) for a in ("cfg", "resolve_configuration", "latent_mask")):
         raise ValueError(f"slim() needs an AdaPerceiver model, got {type(model).__name__}")
-    model.resolve_tokens(tokens)
-    model.resolve_depth(depth)
-    model.resolve_width(width, 1)
+    model.resolve_configuration(tokens, depth, width)
     last = model.cfg.token_grans[-1]
     if model.cfg.latent_mask == "block" and model.cfg.beyond_grans == "first_gk" and tokens > last:
         # past the last granularity the adaptive mask lets those latents see only the first `last`
