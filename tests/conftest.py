@@ -18,6 +18,18 @@ def tiny_config(**kw):
     return AdaPerceiverConfig(**base)
 
 
+# every learning-efficiency option on (docs/training.md, "Learning efficiency"); the model tests run with them too
+LEARNING_OPTIONS = dict(embed_residual=True, latent_pos_std=0.02, read_mlp=True, head_norm=True)
+
+
+def variant_config(name):
+    """``"classification"`` / ``"dense"``, optionally ``+options``: the learning options on (mean read-out
+    for classification)."""
+    task, _, opts = name.partition("+")
+    extra = dict(LEARNING_OPTIONS, readout="mean" if task == "classification" else "query") if opts else {}
+    return tiny_config(task=task, num_classes=5 if task == "classification" else 6, **extra)
+
+
 def loud_init(model, seed=0):
     """Re-initialise with fan-in scaled weights so that masks, RoPE and widths visibly matter
     (the default 0.02 init makes most configurations nearly equal and would hide bugs)."""

@@ -49,7 +49,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_POINTER = "last.json"
 STATE_NAME = "trainer_state.pt"
 METRICS_NAME = "metrics.csv"
-NO_DECAY_NAMES = ("pos_embed", "latent_token", "output_query")
+NO_DECAY_NAMES = ("pos_embed", "latent_token", "latent_pos", "output_query")
 # fields a resumed run must share with the run it continues (they fix data order and schedule)
 RESUME_KEYS = ("task", "model", "model_overrides", "static", "dataset", "image_size", "train_subset", "epochs",
                "batch_size", "lr", "min_lr", "weight_decay", "warmup_steps", "seed", "objective", "ema_decay")
