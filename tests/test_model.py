@@ -203,6 +203,10 @@ def test_presets():
     m = create_model("adaperceiver_tiny", num_classes=7)
     assert m(torch.randn(2, 1, 28, 28)).shape == (2, 7)
     assert preset_config("adaperceiver_tiny", num_latents=16).token_grans == (8, 16)
+    v2, tiny = preset_config("adaperceiver_tiny_v2"), preset_config("adaperceiver_tiny")
+    assert (v2.readout, v2.head_norm, tiny.readout, tiny.head_norm) == ("mean", True, "query", False)
+    assert {k: v for k, v in v2.to_dict().items() if k not in ("readout", "head_norm")} == \
+        {k: v for k, v in tiny.to_dict().items() if k not in ("readout", "head_norm")}
     with pytest.raises(ValueError, match="available"):
         create_model("adaperceiver_huge")
     with pytest.raises(ValueError, match="unknown config keys"):
