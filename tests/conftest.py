@@ -21,6 +21,18 @@ def _tiny_config(**kw) -> AdaPerceiverConfig:
     return AdaPerceiverConfig(**base)
 
 
+# every learning-efficiency option on (docs/training.md, "Learning efficiency"); the model tests run with them too
+LEARNING_OPTIONS = dict(embed_residual=True, latent_pos_std=0.02, read_mlp=True, head_norm=True)
+
+
+def _variant_config(name):
+    """``"classification"`` / ``"dense"``, optionally ``+options``: the learning options on (mean read-out
+    for classification)."""
+    task, _, opts = name.partition("+")
+    extra = dict(LEARNING_OPTIONS, readout="mean" if task == "classification" else "query") if opts else {}
+    return _tiny_config(task=task, num_classes=5 if task == "classification" else 6, **extra)
+
+
 def _loud_init(model, seed=0):
     """Re-initialise with fan-in scaled weights so that masks, RoPE and widths visibly matter
     (the default 0.02 init makes most configurations nearly equal and would hide bugs)."""
@@ -56,6 +68,12 @@ def _make_folder(root, corrupt: bool = False):
 def tiny_config():
     """``tiny_config(**overrides) -> AdaPerceiverConfig``: the small test model's config."""
     return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def variant_config():
+    """``variant_config("classification" | "dense" [+ "+options"]) -> AdaPerceiverConfig``."""
+    return _variant_config
 
 
 @pytest.fixture(scope="session")

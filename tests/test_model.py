@@ -12,10 +12,9 @@ from adaperceiver.models.masks import token_block_mask
 ATOL = 2e-5
 
 
-@pytest.fixture(params=["classification", "dense"])
-def model(request, loud_init, tiny_config):
-    m = build_model(tiny_config(task=request.param, num_classes=5 if request.param == "classification" else 6))
-    return loud_init(m).eval()
+@pytest.fixture(params=["classification", "dense", "classification+options", "dense+options"])
+def model(request, loud_init, variant_config):
+    return loud_init(build_model(variant_config(request.param))).eval()
 
 
 def x_for(model, b=3, size=16):
@@ -211,14 +210,19 @@ def test_presets():
     m = create_model("adaperceiver_tiny", num_classes=7)
     assert m(torch.randn(2, 1, 28, 28)).shape == (2, 7)
     assert preset_config("adaperceiver_tiny", num_latents=16).token_grans == (8, 16)
+    v2, tiny = preset_config("adaperceiver_tiny_v2"), preset_config("adaperceiver_tiny")
+    assert (v2.readout, v2.head_norm, tiny.readout, tiny.head_norm) == ("mean", True, "query", False)
+    assert {k: v for k, v in v2.to_dict().items() if k not in ("readout", "head_norm")} == \
+        {k: v for k, v in tiny.to_dict().items() if k not in ("readout", "head_norm")}
     with pytest.raises(ValueError, match="available"):
         create_model("adaperceiver_huge")
     with pytest.raises(ValueError, match="unknown config keys"):
         create_model("adaperceiver_tiny", num_clases=3)
 
 
-def test_training_step_reaches_every_parameter(tiny_config):
-    model = build_model(tiny_config()).train()
+@pytest.mark.parametrize("variant", ["classification", "classification+options", "dense+options"])
+def test_training_step_reaches_every_parameter(variant, variant_config):
+    model = build_model(variant_config(variant)).train()
     x = torch.randn(4, 3, 16, 16)
     out = model.forward_anytime(x, width=[16, 24, 32, 32])
     out.outputs.sum().backward()
@@ -294,3 +298,39 @@ def test_rope_table_follows_its_buffers():
     before = rope.table(4)
     rope.to(torch.float64)  # moved / cast: rebuilt from the new buffers
     assert rope.table(4) is not before and rope.table(4).dtype == torch.complex64
+
+
+def test_learning_options_default_to_the_reference_layout(tiny_config, variant_config):
+    """Off by default (converted checkpoints keep their keys); on, they add exactly their parameters."""
+    ref = set(build_model(tiny_config()).state_dict())
+    assert not any(k.startswith(("latent_pos", "read.mlp", "read.norm_mlp")) for k in ref)
+    model = build_model(variant_config("classification+options"))
+    keys = set(model.state_dict())
+    assert {"latent_pos", "read.mlp.fc1.weight", "read.norm_mlp.weight", "head_norm.weight"} <= keys
+    assert not any(k.startswith(("write.", "output_query")) for k in keys)  # the mean read-out has no write
+    assert model.latent_pos.shape == (model.cfg.max_tokens, model.cfg.embed_dim)
+    with pytest.raises(ValueError, match="readout must be 'query' or"):
+        tiny_config(task="dense", readout="mean")
+    with pytest.raises(ValueError, match="latent_pos_std must be >= 0"):
+        tiny_config(latent_pos_std=-1.0)
+
+
+def test_embed_residual_keeps_the_conv_features(tiny_config):
+    """With the residual, zeroing the embedding MLP leaves conv + positions; without it, nothing."""
+    x = torch.randn(2, 3, 16, 16)
+    for residual in (False, True):
+        model = build_model(tiny_config(embed_residual=residual)).eval()
+        torch.nn.init.zeros_(model.patch_embed.mlp.fc2.weight)
+        torch.nn.init.zeros_(model.patch_embed.mlp.fc2.bias)
+        patches, _ = model.patch_embed(x)
+        conv = model.patch_embed.proj(x).flatten(2).transpose(1, 2) + model.patch_embed.pos_embed
+        torch.testing.assert_close(patches, conv if residual else torch.zeros_like(conv))
+
+
+def test_latent_table_tells_latents_apart_at_init(tiny_config):
+    """Shared latent: all latents start equal; with the per-latent table they start distinct."""
+    for std, distinct in ((0.0, False), (0.02, True)):
+        model = build_model(tiny_config(latent_pos_std=std)).eval()
+        with torch.no_grad():  # blank patches add nothing (zero biases at init): z is the latents' start
+            z = model.read_latents(torch.zeros(1, 16, model.cfg.embed_dim), 16)
+        assert bool((z - z[:, :1]).abs().amax() > 0) == distinct

@@ -70,6 +70,12 @@ class AdaPerceiverConfig:
     rope_base_len: int | None = None  # positions of the unscaled RoPE table; None -> num_latents * max_latents_mult
     rope_scaling: str = "none"  # above rope_base_len: "none" refuses, "ntk" divides every inverse frequency by N / base
     beyond_grans: str = "first_gk"  # latents past the last granularity see: "first_gk" (the first g_K) or "all" (all N)
+    # learning-efficiency options (docs/training.md, "Learning efficiency"); the defaults are the reference
+    embed_residual: bool = False  # patch embedding x + MLP(LN(x)) instead of MLP(LN(x))
+    latent_pos_std: float = 0.0  # > 0: a learned per-latent table (max_tokens, D) added to the shared latent
+    readout: str = "query"  # classification read-out: "query" (cross-attention of one query) or "mean" of latents
+    head_norm: bool = False  # LayerNorm before the classifier Linear
+    read_mlp: bool = False  # the read cross-attention is followed by a (full-width) LN + MLP residual
 
     def __post_init__(self) -> None:
         check_fields(self, MODEL_CONFIG_RANGES, "model config")  # every field's type and range, up front
@@ -86,6 +92,13 @@ class AdaPerceiverConfig:
             raise ValueError(f"the RoPE table needs at least one position, got {self.rope_len}")
         if self.task not in ("classification", "dense"):
             raise ValueError(f"task must be 'classification' or 'dense', got {self.task!r}")
+        if self.readout not in ("query", "mean") or (self.readout == "mean" and self.task != "classification"):
+            raise ValueError(f"readout must be 'query' or (classification only) 'mean', got {self.readout!r} "
+                             f"for task {self.task!r}")
+        if not self.latent_pos_std >= 0:
+            raise ValueError(f"latent_pos_std must be >= 0 (0: no per-latent table), got {self.latent_pos_std}")
+        if self.latent_pos_std > 0 and self.rope_scaling != "none":
+            raise ValueError("latent_pos_std > 0 (a per-latent table) needs a bounded token count: rope_scaling 'none'")
         if self.embed_dim % self.num_heads or (self.embed_dim // self.num_heads) % 2:
             raise ValueError(f"embed_dim {self.embed_dim} must split into {self.num_heads} heads of even size")
         if self.img_size % self.patch_size:
@@ -198,14 +211,18 @@ class AdaPerceiver(nn.Module):
         self.cfg = cfg
         d = cfg.embed_dim
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d,
-                                      hidden_units(d, cfg.ffn_ratio) if cfg.embed_mlp else None)
+                                      hidden_units(d, cfg.ffn_ratio) if cfg.embed_mlp else None, cfg.embed_residual)
         self.latent_token = nn.Parameter(torch.zeros(d))
+        if cfg.latent_pos_std > 0:  # latent i starts from latent_token + latent_pos[i]: prefixes still nest
+            self.latent_pos = nn.Parameter(torch.zeros(cfg.max_tokens, d))
         self.rope = RotaryEmbedding(d // cfg.num_heads, cfg.rope_len, cfg.rope_theta, cfg.rope_scaling)
-        self.read = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias)
+        self.read = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias,
+                                        hidden_units(d, cfg.ffn_ratio) if cfg.read_mlp else None)
         self.blocks = nn.ModuleList(
             Block(d, cfg.num_heads, cfg.mlp_hidden, cfg.qkv_bias, cfg.proj_bias, cfg.ls_init) for _ in range(cfg.depth)
         )
-        self.write = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias)
+        if cfg.readout == "query":
+            self.write = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias)
         self._mask_cache: dict[tuple[int, str], Tensor | None] = {}
 
     # ----------------------------------------------------------------------------------------------
@@ -214,6 +231,8 @@ class AdaPerceiver(nn.Module):
         trunc_normal_init(self)
         nn.init.trunc_normal_(self.patch_embed.pos_embed, std=0.02, a=-0.04, b=0.04)
         nn.init.normal_(self.latent_token, std=self.cfg.latent_std)
+        if self.cfg.latent_pos_std > 0:
+            nn.init.normal_(self.latent_pos, std=self.cfg.latent_pos_std)
         for blk in self.blocks:
             for ls in (blk.ls1, blk.ls2):
                 if hasattr(ls, "gamma"):
@@ -313,6 +332,10 @@ class AdaPerceiver(nn.Module):
     # the forward loop
     def read_latents(self, patches: Tensor, num_tokens: int) -> Tensor:
         z = self.latent_token.to(patches.dtype).expand(patches.shape[0], num_tokens, -1)
+        if self.cfg.latent_pos_std > 0:
+            if num_tokens > self.latent_pos.shape[0]:
+                raise ValueError(f"tokens must be at most {self.latent_pos.shape[0]} (the per-latent table), got {num_tokens}")
+            z = z + self.latent_pos[:num_tokens].to(patches.dtype)
         return self.read(z, patches, rope_q=self.rope)
 
     def run_blocks(self, z: Tensor, depth: int, hidden: int | None = None, sample_hidden: Tensor | None = None,
@@ -411,7 +434,7 @@ class AdaPerceiver(nn.Module):
     def build_head(self) -> None:
         """``head_norm`` + ``head_fc``: LN + MLP when ``cfg.head_mlp`` (always full width), else a Linear."""
         d, cfg = self.cfg.embed_dim, self.cfg
-        self.head_norm = layer_norm(d) if cfg.head_mlp else nn.Identity()
+        self.head_norm = layer_norm(d) if cfg.head_mlp or cfg.head_norm else nn.Identity()
         self.head_fc = Mlp(d, hidden_units(d, cfg.ffn_ratio), cfg.num_classes) if cfg.head_mlp else nn.Linear(d, cfg.num_classes)
 
     def output_queries(self, patches: Tensor) -> Tensor:
@@ -445,7 +468,8 @@ class AdaPerceiver(nn.Module):
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Parameters of the encoder (embedding, latents, read, blocks): what a frozen-backbone run freezes."""
         mods = [self.patch_embed, self.read, self.blocks]
-        return [self.latent_token] + [p for m in mods for p in m.parameters()]
+        latents = [self.latent_token] + ([self.latent_pos] if self.cfg.latent_pos_std > 0 else [])
+        return latents + [p for m in mods for p in m.parameters()]
 
     def resolve_configuration(self, tokens: int | None, depth: int | None, width: int | None) -> tuple[int, int, int | None]:
         """Check one ``(tokens, depth, width)`` (None: the full value) and return ``(latents, blocks,
@@ -456,24 +480,41 @@ class AdaPerceiver(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Names of the matrices that are learned tokens / positions, not weights: no weight decay on them
         (vectors — biases, norms, LayerScale — get none anyway)."""
-        return {n for n, _ in self.named_parameters() if n in ("latent_token", "output_query") or n.endswith("pos_embed")}
+        return {n for n, _ in self.named_parameters() if n in ("latent_token", "latent_pos", "output_query") or n.endswith("pos_embed")}
 
 
 class AdaPerceiverClassifier(AdaPerceiver):
-    """One learned output query written out from the latents, then a Linear (or LN+MLP) to logits."""
+    """One learned output query written out from the latents, then a Linear (or LN+MLP) to logits.
+
+    With ``cfg.readout == "mean"`` there is no output query and no write cross-attention: the
+    logits come from the mean of the latents (of the prefix, for a smaller token count).
+    """
 
     def __init__(self, cfg: AdaPerceiverConfig):
         if cfg.task != "classification":
             raise ValueError(f"AdaPerceiverClassifier needs task='classification', got {cfg.task!r}")
         super().__init__(cfg)
         d = cfg.embed_dim
-        self.output_query = nn.Parameter(torch.zeros(1, d))
+        if cfg.readout == "query":
+            self.output_query = nn.Parameter(torch.zeros(1, d))
         self.build_head()
         self.init_weights()
 
     def init_weights(self) -> None:
         super().init_weights()
-        nn.init.trunc_normal_(self.output_query, std=0.02, a=-0.04, b=0.04)
+        if self.cfg.readout == "query":
+            nn.init.trunc_normal_(self.output_query, std=0.02, a=-0.04, b=0.04)
+
+    def write_out(self, latents: Tensor, patches: Tensor, grid: tuple[int, int],
+                  prefixes: Sequence[int] | None = None) -> Tensor:
+        if self.cfg.readout == "query":
+            return super().write_out(latents, patches, grid, prefixes)
+        if prefixes is None:
+            return self.head(latents.mean(1, keepdim=True), grid)
+        sums = latents.cumsum(1)  # the mean of every prefix from one cumulative sum
+        idx = torch.as_tensor([g - 1 for g in prefixes], device=latents.device)
+        counts = torch.as_tensor(list(prefixes), dtype=latents.dtype, device=latents.device)
+        return self.head_fc(self.head_norm(sums[:, idx] / counts[:, None]))  # (B, G, classes)
 
     def output_queries(self, patches: Tensor) -> Tensor:
         return self.output_query.to(patches.dtype).expand(patches.shape[0], -1, -1)

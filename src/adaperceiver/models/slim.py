@@ -18,8 +18,9 @@ import re
 import torch
 from torch import Tensor, nn
 
-# the only tensors whose shape a slim model may change: the Matryoshka FFNs of the latent blocks
-_SLICEABLE = re.compile(r"^blocks\.\d+\.mlp\.fc[12]\.(weight|bias)$")
+# the only tensors whose shape a slim model may change: the Matryoshka FFNs of the latent blocks and
+# the per-latent table (a static model keeps the rows of its own latents)
+_SLICEABLE = re.compile(r"^(blocks\.\d+\.mlp\.fc[12]\.(weight|bias)|latent_pos)$")
 
 
 def _check_slim_args(model: nn.Module, tokens: int, depth: int, width: int) -> None:

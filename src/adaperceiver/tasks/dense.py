@@ -50,7 +50,7 @@ from .classification import adapt_model_config
 
 SEG_DATASETS = ("fashion_mnist", "fashion_mnist_seg", "fashion_mnist_seg28", "ade20k", "segfolder")
 DEPTH_DATASETS = ("visp_castel", "nyu", "depthfolder")
-ENCODER_PREFIXES = ("patch_embed.", "latent_token", "read.", "blocks.")
+ENCODER_PREFIXES = ("patch_embed.", "latent_token", "latent_pos", "read.", "blocks.")
 DECODER_PREFIXES = ("write.", "query_proj.", "head_norm.", "head_fc.")
 
 

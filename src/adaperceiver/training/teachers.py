@@ -53,7 +53,7 @@ class Teacher(nn.Module):
 
 def _vit_outputs(m: StaticViT, x: Tensor):
     feats = m.forward_features(x)
-    return m.forward_head(feats), feats
+    return m.forward_head(feats), feats[:, m.num_prefix_tokens:]
 
 
 def _adaperceiver_outputs(m, x: Tensor):
