@@ -156,10 +156,18 @@ def _image_shape(model: nn.Module, img_size: int | Sequence[int] | None) -> tupl
     return cfg.in_chans, h, w
 
 
+def _config_kwargs(tokens: int | None, depth: int | None, width: int | None) -> dict[str, int]:
+    """The configuration as call arguments; none at all when nothing is set, so a static model
+    (e.g. :class:`adaperceiver.models.vit.StaticViT`, called as ``model(x)``) is measured as well."""
+    if tokens is None and depth is None and width is None:
+        return {}
+    return {"tokens": tokens, "depth": depth, "width": width}
+
+
 def measure_latency(model: nn.Module, tokens: int | None, depth: int | None, width: int | None, batch_size: int,
                     img_size: int | Sequence[int] | None = None, device: torch.device | str | None = None, *,
                     warmup: int = 3, repeats: int = 10, min_seconds: float = 0.0) -> Timing:
-    """Median latency of ``model(x, tokens, depth, width)`` on a ready random batch.
+    """Median latency of ``model(x, tokens, depth, width)`` (``model(x)`` when all are None) on a ready random batch.
 
     The model alone is timed, in eval mode, under no_grad, with the input already on ``device``
     (default: the model's); the model's train/eval mode is restored afterwards.
@@ -172,8 +180,9 @@ def measure_latency(model: nn.Module, tokens: int | None, depth: int | None, wid
     was_training = model.training
     model.eval()
     try:
+        kw = _config_kwargs(tokens, depth, width)
         with torch.no_grad():
-            return time_call(lambda: model(x, tokens=tokens, depth=depth, width=width), batch_size,
+            return time_call(lambda: model(x, **kw), batch_size,
                              warmup=warmup, repeats=repeats, device=device, min_seconds=min_seconds)
     finally:
         model.train(was_training)
@@ -187,7 +196,7 @@ def measure_gflops(model: nn.Module, tokens: int | None, depth: int | None, widt
     was_training = model.training
     model.eval()
     try:
-        return count_flops(model, x, tokens=tokens, depth=depth, width=width) / 1e9
+        return count_flops(model, x, **_config_kwargs(tokens, depth, width)) / 1e9
     finally:
         model.train(was_training)
 
