@@ -41,8 +41,9 @@ def add_train_options(p, epochs_default: int, lr_default: float = 2e-3, augment_
     """Options shared by train and demo; returns the "run" argument group for more options."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="fashion_mnist",
-                   help="fashion_mnist (Debian dataset-fashion-mnist), imagefolder (needs --data-dir with "
-                        "train/<class>/ and val/<class>/) or digits (sklearn, 8x8); default: fashion_mnist")
+                   help="fashion_mnist (Debian dataset-fashion-mnist), fashion_mnist_cluttered (its items on a 64 px "
+                        "canvas among clutter; ..._cluttered56/60 for smaller canvases), imagefolder (needs --data-dir "
+                        "with train/<class>/ and val/<class>/) or digits (sklearn, 8x8); default: fashion_mnist")
     g.add_argument("--data-dir", default=None, help="dataset root (Fashion-MNIST IDX files or an ImageFolder tree)")
     g.add_argument("--image-size", type=int, default=None, help="resize images to this square size")
     g.add_argument("--train-subset", type=int, default=None, help="train on a fixed random subset of N images")

@@ -18,7 +18,7 @@ from ..evaluation import measure_gflops, measure_latency, run_sweep
 from ..models.vit import StaticViT, ViTConfig
 from ..tasks import get_task
 from ..training import ObjectiveConfig, Trainer, TrainConfig, TrainResult, train
-from .common import add_train_options, config_from_args, parse_config_triple
+from .common import add_train_options, config_from_args, parse_config_triple, parse_overrides
 
 # the demo's schedule: ~6 minutes of training on 2 CPU cores; in this short schedule more, smaller
 # steps, a higher peak lr and no augmentation converge faster (docs/training.md has the measurements)
@@ -45,6 +45,9 @@ def register(sub) -> None:
                         "closest to its full configuration; bare --baselines trains "
                         + " ".join(",".join(map(str, b)) for b in DEMO_BASELINES) + " vit (roughly doubles the time)")
     d.add_argument("--latency-batch-sizes", default="1,64", help="batch sizes for sweep latency (default 1,64)")
+    d.add_argument("--model", default="adaperceiver_tiny", help="model preset (default adaperceiver_tiny)")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config field, e.g. --set patch_size=8")
     add_train_options(d, epochs_default=DEMO_EPOCHS, lr_default=DEMO_LR, augment_default=False,
                        batch_default=DEMO_BATCH)
     d.set_defaults(func=_cli_demo)
@@ -102,7 +105,7 @@ def train_vit_baseline(base: TrainConfig, reference: nn.Module, latency_batch_si
 
 def _cli_demo(args) -> int:
     sizes = tuple(int(v) for v in args.latency_batch_sizes.split(","))
-    cfg = config_from_args(args, name=args.name)
+    cfg = config_from_args(args, name=args.name, model=args.model, model_overrides=parse_overrides(args.overrides))
     if cfg.run_dir.exists():
         if not args.overwrite:
             raise ValueError(f"{cfg.run_dir} exists; pass --overwrite to replace it or --name to pick another")
