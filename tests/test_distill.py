@@ -151,6 +151,21 @@ def test_load_teacher_specs(tmp_path):
         load_teacher(str(tmp_path / "nothing"))
 
 
+def test_teacher_resumes_from_its_checkpoint(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    from adaperceiver.cli import main
+
+    args = ["teacher", "--embed-dim", "16", "--depth", "1", "--patch-size", "2", "--name", "t", "--dataset", "digits",
+            "--epochs", "1", "--batch-size", "64", "--warmup-steps", "1", "--out", str(tmp_path), "--no-progress",
+            "--val-subset", "32", "--checkpoint-every", "2"]
+    assert main([*args, "--max-steps", "2"]) == 0
+    assert "stopped at step 2" in capsys.readouterr().out
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed" in out and "(step 2)" in out
+    assert "finished at step" in out
+
+
 def test_two_stage_recipe_from_the_cli(tmp_path, capsys):
     """teacher -> distill (KD + features, cached teacher) -> stage 2 with a frozen backbone."""
     pytest.importorskip("sklearn")

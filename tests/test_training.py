@@ -148,6 +148,25 @@ def test_static_baseline_has_the_static_shape(tmp_path):
     assert from_pretrained(tmp_path / "static").cfg.num_latents == 4
 
 
+def test_plain_vit_baseline_matches_the_full_configuration_flops(tmp_path):
+    from adaperceiver.cli.demo import matched_vit_config, train_vit_baseline
+    from adaperceiver.evaluation import measure_gflops
+    from adaperceiver.models.vit import StaticViT
+
+    cfg = cfg_for(tmp_path, "ada", epochs=1)
+    ada = Trainer(cfg, get_task("classification")).model
+    vc = matched_vit_config(ada)
+    assert (vc.embed_dim, vc.patch_size, vc.num_heads, vc.img_size) == (16, 4, 2, 8)
+    target = measure_gflops(ada, None, None, None)
+    gaps = {d: abs(measure_gflops(StaticViT(type(vc)(**{**vc.to_dict(), "depth": d})), None, None, None) - target)
+            for d in range(1, 5)}
+    assert gaps[vc.depth] == min(gaps.values())
+    entry = train_vit_baseline(cfg, ada, latency_batch_size=2)
+    assert entry["tokens"] is None and entry["depth"] == vc.depth and 0 <= entry["acc1"] <= 100
+    assert entry["gflops"] == pytest.approx(target, rel=0.5) and entry["latency_ms"] > 0
+    assert isinstance(from_pretrained(entry["run_dir"]), StaticViT)
+
+
 def test_sampler_and_schedule():
     a = [b for b in EpochBatchSampler(10, 3, seed=0, epoch=1)]
     assert len(a) == 3 and all(len(b) == 3 for b in a) and len({i for b in a for i in b}) == 9

@@ -20,6 +20,8 @@ def register(sub) -> None:
     add_config_options(p, ViTConfig, ("teacher model",), prefix="vit:")
     add_config_options(p, TrainConfig, ("data", "optimisation", "run"), include=("objective.label_smoothing",),
                        defaults={"name": "teacher"})
+    p.add_argument("--resume", action="store_true",
+                   help="continue OUT/NAME from its last checkpoint (same options); starts fresh when it has none")
     p.set_defaults(func=_cli_teacher)
 
 
@@ -30,9 +32,10 @@ def _cli_teacher(args) -> int:
     torch.manual_seed(cfg.seed)
     vit = StaticViT(config_from_args(ViTConfig, args, prefix="vit:", img_size=data.img_size, in_chans=data.in_chans,
                                      num_classes=data.num_classes))
-    result = Trainer(cfg, get_task(cfg.task), data=data, model=vit).fit()
+    result = Trainer(cfg, get_task(cfg.task), data=data, model=vit).fit(resume=args.resume)
     n = num_parameters(vit)
-    print(f"teacher ({n / 1e6:.2f} M parameters) trained to step {result.step} in {result.train_seconds:.0f} s; " +
+    state = "finished at step" if result.finished else "stopped at step"
+    print(f"teacher ({n / 1e6:.2f} M parameters) {state} {result.step} after {result.train_seconds:.0f} s; " +
           ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
     print(f"run directory: {result.run_dir} (use as: adaperceiver distill --teacher {result.run_dir})")
     return 0

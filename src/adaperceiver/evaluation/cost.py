@@ -151,10 +151,18 @@ def _image_shape(model: nn.Module, img_size: int | Sequence[int] | None) -> tupl
     return cfg.in_chans, h, w
 
 
+def _config_kwargs(tokens: int | None, depth: int | None, width: int | None) -> dict[str, int]:
+    """The configuration as call arguments; none at all when nothing is set, so a static model
+    (e.g. :class:`adaperceiver.models.vit.StaticViT`, called as ``model(x)``) is measured as well."""
+    if tokens is None and depth is None and width is None:
+        return {}
+    return {"tokens": tokens, "depth": depth, "width": width}
+
+
 def measure_latency(model: nn.Module, tokens: int | None, depth: int | None, width: int | None, batch_size: int,
                     img_size: int | Sequence[int] | None = None, device: torch.device | str | None = None, *,
                     warmup: int = 3, repeats: int = 10, min_seconds: float = 0.0) -> Timing:
-    """Median latency of ``model(x, tokens, depth, width)`` on a ready random batch.
+    """Median latency of ``model(x, tokens, depth, width)`` (``model(x)`` when all are None) on a ready random batch.
 
     The model alone is timed, in eval mode, under no_grad, with the input already on ``device``
     (default: the model's); the model's train/eval mode is restored afterwards.
@@ -164,8 +172,9 @@ def measure_latency(model: nn.Module, tokens: int | None, depth: int | None, wid
     device = torch.device(device) if device is not None else module_device(model)
     dtype = next(model.parameters()).dtype
     x = torch.randn(batch_size, *_image_shape(model, img_size), device=device, dtype=dtype)
+    kw = _config_kwargs(tokens, depth, width)
     with eval_mode(model), torch.no_grad():
-        return time_call(lambda: model(x, tokens=tokens, depth=depth, width=width), batch_size,
+        return time_call(lambda: model(x, **kw), batch_size,
                          warmup=warmup, repeats=repeats, device=device, min_seconds=min_seconds)
 
 
@@ -182,7 +191,7 @@ def measure_flops(model: nn.Module, tokens: int | None, depth: int | None, width
     device = torch.device(device) if device is not None else module_device(model)
     x = torch.zeros(1, *_image_shape(model, img_size), device=device, dtype=next(model.parameters()).dtype)
     with eval_mode(model):
-        return count_flops(model, x, tokens=tokens, depth=depth, width=width)
+        return count_flops(model, x, **_config_kwargs(tokens, depth, width))
 
 
 def machine_info() -> dict[str, Any]:

@@ -205,7 +205,7 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | Path, primary: st
             if bl.get(base_key) is None or bl.get(primary) is None:
                 continue
             ax.scatter([bl[base_key]], [bl[primary]], marker=markers[i % len(markers)], s=60, color=f"C{(i + 1) % 10}",
-                       edgecolors="black", zorder=5, label=f"static: {bl.get('name', f'baseline {i}')}")
+                       edgecolors="black", zorder=5, label=bl.get("name", f"baseline {i}"))
         ax.set_xlabel(label)
         ax.set_ylabel(f"{primary} ({'higher' if higher_is_better else 'lower'} is better)")
         ax.grid(alpha=0.3)

@@ -56,8 +56,9 @@ class TrainConfig:
         group="model", help="with init_from: train only the output query/queries, write cross-attention and head"))
     # data
     dataset: str = field(default="fashion_mnist", metadata=dict(
-        group="data", help="fashion_mnist (Debian dataset-fashion-mnist), imagefolder (a data_dir with "
-                           "train/<class>/ and val/<class>/), digits (sklearn, 8x8), or a dense dataset"))
+        group="data", help="fashion_mnist (Debian dataset-fashion-mnist), fashion_mnist_cluttered (its items on "
+                           "a 64 px canvas among clutter; ..._cluttered56/60 for smaller canvases), imagefolder (a "
+                           "data_dir with train/<class>/ and val/<class>/), digits (sklearn, 8x8), or a dense dataset"))
     data_dir: str | None = field(default=None, metadata=dict(
         group="data", help="dataset root (Fashion-MNIST IDX files or an ImageFolder tree)"))
     image_size: int | None = field(default=None, metadata=dict(
