@@ -477,3 +477,11 @@ def test_budget_refuses_a_sweep_of_other_weights(tmp_path, model):
         other.head_fc.bias.add_(0.01)  # ... other weights
     with pytest.raises(ValueError, match=r"sweep\.json.*other weights"):
         select_configuration(tmp_path / "sweep.json", other, max_gflops=1.0)
+
+
+def test_path_objects_are_accepted_for_path_fields(tmp_path):
+    from adaperceiver.training import TrainConfig
+
+    cfg = TrainConfig(out_dir=tmp_path, data_dir=tmp_path / "data", init_from=tmp_path / "m", freeze_backbone=True)
+    assert cfg.out_dir == str(tmp_path) and cfg.init_from == str(tmp_path / "m")
+    json.dumps(cfg.to_dict())  # still what config.json can hold

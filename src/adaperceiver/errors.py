@@ -7,6 +7,7 @@ field of a config dataclass against its annotation (type) and a table of ranges.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -85,8 +86,8 @@ def _coerce(value: Any, hint: Any) -> Any:
         return value if isinstance(value, int) and not isinstance(value, bool) else _NO
     if hint is float:
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _NO
-    if hint is str:
-        return value if isinstance(value, str) else _NO
+    if hint is str:  # a path object is a string field's value too (config.json stores it as text)
+        return value if isinstance(value, str) else os.fspath(value) if isinstance(value, os.PathLike) else _NO
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             return _NO
