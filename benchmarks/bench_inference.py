@@ -154,11 +154,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"dev {acc[m][0]:.3g}  agree {100 * acc[m][1]:.2f}%  first {first[m]:.1f}s  "
                       f"load {row['load']:.1f}", flush=True)
         print(f"configuration {cfg} done in {time.time() - t0:.0f}s", flush=True)
-    if args.json:
-        meta = {"model": args.model or args.preset, "eval_images": xs_desc, "rounds": args.rounds, "calls": args.calls,
-                "threads": torch.get_num_threads(), "machine": machine_info()}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        if args.json:  # after every configuration: an interrupted run keeps what it measured
+            meta = {"model": args.model or args.preset, "eval_images": xs_desc, "rounds": args.rounds,
+                    "calls": args.calls, "threads": torch.get_num_threads(), "machine": machine_info()}
+            with open(args.json, "w") as f:
+                json.dump({"meta": meta, "rows": rows}, f, indent=1)
     return 0
 
 
