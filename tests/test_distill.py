@@ -9,6 +9,8 @@ from torch import nn
 
 from adaperceiver import build_model
 from adaperceiver.losses import feature_loss, kd_loss
+from adaperceiver.checkpoint import from_pretrained, save_pretrained
+from adaperceiver.models.cnn import CNNConfig, StaticCNN
 from adaperceiver.models.vit import StaticViT, ViTConfig
 from adaperceiver.training.distill import FeatureDistillation, FeatureHead, resample_tokens
 from adaperceiver.training.objective import Batch, JointObjective, ObjectiveConfig
@@ -165,7 +167,8 @@ def test_two_stage_recipe_from_the_cli(tmp_path, capsys):
               "--out", str(tmp_path), "--no-progress", "--val-subset", "64"]
     student = ["--set", "embed_dim=32", "--set", "depth=2", "--set", "num_latents=8", "--set", "token_grans=[4,8]",
                "--set", "widths=[16,32]"]
-    assert main(["teacher", "--embed-dim", "32", "--depth", "1", "--patch-size", "2", "--name", "t"] + common) == 0
+    assert main(["teacher", "--arch", "vit", "--embed-dim", "32", "--depth", "1", "--patch-size", "2", "--name", "t"]
+                + common) == 0
     assert main(["distill", "--teacher", str(tmp_path / "t"), "--teacher-cache", str(tmp_path / "cache"),
                  "--no-augment", "--name", "s", "--log-every", "1"] + common + student) == 0
     out = capsys.readouterr().out
@@ -185,3 +188,59 @@ def test_two_stage_recipe_from_the_cli(tmp_path, capsys):
         assert torch.equal(a, b) == frozen, name  # backbone unchanged, head side trained
     with pytest.raises(SystemExit):
         main(["distill", "--name", "x"] + common)  # --teacher is required
+
+
+def test_static_cnn_teacher(tmp_path):
+    """The CNN teacher: last feature map as (B, h*w, C) features, BN in eval mode, saved and reloaded."""
+    torch.manual_seed(0)
+    cfg = CNNConfig(img_size=12, in_chans=3, channels=(4, 8, 6), convs_per_stage=2, num_classes=5)
+    cnn = StaticCNN(cfg)
+    assert cfg.feature_grid == (3, 3) and cfg.num_latents == 9 and cnn.num_blocks == 3
+    x = torch.randn(2, 3, 12, 12)
+    cnn.train()(torch.randn(16, 3, 12, 12) * 3 + 1)  # move the BN running statistics away from their init
+    save_pretrained(cnn, tmp_path / "cnn")
+    teacher = load_teacher(str(tmp_path / "cnn"))
+    assert teacher.name == "static-cnn" and not teacher.module.training
+    out = teacher(x)
+    cnn.eval()
+    fmap = cnn.forward_features(x)
+    assert fmap.shape == (2, 6, 3, 3) and out.features.shape == (2, 9, 6)
+    torch.testing.assert_close(out.features[:, 4], fmap[:, :, 1, 1])  # row-major over the grid
+    torch.testing.assert_close(out.logits, cnn(x))
+    torch.testing.assert_close(from_pretrained(tmp_path / "cnn")(x), cnn(x))  # running statistics were saved
+    anytime = cnn.forward_anytime(x)
+    assert anytime.outputs.shape == (1, 1, 2, 5)
+    with pytest.raises(ValueError, match="single configuration"):
+        cnn.forward_anytime(x, depths=(1,))
+    with pytest.raises(ValueError, match="too small for 3 stages"):
+        CNNConfig(img_size=3, channels=(4, 8, 8))
+    with pytest.raises(ValueError, match="channels must be"):
+        CNNConfig(channels=())
+
+
+def test_cnn_teacher_from_the_cli(tmp_path, capsys):
+    """adaperceiver teacher --arch cnn trains a CNN that distill uses, its 4x4 features resampled to the
+    student's 2x2 patch grid; options of the other architecture are refused."""
+    pytest.importorskip("sklearn")
+    import csv
+
+    from adaperceiver.cli import main
+
+    common = ["--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--max-steps", "2", "--warmup-steps", "1",
+              "--out", str(tmp_path), "--no-progress", "--val-subset", "64"]
+    assert main(["teacher", "--channels", "8,16", "--name", "t"] + common) == 0
+    assert "cnn teacher" in capsys.readouterr().out
+    assert isinstance(from_pretrained(tmp_path / "t"), StaticCNN)
+    assert main(["distill", "--teacher", str(tmp_path / "t"), "--name", "s", "--log-every", "1", "--set", "embed_dim=32",
+                 "--set", "depth=1", "--set", "num_latents=8", "--set", "token_grans=[4,8]",
+                 "--set", "widths=[32]"] + common) == 0
+    with (tmp_path / "s" / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    assert float(rows[-1]["feat"]) > 0 and float(rows[-1]["kd"]) > 0
+    assert main(["teacher", "--embed-dim", "32", "--name", "bad"] + common) == 2
+    assert main(["teacher", "--arch", "vit", "--channels", "8,16", "--name", "bad"] + common) == 2
+    assert main(["teacher", "--channels", "8,x", "--name", "bad"] + common) == 2
+    err = capsys.readouterr().err
+    assert "--embed-dim applies to --arch vit, not --arch cnn" in err
+    assert "--channels applies to --arch cnn, not --arch vit" in err
+    assert "--channels takes positive comma-separated ints" in err

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .models import heads, vit
+from .models import cnn, heads, vit
 from .models.adaperceiver import AdaPerceiver, AdaPerceiverConfig, build_model
 
 WEIGHTS_NAME = "model.safetensors"
@@ -36,9 +36,10 @@ ARCHITECTURES = {
     "segmentation": heads.build_architecture,
     "depth": heads.build_architecture,
     "static_vit": vit.build_architecture,
+    "static_cnn": cnn.build_architecture,
 }
 # architectures whose "model" section is not an AdaPerceiverConfig (they get cfg=None)
-FOREIGN_CONFIG_ARCHITECTURES = {"static_vit"}
+FOREIGN_CONFIG_ARCHITECTURES = {"static_vit", "static_cnn"}
 
 
 def atomic_write(path: str | Path, write) -> None:

@@ -1,8 +1,8 @@
 """Teachers for distillation: anything that maps images to logits and per-patch features.
 
 A teacher is wrapped in a :class:`Teacher`, which always runs it in eval mode under ``no_grad``
-and returns a :class:`TeacherOutput`. Adapters cover this library's checkpoints (a static ViT
-trained here, or an AdaPerceiver at its full configuration), a timm model when timm is installed
+and returns a :class:`TeacherOutput`. Adapters cover this library's checkpoints (a static CNN
+or ViT trained here, or an AdaPerceiver at its full configuration), a timm model when timm is installed
 (never downloading: weights come from a file you give), and any user module.
 """
 
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import from_pretrained, read_state_dict, save_pretrained
+from ..models.cnn import StaticCNN
 from ..models.vit import StaticViT
 
 
@@ -51,7 +52,8 @@ class Teacher(nn.Module):
         return TeacherOutput(logits, feats)
 
 
-def _vit_outputs(m: StaticViT, x: Tensor):
+def _static_outputs(m: StaticViT | StaticCNN, x: Tensor):
+    """Logits and the last features (ViT: final patch tokens; CNN: last feature map, flattened by Teacher)."""
     feats = m.forward_features(x)
     return m.forward_head(feats), feats
 
@@ -65,7 +67,11 @@ def _adaperceiver_outputs(m, x: Tensor):
 
 
 def from_static_vit(model: StaticViT) -> Teacher:
-    return Teacher(model, _vit_outputs, name="static-vit")
+    return Teacher(model, _static_outputs, name="static-vit")
+
+
+def from_static_cnn(model: StaticCNN) -> Teacher:
+    return Teacher(model, _static_outputs, name="static-cnn")
 
 
 def from_adaperceiver(model: nn.Module) -> Teacher:
@@ -122,7 +128,7 @@ def save_vit(model: StaticViT, directory: str | Path) -> Path:
 def load_teacher(spec: str) -> Teacher:
     """Build a teacher from a command-line spec.
 
-    - ``DIR``: a run directory of this library (a static ViT or an AdaPerceiver);
+    - ``DIR``: a run directory of this library (a static CNN or ViT, or an AdaPerceiver);
     - ``timm:NAME[:CHECKPOINT]``: a timm model, weights from a local file;
     - ``python:MODULE:ATTR``: a callable returning an ``nn.Module`` (see :func:`from_module`).
     """
@@ -139,7 +145,11 @@ def load_teacher(spec: str) -> Teacher:
     if not cfg_path.is_file():
         raise ValueError(f"teacher {spec!r}: expected a run directory with config.json, 'timm:NAME[:CKPT]' or 'python:MODULE:ATTR'")
     model = from_pretrained(directory)
-    return from_static_vit(model) if isinstance(model, StaticViT) else from_adaperceiver(model)
+    if isinstance(model, StaticViT):
+        return from_static_vit(model)
+    if isinstance(model, StaticCNN):
+        return from_static_cnn(model)
+    return from_adaperceiver(model)
 
 
 # --------------------------------------------------------------------------------------------------
