@@ -106,7 +106,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/distill_exp")
     ap.add_argument("--dataset", default="fashion_mnist")
-    ap.add_argument("--train-subset", type=int, default=20000, help="training images (a fixed subset; default 20000)")
+    ap.add_argument("--train-subset", type=int, default=10000, help="training images (a fixed subset; default 10000)")
     ap.add_argument("--eval-limit", type=int, default=None, help="sweep only the first N test images")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--teacher-epochs", type=int, default=8)
