@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .errors import UserError, first_line
-from .models import heads, vit
+from .models import cnn, heads, vit
 from .models.adaperceiver import AdaPerceiver, AdaPerceiverConfig, build_model
 
 WEIGHTS_NAME = "model.safetensors"
@@ -43,9 +43,10 @@ ARCHITECTURES = {
     "segmentation": heads.build_architecture,
     "depth": heads.build_architecture,
     "static_vit": vit.build_architecture,
+    "static_cnn": cnn.build_architecture,
 }
 # architectures whose "model" section is not an AdaPerceiverConfig (they get cfg=None)
-FOREIGN_CONFIG_ARCHITECTURES = {"static_vit"}
+FOREIGN_CONFIG_ARCHITECTURES = {"static_vit", "static_cnn"}
 
 
 TEMP_SUFFIX = ".tmp"

