@@ -1,10 +1,18 @@
 """Shared fixtures. Tests take these as arguments; nothing imports this module."""
 
+import gzip
+import json
+import struct
+
 import numpy as np
 import pytest
 import torch
 
 from adaperceiver import AdaPerceiverConfig
+from adaperceiver.cli import main
+
+# a 2-block model small enough that a training step takes milliseconds (model_overrides / --set)
+_TINY_OVERRIDES = dict(patch_size=4, embed_dim=16, num_heads=2, depth=2, num_latents=8, token_grans=(4, 8), widths=(8, 16))
 
 
 @pytest.fixture(autouse=True)
@@ -86,3 +94,55 @@ def loud_init():
 def make_folder():
     """``make_folder(root, corrupt=False)``: a 2-class ImageFolder tree (train/val) of small PNGs."""
     return _make_folder
+
+
+def _train_argv(out, *extra, name="run"):
+    tiny_set = [a for k, v in _TINY_OVERRIDES.items() for a in ("--set", f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}")]
+    return ["train", "--dataset", "digits", "--train-subset", "32", "--val-subset", "16", "--batch-size", "16",
+            "--epochs", "1", "--warmup-steps", "1", "--no-progress", "--out", str(out), "--name", name, *tiny_set, *extra]
+
+
+def _cli_error(argv, capsys) -> str:
+    """Run the CLI in-process; assert exit status 2 and ONE error line (argparse usage lines aside)."""
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse refuses before any command runs
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, f"exit {code}, stderr:\n{err}"
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("usage:", " "))]
+    assert len(lines) == 1, f"expected one error line, got:\n{err}"
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides():
+    """Model config overrides of a 2-block model that trains in milliseconds (grans 4, 8; widths 8, 16)."""
+    return dict(_TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def train_argv():
+    """``train_argv(out, *flags, name="run") -> argv``: ``adaperceiver train`` of the tiny model on 32 digits."""
+    return _train_argv
+
+
+@pytest.fixture(scope="session")
+def cli_error():
+    """``cli_error(argv, capsys) -> line``: run the CLI, assert exit 2 and exactly one error line, return it."""
+    return _cli_error
+
+
+def _write_idx(path, array: np.ndarray, compress: bool = True) -> None:
+    codes = {np.uint8: 0x08, np.int32: 0x0C}
+    header = bytes([0, 0, codes[array.dtype.type], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+@pytest.fixture(scope="session")
+def write_idx():
+    """``write_idx(path, array, compress=True)``: an IDX file (gzipped unless ``compress=False``), as
+    Fashion-MNIST ships them."""
+    return _write_idx

@@ -21,21 +21,9 @@ import torch
 
 import adaperceiver
 from adaperceiver import AdaPerceiverConfig, create_model, from_pretrained, save_pretrained
-from adaperceiver.cli import main
 from adaperceiver.data import get_dataset
 
 pytest.importorskip("sklearn")  # CLI rows train on sklearn's 8x8 digits
-
-# a 2-block model small enough that a training step takes milliseconds
-TINY = dict(patch_size=4, embed_dim=16, num_heads=2, depth=2, num_latents=8, token_grans=(4, 8), widths=(8, 16))
-TINY_SET = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}")]
-
-
-def train_argv(out, *extra, name="run"):
-    return ["train", "--dataset", "digits", "--train-subset", "32", "--val-subset", "16", "--batch-size", "16",
-            "--epochs", "1", "--warmup-steps", "1", "--no-progress", "--out", str(out), "--name", name,
-            *TINY_SET, *extra]
-
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -46,14 +34,14 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, tiny_overrides):
     """Small files the rows point at: a saved model, a digits-shaped model, image folders, broken files."""
     root = tmp_path_factory.mktemp("bad_inputs")
     torch.manual_seed(0)
-    save_pretrained(create_model("adaperceiver_tiny", **TINY), root / "tiny")  # 28x28 grey, 10 classes
-    save_pretrained(create_model("adaperceiver_tiny", **{**TINY, "img_size": 8}), root / "digits_model")
-    save_pretrained(create_model("adaperceiver_tiny", **{**TINY, "img_size": 8, "in_chans": 3}), root / "rgb_model")
-    save_pretrained(create_model("adaperceiver_tiny", **{**TINY, "img_size": 8, "embed_dim": 32, "num_heads": 4,
+    save_pretrained(create_model("adaperceiver_tiny", **tiny_overrides), root / "tiny")  # 28x28 grey, 10 classes
+    save_pretrained(create_model("adaperceiver_tiny", **{**tiny_overrides, "img_size": 8}), root / "digits_model")
+    save_pretrained(create_model("adaperceiver_tiny", **{**tiny_overrides, "img_size": 8, "in_chans": 3}), root / "rgb_model")
+    save_pretrained(create_model("adaperceiver_tiny", **{**tiny_overrides, "img_size": 8, "embed_dim": 32, "num_heads": 4,
                                                           "widths": (16, 32)}), root / "other_width")
     # config.json variants of the tiny model
     for name, edit in {"float_depth": {"depth": 4.0}, "string_dim": {"embed_dim": "abc"},
@@ -106,20 +94,6 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
 
-def cli_error(argv, capsys) -> str:
-    """Run the CLI in-process; assert exit status 2 and ONE error line (argparse usage lines aside)."""
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse refuses before any command runs
-        code = e.code
-    err = capsys.readouterr().err
-    assert code == 2, f"exit {code}, stderr:\n{err}"
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("usage:", " "))]
-    assert len(lines) == 1, f"expected one error line, got:\n{err}"
-    return lines[0]
-
-
 def must_not_train(monkeypatch):
     """Rows whose error must come before any training: training here fails the row."""
     from adaperceiver import training
@@ -166,7 +140,7 @@ CLI_ROWS = [
 
 
 @pytest.mark.parametrize("argv,patterns", [r[1:] for r in CLI_ROWS], ids=[r[0] for r in CLI_ROWS])
-def test_train_option_rows(argv, patterns, files, tmp_path, capsys, monkeypatch):
+def test_train_option_rows(argv, patterns, files, tmp_path, capsys, monkeypatch, cli_error, train_argv):
     if "cuda" in argv and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     must_not_train(monkeypatch)
@@ -221,7 +195,7 @@ OTHER_ROWS = [
 
 
 @pytest.mark.parametrize("argv,patterns", [r[1:] for r in OTHER_ROWS], ids=[r[0] for r in OTHER_ROWS])
-def test_command_rows(argv, patterns, files, tmp_path, capsys, monkeypatch):
+def test_command_rows(argv, patterns, files, tmp_path, capsys, monkeypatch, cli_error):
     must_not_train(monkeypatch)
     if "timm:" in " ".join(argv) and importlib.util.find_spec("timm") is not None:
         pytest.skip("timm is installed here")
@@ -352,9 +326,9 @@ def test_conversion_config_rows(ref, patterns):
 # --------------------------------------------------------------------------------------------------
 # model calls
 @pytest.fixture(scope="module")
-def model():
+def model(tiny_overrides):
     torch.manual_seed(0)
-    return create_model("adaperceiver_tiny", **TINY).eval()  # grans (4, 8), widths (8, 16), depth 2
+    return create_model("adaperceiver_tiny", **tiny_overrides).eval()  # grans (4, 8), widths (8, 16), depth 2
 
 
 def _x(dtype=torch.float32):
@@ -446,8 +420,8 @@ def test_saved_weights_without_damage_load_and_verify(tmp_path, model):
         assert torch.equal(v, loaded.state_dict()[k])
 
 
-def test_nan_weights_are_refused_with_the_tensor_named(tmp_path, model):
-    bad = create_model("adaperceiver_tiny", **TINY)
+def test_nan_weights_are_refused_with_the_tensor_named(tmp_path, model, tiny_overrides):
+    bad = create_model("adaperceiver_tiny", **tiny_overrides)
     with torch.no_grad():
         bad.blocks[1].mlp.fc1.weight[0, 0] = float("nan")
     save_pretrained(bad, tmp_path / "m")
@@ -467,7 +441,7 @@ def test_from_pretrained_config_errors_name_the_file(files):
             from_pretrained(files / name)
 
 
-def test_budget_refuses_a_sweep_of_other_weights(tmp_path, model):
+def test_budget_refuses_a_sweep_of_other_weights(tmp_path, model, tiny_overrides):
     from adaperceiver.adapt.budget import select_configuration
     from adaperceiver.checkpoint import tensors_digest
 
@@ -475,7 +449,7 @@ def test_budget_refuses_a_sweep_of_other_weights(tmp_path, model):
             {"tokens": 8, "depth": 2, "width": 16, "acc1": 60.0, "gflops": 0.002}]
     (tmp_path / "sweep.json").write_text(json.dumps({"model_sha256": tensors_digest(model.state_dict()), "rows": rows}))
     assert select_configuration(tmp_path / "sweep.json", model, max_gflops=1.0)["acc1"] == 60.0
-    other = create_model("adaperceiver_tiny", **TINY)  # same shapes ...
+    other = create_model("adaperceiver_tiny", **tiny_overrides)  # same shapes ...
     with torch.no_grad():
         other.head_fc.bias.add_(0.01)  # ... other weights
     with pytest.raises(ValueError, match=r"sweep\.json.*other weights"):

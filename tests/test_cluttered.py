@@ -33,9 +33,7 @@ def slow_render(ds: ClutteredFashionMNIST, i: int) -> np.ndarray:
 
 
 @pytest.fixture
-def fake_root(tmp_path):
-    from test_data import write_idx
-
+def fake_root(tmp_path, write_idx):
     rng = np.random.default_rng(1)
     for prefix, n in (("train", 11), ("t10k", 7)):
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import struct
 
 import numpy as np
 import pytest
@@ -18,15 +17,8 @@ from adaperceiver.data import (
 )
 
 
-def write_idx(path, array: np.ndarray, compress: bool = True) -> None:
-    codes = {np.uint8: 0x08, np.int32: 0x0C}
-    header = bytes([0, 0, codes[array.dtype.type], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    path.write_bytes(gzip.compress(data) if compress else data)
-
-
 @pytest.fixture
-def fake_fmnist(tmp_path):
+def fake_fmnist(tmp_path, write_idx):
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 12), ("t10k", 5)):
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
@@ -34,7 +26,7 @@ def fake_fmnist(tmp_path):
     return tmp_path
 
 
-def test_read_idx_roundtrip(tmp_path):
+def test_read_idx_roundtrip(tmp_path, write_idx):
     a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     write_idx(tmp_path / "a.gz", a)
     write_idx(tmp_path / "a.idx", a, compress=False)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_bad_inputs import TINY, cli_error, train_argv
 
 from adaperceiver import from_pretrained
 from adaperceiver.checkpoint import atomic_write
@@ -37,7 +36,7 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def stopped_run(tmp_path_factory):
+def stopped_run(tmp_path_factory, train_argv):
     """A run stopped (resumably) after step 1 of 2, with a checkpoint at step 1."""
     out = tmp_path_factory.mktemp("faults")
     assert main(train_argv(out, "--max-steps", "1", "--checkpoint-every", "1")) == 0
@@ -51,8 +50,10 @@ def run(stopped_run, tmp_path):
     return tmp_path, tmp_path / "run"
 
 
-def resume(out, *extra, capsys=None):
-    return main(train_argv(out, "--resume", *extra))
+@pytest.fixture
+def resume(train_argv):
+    """``resume(out, *flags)``: ``adaperceiver train ... --resume`` on the tiny run in ``out``."""
+    return lambda out, *extra: main(train_argv(out, "--resume", *extra))
 
 
 def step_dir(run_dir: Path) -> Path:
@@ -78,7 +79,7 @@ def _hold_lock(run_dir: Path) -> subprocess.Popen:
     return proc
 
 
-def test_a_second_writer_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path, capsys):
+def test_a_second_writer_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path, capsys, cli_error, train_argv):
     holder = _hold_lock(tmp_path / "run")
     try:
         line = cli_error(train_argv(tmp_path), capsys)
@@ -91,7 +92,7 @@ def test_a_second_writer_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path,
     assert from_pretrained(tmp_path / "run") is not None
 
 
-def test_a_lock_file_left_by_a_dead_process_does_not_block(tmp_path):
+def test_a_lock_file_left_by_a_dead_process_does_not_block(tmp_path, train_argv):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / ".lock").write_text(json.dumps({"pid": 2 ** 22 + 7, "host": socket.gethostname()}))
     assert main(train_argv(tmp_path)) == 0
@@ -110,7 +111,7 @@ def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
 
 # --------------------------------------------------------------------------------------------------
 # kills and temporary files
-def test_temporary_files_left_by_a_kill_are_removed_on_the_next_run(run):
+def test_temporary_files_left_by_a_kill_are_removed_on_the_next_run(run, resume):
     out, run_dir = run
     junk = [run_dir / ".model.safetensors.k1l2.tmp", step_dir(run_dir) / ".ema.safetensors.x9.tmp",
             run_dir / ".metrics.csv.abc.tmp"]
@@ -148,7 +149,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
 
 
-def test_disk_full_during_a_checkpoint_is_one_line_and_the_run_stays_resumable(run, capsys, monkeypatch):
+def test_disk_full_during_a_checkpoint_is_one_line_and_the_run_stays_resumable(run, capsys, monkeypatch, cli_error, resume, train_argv):
     from safetensors import SafetensorError
 
     from adaperceiver import checkpoint
@@ -168,7 +169,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_the_run_stays_resumable(r
     assert resume(out) == 0
 
 
-def test_ctrl_c_is_one_line_and_keeps_the_last_checkpoint(run, capsys, monkeypatch):
+def test_ctrl_c_is_one_line_and_keeps_the_last_checkpoint(run, capsys, monkeypatch, resume):
     from adaperceiver import training
 
     out, run_dir = run
@@ -196,7 +197,7 @@ def test_ctrl_c_is_one_line_and_keeps_the_last_checkpoint(run, capsys, monkeypat
     (["--seed", "5"], r"--seed"), (["--no-augment"], r"augment"), (["--ema-decay", "0.9"], r"--ema-decay"),
     (["--grad-clip", "1"], r"--grad-clip"), (["--export", "raw"], r"--export"),
 ])
-def test_resume_refuses_options_it_cannot_change(run, capsys, extra, named):
+def test_resume_refuses_options_it_cannot_change(run, capsys, extra, named, cli_error, train_argv):
     import re
 
     out, _ = run
@@ -204,13 +205,13 @@ def test_resume_refuses_options_it_cannot_change(run, capsys, extra, named):
     assert re.search(named, line) and "resume" in line, line
 
 
-def test_resume_accepts_the_options_it_can_change(run):
+def test_resume_accepts_the_options_it_can_change(run, resume):
     out, run_dir = run
     assert resume(out, "--max-steps", "2", "--num-workers", "0", "--device", "cpu") == 0
     assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["step"] == 2
 
 
-def test_nan_advice_says_what_works(tmp_path):
+def test_nan_advice_says_what_works(tmp_path, tiny_overrides):
     from adaperceiver.tasks import get_task
     from adaperceiver.training import NonFiniteLossError, TrainConfig, Trainer
 
@@ -221,7 +222,7 @@ def test_nan_advice_says_what_works(tmp_path):
             self.calls += 1
             return out.outputs.new_tensor(float("nan") if self.calls == 3 else 0.0), {}
 
-    cfg = TrainConfig(dataset="digits", train_subset=32, val_subset=16, model_overrides=TINY, epochs=2, batch_size=16,
+    cfg = TrainConfig(dataset="digits", train_subset=32, val_subset=16, model_overrides=tiny_overrides, epochs=2, batch_size=16,
                       warmup_steps=1, out_dir=str(tmp_path), progress=False)
     with pytest.raises(NonFiniteLossError) as info:
         Trainer(cfg, get_task("classification"), extra_losses=[NaNAtCall()]).fit()
@@ -267,7 +268,8 @@ def _other_shape_checkpoint(run_dir):
     from adaperceiver import create_model
     from adaperceiver.checkpoint import save_state_dict
 
-    other = create_model("adaperceiver_tiny", **{**TINY, "embed_dim": 32, "num_heads": 4, "widths": (16, 32)})
+    other = create_model("adaperceiver_tiny", patch_size=4, embed_dim=32, num_heads=4, depth=2, num_latents=8,
+                         token_grans=(4, 8), widths=(16, 32))  # the tiny run's model at another width
     save_state_dict(step_dir(run_dir) / "model.safetensors", other.state_dict())
     return r"model\.safetensors"
 
@@ -282,7 +284,7 @@ DAMAGE_ROWS = [_damage_checkpoint_weights, _drop_ema, _pointer_disagrees, _corru
 
 
 @pytest.mark.parametrize("damage", DAMAGE_ROWS, ids=[f.__name__.strip("_") for f in DAMAGE_ROWS])
-def test_resume_of_a_damaged_run_is_refused_naming_the_file(run, capsys, damage):
+def test_resume_of_a_damaged_run_is_refused_naming_the_file(run, capsys, damage, cli_error, train_argv):
     import re
 
     out, run_dir = run

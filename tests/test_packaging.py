@@ -67,3 +67,22 @@ def test_plots_leave_pyplot_alone(tmp_path):
     assert matplotlib.get_backend() == backend
     if "matplotlib.pyplot" in sys.modules:
         assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+
+
+def test_tests_share_fixtures_through_conftest_only():
+    """No test imports another test module, conftest or a benchmark, and no helper edits sys.path:
+    shared pieces are conftest fixtures."""
+    import ast
+
+    tests = Path(__file__).resolve().parent
+    local = {p.stem for p in tests.glob("*.py")} | {"benchmarks"}
+    offenders = []
+    for path in sorted(tests.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: import {n}" for n in names if n.split(".")[0] in local]
+            if isinstance(node, ast.Attribute) and node.attr in ("insert", "append") and ast.unparse(node.value) == "sys.path":
+                offenders.append(f"{path.name}: sys.path.{node.attr}")
+    assert not offenders, offenders
