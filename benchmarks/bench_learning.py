@@ -125,8 +125,8 @@ def train_run(name: str, steps: int, evals: list[int], seed: int, data, configs,
         opt.step()
         sched.step()
         train_s += time.perf_counter() - t0
-        if not math.isfinite(float(loss)):
-            raise RuntimeError(f"{name}: loss is {float(loss)} at step {step}")
+        if not math.isfinite(float(loss.detach())):
+            raise RuntimeError(f"{name}: loss is {float(loss.detach())} at step {step}")
         if step + 1 in evals or step + 1 == steps:
             yield step + 1, evaluate(model, xv, yv, configs), train_s, sum(p.numel() for p in model.parameters())
 
