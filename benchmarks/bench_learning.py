@@ -13,7 +13,8 @@ Models (``--models``, comma-separated):
 * any preset name (``adaperceiver_tiny``, ``adaperceiver_tiny_v2``), optionally ``:joint``: trained
   with the library's joint objective (every depth and token read-out, per-sample widths) instead of
   plain cross-entropy on the full configuration. Adaptive models are evaluated at the full
-  configuration and at the sub-configurations of ``--configs``.
+  configuration and at the sub-configurations of ``--configs``. ``--set KEY=VALUE`` overrides a
+  config field of every adaptive model of the run (the ablations of docs/training.md).
 
 Prints one table per run length (rows: evaluation steps; columns: models) and appends every
 evaluation to ``--csv``. Run it alone, under the heavy-job lock, e.g.::
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from adaperceiver import create_model
+from adaperceiver.cli.common import parse_overrides
 from adaperceiver.data import get_dataset
 from adaperceiver.models.vit import StaticViT, ViTConfig
 from adaperceiver.training.distributed import epoch_permutation
@@ -45,7 +47,7 @@ FIELDS = ["model", "objective", "run_steps", "step", "seed", "params", "config",
           "threads", "torch"]
 
 
-def build(name: str) -> tuple[torch.nn.Module, str]:
+def build(name: str, overrides: dict | None = None) -> tuple[torch.nn.Module, str]:
     """``(model, objective)`` for a ``--models`` entry."""
     preset, _, objective = name.partition(":")
     objective = objective or "plain"
@@ -57,7 +59,7 @@ def build(name: str) -> tuple[torch.nn.Module, str]:
         cfg = ViTConfig(img_size=28, patch_size=4, in_chans=1, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
                         num_classes=10, pool="cls" if preset == "vit" else "mean")
         return StaticViT(cfg), objective
-    return create_model(preset, img_size=28, in_chans=1, num_classes=10), objective
+    return create_model(preset, **{"img_size": 28, "in_chans": 1, "num_classes": 10, **(overrides or {})}), objective
 
 
 def parse_configs(text: str) -> list[tuple[int, int, int]]:
@@ -94,12 +96,12 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, configs, batch: int = 500)
     return {k: out[k] for k in ["full", *(f"t{t}_d{d}_w{w}" for t, d, w in configs)] if k in out}
 
 
-def train_run(name: str, steps: int, evals: list[int], seed: int, data, configs, warmup: int = 100,
+def train_run(name: str, steps: int, evals: list[int], seed: int, data, configs, overrides=None, warmup: int = 100,
               batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 0.05, grad_clip: float = 3.0):
     """Train one model for ``steps`` steps; yield ``(step, accuracies, train_seconds)`` at each evaluation."""
     xtr, ytr, xv, yv = data
     torch.manual_seed(seed)
-    model, objective = build(name)
+    model, objective = build(name, overrides)
     model.train()
     opt = torch.optim.AdamW(param_groups(list(model.named_parameters()), weight_decay), lr=lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup, 0.0))
@@ -123,8 +125,8 @@ def train_run(name: str, steps: int, evals: list[int], seed: int, data, configs,
         opt.step()
         sched.step()
         train_s += time.perf_counter() - t0
-        if not math.isfinite(float(loss)):
-            raise RuntimeError(f"{name}: loss is {float(loss)} at step {step}")
+        if not math.isfinite(float(loss.detach())):
+            raise RuntimeError(f"{name}: loss is {float(loss.detach())} at step {step}")
         if step + 1 in evals or step + 1 == steps:
             yield step + 1, evaluate(model, xv, yv, configs), train_s, sum(p.numel() for p in model.parameters())
 
@@ -137,12 +139,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--seeds", default="0")
     p.add_argument("--configs", default=DEFAULT_CONFIGS,
                    help="sub-configurations tokens,depth,width;... evaluated for adaptive models")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field of the adaptive models (JSON values), e.g. --set head_norm=true")
     p.add_argument("--val-subset", type=int, default=5000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--csv", default="bench_learning.csv", help="evaluations are appended here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     configs = parse_configs(args.configs)
+    overrides = parse_overrides(args.set)
     train = get_dataset("fashion_mnist", "train")
     val = get_dataset("fashion_mnist", "val", subset=args.val_subset)
     xv = torch.stack([val[i][0] for i in range(len(val))])
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     data = (train.images, train.labels, xv, yv)
     models = [m for m in args.models.split(",") if m]
     for m in models:
-        build(m)  # fail early on a bad entry
+        build(m, overrides)  # fail early on a bad entry
     rows: list[dict] = []
     path = Path(args.csv)
     new = not path.exists()
@@ -164,9 +169,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for seed in (int(s) for s in args.seeds.split(",")):
                 for name in models:
                     preset, _, objective = name.partition(":")
-                    for step, accs, train_s, params in train_run(name, steps, evals, seed, data, configs):
+                    for step, accs, train_s, params in train_run(name, steps, evals, seed, data, configs, overrides):
                         for config, acc in accs.items():
-                            row = dict(model=preset, objective=objective or "plain", run_steps=steps, step=step,
+                            row = dict(model=preset + "".join(f" {k}={v}" for k, v in overrides.items()),
+                                       objective=objective or "plain", run_steps=steps, step=step,
                                        seed=seed, params=params, config=config, val_acc1=round(acc, 2),
                                        train_s=round(train_s, 1), ms_per_step=round(1000 * train_s / step, 1),
                                        threads=args.threads, torch=torch.__version__)
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             rows.append(row)
                             table.setdefault((name, step), {}).setdefault(config, []).append(acc)
                         fh.flush()
-                        print(f"  {name} seed {seed} step {step}/{steps}: full {accs['full']:.2f}%  "
+                        print(f"  {name}{' ' + str(overrides) if overrides else ''} seed {seed} step {step}/{steps}: full {accs['full']:.2f}%  "
                               f"({1000 * train_s / step:.0f} ms/step)", flush=True)
             print(f"\nrun length {steps} steps, val top-1 % (mean over seeds {args.seeds}), "
                   f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")

@@ -179,8 +179,9 @@ def test_config_errors(tiny_config):
         tiny_config(task="detection")
 
 
-def test_early_exit_regroups_per_sample(loud_init, tiny_config):
-    model = loud_init(build_model(tiny_config())).eval()
+@pytest.mark.parametrize("variant", ["classification", "classification+options"])
+def test_early_exit_regroups_per_sample(variant, loud_init, variant_config):
+    model = loud_init(build_model(variant_config(variant))).eval()
     x = torch.randn(6, 3, 16, 16)
     with torch.no_grad():
         out = model.forward_early_exit(x, threshold=0.0)  # everyone is confident after block 1
