@@ -210,10 +210,11 @@ def plot(out: Path, rows: list[dict], summary: dict, args) -> None:
     fig = Figure(figsize=(7.5, 4.8))
     ax = fig.subplots()
     g = [r["gflops"] * 1e3 for r in rows]
-    n = len(summary["seeds"])
-    ax.scatter(g, [r["acc1_labels"] for r in rows], s=16, color="tab:gray", label=f"labels only (mean of {n} seeds)")
+    seeds = summary["seeds"]
+    which = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of {len(seeds)} seeds"
+    ax.scatter(g, [r["acc1_labels"] for r in rows], s=16, color="tab:gray", label=f"labels only ({which})")
     ax.scatter(g, [r["acc1_distilled"] for r in rows], s=16, color="tab:blue",
-               label=f"distilled: KD + features, then frozen-backbone fine-tune (mean of {n} seeds)")
+               label=f"distilled: KD + features, then frozen-backbone fine-tune ({which})")
     if summary["teacher_acc1"]:
         ax.axhline(summary["teacher_acc1"], ls="--", color="tab:red", lw=1,
                    label=f"CNN teacher: {summary['teacher_acc1']:.1f} % at {summary['teacher_gflops'] * 1e3:.0f} MFLOPs")
@@ -222,7 +223,7 @@ def plot(out: Path, rows: list[dict], summary: dict, args) -> None:
     ax.set_title(f"{args.model} on {args.dataset} ({args.train_subset} training images): every (tokens, depth, width)",
                  fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "comparison.png", dpi=120)
 
