@@ -128,7 +128,8 @@ def bench(preset: str, batch_sizes: list[int], rounds: int, calls: int, img_size
         for b in batch_sizes:
             x = torch.randn(b, cfg.in_chans, cfg.img_size, cfg.img_size)
             torch.testing.assert_close(model(x, tokens=t, depth=d, width=w), static(x), atol=1e-4, rtol=1e-4)
-            m = interleaved_ratio(lambda: model(x, tokens=t, depth=d, width=w), lambda: static(x), rounds, calls)
+            m = interleaved_ratio(lambda x=x, t=t, d=d, w=w: model(x, tokens=t, depth=d, width=w),
+                                  lambda x=x, static=static: static(x), rounds, calls)
             res = Result(preset, axis, t, d, w, b, rounds=rounds, calls=2 * max(1, calls // 2), load=os.getloadavg()[0], **m)
             results.append(res)
             print(f"{preset:18s} {axis:8s} t={t:<4d} d={d:<3d} w={w:<4d} batch={b:<3d} adaptive {res.adaptive_ms:9.3f} ms"

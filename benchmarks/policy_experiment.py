@@ -26,10 +26,20 @@ from pathlib import Path
 import torch
 
 from adaperceiver import from_pretrained
+from adaperceiver.adapt.policy import (
+    PolicyConfig,
+    PolicyTrainConfig,
+    TrainLog,
+    collect_outcomes,
+    configuration_flops,
+    evaluate_comparators,
+    format_summary,
+    save_policy,
+    train_policy,
+    write_results,
+)
 from adaperceiver.data import SubsetDataset, get_dataset
 from adaperceiver.evaluation import machine_info
-from adaperceiver.adapt.policy import (PolicyConfig, PolicyTrainConfig, TrainLog, collect_outcomes, configuration_flops,
-                                 evaluate_comparators, format_summary, save_policy, train_policy, write_results)
 
 
 def policy_split(run_dir: Path, dataset: str, n: int) -> tuple[torch.utils.data.Dataset, str]:
@@ -115,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 def slim_latency(model, result, batch_sizes) -> list[dict]:
     """Adaptive model at a configuration vs its slim export: parameters and median latency per call."""
     from adaperceiver.evaluation import measure_latency
-    from adaperceiver.export import num_parameters
     from adaperceiver.models.slim import slim
+    from adaperceiver.models.util import num_parameters
 
     picks = [next(r for r in result["rows"] if r["method"] == "full")]
     par = result["summary"].get("parity_fixed")

@@ -1,5 +1,10 @@
+"""Shared fixtures. Tests take these as arguments; nothing imports this module."""
+
+import numpy as np
 import pytest
 import torch
+
+from adaperceiver import AdaPerceiverConfig
 
 
 @pytest.fixture(autouse=True)
@@ -8,17 +13,27 @@ def _seed():
     yield
 
 
-def tiny_config(**kw):
+def _tiny_config(**kw) -> AdaPerceiverConfig:
     """A small model with non-trivial LayerScale so that every block matters in the tests."""
-    from adaperceiver import AdaPerceiverConfig
-
     base = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, num_heads=4, depth=3, ffn_ratio=2.57,
                 num_latents=16, token_grans=(4, 8, 12, 16), widths=(16, 24, 32), ls_init=0.5, num_classes=5)
     base.update(kw)
     return AdaPerceiverConfig(**base)
 
 
-def loud_init(model, seed=0):
+# every learning-efficiency option on (docs/training.md, "Learning efficiency"); the model tests run with them too
+LEARNING_OPTIONS = dict(embed_residual=True, latent_pos_std=0.02, read_mlp=True, head_norm=True)
+
+
+def _variant_config(name):
+    """``"classification"`` / ``"dense"``, optionally ``+options``: the learning options on (mean read-out
+    for classification)."""
+    task, _, opts = name.partition("+")
+    extra = dict(LEARNING_OPTIONS, readout="mean" if task == "classification" else "query") if opts else {}
+    return _tiny_config(task=task, num_classes=5 if task == "classification" else 6, **extra)
+
+
+def _loud_init(model, seed=0):
     """Re-initialise with fan-in scaled weights so that masks, RoPE and widths visibly matter
     (the default 0.02 init makes most configurations nearly equal and would hide bugs)."""
     g = torch.Generator().manual_seed(seed)
@@ -32,3 +47,42 @@ def loud_init(model, seed=0):
             else:
                 p.copy_((0.5 if "pos_embed" in name else 0.1) * torch.randn(p.shape, generator=g))
     return model
+
+
+def _make_folder(root, corrupt: bool = False):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 2)):
+        for cls in ("cat", "dog"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    (root / "train" / "dog" / "notes.txt").write_text("not an image, ignored")
+    if corrupt:
+        (root / "val" / "dog" / "broken.png").write_bytes(b"\x89PNG garbage")
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """``tiny_config(**overrides) -> AdaPerceiverConfig``: the small test model's config."""
+    return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def variant_config():
+    """``variant_config("classification" | "dense" [+ "+options"]) -> AdaPerceiverConfig``."""
+    return _variant_config
+
+
+@pytest.fixture(scope="session")
+def loud_init():
+    """``loud_init(model, seed=0) -> model``: weights large enough that every axis changes the output."""
+    return _loud_init
+
+
+@pytest.fixture(scope="session")
+def make_folder():
+    """``make_folder(root, corrupt=False)``: a 2-class ImageFolder tree (train/val) of small PNGs."""
+    return _make_folder

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from adaperceiver import build_model, save_pretrained
 from adaperceiver.adapt.budget import CACHE_NAME, load_rows, machine_key, select_configuration
 from adaperceiver.cli import main
-from conftest import tiny_config
 
 # a made-up sweep over a tiny model: accuracy and cost grow with every axis
 ROWS = [
@@ -26,7 +26,7 @@ def fake_latency(calls):
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(tiny_config):
     return build_model(tiny_config()).eval()
 
 
@@ -102,6 +102,13 @@ def test_budget_cli_uses_the_cache(model, tmp_path, capsys):
     assert main(["budget", "--sweep", str(tmp_path / "sweep.json"), "--model", str(tmp_path / "run"), "--max-ms", "1"]) == 0
     out = capsys.readouterr().out
     assert "tokens=" in out and "latency_ms=" in out
+    fast = model.for_inference(torch.bfloat16)  # the fast model's latencies live under their own key
+    assert machine_key(fast, 1) != machine_key(model, 1) and "bfloat16|batch 1" in machine_key(fast, 1)
+    assert machine_key(model.for_inference(torch.bfloat16, compile=True), 1) != machine_key(fast, 1)
+    (tmp_path / CACHE_NAME).write_text(json.dumps({machine_key(model, 1): lat, machine_key(fast, 1): lat}))
+    assert main(["budget", "--sweep", str(tmp_path / "sweep.json"), "--model", str(tmp_path / "run"), "--max-ms", "1",
+                 "--dtype", "bfloat16"]) == 0
+    assert "latency_ms=" in capsys.readouterr().out
     assert main(["budget", "--sweep", str(tmp_path / "sweep.json"), "--model", str(tmp_path / "run"),
                  "--max-gflops", "0.000001"]) == 2
     assert "cheapest is tokens/depth/width 4/1/16" in capsys.readouterr().err

@@ -11,7 +11,6 @@ from safetensors.torch import save_file
 from adaperceiver import from_pretrained
 from adaperceiver.cli import main as cli_main
 from adaperceiver.reference import config_from_reference, convert_reference_state_dict, load_reference
-from conftest import loud_init
 
 # the reference's flat constructor arguments (as its hub config.json stores them)
 REF_CONFIG = {
@@ -44,7 +43,7 @@ def reference_layout(model):
 
 
 @pytest.fixture
-def model():
+def model(loud_init):
     from adaperceiver import build_model
 
     return loud_init(build_model(config_from_reference(REF_CONFIG))).eval()
@@ -134,3 +133,84 @@ def test_key_renaming_covers_dense_models():
     ref_like = {"output_latents.proj.weight", "output_adapter.norm.weight", "output_adapter.ffn.fc1.weight"}
     converted = set(convert_reference_state_dict({k: torch.zeros(1) for k in ref_like}))
     assert converted <= names
+
+
+# --------------------------------------------------------------------------------------------------
+# what the hub class writes, and the training code's dataclass sections
+HUB_CONFIG = {k: v for k, v in REF_CONFIG.items() if k != "max_latent_tokens_mult"}
+
+
+def test_semantics_follow_the_config_form():
+    hub = config_from_reference(HUB_CONFIG)  # flat, no max_latent_tokens_mult: the hub class's config.json
+    assert (hub.rope_scaling, hub.rope_base_len, hub.beyond_grans, hub.max_tokens, hub.max_latents_mult) == ("ntk", 16, "all", None, None)
+    train = config_from_reference(REF_CONFIG)  # flat with the multiplier: the training code's arguments
+    assert (train.rope_scaling, train.rope_len, train.beyond_grans, train.max_tokens) == ("none", 32, "first_gk", 32)
+    forced = config_from_reference(REF_CONFIG, semantics="hub")
+    assert forced.rope_scaling == "ntk" and forced.max_latents_mult is None
+    with pytest.raises(ValueError, match=r"semantics must be one of \['training', 'hub'\], got 'eval'"):
+        config_from_reference(REF_CONFIG, semantics="eval")
+
+
+def test_hub_mat_dims_null_converts(tmp_path, model):
+    """The hub writes "mat_dims": null when built without widths; our default widths stand in."""
+    (tmp_path / "c.json").write_text(json.dumps({**HUB_CONFIG, "mat_dims": None}))
+    save_file(reference_layout(model), str(tmp_path / "w.safetensors"))
+    loaded = load_reference(tmp_path / "w.safetensors", tmp_path / "c.json")
+    assert loaded.cfg.widths == (16, 24, 32)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, tokens=8), model(x, tokens=8), atol=1e-6, rtol=0)
+
+
+def sectioned(**encoder):
+    enc = {k: REF_CONFIG[k] for k in ("embed_dim", "num_heads", "depth", "max_latent_tokens", "max_latent_tokens_mult",
+                                      "rope_theta", "ffn_ratio", "ls_init_values", "mask_token_grans")}
+    task = {k: REF_CONFIG[k] for k in ("img_size", "in_channels", "patch_size", "num_classes", "use_embed_ffn", "use_output_ffn")}
+    return {"AdaPercevierConfig": {**enc, **encoder}, "ClassificationConfig": task}
+
+
+def test_sectioned_config_with_adapter_dims():
+    """The training code's dataclass has in_dim / out_dim (None = embed_dim)."""
+    cfg = config_from_reference(sectioned(in_dim=None, out_dim=None))
+    assert cfg.embed_dim == 32 and cfg.rope_scaling == "none" and cfg.max_tokens == 32
+    assert config_from_reference(sectioned(in_dim=32, out_dim=32)).embed_dim == 32
+    with pytest.raises(ValueError, match=r"in_dim=48 is not supported: only adapters of embed_dim \(32\) or None"):
+        config_from_reference(sectioned(in_dim=48))
+
+
+def test_granularities_need_not_end_at_max_latent_tokens():
+    assert config_from_reference({**HUB_CONFIG, "mask_token_grans": [4, 8]}).token_grans == (4, 8)
+    assert config_from_reference({**HUB_CONFIG, "mask_token_grans": [4, 8, 16, 64]}).token_grans == (4, 8, 16, 64)
+    assert config_from_reference({**REF_CONFIG, "mask_token_grans": [4, 8]}).token_grans == (4, 8)
+    with pytest.raises(ValueError, match=r"must stay within the RoPE table \(32 positions\)"):
+        config_from_reference({**REF_CONFIG, "mask_token_grans": [4, 8, 16, 64]})  # the training code could not run 64
+
+
+def test_norm_randn_latent_init_converts(tmp_path, model):
+    """``process_token_init`` only changes the init; the stored latent token is used the same way."""
+    save_file(reference_layout(model), str(tmp_path / "w.safetensors"))
+    loaded = load_reference(tmp_path / "w.safetensors", {**REF_CONFIG, "process_token_init": "norm_randn"})
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-6, rtol=0)
+
+
+def test_missing_multiplier_is_not_assumed():
+    cfg = config_from_reference({**sectioned(), "AdaPercevierConfig": {k: v for k, v in sectioned()["AdaPercevierConfig"].items()
+                                                                       if k != "max_latent_tokens_mult"}})
+    assert cfg.max_latents_mult is None and cfg.max_tokens == 16 and cfg.rope_scaling == "none"
+    with pytest.raises(ValueError, match=r"lacks \['num_heads'\]: the weights do not determine them"):
+        config_from_reference({k: v for k, v in REF_CONFIG.items() if k != "num_heads"})
+
+
+def test_hub_directory_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty has no model.safetensors"):
+        load_reference(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no checkpoint file or hub model directory at .*missing"):
+        load_reference(tmp_path / "missing")
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match="w.safetensors is a weights file: give its reference constructor arguments"):
+        load_reference(tmp_path / "w.safetensors")
+    assert cli_main(["convert", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "has no model.safetensors" in capsys.readouterr().err

@@ -82,22 +82,7 @@ def test_real_fashion_mnist_test_split():
     assert abs(float(ds.images.mean())) < 0.1 and abs(float(ds.images.std()) - 1) < 0.1
 
 
-def make_folder(root, corrupt: bool = False):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 3), ("val", 2)):
-        for cls in ("cat", "dog"):
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    (root / "train" / "dog" / "notes.txt").write_text("not an image, ignored")
-    if corrupt:
-        (root / "val" / "dog" / "broken.png").write_bytes(b"\x89PNG garbage")
-
-
-def test_image_folder(tmp_path):
+def test_image_folder(tmp_path, make_folder):
     make_folder(tmp_path)
     train = get_dataset("imagefolder", "train", root=tmp_path, image_size=8)
     val = get_dataset("imagefolder", "val", root=tmp_path, image_size=8, in_chans=1)
@@ -108,7 +93,7 @@ def test_image_folder(tmp_path):
     assert val[0][0].shape == (1, 8, 8)
 
 
-def test_corrupt_image_names_the_file(tmp_path):
+def test_corrupt_image_names_the_file(tmp_path, make_folder):
     make_folder(tmp_path, corrupt=True)
     val = get_dataset("imagefolder", "val", root=tmp_path)
     idx = [i for i, (p, _) in enumerate(val.samples) if p.name == "broken.png"][0]

@@ -6,6 +6,7 @@ per-sample widths and average the same gradients, so their parameters agree to f
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,10 @@ import torch
 from adaperceiver.tasks import get_task
 from adaperceiver.training import TrainConfig, Trainer
 
-WORKER = Path(__file__).resolve().parent / "helpers" / "ddp_worker.py"
+HELPERS = Path(__file__).resolve().parent / "helpers"
+WORKER = HELPERS / "ddp_worker.py"
+DRILL = HELPERS / "ddp_fault_drill.py"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def ddp_config(out: Path, name: str, accum_steps: int = 1) -> TrainConfig:
@@ -45,8 +49,10 @@ def test_gradient_accumulation_matches_one_big_batch(single, tmp_path):
 
 
 def test_two_processes_with_torchrun_match_one_process(single, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parents[2] / "src")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
+    cfg_path = tmp_path / "train_config.json"
+    cfg_path.write_text(json.dumps(ddp_config(tmp_path, name="ddp").to_dict()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(cfg_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = torch.load(tmp_path / "params_rank0.pt"), torch.load(tmp_path / "params_rank1.pt")
@@ -62,14 +68,13 @@ def test_two_processes_with_torchrun_match_one_process(single, tmp_path):
 def test_killed_worker_restarts_resumes_and_finishes_exactly(tmp_path):
     """torchrun --max-restarts=1: SIGKILL one worker after a checkpoint; the job resumes and ends at the configured step."""
     pytest.importorskip("sklearn")
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ddp_fault_drill.py"
-    spec = importlib.util.spec_from_file_location("ddp_fault_drill", path)
-    drill = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(drill)
-    res = drill.drill(tmp_path / "drill", kill_after_step=20, timeout_s=240)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    cmd = [sys.executable, str(DRILL), "--out", str(tmp_path / "drill"), "--kill-after-step", "20", "--timeout", "240"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    *_, report, verdict = proc.stdout.strip().splitlines()
+    res = json.loads(report)
     assert res["killed_worker_pid"] is not None and res["checkpoint_step_at_kill"] >= 20
     assert res["returncode"] == 0 and res["restarted"]
-    assert res["final_step"] == res["configured_steps"] == drill.STEPS
-    assert res["logged_steps_unique"] and res["logged_steps"][-1] == drill.STEPS
+    assert res["final_step"] == res["configured_steps"] == 60
+    assert res["logged_steps_unique"] and res["logged_steps"][-1] == 60
+    assert verdict == "PASS" and proc.returncode == 0

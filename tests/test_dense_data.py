@@ -7,8 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from adaperceiver.data.dense import (DepthFolder, SegmentationFolder, find_visp_castel, read_visp_depth,
-                                     register_depth, resize_depth, resize_labels)
+from adaperceiver.data.dense import (
+    DepthFolder,
+    SegmentationFolder,
+    find_visp_castel,
+    read_visp_depth,
+    register_depth,
+    resize_depth,
+    resize_labels,
+)
 
 
 def _write_seg_folder(root, names=("a", "b"), size=(6, 8), split=None):
@@ -115,8 +122,8 @@ def test_register_depth_identity_and_shift(tmp_path):
 
 
 def test_fashion_mnist_segmentation_labels_are_derived_from_pixels():
-    from adaperceiver.data.dense import FashionMNISTSegmentation
     from adaperceiver.data.classification import FASHION_MNIST_DIR
+    from adaperceiver.data.dense import FashionMNISTSegmentation
 
     if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip("dataset-fashion-mnist is not installed")
@@ -148,11 +155,10 @@ def test_visp_castel_frames_if_extracted():
     assert 0.1 < float(valid.min()) and float(valid.max()) < 1.5  # a table-top scene, metres
 
 
-def test_frozen_backbone_run_through_the_engine(tmp_path):
+def test_frozen_backbone_run_through_the_engine(tmp_path, tiny_config):
     training = pytest.importorskip("adaperceiver.training")
     from adaperceiver import build_model, save_pretrained
     from adaperceiver.tasks import TaskData, get_task
-    from conftest import tiny_config
 
     clf = build_model(tiny_config(num_classes=3))
     save_pretrained(clf, tmp_path / "clf")

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from adaperceiver.losses import PixelCrossEntropy, SigLoss, pixel_cross_entropy, sig_loss
 from adaperceiver.evaluation.metrics import DepthMetric, SegmentationMetric, depth_metric, segmentation_metric
+from adaperceiver.losses import PixelCrossEntropy, SigLoss, pixel_cross_entropy, sig_loss
 
 
 def test_miou_and_pixel_accuracy_by_hand():
@@ -123,9 +123,8 @@ def test_sig_loss_scale_invariance_and_value():
     assert SigLoss().per_readout(pred2.expand(2, 3, 1, 1, 2, 2), gt).shape == (2, 3)
 
 
-def test_sweep_factories_read_the_model_head():
+def test_sweep_factories_read_the_model_head(tiny_config):
     from adaperceiver.models.heads import build_dense_model
-    from conftest import tiny_config
 
     seg = build_dense_model("segmentation", tiny_config(), {"num_classes": 4, "ignore_index": -100})
     acc = segmentation_metric(seg)

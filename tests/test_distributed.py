@@ -2,7 +2,14 @@
 
 import torch
 
-from adaperceiver.training.distributed import DistInfo, all_reduce_sums, epoch_permutation, launched_by_torchrun, rank_batch, setup
+from adaperceiver.training.distributed import (
+    DistInfo,
+    all_reduce_sums,
+    epoch_permutation,
+    launched_by_torchrun,
+    rank_batch,
+    setup,
+)
 
 
 def test_epoch_permutation_is_deterministic_and_changes_per_epoch():

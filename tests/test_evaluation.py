@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from adaperceiver import build_model, save_pretrained
 from adaperceiver.evaluation import (
     ClassificationAccuracy,
+    SweepConfig,
     active_parameters,
     evaluate_grid,
     get_metric,
@@ -21,7 +22,6 @@ from adaperceiver.evaluation import (
     register_metric,
     run_sweep,
 )
-from conftest import loud_init, tiny_config
 
 FAST = dict(progress=False, latency_warmup=1, latency_repeats=2)
 
@@ -32,7 +32,7 @@ def _data(n=10, classes=7, size=16, seed=1):
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory):
+def swept(tmp_path_factory, loud_init, tiny_config):
     """One sweep of a tiny random model over a tiny synthetic dataset, shared by the tests below."""
     torch.manual_seed(0)
     model = loud_init(build_model(tiny_config(num_classes=7, depth=2, token_grans=(4, 8, 16)))).eval()
@@ -123,7 +123,7 @@ def test_pareto_front_hand_made_points():
     assert pareto_front([]) == []
 
 
-def test_active_parameters_and_latency_helpers():
+def test_active_parameters_and_latency_helpers(tiny_config):
     model = build_model(tiny_config()).eval()
     total = sum(p.numel() for p in model.parameters())
     assert active_parameters(model, None, None, None) == total
@@ -156,7 +156,7 @@ class _NegMaxProb:
         return {"uncertainty": self.total / self.n}
 
 
-def test_metric_registry_and_errors():
+def test_metric_registry_and_errors(tiny_config):
     assert "classification" in list_metrics()
     with pytest.raises(ValueError, match=r"unknown metric 'nope'; known metrics: \[.*'classification'"):
         get_metric("nope")
@@ -167,13 +167,19 @@ def test_metric_registry_and_errors():
     loader = DataLoader(_data(4, classes=5), batch_size=2)
     results, acc, shape, seen = evaluate_grid(model, loader, "test_uncertainty", progress=False)
     assert acc.higher_is_better is False and shape == (3, 16, 16) and seen == 4
-    assert set(results) == {c for c in results} and len(results) == 2
-    assert all(0 <= r["uncertainty"] <= 1 for r in results.values())
+    expected = {}
+    with torch.no_grad():  # the metric by hand: one plain forward per configuration
+        for t in (8, 16):
+            probs = torch.cat([model(x, tokens=t, depth=1, width=32).softmax(-1) for x, _ in loader])
+            expected[SweepConfig(t, 1, 32)] = float((1 - probs.amax(-1)).mean())
+    assert set(results) == set(expected)
+    for c, value in expected.items():
+        assert results[c]["uncertainty"] == pytest.approx(value, abs=1e-5)
     with pytest.raises(ValueError, match="no batches"):
         run_sweep(model, [], None, **FAST)
 
 
-def test_cli_sweep(tmp_path, monkeypatch, capsys):
+def test_cli_sweep(tmp_path, monkeypatch, capsys, tiny_config):
     from adaperceiver import cli
     from adaperceiver.cli import sweep as sweep_cmd
 
@@ -187,4 +193,11 @@ def test_cli_sweep(tmp_path, monkeypatch, capsys):
     meta = json.loads((out / "sweep.json").read_text())
     assert meta["num_images"] == 6 and len(meta["rows"]) == 2 * 2 * 2
     assert "| tokens | depth | width | acc1 | acc5 |" in capsys.readouterr().out
+    assert meta["inference"] == {"dtype": "torch.float32", "compile": False}
+    # the fast model: accuracy computed in bfloat16, latency of each slim bf16 configuration
+    assert cli.main(["sweep", "--model", str(tmp_path / "run"), "--out", str(out), "--latency-batch-sizes", "1",
+                     "--limit", "6", "--batch-size", "4", "--no-progress", "--dtype", "bfloat16"]) == 0
+    meta16 = json.loads((out / "sweep.json").read_text())
+    assert meta16["inference"] == {"dtype": "torch.bfloat16", "compile": False} and len(meta16["rows"]) == 8
+    assert all(r["latency_ms_b1"] > 0 for r in meta16["rows"])
     assert cli.main(["sweep", "--model", str(tmp_path / "run"), "--latency-batch-sizes", "1,x"]) == 2

@@ -4,10 +4,9 @@ import torch
 
 from adaperceiver import build_model
 from adaperceiver.evaluation.cost import count_flops, flops_by_op
-from conftest import tiny_config
 
 
-def test_attention_flops_are_counted_and_quadratic():
+def test_attention_flops_are_counted_and_quadratic(tiny_config):
     model = build_model(tiny_config(num_latents=64, token_grans=(16, 32, 64), max_latents_mult=1)).eval()
     x = torch.randn(1, 3, 16, 16)
     by_op = {n: flops_by_op(model, x, tokens=n) for n in (16, 32, 64)}
@@ -25,7 +24,7 @@ def test_attention_flops_are_counted_and_quadratic():
     assert a16 - a8 == 4 * h * hd * ((256 - 64) + (16 - 8) * p + (16 - 8))
 
 
-def test_flops_shrink_along_every_axis():
+def test_flops_shrink_along_every_axis(tiny_config):
     model = build_model(tiny_config()).eval()
     x = torch.randn(2, 3, 16, 16)
     full = count_flops(model, x)

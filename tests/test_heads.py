@@ -8,24 +8,40 @@ import pytest
 import torch
 
 from adaperceiver import AdaPerceiverDense, from_pretrained, save_pretrained
-from adaperceiver.models.heads import (DepthHead, DepthHeadConfig, DepthModel, LayerNorm2d, SegmentationHead,
-                                SegmentationHeadConfig, SegmentationModel, build_dense_model)
 from adaperceiver.losses import PixelCrossEntropy, SigLoss
-from conftest import loud_init, tiny_config
+from adaperceiver.models.heads import (
+    DepthHead,
+    DepthHeadConfig,
+    DepthModel,
+    LayerNorm2d,
+    SegmentationHead,
+    SegmentationHeadConfig,
+    SegmentationModel,
+    build_dense_model,
+)
 
 
-def seg_model(**head):
-    m = build_dense_model("segmentation", tiny_config(num_classes=12), {"num_classes": 4, **head})
-    return loud_init(m).eval()
+@pytest.fixture
+def seg_model(tiny_config, loud_init):
+    def make(**head):
+        m = build_dense_model("segmentation", tiny_config(num_classes=12), {"num_classes": 4, **head})
+        return loud_init(m).eval()
+
+    return make
 
 
-def depth_model(**head):
-    m = build_dense_model("depth", tiny_config(num_classes=12), {"num_bins": 16, "min_depth": 0.5, "max_depth": 4.0, **head})
-    return loud_init(m).eval()
+@pytest.fixture
+def depth_model(tiny_config, loud_init):
+    def make(**head):
+        cfg = tiny_config(num_classes=12)
+        m = build_dense_model("depth", cfg, {"num_bins": 16, "min_depth": 0.5, "max_depth": 4.0, **head})
+        return loud_init(m).eval()
+
+    return make
 
 
 @pytest.fixture(params=["segmentation", "depth"])
-def model(request):
+def model(request, depth_model, seg_model):
     return seg_model() if request.param == "segmentation" else depth_model()
 
 
@@ -73,7 +89,7 @@ def test_segmentation_head_upsamples_bilinearly():
     torch.testing.assert_close(up, torch.nn.functional.interpolate(low, size=(8, 8), mode="bilinear"))
 
 
-def test_depth_head_is_an_expectation_over_bins():
+def test_depth_head_is_an_expectation_over_bins(depth_model):
     cfg = DepthHeadConfig(num_bins=5, min_depth=1.0, max_depth=3.0)
     head = DepthHead(4, cfg)
     with torch.no_grad():
@@ -102,7 +118,7 @@ def test_save_and_load_rebuild_the_task_model(tmp_path, model):
         torch.testing.assert_close(loaded(x, tokens=8, depth=2, width=16), model(x, tokens=8, depth=2, width=16))
 
 
-def test_unknown_architecture_is_refused(tmp_path):
+def test_unknown_architecture_is_refused(tmp_path, seg_model):
     save_pretrained(seg_model(), tmp_path)
     meta = json.loads((tmp_path / "config.json").read_text())
     meta["architecture"] = "nonsense"
@@ -111,7 +127,7 @@ def test_unknown_architecture_is_refused(tmp_path):
         from_pretrained(tmp_path)
 
 
-def test_frozen_backbone_split_and_gradients():
+def test_frozen_backbone_split_and_gradients(seg_model):
     m = seg_model().train()
     names = {n for n, p in m.named_parameters() if any(p is q for q in m.decoder_parameters())}
     assert any(n.startswith("backbone.query_proj") for n in names)
@@ -126,7 +142,7 @@ def test_frozen_backbone_split_and_gradients():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
 
 
-def test_depth_training_step_reaches_every_parameter():
+def test_depth_training_step_reaches_every_parameter(depth_model):
     m = depth_model().train()
     x, y = torch.randn(2, 3, 16, 16), torch.rand(2, 1, 16, 16) * 3 + 0.5
     y[:, :, :3] = 0  # invalid pixels
@@ -134,7 +150,7 @@ def test_depth_training_step_reaches_every_parameter():
     assert all(p.grad is not None for p in m.parameters())
 
 
-def test_bad_head_configs_name_allowed_values():
+def test_bad_head_configs_name_allowed_values(seg_model, tiny_config):
     with pytest.raises(ValueError, match="num_classes"):
         SegmentationHeadConfig(num_classes=1)
     with pytest.raises(ValueError, match="ignore_index"):
@@ -151,13 +167,13 @@ def test_bad_head_configs_name_allowed_values():
         seg_model()(torch.randn(1, 3, 16, 16), tokens=999)
 
 
-def test_classification_config_becomes_a_dense_backbone():
+def test_classification_config_becomes_a_dense_backbone(tiny_config):
     m = build_dense_model("depth", tiny_config(task="classification", num_classes=5))
     assert isinstance(m, DepthModel) and isinstance(m.backbone, AdaPerceiverDense)
     assert m.cfg.task == "dense" and m.cfg.num_classes == m.cfg.embed_dim
 
 
-def test_prediction_picture_is_written(tmp_path):
+def test_prediction_picture_is_written(tmp_path, depth_model, seg_model):
     from PIL import Image
 
     from adaperceiver.evaluation.reports import colorize_labels, default_configs, plot_dense_predictions
@@ -174,12 +190,11 @@ def test_prediction_picture_is_written(tmp_path):
         plot_dense_predictions(torch.nn.Linear(2, 2), torch.randn(1, 3, 16, 16), y, tmp_path / "x.png")
 
 
-def test_segmentation_sweep_reports_encoder_gflops(tmp_path):
+def test_segmentation_sweep_reports_encoder_gflops(tmp_path, tiny_config):
     from torch.utils.data import DataLoader, TensorDataset
 
     from adaperceiver.evaluation import run_sweep
     from adaperceiver.models.heads import build_dense_model
-    from conftest import tiny_config
 
     model = build_dense_model("segmentation", tiny_config(depth=1, token_grans=(8, 16), widths=(32,)), {"num_classes": 3}).eval()
     data = TensorDataset(torch.randn(4, 3, 16, 16), torch.randint(0, 3, (4, 16, 16)))

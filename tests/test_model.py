@@ -6,16 +6,15 @@ import pytest
 import torch
 
 from adaperceiver import AdaPerceiverDense, build_model, create_model, list_models, preset_config
+from adaperceiver.models.layers import RotaryEmbedding
 from adaperceiver.models.masks import token_block_mask
-from conftest import loud_init, tiny_config
 
 ATOL = 2e-5
 
 
-@pytest.fixture(params=["classification", "dense"])
-def model(request):
-    m = build_model(tiny_config(task=request.param, num_classes=5 if request.param == "classification" else 6))
-    return loud_init(m).eval()
+@pytest.fixture(params=["classification", "dense", "classification+options", "dense+options"])
+def model(request, loud_init, variant_config):
+    return loud_init(build_model(variant_config(request.param))).eval()
 
 
 def x_for(model, b=3, size=16):
@@ -75,7 +74,7 @@ def test_anytime_subsets_and_errors(model):
         torch.testing.assert_close(out.get(10, 2), model(x, tokens=10, depth=2), atol=ATOL, rtol=0)
     with pytest.raises(KeyError, match="have tokens"):
         out.get(16, 2)
-    with pytest.raises(ValueError, match=r"token_counts must lie in \[1, 10\]"):
+    with pytest.raises(ValueError, match=r"token_counts must be ints in \[1, 10\]"):
         model.forward_anytime(x, tokens=10, token_counts=[4, 12])
 
 
@@ -113,7 +112,7 @@ def test_each_axis_changes_the_output(model):
             assert (model(x, **kw) - full).abs().max() > 1e-4, kw
 
 
-def test_width_slice_is_a_real_slice():
+def test_width_slice_is_a_real_slice(tiny_config):
     """Inference at a smaller width multiplies by a smaller weight: the FFN FLOPs drop in proportion."""
     from adaperceiver.evaluation.cost import flops_by_op
 
@@ -142,13 +141,13 @@ def test_width_slice_is_a_real_slice():
         (dict(width=[16, 32, 64]), r"width must be an int in \[1, 32\]"),
     ],
 )
-def test_bad_configuration_errors(kwargs, match):
+def test_bad_configuration_errors(kwargs, match, tiny_config):
     model = build_model(tiny_config()).eval()
     with pytest.raises(ValueError, match=match):
         model(torch.randn(3, 3, 16, 16), **kwargs)
 
 
-def test_bad_input_errors():
+def test_bad_input_errors(tiny_config):
     model = build_model(tiny_config()).eval()
     with pytest.raises(ValueError, match="model takes 3-channel images, got 1 channels"):
         model(torch.randn(2, 1, 16, 16))
@@ -158,22 +157,29 @@ def test_bad_input_errors():
         model(torch.randn(3, 16, 16))
 
 
-def test_width_without_hidden_units_is_refused():
+def test_width_without_hidden_units_is_refused(tiny_config):
     model = build_model(tiny_config(embed_dim=32, ffn_ratio=0.1, widths=(16, 32)))
     with pytest.raises(ValueError, match=r"width must be an int in \[10, 32\]"):
         model(torch.randn(1, 3, 16, 16), width=5)
 
 
-def test_config_errors():
-    with pytest.raises(ValueError, match="must include num_latents"):
-        tiny_config(token_grans=(4, 8))
+def test_config_errors(tiny_config):
+    tiny_config(token_grans=(4, 8))  # granularities may stop below num_latents (the reference runs them)
+    with pytest.raises(ValueError, match=r"must stay within the RoPE table \(32 positions\)"):
+        tiny_config(token_grans=(4, 8, 64))
+    with pytest.raises(ValueError, match=r"rope_scaling must be one of \['none', 'ntk'\], got 'yarn'"):
+        tiny_config(rope_scaling="yarn")
+    with pytest.raises(ValueError, match=r"beyond_grans must be one of \['first_gk', 'all'\]"):
+        tiny_config(beyond_grans="some")
+    with pytest.raises(ValueError, match="RoPE table length is unknown: set rope_base_len or max_latents_mult"):
+        tiny_config(max_latents_mult=None)
     with pytest.raises(ValueError, match="increasing"):
         tiny_config(token_grans=(8, 4, 16))
     with pytest.raises(ValueError, match="task must be"):
         tiny_config(task="detection")
 
 
-def test_early_exit_regroups_per_sample():
+def test_early_exit_regroups_per_sample(loud_init, tiny_config):
     model = loud_init(build_model(tiny_config())).eval()
     x = torch.randn(6, 3, 16, 16)
     with torch.no_grad():
@@ -197,28 +203,35 @@ def test_early_exit_regroups_per_sample():
 
 
 def test_presets():
-    assert {"adaperceiver_tiny", "adaperceiver_small", "adaperceiver_base"} <= set(list_models())
+    assert {"adaperceiver_tiny", "adaperceiver_tiny64", "adaperceiver_small", "adaperceiver_base"} <= set(list_models())
+    c64 = preset_config("adaperceiver_tiny64")
+    assert (c64.img_size // c64.patch_size) ** 2 == 64 and c64.embed_dim == preset_config("adaperceiver_tiny").embed_dim
     base = preset_config("adaperceiver_base")
     assert (base.embed_dim, base.num_heads, base.depth, base.num_latents, base.ffn_ratio) == (832, 13, 21, 256, 2.57)
     assert base.widths == (416, 624, 832) and base.token_grans == (32, 64, 96, 128, 192, 256)
     m = create_model("adaperceiver_tiny", num_classes=7)
     assert m(torch.randn(2, 1, 28, 28)).shape == (2, 7)
     assert preset_config("adaperceiver_tiny", num_latents=16).token_grans == (8, 16)
+    v2, tiny = preset_config("adaperceiver_tiny_v2"), preset_config("adaperceiver_tiny")
+    assert (v2.readout, v2.head_norm, tiny.readout, tiny.head_norm) == ("mean", True, "query", False)
+    assert {k: v for k, v in v2.to_dict().items() if k not in ("readout", "head_norm")} == \
+        {k: v for k, v in tiny.to_dict().items() if k not in ("readout", "head_norm")}
     with pytest.raises(ValueError, match="available"):
         create_model("adaperceiver_huge")
     with pytest.raises(ValueError, match="unknown config keys"):
         create_model("adaperceiver_tiny", num_clases=3)
 
 
-def test_training_step_reaches_every_parameter():
-    model = build_model(tiny_config()).train()
+@pytest.mark.parametrize("variant", ["classification", "classification+options", "dense+options"])
+def test_training_step_reaches_every_parameter(variant, variant_config):
+    model = build_model(variant_config(variant)).train()
     x = torch.randn(4, 3, 16, 16)
     out = model.forward_anytime(x, width=[16, 24, 32, 32])
     out.outputs.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-def test_static_config_same_math():
+def test_static_config_same_math(loud_init, tiny_config):
     model = loud_init(build_model(tiny_config())).eval()
     x = torch.randn(2, 3, 16, 16)
     for t, d, w in [(8, 2, 16), (12, 3, 24), (16, 1, 32)]:
@@ -236,7 +249,7 @@ def test_static_config_same_math():
         model.cfg.static_config(8, 4, 16)
 
 
-def test_anytime_without_block_mask_still_equals_individual_calls():
+def test_anytime_without_block_mask_still_equals_individual_calls(loud_init, tiny_config):
     import dataclasses
 
     model = loud_init(build_model(dataclasses.replace(tiny_config(), latent_mask="none"))).eval()
@@ -250,3 +263,76 @@ def test_anytime_without_block_mask_still_equals_individual_calls():
         one_pass = model.forward_anytime(x, token_counts=(16,)).outputs
         assert one_pass.shape[1] == 1
         assert (model.forward_features(x, tokens=4).latents - model.forward_features(x).latents[:, :4]).abs().max() > 1e-3
+
+
+def real_rotation(rope, x):
+    """The textbook formula, pair by pair: (a, b) -> (a cos - b sin, a sin + b cos)."""
+    n = x.shape[-2]
+    a, b = x[..., 0::2], x[..., 1::2]
+    cos, sin = rope.cos[:n], rope.sin[:n]
+    out = torch.empty_like(x)
+    out[..., 0::2] = a * cos - b * sin
+    out[..., 1::2] = a * sin + b * cos
+    return out
+
+
+def test_rope_equals_the_real_formula_and_caches_per_length():
+    rope = RotaryEmbedding(8, 16)
+    x = torch.randn(2, 3, 16, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(rope(x), real_rotation(rope, x), atol=1e-6, rtol=0)
+    xt = torch.randn(2, 5, 3, 8).transpose(1, 2)  # the (B, N, H, hd) -> (B, H, N, hd) view attention hands it
+    torch.testing.assert_close(rope(xt), real_rotation(rope, xt), atol=1e-6, rtol=0)
+    assert rope.table(5) is rope.table(5) and rope.table(5).shape == (5, 4)
+    xb = x.bfloat16()  # rotated in float32, returned in the input's dtype
+    assert rope(xb).dtype == torch.bfloat16
+    torch.testing.assert_close(rope(xb).float(), real_rotation(rope, xb.float()), atol=1e-2, rtol=0)
+    with pytest.raises(ValueError, match="16 positions, asked for 17"):
+        rope(torch.randn(1, 1, 17, 8))
+
+
+def test_rope_table_follows_its_buffers():
+    rope = RotaryEmbedding(8, 16)
+    old = rope.table(4)
+    rope.sin.mul_(0)  # an in-place edit of the buffer invalidates the cached table
+    assert not torch.equal(rope.table(4), old)
+    x = torch.randn(1, 1, 4, 8)
+    torch.testing.assert_close(rope(x), real_rotation(rope, x))
+    before = rope.table(4)
+    rope.to(torch.float64)  # moved / cast: rebuilt from the new buffers
+    assert rope.table(4) is not before and rope.table(4).dtype == torch.complex64
+
+
+def test_learning_options_default_to_the_reference_layout(tiny_config, variant_config):
+    """Off by default (converted checkpoints keep their keys); on, they add exactly their parameters."""
+    ref = set(build_model(tiny_config()).state_dict())
+    assert not any(k.startswith(("latent_pos", "read.mlp", "read.norm_mlp")) for k in ref)
+    model = build_model(variant_config("classification+options"))
+    keys = set(model.state_dict())
+    assert {"latent_pos", "read.mlp.fc1.weight", "read.norm_mlp.weight", "head_norm.weight"} <= keys
+    assert not any(k.startswith(("write.", "output_query")) for k in keys)  # the mean read-out has no write
+    assert model.latent_pos.shape == (model.cfg.max_tokens, model.cfg.embed_dim)
+    with pytest.raises(ValueError, match="readout must be 'query' or"):
+        tiny_config(task="dense", readout="mean")
+    with pytest.raises(ValueError, match="latent_pos_std must be >= 0"):
+        tiny_config(latent_pos_std=-1.0)
+
+
+def test_embed_residual_keeps_the_conv_features(tiny_config):
+    """With the residual, zeroing the embedding MLP leaves conv + positions; without it, nothing."""
+    x = torch.randn(2, 3, 16, 16)
+    for residual in (False, True):
+        model = build_model(tiny_config(embed_residual=residual)).eval()
+        torch.nn.init.zeros_(model.patch_embed.mlp.fc2.weight)
+        torch.nn.init.zeros_(model.patch_embed.mlp.fc2.bias)
+        patches, _ = model.patch_embed(x)
+        conv = model.patch_embed.proj(x).flatten(2).transpose(1, 2) + model.patch_embed.pos_embed
+        torch.testing.assert_close(patches, conv if residual else torch.zeros_like(conv))
+
+
+def test_latent_table_tells_latents_apart_at_init(tiny_config):
+    """Shared latent: all latents start equal; with the per-latent table they start distinct."""
+    for std, distinct in ((0.0, False), (0.02, True)):
+        model = build_model(tiny_config(latent_pos_std=std)).eval()
+        with torch.no_grad():  # blank patches add nothing (zero biases at init): z is the latents' start
+            z = model.read_latents(torch.zeros(1, 16, model.cfg.embed_dim), 16)
+        assert bool((z - z[:, :1]).abs().amax() > 0) == distinct

@@ -10,11 +10,10 @@ from torch import nn
 from adaperceiver import build_model
 from adaperceiver.losses import kd_loss
 from adaperceiver.training.objective import Batch, JointObjective, ObjectiveConfig, readout_grid_weights
-from conftest import loud_init, tiny_config
 
 
 @pytest.fixture
-def model():
+def model(loud_init, tiny_config):
     return loud_init(build_model(tiny_config())).eval()
 
 

@@ -8,10 +8,23 @@ import pytest
 import torch
 
 from adaperceiver import build_model, save_pretrained
-from adaperceiver.adapt.policy import (ActionSpace, ConfigPolicy, Outcomes, PolicyClassifier, PolicyTrainConfig, TrainLog,
-                                 collect_outcomes, configuration_flops, evaluate_comparators, load_policy,
-                                 run_from_patches, save_policy, train_policy, write_results)
-from conftest import loud_init, tiny_config
+from adaperceiver.adapt.policy import (
+    ActionSpace,
+    ConfigPolicy,
+    Outcomes,
+    PolicyClassifier,
+    PolicyTrainConfig,
+    TrainLog,
+    collect_outcomes,
+    configuration_flops,
+    evaluate_comparators,
+    load_policy,
+    run_from_patches,
+    run_mixed,
+    save_policy,
+    train_policy,
+    write_results,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +37,7 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(loud_init, tiny_config):
     torch.manual_seed(0)
     return loud_init(build_model(tiny_config(depth=2, token_grans=(4, 8, 16), widths=(16, 32)))).eval()
 
@@ -93,15 +106,36 @@ def test_policy_classifier_runs_each_choice_exactly(model):
     with torch.no_grad():  # random heads: several different configurations in one batch
         for head in (policy.head_tokens, policy.head_depth, policy.head_width):
             head.weight.normal_(std=3.0)
-    out = PolicyClassifier(model, policy)(xs)
-    assert len({tuple(a) for a in out.actions.tolist()}) > 1
+    outs = {g: PolicyClassifier(model, policy, group=g)(xs) for g in PolicyClassifier.GROUPS}
+    out = outs["mixed"]
+    chosen = {tuple(a) for a in out.actions.tolist()}
+    assert len(chosen) > 1 and len({a[0] for a in chosen}) > 1 and len({a[1] for a in chosen}) > 1
+    assert len({a[2] for a in chosen}) > 1  # tokens, depths and widths all differ inside the batch
     with torch.no_grad():
-        for x, a, y in zip(xs, out.actions, out.logits):
-            t, d, w = policy.space.config(*a.tolist())
-            torch.testing.assert_close(y, model(x[None], tokens=t, depth=d, width=w)[0], atol=1e-5, rtol=0)
+        for g, o in outs.items():  # every grouping gives each image its own configuration's output
+            assert torch.equal(o.actions, out.actions)
+            for x, a, y in zip(xs, o.actions, o.logits):
+                t, d, w = policy.space.config(*a.tolist())
+                torch.testing.assert_close(y, model(x[None], tokens=t, depth=d, width=w)[0], atol=1e-5, rtol=0, msg=g)
         patches, grid = model.patch_embed(xs)
         torch.testing.assert_close(run_from_patches(model, patches, grid, 8, 1, 16), model(xs, tokens=8, depth=1, width=16),
                                    atol=1e-6, rtol=0)
+
+
+def test_run_mixed_sorts_and_restores_the_batch(model):
+    xs, _ = data(7)
+    tokens, depths, widths = [4, 16, 8, 16, 4, 8, 16], [1, 2, 2, 1, 2, 1, 2], [16, 32, 32, 16, 16, 32, 32]
+    with torch.no_grad():
+        patches, grid = model.patch_embed(xs)
+        out = run_mixed(model, patches, grid, tokens, depths, widths)
+        for i in range(7):
+            torch.testing.assert_close(out[i], model(xs[i:i + 1], tokens=tokens[i], depth=depths[i], width=widths[i])[0],
+                                       atol=1e-5, rtol=0)
+        # one shared configuration: the plain path (no masks), equal to the model's batched call
+        torch.testing.assert_close(run_mixed(model, patches, grid, [8] * 7, [2] * 7, [16] * 7),
+                                   model(xs, tokens=8, depth=2, width=16), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="group must be one of"):
+        PolicyClassifier(model, ConfigPolicy.for_model(model), group="fast")
 
 
 def test_comparators_and_outputs(model, tmp_path):
@@ -152,8 +186,8 @@ def test_save_load_and_errors(model, tmp_path):
 
 
 def test_policy_cli(model, tmp_path, monkeypatch, capsys):
-    from adaperceiver.cli import policy as policy_cmd
     from adaperceiver.cli import main
+    from adaperceiver.cli import policy as policy_cmd
 
     xs, ys = data(24)
     monkeypatch.setattr(policy_cmd, "load_dataset", lambda spec, split: torch.utils.data.TensorDataset(xs, ys))
@@ -166,3 +200,10 @@ def test_policy_cli(model, tmp_path, monkeypatch, capsys):
                  "--out", str(tmp_path / "eval")]) == 0
     assert "full:" in capsys.readouterr().out
     assert (tmp_path / "eval" / "comparators.csv").is_file()
+    # every method timed on the bf16 copy: same accuracies, latencies of the fast model
+    assert main(["policy", "eval", "--model", str(tmp_path / "run"), "--policies", str(tmp_path / "pol" / "lam1"),
+                 "--taus", "0.9", "--latency-batch-sizes", "2", "--latency-images", "4", "--dtype", "bfloat16",
+                 "--out", str(tmp_path / "eval16")]) == 0
+    res = json.loads((tmp_path / "eval16" / "comparators.json").read_text())
+    assert res["timed_as"] == {"dtype": "bfloat16", "compile": False}
+    assert all(r["latency_ms_b2"] > 0 for r in res["rows"]) and {r["method"] for r in res["rows"]} >= {"full", "policy"}

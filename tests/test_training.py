@@ -10,6 +10,7 @@ import torch
 
 from adaperceiver import from_pretrained
 from adaperceiver.cli import main
+from adaperceiver.errors import UserError
 from adaperceiver.tasks import evaluate_classification, get_task, list_tasks
 from adaperceiver.training.trainer import (
     EpochBatchSampler,
@@ -79,7 +80,7 @@ def test_resume_gives_the_same_parameters_as_uninterrupted(tmp_path):
 
 def test_resume_refuses_changed_settings_and_overwrite(tmp_path):
     Trainer(cfg_for(tmp_path, max_steps=2), get_task("classification")).fit()
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(UserError, match="resume it"):
         Trainer(cfg_for(tmp_path), get_task("classification")).fit()
     with pytest.raises(ValueError, match="lr"):
         Trainer(cfg_for(tmp_path, lr=1e-2), get_task("classification")).fit(resume=True)
@@ -98,7 +99,7 @@ class NaNAtCall:
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path):
     trainer = Trainer(cfg_for(tmp_path, epochs=3), get_task("classification"), extra_losses=[NaNAtCall(6)])  # 4 steps per epoch
-    with pytest.raises(NonFiniteLossError, match=r"step 5 .*loss is nan.*step_00000004.*--resume"):
+    with pytest.raises(NonFiniteLossError, match=r"step 5 .*loss is nan.*step_00000004.*new run"):
         trainer.fit()
     assert last_checkpoint(tmp_path / "run").name == "step_00000004"
     model = from_pretrained(tmp_path / "run")
@@ -147,6 +148,25 @@ def test_static_baseline_has_the_static_shape(tmp_path):
     assert from_pretrained(tmp_path / "static").cfg.num_latents == 4
 
 
+def test_plain_vit_baseline_matches_the_full_configuration_flops(tmp_path):
+    from adaperceiver.cli.demo import matched_vit_config, train_vit_baseline
+    from adaperceiver.evaluation import measure_gflops
+    from adaperceiver.models.vit import StaticViT
+
+    cfg = cfg_for(tmp_path, "ada", epochs=1)
+    ada = Trainer(cfg, get_task("classification")).model
+    vc = matched_vit_config(ada)
+    assert (vc.embed_dim, vc.patch_size, vc.num_heads, vc.img_size) == (16, 4, 2, 8)
+    target = measure_gflops(ada, None, None, None)
+    gaps = {d: abs(measure_gflops(StaticViT(type(vc)(**{**vc.to_dict(), "depth": d})), None, None, None) - target)
+            for d in range(1, 5)}
+    assert gaps[vc.depth] == min(gaps.values())
+    entry = train_vit_baseline(cfg, ada, latency_batch_size=2)
+    assert entry["tokens"] is None and entry["depth"] == vc.depth and 0 <= entry["acc1"] <= 100
+    assert entry["gflops"] == pytest.approx(target, rel=0.5) and entry["latency_ms"] > 0
+    assert isinstance(from_pretrained(entry["run_dir"]), StaticViT)
+
+
 def test_sampler_and_schedule():
     a = [b for b in EpochBatchSampler(10, 3, seed=0, epoch=1)]
     assert len(a) == 3 and all(len(b) == 3 for b in a) and len({i for b in a for i in b}) == 9
@@ -174,8 +194,9 @@ def test_cli_train_resume_and_help(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path), "--name", "cli", "--resume", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "finished" in out and "val_acc1" in out and last_checkpoint(tmp_path / "cli").name == "step_00000006"
-    assert main(["train", "--static", "4,1"]) == 2
-    assert "TOKENS,DEPTH,WIDTH" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--static", "4,1"])
+    assert exit_.value.code == 2 and "--static takes TOKENS,DEPTH,WIDTH" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "Fashion-MNIST" in capsys.readouterr().out
@@ -187,14 +208,36 @@ def test_nonfinite_config_values_rejected():
     assert math.isclose(TrainConfig().grad_clip, 3.0)
 
 
-def test_trains_on_a_users_image_folder(tmp_path):
-    from test_data import make_folder
-
+def test_trains_on_a_users_image_folder(tmp_path, make_folder):
     make_folder(tmp_path / "data")
     cfg = cfg_for(tmp_path, "folder", dataset="imagefolder", data_dir=str(tmp_path / "data"), image_size=8,
                   train_subset=None, val_subset=None, batch_size=2, epochs=1,
                   model_overrides={**TINY, "in_chans": 1})
-    result = Trainer(cfg, get_task("classification")).fit()
-    assert result.finished and result.step == 3 and 0 <= result.metrics["val_acc1"] <= 100
+    trainer = Trainer(cfg, get_task("classification"))
+    result = trainer.fit()
+    assert result.finished and result.step == 3
+    # the logged validation accuracy is the exported model's on the 4 validation images
+    assert result.metrics["val_acc1"] in (0.0, 25.0, 50.0, 75.0, 100.0)
+    direct = evaluate_classification(result.model, trainer.val_loader(), trainer.device)
+    assert result.metrics["val_acc1"] == pytest.approx(direct["acc1"])
     meta = json.loads((tmp_path / "folder" / "config.json").read_text())
     assert meta["class_names"] == ["cat", "dog"] and meta["model"]["in_chans"] == 1
+
+
+def test_weight_decay_skips_what_the_model_names(tmp_path):
+    from adaperceiver import build_model
+    from adaperceiver.models.heads import build_dense_model
+    from adaperceiver.models.vit import StaticViT, ViTConfig
+
+    cfg = cfg_for(tmp_path)
+    model = build_model(get_task("classification").build_model(cfg, get_task("classification").build_data(cfg)).cfg)
+    assert model.no_weight_decay() == {"latent_token", "output_query", "patch_embed.pos_embed"}
+    dense = build_dense_model("segmentation", model.cfg, {"num_classes": 3})
+    assert dense.no_weight_decay() == {"backbone.latent_token", "backbone.patch_embed.pos_embed"}
+    assert StaticViT(ViTConfig()).no_weight_decay() <= {n for n, _ in StaticViT(ViTConfig()).named_parameters()}
+    trainer = Trainer(cfg, get_task("classification"))
+    decay, no_decay = trainer.optimizer.param_groups
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"] if id(p) in names}
+    assert trainer.model.no_weight_decay() <= skipped and decay["weight_decay"] > 0 == no_decay["weight_decay"]
+    assert all(p.dim() >= 2 for p in decay["params"]) and not {names.get(id(p)) for p in decay["params"]} & skipped

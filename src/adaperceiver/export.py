@@ -13,10 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .models.adaperceiver import AdaPerceiver
-from .models.slim import slim
-
-def num_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+from .models.util import num_parameters
 
 
 class _Logits(nn.Module):
@@ -53,4 +50,4 @@ def export_onnx(model: AdaPerceiver, path: str | Path, batch_size: int = 1, dyna
     return path
 
 
-__all__ = ["export_onnx", "num_parameters", "slim"]
+__all__ = ["export_onnx"]

@@ -22,6 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from .checkpoint import load_strict, read_state_dict, strip_wrappers
+from .errors import UserError
 from .models.adaperceiver import AdaPerceiver, AdaPerceiverClassifier, AdaPerceiverConfig, build_model
 
 # (reference pattern, our replacement), applied in order to every key
@@ -46,15 +47,25 @@ _CONFIG_NAMES = {
     "qkv_bias": "qkv_bias", "proj_bias": "proj_bias", "ls_init_values": "ls_init", "mask_token_grans": "token_grans",
     "img_size": "img_size", "in_channels": "in_chans", "patch_size": "patch_size", "num_classes": "num_classes",
     "output_feat_dim": "num_classes", "use_embed_ffn": "embed_mlp", "use_output_ffn": "head_mlp",
-    "mat_dims": "widths",
 }
 # reference options this library implements only with these values
 _SUPPORTED = {
     "use_fourier": (False,), "ffn_layer": ("mlp",), "act_layer": ("gelu",), "norm_layer": ("layernorm",),
-    "adapter_type": ("patch_embed",), "process_token_init": ("learned",), "block_mask": ("block",),
+    "adapter_type": ("patch_embed",), "process_token_init": ("learned", "norm_randn"), "block_mask": ("block", "none"),
     "attn_layer": ("flex", "full", "sdpa"),
 }
+# training-only options (dropout, init) and descriptive entries: no effect on the forward pass
 _IGNORED = {"proj_drop", "attn_drop", "drop_path", "head_drop", "fourier_bands", "class", "conv_adapter_model"}
+# values the weights cannot tell, so a config must state them
+_REQUIRED = ("num_heads", "max_latent_tokens")
+
+# Which reference model a checkpoint comes from decides what token counts above max_latent_tokens mean
+# (docs/reference.md, "Token counts above the trained maximum"):
+#   "training": the training code; RoPE table of max_latent_tokens * max_latent_tokens_mult positions,
+#               never scaled; latents past the last granularity see the first g_K latents.
+#   "hub":      the class the released weights load into; NTK-scaled RoPE above max_latent_tokens and
+#               latents past the last granularity see all N latents; any token count.
+SEMANTICS = ("training", "hub")
 
 
 # bookkeeping entries of reference checkpoints that are not weights (EMA counters, RoPE tables)
@@ -80,12 +91,34 @@ def convert_reference_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tenso
     return out
 
 
-def config_from_reference(ref: Mapping[str, Any], task: str | None = None) -> AdaPerceiverConfig:
+def reference_semantics(ref: Mapping[str, Any]) -> str:
+    """Which reference model wrote these constructor arguments: ``"training"`` or ``"hub"``.
+
+    The training code's config dataclasses come in sections (``AdaPercevierConfig`` + a task
+    section) and carry ``max_latent_tokens_mult``; the hub class's ``config.json`` is flat and has
+    no ``max_latent_tokens_mult`` (its constructor does not take one).
+    """
+    sectioned = any(isinstance(v, Mapping) and k.endswith("Config") for k, v in ref.items())
+    return "training" if sectioned or "max_latent_tokens_mult" in ref else "hub"
+
+
+def config_from_reference(ref: Mapping[str, Any], task: str | None = None, semantics: str | None = None) -> AdaPerceiverConfig:
     """Build our config from the reference's constructor arguments.
 
     ``ref`` is a flat dict or one with the reference's two sections (``AdaPercevierConfig`` plus
     ``ClassificationConfig`` / ``DensePredictionConfig``), as in the fixture's ``config.json``.
+    ``semantics`` (``"training"`` or ``"hub"``; default: :func:`reference_semantics`) sets how
+    token counts above ``max_latent_tokens`` behave, so the model computes what its source does.
+    Under ``"training"`` without ``max_latent_tokens_mult`` the RoPE table length is unknown and
+    counts above ``max_latent_tokens`` are refused.
+    Values are checked like any model config (type and range), naming the reference argument.
     """
+    if not isinstance(ref, Mapping):
+        raise UserError(f"the reference config must be a JSON object of constructor arguments, got "
+                        f"{type(ref).__name__} {ref!r:.60}")
+    semantics = semantics or reference_semantics(ref)
+    if semantics not in SEMANTICS:
+        raise ValueError(f"semantics must be one of {list(SEMANTICS)}, got {semantics!r}")
     sections = {k: v for k, v in ref.items() if isinstance(v, Mapping) and k.endswith("Config")}
     flat: dict[str, Any] = {}
     if sections:  # only the constructor sections count; other entries are descriptive
@@ -97,21 +130,45 @@ def config_from_reference(ref: Mapping[str, Any], task: str | None = None) -> Ad
         flat = dict(ref)
     if task is None:
         task = "dense" if "output_feat_dim" in flat else "classification"
+    missing = [k for k in _REQUIRED if k not in flat]
+    if missing:
+        raise ValueError(f"reference config lacks {missing}: the weights do not determine them")
     cfg: dict[str, Any] = {"task": task}
     for k, v in flat.items():
         if k in _SUPPORTED:
             if v not in _SUPPORTED[k]:
                 raise ValueError(f"reference option {k}={v!r} is not supported; supported: {list(_SUPPORTED[k])}")
-            if k == "attn_layer":
-                cfg["latent_mask"] = "none" if v == "full" else "block"
+            if (k == "attn_layer" and v == "full") or (k == "block_mask" and v == "none"):
+                cfg["latent_mask"] = "none"  # every latent sees all (the granularities are ignored)
+        elif k in ("in_dim", "out_dim"):  # adapter dims of the training code's config; None = embed_dim
+            if v is not None and v != flat.get("embed_dim"):
+                raise ValueError(f"reference option {k}={v!r} is not supported: only adapters of embed_dim "
+                                 f"({flat.get('embed_dim')}) or None")
+        elif k == "mat_dims":  # None / [] when built without widths: keep our default widths
+            if v:
+                cfg["widths"] = v
+        elif k == "max_latent_tokens_mult":
+            continue  # read below, for the training semantics only
         elif k in _CONFIG_NAMES:
             cfg[_CONFIG_NAMES[k]] = v
         elif k not in _IGNORED:
             raise ValueError(f"unknown reference config key {k!r}")
-    if "token_grans" not in cfg and "num_latents" in cfg:
+    if "token_grans" not in cfg:
         cfg["token_grans"] = (cfg["num_latents"],)
+    if semantics == "hub":
+        cfg.update(rope_scaling="ntk", rope_base_len=cfg["num_latents"], beyond_grans="all", max_latents_mult=None)
+    else:
+        mult = flat.get("max_latent_tokens_mult")
+        cfg.update(rope_scaling="none", beyond_grans="first_gk", max_latents_mult=mult)
+        if mult is None:  # table length unknown: nothing above max_latent_tokens
+            cfg["rope_base_len"] = cfg["num_latents"]
     cfg["latent_std"] = 0.02
-    return AdaPerceiverConfig(**cfg)
+    try:
+        return AdaPerceiverConfig(**cfg)
+    except ValueError as e:
+        ours = {v: k for k, v in _CONFIG_NAMES.items() if k in flat}
+        named = ", ".join(f"{o} is the reference's {r}" for o, r in ours.items() if o in str(e) and o != r)
+        raise UserError(f"reference config: {e}{f' ({named})' if named else ''}") from None
 
 
 def infer_shapes(state: Mapping[str, Tensor]) -> dict[str, Any]:
@@ -134,29 +191,56 @@ def infer_shapes(state: Mapping[str, Tensor]) -> dict[str, Any]:
     return shapes
 
 
-def load_reference(path: str | Path, config: Mapping[str, Any] | str | Path, section: str | None = None) -> AdaPerceiver:
-    """Build a model from a reference checkpoint file and its constructor arguments.
+def load_reference(path: str | Path, config: Mapping[str, Any] | str | Path | None = None, section: str | None = None,
+                   semantics: str | None = None) -> AdaPerceiver:
+    """Build a model from a reference checkpoint and its constructor arguments.
 
-    ``config`` is a dict or a JSON file of reference arguments (see :func:`config_from_reference`);
-    ``section`` picks one entry of a JSON that describes several models (e.g. ``"dense"``).
-    Shape-determined values (embed dim, depth, classes ...) are checked against the weights, and
-    a file whose keys or shapes do not fit is refused with the offending keys named.
+    ``path`` is a weights file, or a hub model directory (``model.safetensors`` + ``config.json``),
+    in which case ``config`` defaults to that ``config.json``. ``config`` is a dict or a JSON file of
+    reference arguments (see :func:`config_from_reference`); ``section`` picks one entry of a JSON
+    that describes several models (e.g. ``"dense"``); ``semantics`` overrides which reference model
+    the checkpoint comes from (:func:`reference_semantics`). Shape-determined values (embed dim,
+    depth, classes ...) are checked against the weights, and a file whose keys or shapes do not fit
+    is refused with the offending keys named.
     """
+    path = Path(path)
+    if path.is_dir():
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path} has no model.safetensors (a hub model directory holds model.safetensors + config.json)")
+        if config is None:
+            config = path / "config.json"
+            if not config.is_file():
+                raise FileNotFoundError(f"{path} has no config.json (a hub model directory holds model.safetensors + config.json)")
+        path = weights
+    elif config is None:
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint file or hub model directory at {path}")
+        raise ValueError(f"{path} is a weights file: give its reference constructor arguments (a JSON config) too")
     if not isinstance(config, Mapping):
+        source = config
         try:
-            config = json.loads(Path(config).read_text())
+            config = json.loads(Path(source).read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{config} is not valid JSON ({e})") from None
+            raise UserError(f"{source} is not valid JSON ({e})") from None
+        if not isinstance(config, Mapping):
+            raise UserError(f"{source} must hold a JSON object of reference constructor arguments, "
+                            f"not a {type(config).__name__}")
     state = convert_reference_state_dict(read_state_dict(path))
     if section is not None:
         if section not in config:
-            raise ValueError(f"config has no section {section!r}; sections: {sorted(k for k, v in config.items() if isinstance(v, Mapping))}")
+            sections = sorted(k for k, v in config.items() if isinstance(v, Mapping))
+            raise ValueError(f"config has no section {section!r}; sections: {sections}")
         config = config[section]
     elif not any(k.endswith("Config") or k in _CONFIG_NAMES for k in config):
         task = "dense" if "query_proj.weight" in state else "classification"
         if isinstance(config.get(task), Mapping):  # a file describing both models, keyed by task
             config = config[task]
-    cfg = config_from_reference(config)
+    cfg = config_from_reference(config, semantics=semantics)
+    missing = [k for k in ("patch_embed.proj.weight", "patch_embed.pos_embed") if k not in state]
+    if missing:
+        raise UserError(f"{path} is not an AdaPerceiver reference checkpoint: after renaming it has no {missing} "
+                        f"(its first keys: {sorted(state)[:3]})")
     shapes = infer_shapes(state)
     for k, v in shapes.items():
         if getattr(cfg, k) != v:
@@ -226,3 +310,21 @@ def reference_forward(model: AdaPerceiver, x: Tensor, num_tokens: int | None = N
     outputs = [write(z, g) for g in grans[:-1]] if token_loss else []
     outputs.append(write(z))
     return outputs, intermediates
+
+
+# --------------------------------------------------------------------------------------------------
+def token_count_rules(cfg: AdaPerceiverConfig) -> str:
+    """One line on what token counts above the trained ones do under ``cfg``."""
+    last = cfg.token_grans[-1]
+    if cfg.rope_scaling == "ntk":
+        rope = f"any token count, RoPE NTK-scaled above {cfg.rope_len}"
+    else:
+        rope = f"token counts up to {cfg.max_tokens}, RoPE never scaled"
+    if cfg.latent_mask == "none":
+        seen = "no granularity mask"
+    elif cfg.beyond_grans == "all":
+        seen = f"latents past {last} see all latents"
+    else:
+        seen = f"latents past {last} see the first {last}"
+    source = "hub model" if (cfg.rope_scaling, cfg.beyond_grans) == ("ntk", "all") else "training code"
+    return f"{source} rules: {rope}; {seen}"

@@ -1,28 +1,25 @@
 """Run by tests/test_ddp.py under torchrun: train a few steps, then gather every rank's parameters.
 
-Usage: torchrun --nproc_per_node=N tests/helpers/ddp_worker.py OUT_DIR [accum_steps]
-Rank 0 writes OUT_DIR/params_rank{r}.pt for every rank r (from an all_gather) and the run itself.
+Usage: torchrun --nproc_per_node=N tests/helpers/ddp_worker.py TRAIN_CONFIG_JSON
+TRAIN_CONFIG_JSON holds ``TrainConfig.to_dict()``. Rank 0 writes the run and OUT_DIR/params_rank{r}.pt
+for every rank r (from an all_gather), OUT_DIR being the config's ``out_dir``.
 """
 
+import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from adaperceiver.training import distributed
 from adaperceiver.tasks import get_task
-from adaperceiver.training import Trainer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_ddp import ddp_config  # noqa: E402  (the shared run settings)
+from adaperceiver.training import TrainConfig, Trainer, distributed
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
-    accum = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    cfg = TrainConfig.from_dict(json.loads(Path(sys.argv[1]).read_text()))
+    out = Path(cfg.out_dir)
     info = distributed.setup("cpu")
-    cfg = ddp_config(out, name="ddp", accum_steps=accum)
     result = Trainer(cfg, get_task("classification"), dist_info=info).fit()
     flat = torch.cat([p.detach().flatten() for p in result.model.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(info.world_size)]

@@ -14,15 +14,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import platform
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..checkpoint import write_json
-from ..evaluation.cost import measure_latency
+from ..checkpoint import tensors_digest, write_json
+from ..evaluation.cost import machine_info, measure_latency
 from ..models.adaperceiver import AdaPerceiver
 
 CACHE_NAME = "latency_cache.json"
@@ -42,8 +39,14 @@ def load_rows(sweep: str | Path | Sequence[Mapping[str, Any]]) -> list[Row]:
         if not path.is_file():
             raise FileNotFoundError(f"no sweep file at {path} (expected sweep.json or sweep.csv)")
         if path.suffix == ".json":
-            obj = json.loads(path.read_text())
-            rows = obj["rows"] if isinstance(obj, dict) else obj
+            try:
+                obj = json.loads(path.read_text())
+                rows = obj["rows"] if isinstance(obj, dict) else obj
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"{path} is not a sweep file ({type(e).__name__}: {e}); write it with "
+                                 f"adaperceiver.evaluation.run_sweep") from None
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ValueError(f"{path} is not a sweep file (its rows are not a list of objects)")
         elif path.suffix == ".csv":
             with open(path, newline="") as f:
                 rows = [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
@@ -68,11 +71,13 @@ def _parse(v: str) -> Any:
 
 
 def machine_key(model: AdaPerceiver, batch_size: int) -> str:
-    """What a latency depends on: machine, torch build and threads, batch size, and the model."""
+    """What a latency depends on: machine, torch build and threads, batch size, the model, and for a
+    ``model.for_inference(...)`` copy its dtype and whether it is compiled."""
     cfg_hash = hashlib.sha1(json.dumps(model.cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:10]
-    dev = next(model.parameters()).device
-    return (f"{platform.node()}|{platform.machine()}|{platform.processor() or '-'}|torch {torch.__version__}|"
-            f"threads {torch.get_num_threads()}|{dev}|{next(model.parameters()).dtype}|batch {batch_size}|model {cfg_hash}")
+    p, m = next(model.parameters()), machine_info()
+    return (f"{m['node']}|{m['machine']}|{m['processor']}|torch {m['torch']}|threads {m['torch_threads']}|"
+            f"{p.device}|{p.dtype}|batch {batch_size}|model {cfg_hash}"
+            + ("|slim compiled" if getattr(model, "compiled", False) else "|slim" if hasattr(model, "compiled") else ""))
 
 
 def default_measure(model: AdaPerceiver, tokens: int, depth: int, width: int, batch_size: int) -> float:
@@ -104,6 +109,19 @@ def _name(tokens: int, depth: int, width: int) -> str:
     return f"{tokens}/{depth}/{width}"
 
 
+def check_sweep_model(sweep: str | Path, model: AdaPerceiver) -> None:
+    """Refuse a sweep.json recorded for other weights than ``model``'s (its accuracies would not be this model's)."""
+    path = Path(sweep)
+    path = path / "sweep.json" if path.is_dir() else path
+    if path.suffix != ".json" or not path.is_file():
+        return  # a CSV carries no record of its model
+    meta = json.loads(path.read_text())
+    recorded = meta.get("model_sha256") if isinstance(meta, dict) else None
+    if recorded is not None and recorded != tensors_digest(model.state_dict()):
+        raise ValueError(f"{path} was measured on other weights (sha256 {recorded[:12]}...) than this model "
+                         f"({tensors_digest(model.state_dict())[:12]}...); sweep this model first")
+
+
 def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model: AdaPerceiver,
                          max_ms: float | None = None, max_gflops: float | None = None, batch_size: int = 1, *,
                          metric: str = "acc1", higher_is_better: bool = True, cache_path: str | Path | None = None,
@@ -122,6 +140,8 @@ def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rows = load_rows(sweep)
+    if isinstance(sweep, (str, Path)):
+        check_sweep_model(sweep, model)
     if metric not in rows[0]:
         raise ValueError(f"sweep rows have no {metric!r} column; columns: {sorted(rows[0])}")
     if max_gflops is not None and "gflops" not in rows[0]:

@@ -11,8 +11,10 @@ backbone is frozen, the quality of *every* action on every training image is com
 front, with one ``forward_anytime`` pass per width (:func:`collect_outcomes`); policy training then
 only indexes that table. FLOPs are counted once per configuration (:func:`configuration_flops`).
 
-At inference (:class:`PolicyClassifier`) the policy picks a configuration per image and the batch is
-split into groups sharing a configuration, so each group still runs batched.
+At inference (:class:`PolicyClassifier`) the policy picks a configuration per image and the batch
+runs in one pass per chosen token count (:func:`run_mixed`): per-image depths (images leave the
+batch after their last block) and widths inside the pass, so a batch of many different choices
+costs a few backbone calls, not one per configuration.
 
 :func:`evaluate_comparators` scores, with the same code and data: the full configuration, every
 fixed configuration, confidence early exit (a threshold sweep, ``forward_early_exit``), the oracle
@@ -21,10 +23,9 @@ fixed configuration, confidence early exit (a threshold sweep, ``forward_early_e
 
 from __future__ import annotations
 
-import csv
+import copy
 import json
 import math
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,10 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import read_state_dict, save_state_dict, write_json
-from ..evaluation.cost import count_flops, flop_counter
+from ..checkpoint import load_strict, read_state_dict, save_state_dict, write_json
+from ..evaluation.cost import flop_counter, measure_flops, time_call
+from ..evaluation.reports import new_figure, save_figure, write_csv
 from ..evaluation.sweep import pareto_front
 from ..models.adaperceiver import AdaPerceiver, AdaPerceiverClassifier
+from ..models.util import eval_mode, module_device
 
 REWARDS = ("ce", "correct")
 BASELINES = ("ema", "loo")
@@ -77,12 +80,13 @@ class ActionSpace:
         return self.tokens[it], self.depths[id_], self.widths[iw]
 
     def check(self, model: AdaPerceiver) -> None:
+        """Every axis value must be a configuration the model can run (checked by the model)."""
         for t in self.tokens:
-            model.resolve_tokens(t)
+            model.resolve_configuration(t, None, None)
         for d in self.depths:
-            model.resolve_depth(d)
+            model.resolve_configuration(None, d, None)
         for w in self.widths:
-            model.resolve_width(w, 1)
+            model.resolve_configuration(None, None, w)
 
     def to_dict(self) -> dict[str, list[int]]:
         return {"tokens": list(self.tokens), "depths": list(self.depths), "widths": list(self.widths)}
@@ -96,17 +100,11 @@ def _example_input(model: AdaPerceiver) -> Tensor:
 
 def configuration_flops(model: AdaPerceiver, space: ActionSpace) -> Tensor:
     """FLOPs per image of every configuration, ``(n_tokens, n_depths, n_widths)``, counted once each."""
-    x = _example_input(model)
     table = torch.zeros(space.shape, dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    try:
-        for i, t in enumerate(space.tokens):
-            for j, d in enumerate(space.depths):
-                for k, w in enumerate(space.widths):
-                    table[i, j, k] = count_flops(model, x, tokens=t, depth=d, width=w)
-    finally:
-        model.train(was_training)
+    for i, t in enumerate(space.tokens):
+        for j, d in enumerate(space.depths):
+            for k, w in enumerate(space.widths):
+                table[i, j, k] = measure_flops(model, t, d, w)
     return table
 
 
@@ -226,7 +224,7 @@ def load_policy(directory: str | Path) -> tuple[ConfigPolicy, dict[str, Any]]:
     meta = json.loads(path.read_text())
     space = ActionSpace(**meta["space"])
     policy = ConfigPolicy(meta["num_patches"], meta["embed_dim"], space, PolicyConfig(**meta["policy"]))
-    policy.load_state_dict(read_state_dict(directory / "policy.safetensors"))
+    load_strict(policy, read_state_dict(directory / "policy.safetensors"), source=str(directory / "policy.safetensors"))
     return policy.eval(), meta
 
 
@@ -273,33 +271,33 @@ def collect_outcomes(model: AdaPerceiverClassifier, data: Any, space: ActionSpac
         raise ValueError("policies are defined for classification models (AdaPerceiverClassifier)")
     space = space or ActionSpace.of(model)
     space.check(model)
-    model.eval()
-    dev = next(model.parameters()).device
-    imgs, labels, ces, cors = [], [], [], []
-    seen = 0
-    for x, y in _batches(data, batch_size):
-        if limit is not None:
-            if seen >= limit:
-                break
-            x, y = x[:limit - seen], y[:limit - seen]
-        x, y = x.to(dev), y.to(dev).long()
-        ce = x.new_empty(x.shape[0], *space.shape)
-        correct = torch.zeros(x.shape[0], *space.shape, dtype=torch.bool, device=dev)
-        for k, w in enumerate(space.widths):
-            out = model.forward_anytime(x, tokens=space.tokens[-1], width=w, depths=space.depths,
-                                        token_counts=space.tokens).outputs  # (n_d, n_t, B, C)
-            logits = out.permute(2, 1, 0, 3)  # (B, n_t, n_d, C)
-            target = y.view(-1, 1, 1).expand(logits.shape[:3])
-            ce[..., k] = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(logits.shape[:3])
-            correct[..., k] = logits.argmax(-1) == target
-        imgs.append(x.cpu())
-        labels.append(y.cpu())
-        ces.append(ce.cpu())
-        cors.append(correct.cpu())
-        seen += x.shape[0]
-    if not labels:
-        raise ValueError("no data: the data set yielded no batches")
-    return Outcomes(torch.cat(imgs), torch.cat(labels), torch.cat(ces), torch.cat(cors), space)
+    with eval_mode(model):
+        dev = next(model.parameters()).device
+        imgs, labels, ces, cors = [], [], [], []
+        seen = 0
+        for x, y in _batches(data, batch_size):
+            if limit is not None:
+                if seen >= limit:
+                    break
+                x, y = x[:limit - seen], y[:limit - seen]
+            x, y = x.to(dev), y.to(dev).long()
+            ce = x.new_empty(x.shape[0], *space.shape)
+            correct = torch.zeros(x.shape[0], *space.shape, dtype=torch.bool, device=dev)
+            for k, w in enumerate(space.widths):
+                out = model.forward_anytime(x, tokens=space.tokens[-1], width=w, depths=space.depths,
+                                            token_counts=space.tokens).outputs  # (n_d, n_t, B, C)
+                logits = out.permute(2, 1, 0, 3)  # (B, n_t, n_d, C)
+                target = y.view(-1, 1, 1).expand(logits.shape[:3])
+                ce[..., k] = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(logits.shape[:3])
+                correct[..., k] = logits.argmax(-1) == target
+            imgs.append(x.cpu())
+            labels.append(y.cpu())
+            ces.append(ce.cpu())
+            cors.append(correct.cpu())
+            seen += x.shape[0]
+        if not labels:
+            raise ValueError("no data: the data set yielded no batches")
+        return Outcomes(torch.cat(imgs), torch.cat(labels), torch.cat(ces), torch.cat(cors), space)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -417,6 +415,64 @@ def run_from_patches(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int]
     return model.write_out(z, patches, grid)
 
 
+@torch.no_grad()
+def run_mixed(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], tokens: Sequence[int],
+              depths: Sequence[int], widths: Sequence[int]) -> Tensor:
+    """Outputs of a batch whose images each have their own ``(tokens, depth, width)``, in one pass.
+
+    Equals ``run_from_patches`` per image: the batch runs at its largest token count (by the block
+    mask, the first ``t`` latents evolve as in a run at ``t``) and each image's read-out sees only
+    its first ``tokens[i]`` latents; widths differ per image through ``sample_hidden`` (units past
+    an image's width are zeroed, which equals slicing); images are sorted by depth, deepest first,
+    so after block ``j`` the images still running are a prefix of the batch and those whose depth
+    is ``j`` are written out and leave it.
+    """
+    b = patches.shape[0]
+    dev = patches.device
+    order = sorted(range(b), key=lambda i: -depths[i])
+    d_sorted = [depths[i] for i in order]
+    t_sorted = [tokens[i] for i in order]
+    w_sorted = [widths[i] for i in order]
+    same_order = order == list(range(b))
+    perm = None if same_order else torch.tensor(order, device=dev)
+    p = patches if same_order else patches[perm]
+    n = max(t_sorted)
+    z = model.read_latents(p, n)
+    hid = [min(model.resolve_width(w, 1)[0], model.cfg.mlp_hidden) for w in w_sorted]
+    hid_t = torch.tensor(hid, device=dev) if min(hid) != max(hid) else None
+    outs = []
+    active = b
+    mask = model.latent_mask(n, dev)
+    for i in range(d_sorted[0]):
+        h = hid[:active]
+        if min(h) == max(h):
+            z = model.blocks[i](z, model.rope, mask, h[0])
+        else:
+            z = model.blocks[i](z, model.rope, mask, sample_hidden=hid_t[:active])
+        k = active
+        while k > 0 and d_sorted[k - 1] == i + 1:
+            k -= 1
+        if k < active:  # images [k, active) stop after this block
+            ts = t_sorted[k:active]
+            zo = z[k:active]
+            if min(ts) == max(ts):
+                zo = zo[:, :ts[0]]
+                kv_mask = None
+            else:
+                kv_mask = (torch.arange(n, device=dev) < torch.tensor(ts, device=dev).view(-1, 1)).view(-1, 1, 1, n)
+            q = model.output_queries(p[k:active])
+            o = model.write(q, zo, rope_k=model.rope, mask=kv_mask)
+            outs.append(model.head(o, grid))
+            z = z[:k]
+            active = k
+    out = torch.cat(outs[::-1]) if len(outs) > 1 else outs[0]  # shallowest were written first
+    if same_order:
+        return out
+    res = torch.empty_like(out)
+    res[perm] = out
+    return res
+
+
 @dataclass
 class PolicyOutput:
     logits: Tensor  # (B, classes)
@@ -424,26 +480,56 @@ class PolicyOutput:
 
 
 class PolicyClassifier(nn.Module):
-    """Backbone + policy: embed patches once, choose a configuration per image, run each group batched."""
+    """Backbone + policy: embed patches once, choose a configuration per image, run the batch.
 
-    def __init__(self, model: AdaPerceiverClassifier, policy: ConfigPolicy):
+    ``group`` says how a batch whose images chose different configurations runs:
+
+    * ``"tokens"`` (default): one :func:`run_mixed` pass per chosen token count: per-image depths
+      and widths inside the pass, no latent wasted (measured fastest at batch 64 on CPU);
+    * ``"mixed"``: one :func:`run_mixed` pass for the whole batch at its largest token count, each
+      image written out from its own token prefix;
+    * ``"config"``: one :func:`run_from_patches` call per distinct configuration.
+
+    All three give each image the output of its own configuration. ``compile_policy`` compiles the
+    policy network (``torch.compile``, once per batch size): its ~36 small operations cost about a
+    quarter of the full configuration's time on a tiny CPU model when run eagerly.
+    """
+
+    GROUPS = ("tokens", "mixed", "config")
+
+    def __init__(self, model: AdaPerceiverClassifier, policy: ConfigPolicy, group: str = "tokens",
+                 compile_policy: bool = False):
         super().__init__()
         if not isinstance(model, AdaPerceiverClassifier):
             raise ValueError("PolicyClassifier needs an AdaPerceiverClassifier")
+        if group not in self.GROUPS:
+            raise ValueError(f"group must be one of {list(self.GROUPS)}, got {group!r}")
         policy.space.check(model)
         self.model = model
         self.policy = policy
+        self.group = group
+        self._choose = torch.compile(policy.choose, dynamic=False) if compile_policy else policy.choose
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> PolicyOutput:
         patches, grid = self.model.patch_embed(x)
-        actions = self.policy.choose(patches)
+        actions = self._choose(patches)
+        space = self.policy.space
+        chosen = [space.config(*a) for a in actions.tolist()]  # one host sync for the whole batch
+        tokens, depths, widths = (list(v) for v in zip(*chosen))
+        if self.group == "mixed" or (self.group == "tokens" and min(tokens) == max(tokens)):
+            return PolicyOutput(run_mixed(self.model, patches, grid, tokens, depths, widths), actions)
         logits = patches.new_empty(x.shape[0], self.model.cfg.num_classes)
-        choices, group = torch.unique(actions, dim=0, return_inverse=True)
-        for g, (it, id_, iw) in enumerate(choices.tolist()):
-            sel = (group == g).nonzero().squeeze(1)
-            t, d, w = self.policy.space.config(it, id_, iw)
-            logits[sel] = run_from_patches(self.model, patches[sel], grid, t, d, w)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, c in enumerate(chosen):
+            groups.setdefault(c if self.group == "config" else c[:1], []).append(i)
+        for key, idx in groups.items():
+            sel = torch.tensor(idx, device=x.device)
+            if self.group == "config":
+                logits[sel] = run_from_patches(self.model, patches[sel], grid, *key)
+            else:
+                logits[sel] = run_mixed(self.model, patches[sel], grid, [tokens[i] for i in idx],
+                                        [depths[i] for i in idx], [widths[i] for i in idx])
         return PolicyOutput(logits, actions)
 
 
@@ -453,19 +539,16 @@ def _stream_ms(fn, xs: Tensor, batch_size: int, repeats: int = 3) -> float:
     """Median over ``repeats`` of the wall time to process ``xs`` in batches of ``batch_size``, in ms per image.
 
     ``fn`` gets ready input tensors (no data loading inside the timing); one untimed warm-up pass.
+    Timed with the one timer (:func:`~adaperceiver.evaluation.cost.time_call`, which synchronises
+    CUDA), so every method of the comparison is measured the same way.
     """
     chunks = list(xs.split(batch_size))
-    with torch.no_grad():
+
+    def stream() -> None:
         for c in chunks:
             fn(c)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for c in chunks:
-                fn(c)
-            times.append((time.perf_counter() - t0) * 1000.0 / xs.shape[0])
-    times.sort()
-    return times[len(times) // 2]
+
+    return time_call(stream, xs.shape[0], warmup=1, repeats=repeats, device=xs.device).median_ms / xs.shape[0]
 
 
 def flops_saved_at_parity(rows: Sequence[Mapping[str, Any]], full_acc: float, full_gflops: float,
@@ -483,7 +566,8 @@ def flops_saved_at_parity(rows: Sequence[Mapping[str, Any]], full_acc: float, fu
 def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost: Tensor,
                          policies: Mapping[str, ConfigPolicy] | None = None, taus: Sequence[float] = (),
                          latency_batch_sizes: Sequence[int] = (1,), latency_images: int = 64,
-                         latency_repeats: int = 3, eval_batch_size: int = 256) -> dict[str, Any]:
+                         latency_repeats: int = 3, eval_batch_size: int = 256,
+                         dtype: torch.dtype | str | None = None, compile: bool = False) -> dict[str, Any]:
     """Score every method on the held-out ``outcomes``; see the module docstring.
 
     Each row: ``method, setting, acc1 (%), gflops (mean per image, including the policy network),
@@ -491,94 +575,108 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
     ``b``, the whole method timed: patch embedding, policy, grouped backbone runs) and ``deployable``.
     The oracle is not deployable (it needs the label); its latency is the mean latency of the fixed
     configurations it picks, weighted by how often it picks them.
+
+    With ``dtype`` and/or ``compile`` every method is timed on ``model.for_inference(dtype,
+    compile)``: fixed configurations as their slim (compiled) modules, early exit and the policies'
+    backbone passes on its eager copy in ``dtype`` (their shapes depend on the data, so they are not
+    compiled; with ``compile`` the policy network is).
+    Accuracies stay those of ``model`` as given.
     """
-    space = outcomes.space
-    model.eval()
-    dev = next(model.parameters()).device
-    xs = outcomes.images[:latency_images].to(dev)
-    bss = tuple(int(b) for b in latency_batch_sizes)
-    n = len(outcomes)
-    gcost = cost / 1e9
-    rows: list[dict[str, Any]] = []
+    with eval_mode(model):
+        space = outcomes.space
+        dev = next(model.parameters()).device
+        xs = outcomes.images[:latency_images].to(dev)
+        bss = tuple(int(b) for b in latency_batch_sizes)
+        n = len(outcomes)
+        gcost = cost / 1e9
+        rows: list[dict[str, Any]] = []
 
-    def lat(fn) -> dict[str, float]:
-        return {f"latency_ms_b{b}": _stream_ms(fn, xs, b, latency_repeats) for b in bss}
+        fast = model.for_inference(dtype, compile) if dtype is not None or compile else None
+        timed = fast.model if fast is not None else model  # what early exit and the policies run on
+        cast = fast.dtype if fast is not None else xs.dtype
 
-    # every fixed configuration (the full one included)
-    fixed_lat: dict[tuple[int, int, int], dict[str, float]] = {}
-    for i, t in enumerate(space.tokens):
-        for j, d in enumerate(space.depths):
-            for k, w in enumerate(space.widths):
-                fixed_lat[(i, j, k)] = lat(lambda c, t=t, d=d, w=w: model(c, tokens=t, depth=d, width=w))
-                rows.append({"method": "fixed", "setting": f"{t}/{d}/{w}", "tokens": t, "depth": d, "width": w,
-                             "acc1": 100.0 * float(outcomes.correct[:, i, j, k].float().mean()),
-                             "gflops": float(gcost[i, j, k]), **fixed_lat[(i, j, k)], "deployable": True})
-    full = next(r for r in rows if (r["tokens"], r["depth"], r["width"]) == space.full)
-    full = {**full, "method": "full"}
-    rows.insert(0, full)
+        def lat(fn) -> dict[str, float]:
+            return {f"latency_ms_b{b}": _stream_ms(fn, xs.to(cast), b, latency_repeats) for b in bss}
 
-    # oracle: per image, the cheapest configuration that is correct (the cheapest overall if none is)
-    flat_cost = cost.flatten()
-    correct = outcomes.correct.flatten(1)
-    masked = torch.where(correct, flat_cost.expand(n, -1), torch.full_like(flat_cost, float("inf")).expand(n, -1))
-    choice = torch.where(correct.any(1), masked.argmin(1), flat_cost.argmin().expand(n))
-    counts = torch.bincount(choice, minlength=flat_cost.numel()).double()
-    oracle_lat = {key: sum(counts[c].item() * fixed_lat[tuple(int(v) for v in torch.unravel_index(torch.tensor(c), space.shape))][key]
-                           for c in counts.nonzero().flatten().tolist()) / n for key in (f"latency_ms_b{b}" for b in bss)}
-    rows.append({"method": "oracle", "setting": "cheapest correct", "acc1": 100.0 * float(correct.any(1).float().mean()),
-                 "gflops": float(flat_cost[choice].mean() / 1e9), **oracle_lat, "deployable": False})
+        # every fixed configuration (the full one included)
+        fixed_lat: dict[tuple[int, int, int], dict[str, float]] = {}
+        for i, t in enumerate(space.tokens):
+            for j, d in enumerate(space.depths):
+                for k, w in enumerate(space.widths):
+                    fixed_lat[(i, j, k)] = lat(lambda c, t=t, d=d, w=w: (fast or model)(c, tokens=t, depth=d, width=w))
+                    rows.append({"method": "fixed", "setting": f"{t}/{d}/{w}", "tokens": t, "depth": d, "width": w,
+                                 "acc1": 100.0 * float(outcomes.correct[:, i, j, k].float().mean()),
+                                 "gflops": float(gcost[i, j, k]), **fixed_lat[(i, j, k)], "deployable": True})
+        full = next(r for r in rows if (r["tokens"], r["depth"], r["width"]) == space.full)
+        full = {**full, "method": "full"}
+        rows.insert(0, full)
 
-    # confidence early exit at full tokens and width
-    t_full, _, w_full = space.full
-    write = writeout_flops(model, t_full)
-    depth_cost = {d: float(cost[-1, j, -1]) for j, d in enumerate(space.depths)}
-    for tau in taus:
-        exit_depths, hits = [], 0
-        for s in range(0, n, eval_batch_size):
-            x = outcomes.images[s:s + eval_batch_size].to(dev)
-            out = model.forward_early_exit(x, tau, tokens=t_full, width=w_full)
-            hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
-            exit_depths.append(out.exit_depth.cpu())
-        ed = torch.cat(exit_depths)
-        flops = torch.tensor([depth_cost[int(d)] + (int(d) - 1) * write for d in ed.tolist()], dtype=torch.float64)
-        rows.append({"method": "early_exit", "setting": f"tau={tau:g}", "tau": tau, "acc1": 100.0 * hits / n,
-                     "gflops": float(flops.mean() / 1e9), "mean_exit_depth": float(ed.float().mean()),
-                     **lat(lambda c, tau=tau: model.forward_early_exit(c, tau, tokens=t_full, width=w_full)),
-                     "deployable": True})
+        # oracle: per image, the cheapest configuration that is correct (the cheapest overall if none is)
+        flat_cost = cost.flatten()
+        correct = outcomes.correct.flatten(1)
+        masked = torch.where(correct, flat_cost.expand(n, -1), torch.full_like(flat_cost, float("inf")).expand(n, -1))
+        choice = torch.where(correct.any(1), masked.argmin(1), flat_cost.argmin().expand(n))
+        counts = torch.bincount(choice, minlength=flat_cost.numel()).double()
+        oracle_lat = {key: sum(counts[c].item() * fixed_lat[tuple(int(v) for v in torch.unravel_index(torch.tensor(c), space.shape))][key]
+                               for c in counts.nonzero().flatten().tolist()) / n for key in (f"latency_ms_b{b}" for b in bss)}
+        rows.append({"method": "oracle", "setting": "cheapest correct", "acc1": 100.0 * float(correct.any(1).float().mean()),
+                     "gflops": float(flat_cost[choice].mean() / 1e9), **oracle_lat, "deployable": False})
 
-    # learned policies
-    for name, policy in (policies or {}).items():
-        policy = policy.to(dev).eval()
-        runner = PolicyClassifier(model, policy)
-        x_pol = _example_input(model)
-        with torch.no_grad():
-            p1 = model.patch_embed(x_pol)[0]
-        with torch.enable_grad(), flop_counter() as counter:
-            policy(p1)
-        pol_flops = int(counter.get_total_flops())
-        acts, hits = [], 0
-        for s in range(0, n, eval_batch_size):
-            out = runner(outcomes.images[s:s + eval_batch_size].to(dev))
-            hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
-            acts.append(out.actions.cpu())
-        a = torch.cat(acts)
-        # the table says what the backbone gets for these actions; the run above must agree
-        table_hits = int(outcomes.correct[torch.arange(n), a[:, 0], a[:, 1], a[:, 2]].sum())
-        chosen = cost[a[:, 0], a[:, 1], a[:, 2]]
-        rows.append({"method": "policy", "setting": name, "acc1": 100.0 * hits / n,
-                     "gflops": float((chosen.mean() + pol_flops) / 1e9), "policy_gflops": pol_flops / 1e9,
-                     "table_acc1": 100.0 * table_hits / n, "mean_tokens": float(torch.tensor(space.tokens)[a[:, 0]].float().mean()),
-                     "mean_depth": float(torch.tensor(space.depths)[a[:, 1]].float().mean()),
-                     "mean_width": float(torch.tensor(space.widths)[a[:, 2]].float().mean()),
-                     "distinct_configs": int(len({tuple(r) for r in a.tolist()})),
-                     **lat(lambda c: runner(c)), "deployable": True})
+        # confidence early exit at full tokens and width
+        t_full, _, w_full = space.full
+        write = writeout_flops(model, t_full)
+        depth_cost = {d: float(cost[-1, j, -1]) for j, d in enumerate(space.depths)}
+        for tau in taus:
+            exit_depths, hits = [], 0
+            for s in range(0, n, eval_batch_size):
+                x = outcomes.images[s:s + eval_batch_size].to(dev)
+                out = model.forward_early_exit(x, tau, tokens=t_full, width=w_full)
+                hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
+                exit_depths.append(out.exit_depth.cpu())
+            ed = torch.cat(exit_depths)
+            flops = torch.tensor([depth_cost[int(d)] + (int(d) - 1) * write for d in ed.tolist()], dtype=torch.float64)
+            rows.append({"method": "early_exit", "setting": f"tau={tau:g}", "tau": tau, "acc1": 100.0 * hits / n,
+                         "gflops": float(flops.mean() / 1e9), "mean_exit_depth": float(ed.float().mean()),
+                         **lat(lambda c, tau=tau: timed.forward_early_exit(c, tau, tokens=t_full, width=w_full)),
+                         "deployable": True})
 
-    summary: dict[str, Any] = {"num_images": n, "full": {"acc1": full["acc1"], "gflops": full["gflops"]},
-                               "latency_images": int(xs.shape[0]), "latency_batch_sizes": list(bss)}
-    for method in ("fixed", "early_exit", "policy", "oracle"):
-        summary[f"parity_{method}"] = flops_saved_at_parity([r for r in rows if r["method"] == method],
-                                                            full["acc1"], full["gflops"])
-    return {"rows": rows, "summary": summary}
+        # learned policies
+        for name, policy in (policies or {}).items():
+            if module_device(policy) != dev:  # the caller's policy is not moved
+                raise ValueError(f"policy {name!r} is on {module_device(policy)}, the model on {dev}: move it first")
+            with eval_mode(policy):
+                runner = PolicyClassifier(model, policy)
+                x_pol = _example_input(model)
+                with torch.no_grad():
+                    p1 = model.patch_embed(x_pol)[0]
+                with torch.enable_grad(), flop_counter() as counter:
+                    policy(p1)
+                pol_flops = int(counter.get_total_flops())
+                acts, hits = [], 0
+                for s in range(0, n, eval_batch_size):
+                    out = runner(outcomes.images[s:s + eval_batch_size].to(dev))
+                    hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
+                    acts.append(out.actions.cpu())
+                a = torch.cat(acts)
+                if fast is not None:  # the same policy on the timed copy of the backbone
+                    runner = PolicyClassifier(timed, copy.deepcopy(policy).to(fast.dtype), compile_policy=compile)
+                # the table says what the backbone gets for these actions; the run above must agree
+                table_hits = int(outcomes.correct[torch.arange(n), a[:, 0], a[:, 1], a[:, 2]].sum())
+                chosen = cost[a[:, 0], a[:, 1], a[:, 2]]
+                rows.append({"method": "policy", "setting": name, "acc1": 100.0 * hits / n,
+                             "gflops": float((chosen.mean() + pol_flops) / 1e9), "policy_gflops": pol_flops / 1e9,
+                             "table_acc1": 100.0 * table_hits / n, "mean_tokens": float(torch.tensor(space.tokens)[a[:, 0]].float().mean()),
+                             "mean_depth": float(torch.tensor(space.depths)[a[:, 1]].float().mean()),
+                             "mean_width": float(torch.tensor(space.widths)[a[:, 2]].float().mean()),
+                             "distinct_configs": int(len({tuple(r) for r in a.tolist()})),
+                             **lat(runner), "deployable": True})
+
+        summary: dict[str, Any] = {"num_images": n, "full": {"acc1": full["acc1"], "gflops": full["gflops"]},
+                                   "latency_images": int(xs.shape[0]), "latency_batch_sizes": list(bss)}
+        for method in ("fixed", "early_exit", "policy", "oracle"):
+            summary[f"parity_{method}"] = flops_saved_at_parity([r for r in rows if r["method"] == method],
+                                                                full["acc1"], full["gflops"])
+        return {"rows": rows, "summary": summary}
 
 
 def write_results(result: Mapping[str, Any], out_dir: str | Path, meta: Mapping[str, Any] | None = None) -> None:
@@ -586,25 +684,14 @@ def write_results(result: Mapping[str, Any], out_dir: str | Path, meta: Mapping[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = result["rows"]
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    with open(out / "comparators.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_csv(rows, out / "comparators.csv")
     (out / "comparators.json").write_text(json.dumps({**dict(meta or {}), **result}, indent=1) + "\n")
     plot_comparators(rows, out / "accuracy_vs_gflops.png")
 
 
 def plot_comparators(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = new_figure(figsize=(7, 5))
+    ax = fig.subplots()
     fixed = [r for r in rows if r["method"] == "fixed"]
     ax.scatter([r["gflops"] for r in fixed], [r["acc1"] for r in fixed], s=10, color="0.7", label="fixed configurations")
     flags = pareto_front([(r["gflops"], r["acc1"]) for r in fixed])
@@ -648,10 +735,7 @@ def plot_comparators(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def format_summary(result: Mapping[str, Any]) -> str:
@@ -670,6 +754,6 @@ def format_summary(result: Mapping[str, Any]) -> str:
 __all__ = [
     "ActionSpace", "ConfigPolicy", "MixerBlock", "Outcomes", "PolicyClassifier", "PolicyConfig", "PolicyOutput",
     "PolicyTrainConfig", "TrainLog", "collect_outcomes", "configuration_flops", "evaluate_comparators",
-    "flops_saved_at_parity", "format_summary", "load_policy", "reward_table", "run_from_patches", "save_policy", "train_policy",
-    "write_results",
+    "flops_saved_at_parity", "format_summary", "load_policy", "reward_table", "run_from_patches", "run_mixed",
+    "save_policy", "train_policy", "write_results",
 ]

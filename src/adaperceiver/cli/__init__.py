@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import UserError
 from . import budget, convert, demo, distill, export, policy, sweep, teacher, train, visualize
 
 COMMANDS = [train, demo, sweep, teacher, distill, policy, budget, export, visualize, convert]  # in --help order
@@ -28,15 +29,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.given = given_options(parser, args.command, argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no stack trace
-        print(f"adaperceiver {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"adaperceiver {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, FileNotFoundError, ImportError) as e:  # user mistakes: one clear line, no stack trace
+        print(f"adaperceiver {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    # anything else is a bug: it propagates with its traceback
+
+
+def one_line(error: BaseException) -> str:
+    """The message on one line (some errors carry several)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+def given_options(parser: argparse.ArgumentParser, command: str, argv: list[str]) -> dict[str, str]:
+    """``{dest: option as typed}`` for the options of ``command`` that ``argv`` gives explicitly.
+
+    (argparse fills in defaults, so ``args`` alone cannot tell ``--lr 2e-3`` from no ``--lr``.)
+    """
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = sub.choices[command]._option_string_actions
+    given: dict[str, str] = {}
+    for token in argv:
+        if not token.startswith("--"):
+            continue
+        name = token.split("=", 1)[0]
+        match = [name] if name in options else [o for o in options if o.startswith(name)]  # argparse abbreviations
+        if len(match) == 1:
+            given[options[match[0]].dest] = match[0]
+    return given
 
 
 if __name__ == "__main__":

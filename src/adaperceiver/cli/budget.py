@@ -6,6 +6,8 @@ import torch
 
 from ..adapt.budget import CACHE_NAME, select_configuration
 from ..checkpoint import from_pretrained
+from .common import add_inference_options
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -22,15 +24,20 @@ def register(sub) -> None:
     p.add_argument("--metric", default="acc1", help="sweep column to maximise")
     p.add_argument("--cache", default=None, help=f"latency cache file (default: {CACHE_NAME} next to the sweep)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads while measuring")
+    add_inference_options(p)
     p.set_defaults(func=_cli_budget)
 
 
 def _cli_budget(args) -> int:
     if args.max_ms is None and args.max_gflops is None:
         raise ValueError("give --max-ms and/or --max-gflops")
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     model = from_pretrained(args.model)
+    if args.dtype or args.compile:  # latencies of the fast model (cached under their own key)
+        model = model.for_inference(args.dtype, args.compile)
     row = select_configuration(args.sweep, model, args.max_ms, args.max_gflops, args.batch_size, metric=args.metric,
                                cache_path=args.cache)
     cols = [args.metric, "gflops", "latency_ms"]

@@ -3,30 +3,38 @@
 from __future__ import annotations
 
 from ..checkpoint import save_pretrained
-from ..reference import load_reference
+from ..models.util import num_parameters
+from ..reference import SEMANTICS, load_reference, token_count_rules
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "convert",
         help="convert a checkpoint of the paper's reference code into a model directory",
-        description="Convert reference AdaPerceiver weights (safetensors or torch pickle; 'module.' and "
-        "'_orig_mod.' prefixes are removed) into this library's layout and write model.safetensors + "
-        "config.json, loadable with adaperceiver.from_pretrained().",
+        description="Convert reference AdaPerceiver weights (a hub model directory, or a safetensors / torch "
+        "pickle file with its config; 'module.' and '_orig_mod.' prefixes are removed) into this library's "
+        "layout and write model.safetensors + config.json, loadable with adaperceiver.from_pretrained().",
     )
-    p.add_argument("checkpoint", help="reference weights file (.safetensors, .pt, .pth, .bin)")
-    p.add_argument("--config", required=True,
+    p.add_argument("checkpoint", help="hub model directory (model.safetensors + config.json) or reference weights "
+                   "file (.safetensors, .pt, .pth, .bin)")
+    p.add_argument("--config",
                    help="JSON file with the reference constructor arguments (flat, or with the reference's "
-                   "AdaPercevierConfig + ClassificationConfig/DensePredictionConfig sections)")
+                   "AdaPercevierConfig + ClassificationConfig/DensePredictionConfig sections); default for a "
+                   "directory: its config.json")
     p.add_argument("--section", help="entry of the JSON to use when it describes several models (e.g. 'dense')")
+    p.add_argument("--semantics", choices=SEMANTICS,
+                   help="which reference model the weights come from, for token counts above max_latent_tokens "
+                   "(default: from the config: flat without max_latent_tokens_mult = hub, else training)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cli_convert)
 
 
 def _cli_convert(args) -> int:
-    model = load_reference(args.checkpoint, args.config, section=args.section)
+    model = load_reference(args.checkpoint, args.config, section=args.section, semantics=args.semantics)
     save_pretrained(model, args.out, extra={"converted_from": str(args.checkpoint)})
-    n = sum(p.numel() for p in model.parameters())
+    n = num_parameters(model)
     c = model.cfg
     print(f"wrote {args.out}: {c.task} model, {n / 1e6:.2f} M parameters, D={c.embed_dim}, depth={c.depth}, "
-          f"tokens<={c.num_latents} (granularities {list(c.token_grans)}), widths {list(c.widths)}")
+          f"tokens<={c.num_latents} (granularities {list(c.token_grans)}), widths {list(c.widths)}; "
+          f"{token_count_rules(c)}")
     return 0

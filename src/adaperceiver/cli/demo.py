@@ -10,21 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from ..checkpoint import atomic_write
+from ..checkpoint import LOCK_NAME, atomic_write, run_lock
+from ..errors import UserError
 from ..evaluation import measure_gflops, measure_latency, run_sweep
+from ..models.util import num_parameters
+from ..models.vit import StaticViT, ViTConfig
 from ..tasks import get_task
-from ..training import ObjectiveConfig, Trainer, TrainConfig, TrainResult, train
-from .common import add_train_options, config_from_args, parse_config_triple
+from ..training import ObjectiveConfig, TrainConfig, Trainer, TrainResult, train
+from .common import parse_batch_sizes, parse_config_triple
+from .options import add_config_options, config_from_args
 
 # the demo's schedule: ~6 minutes of training on 2 CPU cores; in this short schedule more, smaller
 # steps, a higher peak lr and no augmentation converge faster (docs/training.md has the measurements)
-DEMO_EPOCHS = 6
-DEMO_BATCH = 64
-DEMO_LR = 3e-3
+DEMO_DEFAULTS = {"name": "demo", "epochs": 6, "batch_size": 64, "lr": 3e-3, "augment": False}
 DEMO_BASELINES = ((8, 2, 32), (16, 3, 48), (32, 4, 64))
-
-
 
 def register(sub) -> None:
     d = sub.add_parser(
@@ -34,14 +35,16 @@ def register(sub) -> None:
                     "every (tokens, depth, width) configuration (accuracy, GFLOPs, latency), mark the Pareto "
                     "front, plot it, and write OUT/NAME/summary.md. With --baselines, also train static models "
                     "at a few configurations (same data and epochs) and draw them on the plot.")
-    d.add_argument("--name", default="demo", help="run name: everything goes to OUT/NAME (default demo)")
+    add_config_options(d, TrainConfig, ("model", "data", "optimisation", "objective", "run"), defaults=DEMO_DEFAULTS,
+                       exclude=("task", "static", "init_from", "freeze_backbone"))
     d.add_argument("--overwrite", action="store_true", help="delete an existing OUT/NAME first")
-    d.add_argument("--baselines", nargs="*", default=None, metavar="TOKENS,DEPTH,WIDTH",
-                   help="also train static baselines; bare --baselines trains "
-                        + " ".join(",".join(map(str, b)) for b in DEMO_BASELINES) + " (roughly doubles the time)")
-    d.add_argument("--latency-batch-sizes", default="1,64", help="batch sizes for sweep latency (default 1,64)")
-    add_train_options(d, epochs_default=DEMO_EPOCHS, lr_default=DEMO_LR, augment_default=False,
-                       batch_default=DEMO_BATCH)
+    d.add_argument("--baselines", nargs="*", default=None, metavar="TOKENS,DEPTH,WIDTH|vit",
+                   help="also train baselines with the same data and epochs: static models at TOKENS,DEPTH,WIDTH "
+                        "and, for 'vit', a plain ViT of the adaptive model's width whose depth gives the FLOPs "
+                        "closest to its full configuration; bare --baselines trains "
+                        + " ".join(",".join(map(str, b)) for b in DEMO_BASELINES) + " vit (roughly doubles the time)")
+    d.add_argument("--latency-batch-sizes", type=parse_batch_sizes, default=(1, 64),
+                   help="batch sizes for sweep latency (default 1,64)")
     d.set_defaults(func=_cli_demo)
 
 
@@ -65,22 +68,66 @@ def train_baseline(base: TrainConfig, config: tuple[int, int, int], latency_batc
             "train_seconds": round(result.train_seconds, 1), "run_dir": str(result.run_dir)}
 
 
+def matched_vit_config(reference: nn.Module) -> ViTConfig:
+    """A plain ViT with ``reference``'s patch size, width, heads and MLP ratio, and the depth (1 to
+    twice ``reference``'s) whose FLOPs per image come closest to ``reference``'s full configuration."""
+    c = reference.cfg
+    target = measure_gflops(reference, None, None, None)
+    best = None
+    for depth in range(1, 2 * c.depth + 1):
+        vc = ViTConfig(img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, embed_dim=c.embed_dim,
+                       depth=depth, num_heads=c.num_heads, mlp_ratio=c.ffn_ratio, num_classes=c.num_classes)
+        gap = abs(measure_gflops(StaticViT(vc), None, None, None) - target)
+        if best is None or gap < best[0]:
+            best = (gap, vc)
+    return best[1]
+
+
+def train_vit_baseline(base: TrainConfig, reference: nn.Module, latency_batch_size: int = 1) -> dict[str, Any]:
+    """Train the plain ViT of :func:`matched_vit_config` with ``base``'s data and schedule; its plot entry."""
+    vc = matched_vit_config(reference)
+    cfg = dataclasses.replace(base, name=f"{base.name}/baselines/vit_d{vc.depth}", model="static_vit",
+                              objective=ObjectiveConfig.static(label_smoothing=base.objective.label_smoothing))
+    torch.manual_seed(cfg.seed)
+    result = Trainer(cfg, get_task(cfg.task), model=StaticViT(vc)).fit()
+    model = result.model
+    return {"name": f"plain ViT d{vc.depth} w{vc.embed_dim}", "tokens": None, "depth": vc.depth, "width": vc.embed_dim,
+            "acc1": result.metrics.get("val_acc1", float("nan")),
+            "gflops": measure_gflops(model, None, None, None),
+            "latency_ms": measure_latency(model, None, None, None, latency_batch_size).median_ms,
+            "train_seconds": round(result.train_seconds, 1), "run_dir": str(result.run_dir)}
+
+
 def _cli_demo(args) -> int:
-    sizes = tuple(int(v) for v in args.latency_batch_sizes.split(","))
-    cfg = config_from_args(args, name=args.name)
-    if cfg.run_dir.exists():
+    # every option is checked before the minutes of training start
+    sizes = args.latency_batch_sizes
+    specs = None
+    if args.baselines is not None:
+        specs = [s if s == "vit" else parse_config_triple(s) for s in args.baselines] or [*DEMO_BASELINES, "vit"]
+    cfg = config_from_args(TrainConfig, args)
+    with run_lock(cfg.run_dir):  # no other run writes (or deletes) this directory meanwhile
+        return _demo(args, cfg, sizes, specs)
+
+
+def _demo(args, cfg: TrainConfig, sizes: tuple[int, ...], specs: list[tuple[int, int, int]] | None) -> int:
+    old = [p for p in cfg.run_dir.iterdir() if p.name != LOCK_NAME]
+    if old:
         if not args.overwrite:
-            raise ValueError(f"{cfg.run_dir} exists; pass --overwrite to replace it or --name to pick another")
-        shutil.rmtree(cfg.run_dir)
+            raise UserError(f"{cfg.run_dir} exists; pass --overwrite to replace it or --name to pick another")
+        for p in old:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     t0 = time.perf_counter()
     trainer = Trainer(cfg, get_task(cfg.task))
     result = trainer.fit()
     baselines = []
-    if args.baselines is not None:
-        specs = [parse_config_triple(s) for s in args.baselines] or list(DEMO_BASELINES)
+    if specs is not None:
         for spec in specs:
-            print(f"training static baseline {spec} ...")
-            baselines.append(train_baseline(cfg, spec, sizes[0]))
+            if spec == "vit":
+                print("training the plain ViT baseline of matched FLOPs ...")
+                baselines.append(train_vit_baseline(cfg, result.model, sizes[0]))
+            else:
+                print(f"training static baseline {spec} ...")
+                baselines.append(train_baseline(cfg, spec, sizes[0]))
     loader = trainer.val_loader()
     sweep_dir = cfg.run_dir / "sweep"
     rows = run_sweep(result.model, loader, sweep_dir, metric=trainer.task.sweep_metric, baselines=baselines or None,
@@ -103,7 +150,7 @@ def write_summary(cfg: TrainConfig, trainer: Trainer, result: TrainResult, rows:
     primary = trainer.task.primary_metric
     lat = [f"latency_ms_b{b}" for b in sizes]
     lines = [f"# AdaPerceiver run `{cfg.name}`", "",
-             f"- model: `{cfg.model}` ({sum(p.numel() for p in trainer.model.parameters()):,} parameters): "
+             f"- model: `{cfg.model}` ({num_parameters(trainer.model):,} parameters): "
              f"embed_dim {model_cfg.embed_dim}, {model_cfg.depth} blocks, token granularities "
              f"{list(model_cfg.token_grans)}, widths {list(model_cfg.widths)}, patch {model_cfg.patch_size}, "
              f"image {model_cfg.img_size}",
@@ -125,10 +172,15 @@ def write_summary(cfg: TrainConfig, trainer: Trainer, result: TrainResult, rows:
         lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in front]
         lines.append("")
     if baselines:
-        lines += ["## Static baselines (same data and epochs) vs the one adaptive model", "",
+        full = max(rows, key=lambda r: (r.get("tokens", 0), r.get("depth", 0), r.get("width", 0)), default={})
+        lines += ["## Baselines trained alone (same data and epochs) vs the one adaptive model", "",
                   f"| configuration | static {primary} | adaptive {primary} | GFLOPs | static latency_ms (b{sizes[0]}) |",
                   "|---|---|---|---|---|"]
         for b in baselines:
+            if b["tokens"] is None:  # the plain ViT: no configuration of the adaptive model to compare with
+                lines.append(f"| {b['name']} | {_fmt(b['acc1'])} | (full: {_fmt(full.get(primary, 'n/a'))}) | "
+                             f"{_fmt(b['gflops'])} | {_fmt(b['latency_ms'])} |")
+                continue
             match = next((r for r in rows if (r.get("tokens"), r.get("depth"), r.get("width")) ==
                           (b["tokens"], b["depth"], b["width"])), {})
             lines.append(f"| {b['tokens']},{b['depth']},{b['width']} | {_fmt(b['acc1'])} | "

@@ -5,11 +5,24 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ..adapt.policy import (BASELINES, REWARDS, PolicyTrainConfig, TrainLog, collect_outcomes, configuration_flops,
-                           evaluate_comparators, format_summary, load_policy, save_policy, train_policy, write_results)
+from ..adapt.policy import (
+    BASELINES,
+    REWARDS,
+    PolicyTrainConfig,
+    TrainLog,
+    collect_outcomes,
+    configuration_flops,
+    evaluate_comparators,
+    format_summary,
+    load_policy,
+    save_policy,
+    train_policy,
+    write_results,
+)
 from ..checkpoint import from_pretrained
 from ..evaluation import machine_info
-from .common import load_dataset
+from .common import add_inference_options, load_dataset
+
 
 def register(sub) -> None:
     p = sub.add_parser("policy", help="train / evaluate per-input configuration policies",
@@ -46,6 +59,7 @@ def register(sub) -> None:
                    help="batch sizes to time every method at (none: skip timing)")
     e.add_argument("--latency-images", type=int, default=128)
     e.add_argument("--out", required=True)
+    add_inference_options(e)
     e.set_defaults(func=_cli_eval)
 
 
@@ -77,8 +91,9 @@ def _cli_eval(args) -> int:
     outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split), space, limit=args.limit)
     cost = configuration_flops(model, outcomes.space)
     result = evaluate_comparators(model, outcomes, cost, policies, args.taus, args.latency_batch_sizes,
-                                  latency_images=args.latency_images)
+                                  latency_images=args.latency_images, dtype=args.dtype, compile=args.compile)
     write_results(result, args.out, meta={"model": str(args.model), "dataset": args.dataset, "split": args.split,
-                                          "machine": machine_info()})
+                                          "machine": machine_info(),
+                                          "timed_as": {"dtype": args.dtype or "float32", "compile": args.compile}})
     print(format_summary(result))
     return 0

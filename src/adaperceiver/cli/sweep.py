@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import from_pretrained, load_meta
 from ..evaluation import format_table, run_sweep
-from .common import load_dataset, parse_batch_sizes
+from .common import add_inference_options, load_dataset, parse_batch_sizes
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -32,6 +34,7 @@ def register(sub) -> None:
                    help="metric name (default: the model's task: classification, segmentation or depth)")
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_inference_options(p)
     p.set_defaults(func=_cli_sweep)
 
 
@@ -50,8 +53,15 @@ def _cli_sweep(args) -> int:
     if args.metric is None:  # the task the model was saved as
         arch = load_meta(args.model).get("architecture")
         args.metric = arch if arch in ("segmentation", "depth") else "classification"
+    target = data[0][1]
+    dense_data = isinstance(target, torch.Tensor) and target.dim() >= 1
+    if args.metric in ("classification", "segmentation", "depth") and dense_data != (args.metric != "classification"):
+        kind = "per-pixel (segmentation or depth)" if dense_data else "one label per image (classification)"
+        raise ValueError(f"{args.model} is swept with metric {args.metric!r} but dataset {args.data!r} has {kind} "
+                         f"targets: a {'classifier' if args.metric == 'classification' else args.metric + ' model'} "
+                         f"needs matching data")
     rows = run_sweep(model, loader, out, metric=args.metric, latency_batch_sizes=sizes,
-                     progress=not args.no_progress, device=args.device)
+                     progress=not args.no_progress, device=args.device, dtype=args.dtype, compile=args.compile)
     print(format_table(rows, sizes))
     print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, {out / 'pareto.png'}")
     return 0

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 from pathlib import Path
 
+from ..errors import UserError
 from ..tasks import get_task
-from ..training import NonFiniteLossError, ObjectiveConfig, distributed, last_checkpoint, load_run_config, train
-from ..training.config import EXPORT_CHOICES
-from .common import add_train_options, config_from_args, parse_config_triple, parse_overrides
+from ..training import NonFiniteLossError, ObjectiveConfig, TrainConfig, distributed, last_checkpoint, load_run_config, train
+from .options import CONFIG_DEST, add_config_options, config_from_args, flag_for, option_values
+
+TRAIN_GROUPS = ("model", "data", "optimisation", "objective", "run")
 
 
 def register(sub) -> None:
@@ -18,59 +22,70 @@ def register(sub) -> None:
                     "token count, a read-out for every token granularity and every block, one FFN width per sample. "
                     "Writes RUN_DIR=OUT/NAME with model.safetensors + config.json (load with "
                     "adaperceiver.from_pretrained(RUN_DIR)), metrics.csv and resumable checkpoints.")
-    g = p.add_argument_group("model")
-    g.add_argument("--task", default="classification", help="registered task (default classification)")
-    g.add_argument("--model", default="adaperceiver_tiny", help="model preset (default adaperceiver_tiny)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a model config field, e.g. --set embed_dim=96 --set token_grans=[8,16,32]")
-    g.add_argument("--static", default=None, metavar="TOKENS,DEPTH,WIDTH",
-                   help="train a static baseline: the same architecture fixed at one configuration, e.g. 16,3,48")
-    g.add_argument("--init-from", default=None, metavar="DIR",
-                   help="start from a trained model directory (parameters with matching name and shape)")
-    g.add_argument("--freeze-backbone", action="store_true",
-                   help="with --init-from: train only the output query/queries, write cross-attention and head")
-    g = add_train_options(p, epochs_default=5)
-    g.add_argument("--name", default="run", help="run name: the run directory is OUT/NAME (default run)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue OUT/NAME from its last checkpoint with its saved settings (only --max-steps, "
-                        "--device, --num-workers and --no-progress may change); starts fresh when OUT/NAME has no "
-                        "checkpoint yet, so one command line serves torchrun --max-restarts")
-    g.add_argument("--max-steps", type=int, default=None, help="stop (resumably) after this many steps in total")
-    g.add_argument("--export", choices=EXPORT_CHOICES, default="ema",
-                   help="weights written to model.safetensors: ema (default) or raw")
-    g.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (default: each epoch)")
-    g.add_argument("--log-every", type=int, default=20, help="steps between metrics.csv rows (default 20)")
+    groups = add_config_options(p, TrainConfig, TRAIN_GROUPS)
+    groups["run"].add_argument(
+        "--resume", action="store_true",
+        help="continue OUT/NAME from its last checkpoint with its saved settings (only " + ", ".join(
+            flag_for(k) for k in RESUME_MAY_CHANGE) + " may change); starts fresh when OUT/NAME has no "
+        "checkpoint yet, so one command line serves torchrun --max-restarts")
     p.set_defaults(func=_cli_train)
 
 
+# what a resumed run may take from the command line (everything else comes from its config.json)
+RESUME_MAY_CHANGE = ("out_dir", "name", "max_steps", "device", "num_workers", "progress")
+
+
 def _cli_train(args) -> int:
-    info = distributed.setup(args.device)  # one process, or a rank of a torchrun launch
+    info = distributed.setup(option_values(args)["device"])  # one process, or a rank of a torchrun launch
     try:
         return _train_from_args(args, info)
     finally:
         distributed.teardown()
 
 
+def _resume_config(args, run_dir: Path, values: dict) -> TrainConfig:
+    """The saved configuration of ``run_dir``, refusing options typed on the command line that would change it."""
+    saved = load_run_config(run_dir)
+    kept = json.loads(json.dumps(saved.to_dict()))
+    for dest, opt in sorted(getattr(args, "given", {}).items()):
+        path = dest.removeprefix(CONFIG_DEST)
+        if path == dest or path in RESUME_MAY_CHANGE:
+            continue
+        have: object = kept
+        for part in path.split("."):
+            have = have[part]
+        want = json.loads(json.dumps(values[path]))
+        if want != have:
+            raise UserError(f"--resume continues {run_dir} with its saved settings, and {opt} would change {path} "
+                            f"(saved {have!r}, given {want!r}); only "
+                            + ", ".join(flag_for(k) for k in RESUME_MAY_CHANGE)
+                            + f" may change: drop {opt}, or start a new run with another --name")
+    return dataclasses.replace(saved, **{k: values[k] for k in RESUME_MAY_CHANGE})
+
+
 def _train_from_args(args, info: distributed.DistInfo) -> int:
     say = print if info.is_main else (lambda *a, **k: None)
-    if args.resume and last_checkpoint(Path(args.out) / args.name) is not None:
-        run_dir = Path(args.out) / args.name
-        cfg = dataclasses.replace(load_run_config(run_dir), out_dir=args.out, name=args.name, max_steps=args.max_steps,
-                                  device=args.device, num_workers=args.num_workers, progress=not args.no_progress)
+    values = option_values(args)
+    run_dir = Path(values["out_dir"]) / values["name"]
+    if args.resume and last_checkpoint(run_dir) is not None:
+        cfg = _resume_config(args, run_dir, values)
+    elif values["static"] is not None:  # a static baseline: the single-configuration objective
+        objective = ObjectiveConfig.static(label_smoothing=values["objective.label_smoothing"])
+        cfg = config_from_args(TrainConfig, args, objective=objective)
     else:
-        static = parse_config_triple(args.static) if args.static else None
-        obj_static = {"objective": ObjectiveConfig.static(label_smoothing=args.label_smoothing)} if static else {}
-        cfg = config_from_args(args, task=args.task, model=args.model, model_overrides=parse_overrides(args.overrides),
-                                static=static, init_from=args.init_from, freeze_backbone=args.freeze_backbone,
-                                name=args.name, max_steps=args.max_steps, export=args.export,
-                                checkpoint_every=args.checkpoint_every, log_every=args.log_every)
-        if obj_static:
-            cfg = dataclasses.replace(cfg, **obj_static)
+        cfg = config_from_args(TrainConfig, args)
     try:
         result = train(cfg, get_task(cfg.task), resume=args.resume, dist_info=info)
     except NonFiniteLossError as e:
         say(f"adaperceiver train: {e}")
         return 1
+    except KeyboardInterrupt:
+        last = last_checkpoint(run_dir) if info.is_main else None
+        kept = (f"the last complete checkpoint {last} is kept: continue with --resume" if last is not None
+                else "no checkpoint was written yet")
+        if info.is_main:
+            print(f"adaperceiver train: interrupted; {kept}", file=sys.stderr)
+        return 130
     procs = f" on {info.world_size} processes" if info.enabled else ""
     state = (f"finished at step {result.step}{procs}" if result.finished
              else f"stopped at step {result.step}{procs} (continue with --resume)")

@@ -7,17 +7,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import from_pretrained
-from ..data import get_dataset
 from ..evaluation.reports import plot_dense_predictions
-
-
-
-def _parse_config(text: str) -> tuple[int, int, int]:
-    try:
-        t, d, w = (int(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"a configuration is 'tokens,depth,width' (three ints), got {text!r}") from None
-    return t, d, w
+from .common import load_dataset, parse_config_triple
 
 
 def register(sub) -> None:
@@ -39,12 +30,11 @@ def _cli_visualize(args) -> int:
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
     model = from_pretrained(args.model)
-    name, _, root = args.data.partition(":")
-    data = get_dataset(name, args.split, root=root or None)
+    data = load_dataset(args.data, args.split)
     items = [data[i] for i in range(min(args.num, len(data)))]
     images = torch.stack([x for x, _ in items])
     targets = torch.stack([torch.as_tensor(y) for _, y in items])
-    configs = [_parse_config(c) for c in args.config] if args.config else None
+    configs = [parse_config_triple(c) for c in args.config] if args.config else None
     out = Path(args.out) if args.out else Path(args.model) / "predictions.png"
     plot_dense_predictions(model, images, targets, out, configs, getattr(data, "classes", None))
     print(f"wrote {out}")

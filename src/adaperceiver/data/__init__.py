@@ -10,7 +10,13 @@ name               source                                                       
 ``fashion_mnist``  Debian ``dataset-fashion-mnist`` IDX files (60k train / 10k val)    optional
 ``imagefolder``    your ``root/train/<class>/*.png`` and ``root/val/<class>/*.png``     required
 ``digits``         scikit-learn ``load_digits`` (1,797 8x8 images, for quick tests)    unused
+``fashion_mnist_   Fashion-MNIST items on a 64 px canvas among clutter cut from other  optional
+cluttered``        items (:mod:`adaperceiver.data.cluttered`); ``..._cluttered56`` /
+                   ``..._cluttered60`` use smaller canvases; ``image_size`` sets the
+                   canvas (the item stays 28 px)
 =================  ==================================================================  =========
+
+Names are case-insensitive and ``-`` may stand for ``_`` (``fashion-mnist-cluttered``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from .classification import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -34,23 +41,32 @@ from .classification import (
     fashion_mnist,
     read_idx,
 )
+from .cluttered import ClutteredFashionMNIST, cluttered_fashion_mnist
 from .dense import DENSE_DATASETS
 
-_ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "image_folder": "imagefolder",
-            "folder": "imagefolder"}
+_ALIASES = {"fashionmnist": "fashion_mnist", "image_folder": "imagefolder", "folder": "imagefolder"}
 
 
 def _imagefolder(split: str, root: str | Path | None = None, image_size: int | None = None,
                  in_chans: int | None = None) -> ImageFolderDataset:
     if root is None:
-        raise ValueError("the 'imagefolder' dataset needs root (--data-dir) holding train/<class>/ and val/<class>/")
+        raise UserError("the 'imagefolder' dataset needs root: a folder holding train/<class>/ and val/<class>/")
     return ImageFolderDataset(root, split, image_size or 32, in_chans or 3)
+
+
+def _cluttered(canvas: int) -> Callable[..., Dataset]:
+    def build(split: str, root: str | Path | None = None, image_size: int | None = None, in_chans: int | None = None):
+        return cluttered_fashion_mnist(split, root, canvas=image_size or canvas)
+    return build
 
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "fashion_mnist": lambda split, root=None, image_size=None, in_chans=None: fashion_mnist(split, root, image_size),
     "imagefolder": _imagefolder,
     "digits": lambda split, root=None, image_size=None, in_chans=None: digits(split, root, image_size),
+    "fashion_mnist_cluttered": _cluttered(64),
+    "fashion_mnist_cluttered56": _cluttered(56),
+    "fashion_mnist_cluttered60": _cluttered(60),
     **DENSE_DATASETS,  # segmentation / depth sets: adaperceiver.data.dense
 }
 
@@ -67,7 +83,9 @@ class SubsetDataset(Dataset):
             raise ValueError(f"subset size must be >= 1, got {n}")
         order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed))
         self.base, self.indices = base, order[: min(n, len(base))].tolist()
-        self.classes, self.in_chans, self.img_size = base.classes, base.in_chans, base.img_size
+        for attr in ("classes", "in_chans", "img_size", "num_classes"):  # what the dataset says about itself
+            if hasattr(base, attr):
+                setattr(self, attr, getattr(base, attr))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -83,11 +101,16 @@ def get_dataset(name: str, split: str, root: str | Path | None = None, *, image_
     ``image_size`` resizes (square); ``in_chans`` picks grey (1) or RGB (3) for image folders;
     ``subset`` keeps a fixed random subset of that many items.
     """
-    key = _ALIASES.get(name.lower(), name.lower())
+    key = name.lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {list_datasets()}")
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+        raise ValueError(f"subset must be an int >= 1 (or None for the whole split), got {subset!r}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size must be an int >= 1 (or None for the dataset's size), got {image_size!r}")
     ds = DATASETS[key](check_split(split), root=root, image_size=image_size, in_chans=in_chans)
-    return SubsetDataset(ds, subset) if subset else ds
+    return SubsetDataset(ds, subset) if subset is not None else ds
 
 
 @dataclass
@@ -121,6 +144,7 @@ class RandomCropFlip:
 
 
 __all__ = [
-    "DATASETS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "ImageFolderDataset", "RandomCropFlip", "SubsetDataset",
-    "TensorImageDataset", "digits", "fashion_mnist", "get_dataset", "list_datasets", "read_idx",
+    "ClutteredFashionMNIST", "DATASETS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "ImageFolderDataset", "RandomCropFlip",
+    "SubsetDataset",
+    "TensorImageDataset", "cluttered_fashion_mnist", "digits", "fashion_mnist", "get_dataset", "list_datasets", "read_idx",
 ]

@@ -85,6 +85,9 @@ class TensorImageDataset(Dataset):
         self.images = images
         self.labels = labels.long()
         self.classes = tuple(classes)
+        if self.labels.numel() and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < len(self.classes):
+            raise ValueError(f"labels must lie in [0, {len(self.classes) - 1}] for {len(self.classes)} classes, got "
+                             f"[{int(self.labels.min())}, {int(self.labels.max())}]")
 
     @property
     def in_chans(self) -> int:
@@ -118,7 +121,7 @@ def fashion_mnist(split: str, root: str | Path | None = None, image_size: int | 
     if not (root / img_name).is_file() or not (root / lbl_name).is_file():
         raise FileNotFoundError(
             f"Fashion-MNIST files {img_name}, {lbl_name} not found in {root}; install them with "
-            f"'apt-get install dataset-fashion-mnist' or pass --data-dir pointing to the IDX .gz files")
+            f"'apt-get install dataset-fashion-mnist' or give root: the folder holding the IDX .gz files")
     images, labels = read_idx(root / img_name), read_idx(root / lbl_name)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"{root / img_name} and {root / lbl_name} do not form an (N, H, W) image / (N,) label pair")
@@ -165,11 +168,20 @@ class ImageFolderDataset(Dataset):
         self.classes = tuple(sorted(p.name for p in class_dir.iterdir() if p.is_dir()))
         if not self.classes:
             raise ValueError(f"{class_dir} has no class sub-folders")
+        if len(self.classes) < 2:
+            raise ValueError(f"{class_dir} has one class folder ({self.classes[0]}); classification needs at least 2")
+        strangers = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in self.classes)
+        if strangers:  # their images would be dropped without a word
+            raise ValueError(f"{split_dir} has class folders {strangers} that {class_dir} lacks; every class needs "
+                             f"training images (classes come from {class_dir})")
         self.samples: list[tuple[Path, int]] = []
         for label, name in enumerate(self.classes):
             folder = split_dir / name
             if folder.is_dir():
                 files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+                if not files and split == "train":  # a class the model could never learn
+                    raise ValueError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}); add "
+                                     f"some or remove the folder")
                 self.samples += [(p, label) for p in files]
         if not self.samples:
             raise ValueError(f"no images with extensions {list(IMAGE_EXTENSIONS)} under {split_dir}/<class>/")
@@ -182,13 +194,13 @@ class ImageFolderDataset(Dataset):
     def load(self, path: Path) -> Tensor:
         from PIL import Image, UnidentifiedImageError
 
-        try:
+        try:  # DecompressionBombError: an image claiming more pixels than PIL's safety limit
             with Image.open(path) as im:
                 im = im.convert("L" if self.in_chans == 1 else "RGB")
                 if im.size != (self.img_size, self.img_size):
                     im = im.resize((self.img_size, self.img_size), Image.Resampling.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8).copy()
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
             raise ValueError(f"cannot read image {path}: {e}") from None
         x = torch.from_numpy(arr).float().div_(255.0)
         x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)

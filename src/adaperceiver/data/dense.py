@@ -36,9 +36,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .classification import FASHION_MNIST_DIR, FASHION_MNIST_FILES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, read_idx
+from ..errors import UserError
+from .classification import (
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_FILES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    IMAGE_EXTENSIONS,
+    read_idx,
+)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SPLIT_DIRS = {"train": ("training", "train"), "val": ("validation", "val", "test")}
 VISP_DEPTH_SCALE = 0.000124986647  # metres per uint16 unit in the ViSP castel sequence
@@ -187,7 +194,7 @@ class SegmentationFolder(Dataset):
         root = Path(root)
         split = _check_split(split)
         self.pairs = pair_files(_split_dir(root / "images", split), _split_dir(root / "annotations", split),
-                                IMAGE_EXTS, (".png",))
+                                IMAGE_EXTENSIONS, (".png",))
         self.num_classes, self.ignore_index, self.reduce_zero_label = num_classes, ignore_index, reduce_zero_label
         self.size, self.in_chans, self.mean, self.std = _size_hw(size), in_chans, tuple(mean), tuple(std)
         self.classes = tuple(str(i) for i in range(num_classes))
@@ -240,7 +247,7 @@ class DepthFolder(Dataset):
         img_dir = root / "rgb" if (root / "rgb").is_dir() else root / "images"
         if not img_dir.is_dir():
             raise FileNotFoundError(f"{root} needs an 'rgb/' (or 'images/') folder next to 'depth/'")
-        self.pairs = pair_files(_split_dir(img_dir, split), _split_dir(root / "depth", split), IMAGE_EXTS, (".png", ".npy"))
+        self.pairs = pair_files(_split_dir(img_dir, split), _split_dir(root / "depth", split), IMAGE_EXTENSIONS, (".png", ".npy"))
         self.size, self.depth_scale, self.in_chans = _size_hw(size), depth_scale, in_chans
         self.mean, self.std = tuple(mean), tuple(std)
         self.classes: tuple[str, ...] = ()
@@ -473,7 +480,7 @@ def depth_range(dataset: Dataset, limit: int = 64) -> tuple[float, float]:
 
 def _needs_root(name: str, root) -> Path:
     if root is None:
-        raise ValueError(f"the {name!r} dataset needs root (--data {name}:PATH or --data-dir)")
+        raise UserError(f"the {name!r} dataset needs root: the folder holding it")
     return Path(root)
 
 
@@ -499,7 +506,8 @@ def _visp(split, root=None, image_size=None, in_chans=None):
 
 
 # for ``adaperceiver.data.get_dataset`` (and so ``adaperceiver sweep --data NAME[:ROOT]``)
-DENSE_DATASETS = {"fashion_mnist_seg": _fmnist_seg, "fashion_mnist_seg28": _fmnist_seg28, "ade20k": _ade20k, "nyu": _nyu, "visp_castel": _visp}
+DENSE_DATASETS = {"fashion_mnist_seg": _fmnist_seg, "fashion_mnist_seg28": _fmnist_seg28, "ade20k": _ade20k, "nyu": _nyu,
+                  "visp_castel": _visp}
 
 __all__ = [
     "DENSE_DATASETS", "DepthFolder", "FashionMNISTSegmentation", "SegmentationFolder", "ViSPCastelDepth", "depth_range",

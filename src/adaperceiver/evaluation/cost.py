@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..models.util import eval_mode, module_device, num_parameters
+
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     b, h, lq, e = query_shape
@@ -128,21 +130,14 @@ def active_parameters(model: nn.Module, tokens: int | None, depth: int | None, w
     Blocks past ``depth`` and FFN hidden units past ``int(width * ffn_ratio)`` are not counted;
     the token count changes no parameter (latents are copies of one learned vector) but is checked.
     """
-    model.resolve_tokens(tokens)
-    d = model.resolve_depth(depth)
-    hidden, _ = model.resolve_width(width, 1)
-    total = sum(p.numel() for p in model.parameters())
+    _, d, hidden = model.resolve_configuration(tokens, depth, width)
+    total = num_parameters(model)
     for i, blk in enumerate(model.blocks):
         if i >= d:
             total -= sum(p.numel() for p in blk.parameters())
         elif hidden is not None and hidden < blk.mlp.hidden_dim:
             total -= (blk.mlp.hidden_dim - hidden) * _mlp_units(blk.mlp)
     return total
-
-
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _image_shape(model: nn.Module, img_size: int | Sequence[int] | None) -> tuple[int, int, int]:
@@ -156,43 +151,52 @@ def _image_shape(model: nn.Module, img_size: int | Sequence[int] | None) -> tupl
     return cfg.in_chans, h, w
 
 
+def _config_kwargs(tokens: int | None, depth: int | None, width: int | None) -> dict[str, int]:
+    """The configuration as call arguments; none at all when nothing is set, so a static model
+    (e.g. :class:`adaperceiver.models.vit.StaticViT`, called as ``model(x)``) is measured as well."""
+    if tokens is None and depth is None and width is None:
+        return {}
+    return {"tokens": tokens, "depth": depth, "width": width}
+
+
 def measure_latency(model: nn.Module, tokens: int | None, depth: int | None, width: int | None, batch_size: int,
                     img_size: int | Sequence[int] | None = None, device: torch.device | str | None = None, *,
                     warmup: int = 3, repeats: int = 10, min_seconds: float = 0.0) -> Timing:
-    """Median latency of ``model(x, tokens, depth, width)`` on a ready random batch.
+    """Median latency of ``model(x, tokens, depth, width)`` (``model(x)`` when all are None) on a ready random batch.
 
     The model alone is timed, in eval mode, under no_grad, with the input already on ``device``
     (default: the model's); the model's train/eval mode is restored afterwards.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device) if device is not None else model_device(model)
+    device = torch.device(device) if device is not None else module_device(model)
     dtype = next(model.parameters()).dtype
     x = torch.randn(batch_size, *_image_shape(model, img_size), device=device, dtype=dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return time_call(lambda: model(x, tokens=tokens, depth=depth, width=width), batch_size,
-                             warmup=warmup, repeats=repeats, device=device, min_seconds=min_seconds)
-    finally:
-        model.train(was_training)
+    kw = _config_kwargs(tokens, depth, width)
+    with eval_mode(model), torch.no_grad():
+        return time_call(lambda: model(x, **kw), batch_size,
+                         warmup=warmup, repeats=repeats, device=device, min_seconds=min_seconds)
 
 
 def measure_gflops(model: nn.Module, tokens: int | None, depth: int | None, width: int | None,
                    img_size: int | Sequence[int] | None = None, device: torch.device | str | None = None) -> float:
     """GFLOPs per image of one configuration (``torch.utils.flop_counter``, batch of one)."""
-    device = torch.device(device) if device is not None else model_device(model)
+    return measure_flops(model, tokens, depth, width, img_size, device) / 1e9
+
+
+def measure_flops(model: nn.Module, tokens: int | None, depth: int | None, width: int | None,
+                  img_size: int | Sequence[int] | None = None, device: torch.device | str | None = None) -> int:
+    """FLOPs per image of ``model(x, tokens, depth, width)`` in eval mode (batch of one): the one
+    place that counts the cost of a configuration."""
+    device = torch.device(device) if device is not None else module_device(model)
     x = torch.zeros(1, *_image_shape(model, img_size), device=device, dtype=next(model.parameters()).dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        return count_flops(model, x, tokens=tokens, depth=depth, width=width) / 1e9
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        return count_flops(model, x, **_config_kwargs(tokens, depth, width))
 
 
 def machine_info() -> dict[str, Any]:
-    """Where a measurement ran: platform, processor, CPU count, torch version and threads."""
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    """Where a measurement ran: platform, host, machine, processor, CPU count, torch version and threads
+    (the one machine description: sweeps, policy results and the budget's latency cache use it)."""
+    return {"platform": platform.platform(), "node": platform.node(), "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}

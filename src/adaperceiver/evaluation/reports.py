@@ -1,7 +1,7 @@
 """Reports: the sweep's Pareto plot and markdown table, and pictures of dense predictions.
 
 Dense predictions: image | ground truth | prediction at a small and at the full configuration.
-``plot_dense_predictions(model, images, targets, path)`` writes one PNG (matplotlib, Agg backend)
+``plot_dense_predictions(model, images, targets, path)`` writes one PNG (a matplotlib ``Figure``; pyplot's global state is not touched)
 with one row per image. Segmentation maps use a fixed palette (ignored pixels black); depth maps
 share one colour scale per row (pixels without ground truth black). Each prediction column is
 titled with its configuration (tokens/depth/width) and encoder GFLOPs; each cell with its
@@ -12,23 +12,48 @@ Command line: ``adaperceiver dense-visualize --model RUN_DIR --data fashion_mnis
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .cost import count_flops
+from ..models.util import eval_mode, module_device
+from .cost import measure_gflops
 from .metrics import DepthMetric, SegmentationMetric
 
 Config = tuple[int, int, int]
 
 
+def _matplotlib():
+    """matplotlib, or a clear ImportError: plots are an optional extra."""
+    try:
+        import matplotlib
+        import matplotlib.figure  # noqa: F401  (Figure, used without pyplot)
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'adaperceiver[plot]'") from None
+    return matplotlib
+
+
+def new_figure(**kwargs: Any):
+    """A ``matplotlib.figure.Figure`` not registered with pyplot: no global backend switch, nothing
+    to close, safe in notebooks and threads. Save it with ``fig.savefig(path)``."""
+    return _matplotlib().figure.Figure(**kwargs)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
 def palette(num_classes: int) -> np.ndarray:
     """``(num_classes, 3)`` uint8 colours: class 0 dark grey, the rest well separated hues."""
-    import matplotlib
+    matplotlib = _matplotlib()
 
     if num_classes <= 21:
         cmap = matplotlib.colormaps["tab10" if num_classes <= 11 else "tab20"]
@@ -67,10 +92,8 @@ def _show_image(ax, img: Tensor) -> None:
 
 def encoder_gflops(model: nn.Module, config: Config, image_hw: tuple[int, int]) -> float:
     """GFLOPs per image of the backbone (encoder + write-out) at ``config``, head excluded."""
-    backbone = getattr(model, "backbone", model)
-    x = torch.zeros(1, model.cfg.in_chans, *image_hw, device=next(model.parameters()).device)
     t, d, w = config
-    return count_flops(backbone, x, tokens=t, depth=d, width=w) / 1e9
+    return measure_gflops(getattr(model, "backbone", model), t, d, w, img_size=image_hw)
 
 
 @torch.no_grad()
@@ -78,23 +101,19 @@ def plot_dense_predictions(model: nn.Module, images: Tensor, targets: Tensor, pa
                            configs: Sequence[Config] | None = None, class_names: Sequence[str] | None = None,
                            title: str | None = None) -> Path:
     """Write ``path``: per image, the input, the ground truth and the prediction at each of ``configs``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib = _matplotlib()
 
     task = getattr(model, "task", None)
     if task not in ("segmentation", "depth"):
         raise ValueError(f"expected a SegmentationModel or DepthModel, got {type(model).__name__}")
     configs = list(configs or default_configs(model))
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    preds = [model(images.to(device), tokens=t, depth=d, width=w).cpu() for t, d, w in configs]
-    model.train(was_training)
+    device = module_device(model)
+    with eval_mode(model):
+        preds = [model(images.to(device), tokens=t, depth=d, width=w).cpu() for t, d, w in configs]
     gflops = [encoder_gflops(model, c, tuple(images.shape[-2:])) for c in configs]
     n, cols = images.shape[0], 2 + len(configs)
-    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.3 * n + 0.6), squeeze=False)
+    fig = new_figure(figsize=(2.3 * cols, 2.3 * n + 0.6))
+    axes = fig.subplots(n, cols, squeeze=False)
     head = model.head_cfg
     for i in range(n):
         _show_image(axes[i, 0], images[i])
@@ -135,10 +154,23 @@ def plot_dense_predictions(model: nn.Module, images: Tensor, targets: Tensor, pa
     fig.suptitle(title or f"{task}: ground truth vs small and full configuration (encoder GFLOPs per image)",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0.06 if task == "segmentation" and class_names else 0, 1, 0.97))
+    return save_figure(fig, path, dpi=110)
+
+
+# --------------------------------------------------------------------------------------------------
+# tables
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Rows as CSV: the columns of every row in first-seen order, floats to 6 significant digits."""
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     return path
 
 
@@ -148,18 +180,15 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | Path, primary: st
                 latency_batch_size: int | None = 1, baselines: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Two panels, primary metric vs GFLOPs and vs measured latency: every configuration faint,
     the Pareto front as a line, static baselines with their own markers and labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    matplotlib = _matplotlib()
     panels = [("gflops", "GFLOPs per image", "pareto_gflops", "gflops")]
     if latency_batch_size is not None:
         b = latency_batch_size
         panels.append((f"latency_ms_b{b}", f"latency (ms per batch of {b}, median)", f"pareto_latency_b{b}", "latency_ms"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    fig = new_figure(figsize=(6 * len(panels), 4.5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     widths = sorted({r["width"] for r in rows})
-    colours = plt.get_cmap("viridis")([i / max(1, len(widths) - 1) for i in range(len(widths))])
+    colours = matplotlib.colormaps["viridis"]([i / max(1, len(widths) - 1) for i in range(len(widths))])
     markers = ["s", "^", "D", "v", "P", "X", "*", "h"]
     for ax, (key, label, flag, base_key) in zip(axes[0], panels):
         for w, col in zip(widths, colours):
@@ -176,18 +205,14 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | Path, primary: st
             if bl.get(base_key) is None or bl.get(primary) is None:
                 continue
             ax.scatter([bl[base_key]], [bl[primary]], marker=markers[i % len(markers)], s=60, color=f"C{(i + 1) % 10}",
-                       edgecolors="black", zorder=5, label=f"static: {bl.get('name', f'baseline {i}')}")
+                       edgecolors="black", zorder=5, label=bl.get("name", f"baseline {i}"))
         ax.set_xlabel(label)
         ax.set_ylabel(f"{primary} ({'higher' if higher_is_better else 'lower'} is better)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right" if higher_is_better else "upper right")
     fig.suptitle("configuration sweep (labels: tokens/depth/width)", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], batch_sizes: Sequence[int] = (), only_front: bool = True) -> str:
@@ -207,4 +232,4 @@ def format_table(rows: Sequence[Mapping[str, Any]], batch_sizes: Sequence[int] =
 
 
 __all__ = ["colorize_labels", "default_configs", "encoder_gflops", "format_table", "palette", "plot_dense_predictions",
-           "plot_pareto"]
+           "plot_pareto", "write_csv"]

@@ -14,7 +14,6 @@ is better; :func:`~adaperceiver.evaluation.metrics.register_metric` adds a facto
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,9 +23,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .cost import active_parameters, machine_info, measure_gflops, measure_latency, model_device
+from ..checkpoint import tensors_digest
+from ..models.util import eval_mode, module_device
+from .cost import active_parameters, machine_info, measure_gflops, measure_latency
 from .metrics import MetricAccumulator, get_metric
-from .reports import plot_pareto
+from .reports import plot_pareto, write_csv
 
 
 # --------------------------------------------------------------------------------------------------
@@ -56,10 +57,20 @@ class SweepConfig:
 
 
 def grid(model: nn.Module) -> list[SweepConfig]:
-    """The trained configuration grid: granularities x depths 1..L x widths."""
-    cfg = model.cfg
-    return [SweepConfig(t, d, w) for t in cfg.trained_grans for d in range(1, len(model.blocks) + 1)
-            for w in cfg.widths]
+    """The trained configuration grid (``model.configurations()``: granularities x depths 1..L x widths)."""
+    return [SweepConfig(t, d, w) for t, d, w in model.configurations()]
+
+
+def _check_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """The model's device; a ``device`` given must be that one (the sweep never moves the caller's model)."""
+    own = module_device(model)
+    if device is None:
+        return own
+    want = torch.device(device)
+    if want.type != own.type or (want.index is not None and own.index is not None and want.index != own.index):
+        raise ValueError(f"the model is on {own}, not {want}: move it first (model.to({str(want)!r})) or leave "
+                         f"device unset")
+    return own
 
 
 def _progress(it: Iterable, enabled: bool, **kw: Any) -> Iterable:
@@ -81,28 +92,29 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
 @torch.no_grad()
 def evaluate_grid(model: nn.Module, loader: Iterable, metric: str = "classification", *,
                   metric_kwargs: dict[str, Any] | None = None, device: torch.device | str | None = None,
-                  progress: bool = True) -> tuple[dict[SweepConfig, dict[str, float]], MetricAccumulator, tuple[int, ...], int]:
+                  progress: bool = True, anytime: Any = None,
+                  ) -> tuple[dict[SweepConfig, dict[str, float]], MetricAccumulator, tuple[int, ...], int]:
     """Metric of every grid configuration, one ``forward_anytime`` pass per batch and width.
 
     Returns ``(results, an accumulator (for primary / direction), image shape (C, H, W), images seen)``.
+    ``anytime`` replaces ``model.forward_anytime`` (e.g. that of ``model.for_inference(dtype)``).
     """
+    anytime = anytime or model.forward_anytime
     factory = get_metric(metric)
-    device = torch.device(device) if device is not None else model_device(model)
-    cfg = model.cfg
-    grans = cfg.trained_grans
-    depths = tuple(range(1, len(model.blocks) + 1))
-    accs = {c: factory(model, **(metric_kwargs or {})) for c in grid(model)}
-    was_training = model.training
-    model.eval()
+    device = _check_device(model, device)
+    configs = grid(model)
+    grans = tuple(sorted({c.tokens for c in configs}))
+    depths = tuple(sorted({c.depth for c in configs}))
+    accs = {c: factory(model, **(metric_kwargs or {})) for c in configs}
     seen, shape = 0, None
-    try:
-        for w in cfg.widths:
+    with eval_mode(model):
+        for w in sorted({c.width for c in configs}):
             n_w = 0
             for batch in _progress(loader, progress, desc=f"sweep width {w}", leave=False):
                 x, y = _split_batch(batch)
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
-                out = model.forward_anytime(x, width=w, token_counts=grans, depths=depths)
+                out = anytime(x, width=w, token_counts=grans, depths=depths)
                 for i, d in enumerate(out.depths):
                     for j, t in enumerate(out.tokens):
                         accs[SweepConfig(t, d, w)].update(out.outputs[i, j], y)
@@ -111,8 +123,6 @@ def evaluate_grid(model: nn.Module, loader: Iterable, metric: str = "classificat
             if not n_w:
                 raise ValueError("the loader yielded no batches: nothing to evaluate")
             seen = n_w
-    finally:
-        model.train(was_training)
     results = {c: a.compute() for c, a in accs.items()}
     return results, next(iter(accs.values())), shape, seen
 
@@ -121,25 +131,31 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
               baselines: Sequence[Mapping[str, Any]] | None = None, latency_batch_sizes: Sequence[int] = (1, 64),
               progress: bool = True, device: torch.device | str | None = None,
               metric_kwargs: dict[str, Any] | None = None, latency_warmup: int = 3,
-              latency_repeats: int = 10) -> list[dict[str, Any]]:
+              latency_repeats: int = 10, dtype: torch.dtype | str | None = None,
+              compile: bool = False) -> list[dict[str, Any]]:
     """Evaluate ``model`` at every (tokens, depth, width) of its grid; write CSV, JSON and a Pareto plot.
 
     Each row has ``tokens, depth, width, hidden`` (FFN units), the metric's values, ``gflops``
     (per image), ``params`` (active), for every batch size ``b`` ``latency_ms_b{b}`` (median per
     batch) and ``throughput_b{b}`` (images/s), and the Pareto flags ``pareto_gflops`` and
     ``pareto_latency_b{b}`` (primary metric vs that cost). ``out_dir=None`` writes nothing.
+
+    With ``dtype`` (e.g. ``torch.bfloat16``) and/or ``compile``, the metric and the latency are those
+    of ``model.for_inference(dtype, compile)``: the metric computed in that dtype, the latency of each
+    configuration's slim (compiled) module; GFLOPs and parameters are the model's.
     """
     bss = tuple(int(b) for b in latency_batch_sizes)
     if any(b < 1 for b in bss):
         raise ValueError(f"latency batch sizes must be >= 1, got {list(latency_batch_sizes)}")
-    device = torch.device(device) if device is not None else model_device(model)
-    model.to(device)
+    device = _check_device(model, device)
+    fast = model.for_inference(dtype, compile) if dtype is not None or compile else None
+    timed = fast if fast is not None else model
     results, acc, shape, seen = evaluate_grid(model, loader, metric, metric_kwargs=metric_kwargs, device=device,
-                                              progress=progress)
+                                              progress=progress, anytime=fast.forward_anytime if fast else None)
     img = shape[1:] if shape is not None and len(shape) == 3 else None
     rows: list[dict[str, Any]] = []
     for c in _progress(grid(model), progress, desc="cost (FLOPs, latency)", leave=False):
-        hidden, _ = model.resolve_width(c.width, 1)
+        _, _, hidden = model.resolve_configuration(c.tokens, c.depth, c.width)
         row: dict[str, Any] = {"tokens": c.tokens, "depth": c.depth, "width": c.width,
                                "hidden": hidden if hidden is not None else model.cfg.mlp_hidden}
         row.update(results[c])
@@ -148,7 +164,7 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
             row["encoder_gflops"] = measure_gflops(model.backbone, c.tokens, c.depth, c.width, img, device)
         row["params"] = active_parameters(model, c.tokens, c.depth, c.width)
         for b in bss:
-            t = measure_latency(model, c.tokens, c.depth, c.width, b, img, device,
+            t = measure_latency(timed, c.tokens, c.depth, c.width, b, img, device,
                                 warmup=latency_warmup, repeats=latency_repeats)
             row[f"latency_ms_b{b}"] = t.median_ms
             row[f"throughput_b{b}"] = t.throughput
@@ -160,6 +176,8 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
                 "latency_batch_sizes": list(bss), "latency": {"warmup": latency_warmup, "repeats": latency_repeats,
                                                               "statistic": "median ms per batch"},
                 "device": str(device), "machine": machine_info(), "model": model.cfg.to_dict(),
+                "model_sha256": tensors_digest(model.state_dict()),  # which weights these rows describe
+                "inference": {"dtype": str(fast.dtype) if fast else "torch.float32", "compile": bool(compile)},
                 "baselines": [dict(b) for b in baselines or ()]}
         write_sweep(rows, out_dir, meta)
         plot_pareto(rows, Path(out_dir) / "pareto.png", acc.primary, acc.higher_is_better,
@@ -182,13 +200,7 @@ def write_sweep(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, meta: Ma
         raise ValueError("no sweep rows to write")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fields = list(rows[0])
-    csv_path, json_path = out / "sweep.csv", out / "sweep.json"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    csv_path, json_path = write_csv(rows, out / "sweep.csv"), out / "sweep.json"
     json_path.write_text(json.dumps({**meta, "rows": list(rows)}, indent=1) + "\n")
     return csv_path, json_path
 

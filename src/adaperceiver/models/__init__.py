@@ -1,4 +1,5 @@
-"""The networks: layers and masks, the AdaPerceiver model (with slim), dense heads, a static ViT, presets.
+"""The networks: layers and masks, the AdaPerceiver model (with slim and for_inference), dense heads,
+a static ViT, presets.
 
 This package imports nothing else from the library.
 """
@@ -13,10 +14,11 @@ from .adaperceiver import (
     Features,
     build_model,
 )
+from .inference import InferenceModel, for_inference
 from .presets import create_model, list_models, preset_config
 from .slim import slim
 
 __all__ = [
     "AdaPerceiver", "AdaPerceiverClassifier", "AdaPerceiverConfig", "AdaPerceiverDense", "AnytimeOutput",
-    "EarlyExitOutput", "Features", "build_model", "create_model", "list_models", "preset_config", "slim",
+    "EarlyExitOutput", "Features", "InferenceModel", "build_model", "create_model", "for_inference", "list_models", "preset_config", "slim",
 ]

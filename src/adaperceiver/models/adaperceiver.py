@@ -24,11 +24,20 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..errors import check_fields
+from .inference import InferenceModel
 from .layers import Block, CrossAttentionBlock, Mlp, PatchEmbed, RotaryEmbedding, hidden_units, layer_norm, trunc_normal_init
-from .masks import token_block_mask
+from .masks import BEYOND_GRANS, token_block_mask
 from .slim import slim
 
 WidthArg = int | Sequence[int] | Tensor | None
+# allowed ranges of the numeric config fields (types come from the annotations)
+MODEL_CONFIG_RANGES = {
+    "num_classes": ">= 1", "img_size": ">= 1", "patch_size": ">= 1", "in_chans": ">= 1", "embed_dim": ">= 1",
+    "depth": ">= 1", "num_heads": ">= 1", "ffn_ratio": "> 0", "mlp_hidden_dim": ">= 1", "num_latents": ">= 1",
+    "max_latents_mult": ">= 1", "token_grans": ">= 1", "widths": ">= 1", "rope_theta": "> 0", "ls_init": ">= 0",
+    "latent_std": ">= 0",
+}
 
 
 @dataclass
@@ -45,26 +54,51 @@ class AdaPerceiverConfig:
     num_heads: int = 4
     ffn_ratio: float = 2.0
     mlp_hidden_dim: int | None = None  # overrides int(embed_dim * ffn_ratio) for the latent blocks
-    num_latents: int = 32  # trained maximum token count (last granularity)
-    max_latents_mult: int = 2  # RoPE table holds num_latents * max_latents_mult positions
+    num_latents: int = 32  # trained maximum token count (the default count of a call)
+    max_latents_mult: int | None = 2  # RoPE table of num_latents * max_latents_mult positions (unless rope_base_len)
     token_grans: tuple[int, ...] = (8, 16, 32)
     widths: tuple[int, ...] = ()  # trained Matryoshka widths; () -> (D/2, 3D/4, D)
     rope_theta: float = 10000.0
     qkv_bias: bool = True
     proj_bias: bool = True
-    ls_init: float | None = 1e-5
+    ls_init: float | None = 1e-5  # LayerScale start value; None or 0: no LayerScale
     embed_mlp: bool = True
     head_mlp: bool = False  # LN + MLP before the output (dense default), else a Linear
     latent_std: float = 0.02
     latent_mask: str = "block"  # "block" (granularity mask) or "none" (all-to-all, the reference's 'full' layer)
+    # token counts above the trained ones (docs/reference.md, "Token counts above the trained maximum"):
+    rope_base_len: int | None = None  # positions of the unscaled RoPE table; None -> num_latents * max_latents_mult
+    rope_scaling: str = "none"  # above rope_base_len: "none" refuses, "ntk" divides every inverse frequency by N / base
+    beyond_grans: str = "first_gk"  # latents past the last granularity see: "first_gk" (the first g_K) or "all" (all N)
+    # learning-efficiency options (docs/training.md, "Learning efficiency"); the defaults are the reference
+    embed_residual: bool = False  # patch embedding x + MLP(LN(x)) instead of MLP(LN(x))
+    latent_pos_std: float = 0.0  # > 0: a learned per-latent table (max_tokens, D) added to the shared latent
+    readout: str = "query"  # classification read-out: "query" (cross-attention of one query) or "mean" of latents
+    head_norm: bool = False  # LayerNorm before the classifier Linear
+    read_mlp: bool = False  # the read cross-attention is followed by a (full-width) LN + MLP residual
 
     def __post_init__(self) -> None:
-        self.token_grans = tuple(int(g) for g in self.token_grans)
-        self.widths = tuple(int(w) for w in self.widths) or self.default_widths()
+        check_fields(self, MODEL_CONFIG_RANGES, "model config")  # every field's type and range, up front
+        self.widths = self.widths or self.default_widths()
         if self.latent_mask not in ("block", "none"):
             raise ValueError(f"latent_mask must be 'block' or 'none', got {self.latent_mask!r}")
+        if self.rope_scaling not in RotaryEmbedding.SCALINGS:
+            raise ValueError(f"rope_scaling must be one of {list(RotaryEmbedding.SCALINGS)}, got {self.rope_scaling!r}")
+        if self.beyond_grans not in BEYOND_GRANS:
+            raise ValueError(f"beyond_grans must be one of {list(BEYOND_GRANS)}, got {self.beyond_grans!r}")
+        if self.rope_base_len is None and not self.max_latents_mult:
+            raise ValueError("the RoPE table length is unknown: set rope_base_len or max_latents_mult")
+        if self.rope_len < 1:
+            raise ValueError(f"the RoPE table needs at least one position, got {self.rope_len}")
         if self.task not in ("classification", "dense"):
             raise ValueError(f"task must be 'classification' or 'dense', got {self.task!r}")
+        if self.readout not in ("query", "mean") or (self.readout == "mean" and self.task != "classification"):
+            raise ValueError(f"readout must be 'query' or (classification only) 'mean', got {self.readout!r} "
+                             f"for task {self.task!r}")
+        if not self.latent_pos_std >= 0:
+            raise ValueError(f"latent_pos_std must be >= 0 (0: no per-latent table), got {self.latent_pos_std}")
+        if self.latent_pos_std > 0 and self.rope_scaling != "none":
+            raise ValueError("latent_pos_std > 0 (a per-latent table) needs a bounded token count: rope_scaling 'none'")
         if self.embed_dim % self.num_heads or (self.embed_dim // self.num_heads) % 2:
             raise ValueError(f"embed_dim {self.embed_dim} must split into {self.num_heads} heads of even size")
         if self.img_size % self.patch_size:
@@ -72,9 +106,10 @@ class AdaPerceiverConfig:
         grans = self.token_grans
         if not grans or list(grans) != sorted(set(grans)) or grans[0] < 1:
             raise ValueError(f"token_grans must be increasing positive ints, got {grans}")
-        if self.num_latents not in grans or grans[-1] > self.max_tokens:
-            raise ValueError(f"token_grans {list(grans)} must include num_latents ({self.num_latents}) and stay "
-                             f"within the RoPE table ({self.max_tokens} positions)")
+        top = self.max_tokens
+        if top is not None and max(grans[-1], self.num_latents) > top:
+            raise ValueError(f"token_grans {list(grans)} and num_latents ({self.num_latents}) must stay within the "
+                             f"RoPE table ({top} positions)")
         for w in self.widths:
             if not 1 <= w <= self.embed_dim or hidden_units(w, self.ffn_ratio) < 1:
                 raise ValueError(f"trained width {w} must be in [1, {self.embed_dim}] and give >= 1 hidden unit")
@@ -93,8 +128,14 @@ class AdaPerceiverConfig:
         return self.mlp_hidden_dim or hidden_units(self.embed_dim, self.ffn_ratio)
 
     @property
-    def max_tokens(self) -> int:
-        return self.num_latents * self.max_latents_mult
+    def rope_len(self) -> int:
+        """Positions of the unscaled RoPE table."""
+        return self.rope_base_len if self.rope_base_len is not None else self.num_latents * self.max_latents_mult
+
+    @property
+    def max_tokens(self) -> int | None:
+        """Most latents a call may use: the RoPE table, or None (any number) under NTK scaling."""
+        return None if self.rope_scaling == "ntk" else self.rope_len
 
     def static_config(self, tokens: int, depth: int, width: int) -> "AdaPerceiverConfig":
         """Config of a fixed-shape model equal to this one run at ``(tokens, depth, width)``.
@@ -103,13 +144,16 @@ class AdaPerceiverConfig:
         FFN hidden units; it keeps the granularities below ``tokens`` so the block mask (and so
         the math) is the same, but nothing is sliced or chosen at run time.
         """
-        if not 1 <= tokens <= self.max_tokens or not 1 <= depth <= self.depth or not 1 <= width <= self.embed_dim:
-            raise ValueError(f"static config needs tokens in [1, {self.max_tokens}], depth in [1, {self.depth}], "
+        top = self.max_tokens
+        if not 1 <= tokens <= (top or tokens) or not 1 <= depth <= self.depth or not 1 <= width <= self.embed_dim:
+            raise ValueError(f"static config needs tokens in [1, {top or 'any'}], depth in [1, {self.depth}], "
                              f"width in [1, {self.embed_dim}]; got ({tokens}, {depth}, {width})")
         grans = tuple(g for g in self.token_grans if g < tokens) + (tokens,)
         hidden = min(hidden_units(width, self.ffn_ratio), self.mlp_hidden)
+        # an NTK-scaled table keeps its base length, so the static model rotates as this one does at `tokens`
+        base = self.rope_len if self.rope_scaling == "ntk" else None
         return dataclasses.replace(self, num_latents=tokens, token_grans=grans, depth=depth, mlp_hidden_dim=hidden,
-                                   widths=(self.embed_dim,), max_latents_mult=1)
+                                   widths=(self.embed_dim,), max_latents_mult=1, rope_base_len=base)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,14 +211,18 @@ class AdaPerceiver(nn.Module):
         self.cfg = cfg
         d = cfg.embed_dim
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d,
-                                      hidden_units(d, cfg.ffn_ratio) if cfg.embed_mlp else None)
+                                      hidden_units(d, cfg.ffn_ratio) if cfg.embed_mlp else None, cfg.embed_residual)
         self.latent_token = nn.Parameter(torch.zeros(d))
-        self.rope = RotaryEmbedding(d // cfg.num_heads, cfg.max_tokens, cfg.rope_theta)
-        self.read = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias)
+        if cfg.latent_pos_std > 0:  # latent i starts from latent_token + latent_pos[i]: prefixes still nest
+            self.latent_pos = nn.Parameter(torch.zeros(cfg.max_tokens, d))
+        self.rope = RotaryEmbedding(d // cfg.num_heads, cfg.rope_len, cfg.rope_theta, cfg.rope_scaling)
+        self.read = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias,
+                                        hidden_units(d, cfg.ffn_ratio) if cfg.read_mlp else None)
         self.blocks = nn.ModuleList(
             Block(d, cfg.num_heads, cfg.mlp_hidden, cfg.qkv_bias, cfg.proj_bias, cfg.ls_init) for _ in range(cfg.depth)
         )
-        self.write = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias)
+        if cfg.readout == "query":
+            self.write = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias)
         self._mask_cache: dict[tuple[int, str], Tensor | None] = {}
 
     # ----------------------------------------------------------------------------------------------
@@ -183,6 +231,8 @@ class AdaPerceiver(nn.Module):
         trunc_normal_init(self)
         nn.init.trunc_normal_(self.patch_embed.pos_embed, std=0.02, a=-0.04, b=0.04)
         nn.init.normal_(self.latent_token, std=self.cfg.latent_std)
+        if self.cfg.latent_pos_std > 0:
+            nn.init.normal_(self.latent_pos, std=self.cfg.latent_pos_std)
         for blk in self.blocks:
             for ls in (blk.ls1, blk.ls2):
                 if hasattr(ls, "gamma"):
@@ -198,10 +248,13 @@ class AdaPerceiver(nn.Module):
         cfg = self.cfg
         if tokens is None:
             return cfg.num_latents
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= cfg.max_tokens:
-            raise ValueError(
-                f"tokens must be an int in [1, {cfg.max_tokens}] (trained granularities {list(cfg.token_grans)}), got {tokens!r}"
-            )
+        top = cfg.max_tokens
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1 or (top is not None and tokens > top):
+            allowed = "a positive int" if top is None else f"an int in [1, {top}]"
+            why = ""
+            if isinstance(tokens, int) and top is not None and tokens > top:
+                why = f"; this model's RoPE table has {top} positions and no rule (rope_scaling) for more"
+            raise ValueError(f"tokens must be {allowed} (trained granularities {list(cfg.token_grans)}), got {tokens!r}{why}")
         return tokens
 
     def resolve_depth(self, depth: int | None) -> int:
@@ -221,32 +274,68 @@ class AdaPerceiver(nn.Module):
         return hidden_units(w, cfg.ffn_ratio)
 
     def resolve_width(self, width: WidthArg, batch_size: int) -> tuple[int | None, Tensor | None]:
-        """Return ``(hidden, sample_hidden)``: one FFN hidden count, or one per sample."""
+        """Return ``(hidden, sample_hidden)``: one FFN hidden count, or one per sample.
+
+        Widths are whole embedding units: ints, or tensors holding whole numbers; a fractional
+        value is refused, never truncated.
+        """
         if width is None:
             return None, None
         if isinstance(width, Tensor):
-            if width.dim() == 0:
-                return min(self._check_width(int(width)), self.cfg.mlp_hidden), None
-            width = width.tolist()
+            if width.dtype == torch.bool or width.is_complex():
+                raise ValueError(f"width must hold whole numbers (embedding units), got a {width.dtype} tensor")
+            values = width.detach().flatten().tolist()
+            frac = [v for v in values if isinstance(v, float) and not v.is_integer()]
+            if frac:
+                raise ValueError(f"width must hold whole numbers (embedding units), got {frac[0]:.6g}")
+            width = int(values[0]) if width.dim() == 0 else [int(v) for v in values]
         if isinstance(width, (list, tuple)):
             if len(width) != batch_size:
                 raise ValueError(f"per-sample width list has {len(width)} entries for a batch of {batch_size}")
-            hidden = [min(self._check_width(int(w) if not isinstance(w, bool) else w), self.cfg.mlp_hidden) for w in width]
+            hidden = [min(self._check_width(w), self.cfg.mlp_hidden) for w in width]
             return None, torch.tensor(hidden, device=self.latent_token.device)
         return min(self._check_width(width), self.cfg.mlp_hidden), None
+
+    def check_input(self, x: Tensor) -> Tensor:
+        """``x`` in the model's floating dtype (another float dtype is cast); non-tensors and integer
+        images are refused (they need normalising like the training data, which a cast cannot do)."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"x must be a torch.Tensor of images (B, C, H, W), got {type(x).__module__}."
+                             f"{type(x).__qualname__}; convert it with torch.as_tensor(x)")
+        if not x.is_floating_point():
+            raise ValueError(f"x has dtype {x.dtype}; the model takes float images normalised like its training "
+                             f"data (for uint8 pixels: x.float() / 255, then the dataset's mean and std)")
+        dtype = self.latent_token.dtype
+        return x if x.dtype == dtype else x.to(dtype)
+
+    def resolve_token_counts(self, token_counts: Sequence[int] | None, tokens: int) -> tuple[int, ...]:
+        """The token counts a pass at ``tokens`` latents reads out: by default the granularities below
+        it, and itself; any ints in ``[1, tokens]`` when given (see :meth:`shares_pass` for which of
+        them need a pass of their own)."""
+        if token_counts is None:
+            return tuple(g for g in self.cfg.token_grans if g < tokens) + (tokens,)
+        counts = list(token_counts)
+        bad = [c for c in counts if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= tokens]
+        if not counts or bad:
+            raise ValueError(f"token_counts must be ints in [1, {tokens}] (the tokens of this pass), got {counts!r}")
+        return tuple(sorted(set(counts)))
 
     def latent_mask(self, num_tokens: int, device: torch.device) -> Tensor | None:
         key = (num_tokens, str(device))
         if self.cfg.latent_mask == "none":
             return None
         if key not in self._mask_cache:
-            self._mask_cache[key] = token_block_mask(num_tokens, self.cfg.token_grans, device)
+            self._mask_cache[key] = token_block_mask(num_tokens, self.cfg.token_grans, device, self.cfg.beyond_grans)
         return self._mask_cache[key]
 
     # ----------------------------------------------------------------------------------------------
     # the forward loop
     def read_latents(self, patches: Tensor, num_tokens: int) -> Tensor:
         z = self.latent_token.to(patches.dtype).expand(patches.shape[0], num_tokens, -1)
+        if self.cfg.latent_pos_std > 0:
+            if num_tokens > self.latent_pos.shape[0]:
+                raise ValueError(f"tokens must be at most {self.latent_pos.shape[0]} (the per-latent table), got {num_tokens}")
+            z = z + self.latent_pos[:num_tokens].to(patches.dtype)
         return self.read(z, patches, rope_q=self.rope)
 
     def run_blocks(self, z: Tensor, depth: int, hidden: int | None = None, sample_hidden: Tensor | None = None,
@@ -262,6 +351,7 @@ class AdaPerceiver(nn.Module):
 
     def forward_features(self, x: Tensor, tokens: int | None = None, depth: int | None = None,
                          width: WidthArg = None) -> Features:
+        x = self.check_input(x)
         n, d = self.resolve_tokens(tokens), self.resolve_depth(depth)
         hidden, sample_hidden = self.resolve_width(width, x.shape[0])
         patches, grid = self.patch_embed(x)
@@ -296,20 +386,23 @@ class AdaPerceiver(nn.Module):
         The backbone runs once at ``tokens`` latents (default: the maximum) and up to the largest of
         ``depths`` (default: all ``1..L``); after each requested depth, every prefix in
         ``token_counts`` (default: the granularities below ``tokens``, then ``tokens``) is written
-        out. By the block mask each prefix read-out equals a separate run at that token count.
+        out. By the block mask each prefix read-out equals a separate run at that token count; counts
+        for which that does not hold (no block mask, an NTK-rescaled RoPE table, latents past the last
+        granularity that see all latents) get a backbone pass of their own (see :meth:`shares_pass`).
         """
+        x = self.check_input(x)
         n = self.resolve_tokens(tokens)
         depths = tuple(range(1, self.num_blocks + 1)) if depths is None else tuple(sorted({self.resolve_depth(d) for d in depths}))
-        if token_counts is None:
-            counts = tuple(g for g in self.cfg.token_grans if g < n) + (n,)
-        else:
-            counts = tuple(sorted(set(token_counts)))
-            if not counts or counts[0] < 1 or counts[-1] > n:
-                raise ValueError(f"token_counts must lie in [1, {n}] (the tokens of this pass), got {list(token_counts)}")
-        if self.cfg.latent_mask == "none" and len(counts) > 1:
-            # without the block mask prefixes do not nest: one backbone pass per token count
-            parts = [self.forward_anytime(x, c, width, depths, (c,)).outputs for c in counts]
-            return AnytimeOutput(torch.cat(parts, dim=1), depths, counts)
+        counts = self.resolve_token_counts(token_counts, n)
+        together = tuple(c for c in counts if self.shares_pass(c, n))
+        if together != counts:
+            # the other counts do not nest in this pass: read them out of passes of their own
+            rest = tuple(c for c in counts if c not in together)
+            parts = [self.forward_anytime(x, n, width, depths, together)] if together else []
+            parts.append(self.forward_anytime(x, rest[-1], width, depths, rest))
+            order = sorted(range(len(counts)), key=lambda i: (together + rest)[i])
+            out = torch.cat([p.outputs for p in parts], dim=1)[:, order]
+            return AnytimeOutput(out, depths, counts)
         hidden, sample_hidden = self.resolve_width(width, x.shape[0])
         patches, grid = self.patch_embed(x)
         z = self.read_latents(patches, n)
@@ -319,12 +412,29 @@ class AdaPerceiver(nn.Module):
         out = out.reshape(num_d, x.shape[0], *out.shape[1:]).transpose(1, 2)
         return AnytimeOutput(out, depths, counts, torch.stack(states), patches, grid)
 
+    def shares_pass(self, count: int, tokens: int) -> bool:
+        """Whether a pass at ``tokens`` latents can read out ``count`` from its first ``count`` latents.
+
+        False when a ``count``-latent run computes those latents differently: without the block mask,
+        for a count that splits a granularity block,
+        under an NTK-scaled RoPE table rebuilt for ``tokens``, or when ``count`` is past the last
+        granularity and those latents see all latents of the run (``beyond_grans="all"``).
+        """
+        cfg = self.cfg
+        if count == tokens:
+            return True
+        if cfg.latent_mask == "none" or (cfg.rope_scaling == "ntk" and tokens > cfg.rope_len):
+            return False
+        if count < cfg.token_grans[-1] and count not in cfg.token_grans:
+            return False  # inside a granularity block: its latents see the rest of their block in a longer pass
+        return not (cfg.beyond_grans == "all" and count > cfg.token_grans[-1])
+
     # ----------------------------------------------------------------------------------------------
     # task hooks
     def build_head(self) -> None:
         """``head_norm`` + ``head_fc``: LN + MLP when ``cfg.head_mlp`` (always full width), else a Linear."""
         d, cfg = self.cfg.embed_dim, self.cfg
-        self.head_norm = layer_norm(d) if cfg.head_mlp else nn.Identity()
+        self.head_norm = layer_norm(d) if cfg.head_mlp or cfg.head_norm else nn.Identity()
         self.head_fc = Mlp(d, hidden_units(d, cfg.ffn_ratio), cfg.num_classes) if cfg.head_mlp else nn.Linear(d, cfg.num_classes)
 
     def output_queries(self, patches: Tensor) -> Tensor:
@@ -340,6 +450,17 @@ class AdaPerceiver(nn.Module):
         cfg = self.cfg
         return [(t, d, w) for t in cfg.trained_grans for d in range(1, self.num_blocks + 1) for w in cfg.widths]
 
+    def for_inference(self, dtype: torch.dtype | str | None = torch.float32, compile: bool = False,
+                      **kwargs: Any) -> InferenceModel:
+        """A copy of this model prepared for fast inference at fixed configurations.
+
+        ``fast = model.for_inference(dtype=torch.bfloat16, compile=True)``; ``fast(x, tokens, depth,
+        width)`` runs that configuration as a slim static module in ``dtype`` (with ``compile``,
+        compiled once per configuration and batch size) and returns float32. See
+        :class:`adaperceiver.models.inference.InferenceModel`.
+        """
+        return InferenceModel(self, dtype, compile, **kwargs)
+
     def slim(self, tokens: int, depth: int, width: int) -> "AdaPerceiver":
         """A plain static model of this one configuration with physically sliced weights (see :func:`.slim.slim`)."""
         return slim(self, tokens, depth, width)
@@ -347,24 +468,53 @@ class AdaPerceiver(nn.Module):
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Parameters of the encoder (embedding, latents, read, blocks): what a frozen-backbone run freezes."""
         mods = [self.patch_embed, self.read, self.blocks]
-        return [self.latent_token] + [p for m in mods for p in m.parameters()]
+        latents = [self.latent_token] + ([self.latent_pos] if self.cfg.latent_pos_std > 0 else [])
+        return latents + [p for m in mods for p in m.parameters()]
+
+    def resolve_configuration(self, tokens: int | None, depth: int | None, width: int | None) -> tuple[int, int, int | None]:
+        """Check one ``(tokens, depth, width)`` (None: the full value) and return ``(latents, blocks,
+        FFN hidden units)``, hidden None for full width; the one check every user of a configuration calls."""
+        hidden, _ = self.resolve_width(width, 1)
+        return self.resolve_tokens(tokens), self.resolve_depth(depth), hidden
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the matrices that are learned tokens / positions, not weights: no weight decay on them
+        (vectors — biases, norms, LayerScale — get none anyway)."""
+        return {n for n, _ in self.named_parameters() if n in ("latent_token", "latent_pos", "output_query") or n.endswith("pos_embed")}
 
 
 class AdaPerceiverClassifier(AdaPerceiver):
-    """One learned output query written out from the latents, then a Linear (or LN+MLP) to logits."""
+    """One learned output query written out from the latents, then a Linear (or LN+MLP) to logits.
+
+    With ``cfg.readout == "mean"`` there is no output query and no write cross-attention: the
+    logits come from the mean of the latents (of the prefix, for a smaller token count).
+    """
 
     def __init__(self, cfg: AdaPerceiverConfig):
         if cfg.task != "classification":
             raise ValueError(f"AdaPerceiverClassifier needs task='classification', got {cfg.task!r}")
         super().__init__(cfg)
         d = cfg.embed_dim
-        self.output_query = nn.Parameter(torch.zeros(1, d))
+        if cfg.readout == "query":
+            self.output_query = nn.Parameter(torch.zeros(1, d))
         self.build_head()
         self.init_weights()
 
     def init_weights(self) -> None:
         super().init_weights()
-        nn.init.trunc_normal_(self.output_query, std=0.02, a=-0.04, b=0.04)
+        if self.cfg.readout == "query":
+            nn.init.trunc_normal_(self.output_query, std=0.02, a=-0.04, b=0.04)
+
+    def write_out(self, latents: Tensor, patches: Tensor, grid: tuple[int, int],
+                  prefixes: Sequence[int] | None = None) -> Tensor:
+        if self.cfg.readout == "query":
+            return super().write_out(latents, patches, grid, prefixes)
+        if prefixes is None:
+            return self.head(latents.mean(1, keepdim=True), grid)
+        sums = latents.cumsum(1)  # the mean of every prefix from one cumulative sum
+        idx = torch.as_tensor([g - 1 for g in prefixes], device=latents.device)
+        counts = torch.as_tensor(list(prefixes), dtype=latents.dtype, device=latents.device)
+        return self.head_fc(self.head_norm(sums[:, idx] / counts[:, None]))  # (B, G, classes)
 
     def output_queries(self, patches: Tensor) -> Tensor:
         return self.output_query.to(patches.dtype).expand(patches.shape[0], -1, -1)
@@ -381,6 +531,7 @@ class AdaPerceiverClassifier(AdaPerceiver):
         """
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        x = self.check_input(x)
         n = self.resolve_tokens(tokens)
         hidden, sample_hidden = self.resolve_width(width, x.shape[0])
         patches, grid = self.patch_embed(x)

@@ -12,11 +12,12 @@ It offers the trainable-model interface of the adaptive models with a single rea
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
 
+from ..errors import check_fields
 from .adaperceiver import AnytimeOutput
 
 
@@ -24,16 +25,16 @@ from .adaperceiver import AnytimeOutput
 class CNNConfig:
     img_size: int = 28
     in_chans: int = 1
-    channels: tuple[int, ...] = (32, 64, 128)  # one stage per entry; 2x2 max-pool between stages
-    convs_per_stage: int = 1
+    channels: tuple[int, ...] = field(default=(32, 64, 128), metadata=dict(
+        group="cnn teacher", help="channels per stage, 2x2 max-pool between stages"))
+    convs_per_stage: int = field(default=1, metadata=dict(group="cnn teacher", help="3x3 conv+BN+ReLU layers per stage"))
     num_classes: int = 10
 
     def __post_init__(self) -> None:
-        self.channels = tuple(int(c) for c in self.channels)
-        if not self.channels or min(self.channels) < 1:
-            raise ValueError(f"channels must be a non-empty list of positive ints, got {list(self.channels)}")
-        if self.convs_per_stage < 1:
-            raise ValueError(f"convs_per_stage must be >= 1, got {self.convs_per_stage}")
+        check_fields(self, {"img_size": ">= 1", "in_chans": ">= 1", "channels": ">= 1", "convs_per_stage": ">= 1",
+                            "num_classes": ">= 1"}, "teacher config")
+        if not self.channels:
+            raise ValueError("teacher config: channels must name at least one stage, got []")
         if self.img_size < 2 ** (len(self.channels) - 1):
             raise ValueError(f"img_size {self.img_size} is too small for {len(self.channels)} stages "
                              f"({len(self.channels) - 1} poolings by 2)")

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import LN_EPS
 from .adaperceiver import AdaPerceiverConfig, AdaPerceiverDense, AnytimeOutput, WidthArg
+from .layers import LN_EPS
 
 # ------------------------------------------------------------------------------------------------
 # head configs
@@ -191,9 +191,15 @@ class DenseTaskModel(nn.Module):
     def resolve_depth(self, depth: int | None) -> int:
         return self.backbone.resolve_depth(depth)
 
+    def resolve_configuration(self, tokens: int | None, depth: int | None, width: int | None) -> tuple[int, int, int | None]:
+        return self.backbone.resolve_configuration(tokens, depth, width)
+
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Encoder parameters (embedding, latents, read, blocks): what frozen-backbone mode freezes."""
         return self.backbone.backbone_parameters()
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
 
     def decoder_parameters(self) -> list[nn.Parameter]:
         """What frozen-backbone mode trains: output queries, write cross-attention, feature layer, head."""

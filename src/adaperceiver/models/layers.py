@@ -23,30 +23,77 @@ def layer_norm(dim: int) -> nn.LayerNorm:
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding over interleaved channel pairs ``(x0, x1), (x2, x3), ...``.
 
-    Pair ``j`` of a head is rotated by ``pos * theta**(-2j / head_dim)``. The cos/sin table is a
-    non-persistent buffer: it is recomputed, never stored in checkpoints.
+    Pair ``j`` of a head is rotated by ``pos * theta**(-2j / head_dim)``. The table holds
+    ``base_len`` positions (a non-persistent buffer: recomputed, never stored in checkpoints).
+    What happens for more positions is the ``scaling`` rule:
+
+    - ``"none"`` (the reference training code): refused;
+    - ``"ntk"`` (the released hub model): a table for the ``N`` positions is built with every
+      inverse frequency divided by ``s = N / base_len``.
+
+    The rotation is one complex multiply: each pair is viewed as ``x0 + i x1`` and multiplied by
+    ``cos + i sin`` (the same products and sums as the real formula, one kernel instead of six plus
+    a stack). The complex table of a length and device is built once and cached; it is rebuilt
+    when the buffers change (moved, cast or edited in place). Under ``torch.compile`` the real
+    formula is traced instead, which the compiler fuses into one kernel.
     """
 
-    def __init__(self, head_dim: int, max_positions: int, theta: float = 10000.0):
+    SCALINGS = ("none", "ntk")
+
+    def __init__(self, head_dim: int, base_len: int, theta: float = 10000.0, scaling: str = "none"):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
-        self.max_positions = max_positions
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        if scaling not in self.SCALINGS:
+            raise ValueError(f"RoPE scaling must be one of {list(self.SCALINGS)}, got {scaling!r}")
+        self.head_dim, self.theta = head_dim, theta
+        self.base_len = base_len
+        self.scaling = scaling
+        cos, sin = self.build_table(base_len)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self._tables: dict[tuple[int, torch.device], Tensor] = {}
+        self._tables_of: tuple[int, ...] | None = None
+
+    def build_table(self, n: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """``(cos, sin)`` of shape ``(n, head_dim/2)`` in float32: the one place the scaling rule lives."""
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim))
+        if n > self.base_len:
+            if self.scaling != "ntk":
+                raise ValueError(f"RoPE table has {self.base_len} positions, asked for {n}")
+            inv_freq = inv_freq / (n / self.base_len)
+        angles = torch.outer(torch.arange(n, dtype=torch.float32, device=device), inv_freq)
+        return angles.cos(), angles.sin()
+
+    def cos_sin(self, n: int) -> tuple[Tensor, Tensor]:
+        """``(cos, sin)`` for positions ``0..n-1`` of a sequence of ``n`` positions."""
+        if n <= self.base_len:
+            return self.cos[:n], self.sin[:n]
+        return self.build_table(n, self.cos.device)
+
+    def table(self, n: int) -> Tensor:
+        """``cos + i sin`` for a sequence of ``n`` positions: complex64 ``(n, head_dim / 2)``, cached."""
+        src = tuple(v for t in (self.cos, self.sin) for v in (t.data_ptr(), -1 if t.is_inference() else t._version))
+        if src != self._tables_of:
+            self._tables, self._tables_of = {}, src
+        key = (n, self.cos.device)
+        if key not in self._tables:
+            cos, sin = self.cos_sin(n)
+            self._tables[key] = torch.complex(cos.float(), sin.float())
+        return self._tables[key]
 
     def forward(self, x: Tensor) -> Tensor:
-        """Rotate ``x`` of shape ``(B, H, N, head_dim)`` at positions ``0..N-1``."""
+        """Rotate ``x`` of shape ``(B, H, N, head_dim)`` at positions ``0..N-1`` (in float32)."""
         n = x.shape[-2]
-        if n > self.max_positions:
-            raise ValueError(f"RoPE table has {self.max_positions} positions, asked for {n}")
-        cos, sin = self.cos[:n], self.sin[:n]
-        xf = x.float().unflatten(-1, (-1, 2))
-        a, b = xf[..., 0], xf[..., 1]
-        out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
-        return out.to(x.dtype)
+        if torch.compiler.is_compiling():  # a graph compiler fuses the real form into one kernel
+            cos, sin = self.cos_sin(n)
+            a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+            return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(x.dtype)
+        xf = x.float()
+        if xf.stride(-1) != 1 or any(st % 2 for st in xf.stride()[:-1]):
+            xf = xf.contiguous()
+        pairs = torch.view_as_complex(xf.unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * self.table(n)).flatten(-2).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -148,15 +195,20 @@ class Block(nn.Module):
 class CrossAttentionBlock(nn.Module):
     """``sink + Attn(LN(sink), LN(source))``: the read (patches -> latents) and write (latents -> queries)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True,
+                 mlp_hidden: int | None = None):
         super().__init__()
         self.norm_q = layer_norm(dim)
         self.norm_kv = layer_norm(dim)
         self.attn = Attention(dim, num_heads, qkv_bias, proj_bias)
+        # optional ``+ MLP(LN(.))`` after the attention (a Perceiver cross-attention block); never sliced
+        self.norm_mlp = layer_norm(dim) if mlp_hidden else None
+        self.mlp = Mlp(dim, mlp_hidden) if mlp_hidden else None
 
     def forward(self, sink: Tensor, source: Tensor, rope_q: RotaryEmbedding | None = None,
                 rope_k: RotaryEmbedding | None = None, mask: Tensor | None = None) -> Tensor:
-        return sink + self.attn(self.norm_q(sink), self.norm_kv(source), rope_q, rope_k, mask)
+        out = sink + self.attn(self.norm_q(sink), self.norm_kv(source), rope_q, rope_k, mask)
+        return out if self.mlp is None else out + self.mlp(self.norm_mlp(out))
 
     def forward_prefixes(self, sink: Tensor, source: Tensor, prefixes: Sequence[int],
                          rope_k: RotaryEmbedding | None = None) -> Tensor:
@@ -185,11 +237,14 @@ class PatchEmbed(nn.Module):
     """Stride-p conv to patch tokens + learned absolute positions, then optionally LN + MLP.
 
     Any image whose sides are multiples of the patch size works; the position table is resampled
-    from the trained grid. There is no residual around the embedding MLP (as in the reference).
+    from the trained grid. There is no residual around the embedding MLP (as in the reference)
+    unless ``residual=True`` (``x + MLP(LN(x))``: the conv features and positions reach the latents).
     """
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int, mlp_hidden: int | None):
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int, mlp_hidden: int | None,
+                 residual: bool = False):
         super().__init__()
+        self.residual = residual and bool(mlp_hidden)
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.grid = (img_size // patch_size, img_size // patch_size)
@@ -213,7 +268,8 @@ class PatchEmbed(nn.Module):
         grid = (x.shape[-2], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)
         x = x + resample_pos_embed(self.pos_embed, self.grid, grid)
-        return self.mlp(self.norm(x)), grid
+        out = self.mlp(self.norm(x))
+        return (x + out if self.residual else out), grid
 
 
 def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:

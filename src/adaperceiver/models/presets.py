@@ -49,6 +49,20 @@ def _tiny() -> dict[str, Any]:
                 num_latents=32, token_grans=(8, 16, 24, 32), widths=(32, 48, 64), ls_init=0.1, num_classes=10)
 
 
+@register_preset("adaperceiver_tiny_v2")
+def _tiny_v2() -> dict[str, Any]:
+    """``adaperceiver_tiny`` with the read-out that learns as fast as a plain ViT (docs/training.md,
+    "Learning efficiency"): logits from LayerNorm(mean of the latent prefix) instead of one output
+    query's cross-attention. Same axes, same grid; for models trained with this library."""
+    return dict(_tiny(), readout="mean", head_norm=True)
+
+
+@register_preset("adaperceiver_tiny64")
+def _tiny64() -> dict[str, Any]:
+    """``adaperceiver_tiny`` for 64x64 inputs (cluttered Fashion-MNIST): patch 8, so 64 patches."""
+    return {**_tiny(), "img_size": 64, "patch_size": 8}
+
+
 @register_preset("adaperceiver_small")
 def _small() -> dict[str, Any]:
     return dict(img_size=224, patch_size=16, in_chans=3, embed_dim=384, num_heads=6, depth=12, ffn_ratio=2.57,

@@ -18,20 +18,20 @@ import re
 import torch
 from torch import Tensor, nn
 
-# the only tensors whose shape a slim model may change: the Matryoshka FFNs of the latent blocks
-_SLICEABLE = re.compile(r"^blocks\.\d+\.mlp\.fc[12]\.(weight|bias)$")
+# the only tensors whose shape a slim model may change: the Matryoshka FFNs of the latent blocks and
+# the per-latent table (a static model keeps the rows of its own latents)
+_SLICEABLE = re.compile(r"^(blocks\.\d+\.mlp\.fc[12]\.(weight|bias)|latent_pos)$")
 
 
 def _check_slim_args(model: nn.Module, tokens: int, depth: int, width: int) -> None:
-    if not all(hasattr(model, a) for a in ("cfg", "resolve_tokens", "resolve_depth", "resolve_width", "latent_mask")):
+    if not all(hasattr(model, a) for a in ("cfg", "resolve_configuration", "latent_mask")):
         raise ValueError(f"slim() needs an AdaPerceiver model, got {type(model).__name__}")
-    model.resolve_tokens(tokens)
-    model.resolve_depth(depth)
-    model.resolve_width(width, 1)
+    model.resolve_configuration(tokens, depth, width)
     last = model.cfg.token_grans[-1]
-    if model.cfg.latent_mask == "block" and tokens > last:
+    if model.cfg.latent_mask == "block" and model.cfg.beyond_grans == "first_gk" and tokens > last:
         # past the last granularity the adaptive mask lets those latents see only the first `last`
-        # latents; a static model cannot reproduce that with its own granularities
+        # latents; a static model cannot reproduce that with its own granularities (under "all"
+        # they see every latent, which is what a static model's last group does)
         raise ValueError(f"slim() supports tokens up to the last granularity ({last}) of this model "
                          f"(granularities {list(model.cfg.token_grans)}), got {tokens}")
 

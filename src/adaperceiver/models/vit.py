@@ -6,11 +6,13 @@ training engine trains it; :mod:`adaperceiver.training.teachers` wraps it as a t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from ..errors import check_fields
 from .adaperceiver import AnytimeOutput
 from .layers import Block, PatchEmbed, hidden_units, layer_norm, trunc_normal_init
 
@@ -18,13 +20,25 @@ from .layers import Block, PatchEmbed, hidden_units, layer_norm, trunc_normal_in
 @dataclass
 class ViTConfig:
     img_size: int = 28
-    patch_size: int = 4
+    patch_size: int = field(default=4, metadata=dict(group="vit teacher", help="patch size"))
     in_chans: int = 1
-    embed_dim: int = 128
-    depth: int = 6
-    num_heads: int = 4
-    mlp_ratio: float = 3.0
+    embed_dim: int = field(default=128, metadata=dict(group="vit teacher", help="width"))
+    depth: int = field(default=6, metadata=dict(group="vit teacher", help="blocks"))
+    num_heads: int = field(default=4, metadata=dict(group="vit teacher", help="attention heads"))
+    mlp_ratio: float = field(default=3.0, metadata=dict(group="vit teacher", help="MLP hidden / width"))
     num_classes: int = 10
+    pool: str = "mean"  # logits from the mean of the patch tokens, or "cls": from a prepended class token
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"img_size": ">= 1", "patch_size": ">= 1", "in_chans": ">= 1", "embed_dim": ">= 1",
+                            "depth": ">= 1", "num_heads": ">= 1", "mlp_ratio": "> 0", "num_classes": ">= 1"},
+                     "teacher config")
+        if self.pool not in ("mean", "cls"):
+            raise ValueError(f"teacher config: pool must be 'mean' or 'cls', got {self.pool!r}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"teacher config: embed_dim {self.embed_dim} does not split into {self.num_heads} heads")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"teacher config: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,9 +58,10 @@ class ViTConfig:
 
 
 class StaticViT(nn.Module):
-    """Plain ViT over patch tokens (no latents, no adaptivity), mean-pooled to logits.
+    """Plain pre-norm ViT over patch tokens (no latents, no adaptivity), mean-pooled (or class token) to logits.
 
-    ``forward_features`` returns the final patch tokens, which serve as the teacher's features.
+    ``forward_features`` returns the final normalised tokens, the class token first when there is one
+    (``num_prefix_tokens``, as in timm); the patch tokens serve as the teacher's features.
     It offers the trainable-model interface with a single read-out (``forward_anytime``), so the
     shared training engine trains it with ``ObjectiveConfig.static()``.
     """
@@ -60,17 +75,27 @@ class StaticViT(nn.Module):
         self.blocks = nn.ModuleList(Block(d, cfg.num_heads, hidden, ls_init=None) for _ in range(cfg.depth))
         self.norm = layer_norm(d)
         self.head = nn.Linear(d, cfg.num_classes)
+        if cfg.pool == "cls":
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         trunc_normal_init(self)
         nn.init.trunc_normal_(self.patch_embed.pos_embed, std=0.02, a=-0.04, b=0.04)
+        if cfg.pool == "cls":
+            nn.init.trunc_normal_(self.cls_token, std=0.02, a=-0.04, b=0.04)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.cfg.pool == "cls" else 0
 
     def forward_features(self, x: Tensor) -> Tensor:
         z, _ = self.patch_embed(x)
+        if self.cfg.pool == "cls":
+            z = torch.cat([self.cls_token.expand(z.shape[0], -1, -1).to(z.dtype), z], 1)
         for blk in self.blocks:
             z = blk(z, rope=None)
         return self.norm(z)
 
     def forward_head(self, feats: Tensor) -> Tensor:
-        return self.head(feats.mean(1))
+        return self.head(feats[:, 0] if self.cfg.pool == "cls" else feats.mean(1))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
@@ -84,6 +109,9 @@ class StaticViT(nn.Module):
         if width is not None or (depths is not None and tuple(depths) != (self.num_blocks,)):
             raise ValueError("StaticViT has a single configuration: train it with ObjectiveConfig.static()")
         return AnytimeOutput(self(x)[None, None], (self.num_blocks,), (self.cfg.num_latents,))
+
+    def no_weight_decay(self) -> set[str]:
+        return {"patch_embed.pos_embed"}
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {"architecture": "static_vit"}

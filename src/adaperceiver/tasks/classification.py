@@ -10,9 +10,12 @@ from torch import Tensor, nn
 
 from ..checkpoint import load_matching
 from ..data import RandomCropFlip, get_dataset
+from ..errors import UserError
+from ..evaluation.metrics import ClassificationAccuracy
 from ..losses import cross_entropy
 from ..models.adaperceiver import build_model
 from ..models.presets import preset_config
+from ..models.util import eval_mode
 from ..training.config import TaskData, TaskSpec, TrainConfig
 
 
@@ -32,15 +35,24 @@ def adapt_model_config(cfg: TrainConfig, data: TaskData, task: str = "classifica
     values = dict(num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size, task=task)
     mcfg = preset_config(cfg.model, **{**values, **cfg.model_overrides})
     if mcfg.img_size % mcfg.patch_size:
-        raise ValueError(f"image size {mcfg.img_size} is not a multiple of the patch size {mcfg.patch_size}; "
-                         f"pass --image-size or --set patch_size=...")
+        raise UserError(f"image size {mcfg.img_size} is not a multiple of the patch size {mcfg.patch_size}; "
+                        f"set image_size or override patch_size")
+    if task == "classification" and mcfg.num_classes < data.num_classes:
+        raise UserError(f"model override num_classes={mcfg.num_classes} is below the {data.num_classes} classes of "
+                        f"dataset {cfg.dataset!r} (labels up to {data.num_classes - 1}); drop it or set >= "
+                        f"{data.num_classes}")
+    if mcfg.in_chans != data.in_chans:
+        raise UserError(f"model override in_chans={mcfg.in_chans} does not match the {data.in_chans}-channel images of "
+                        f"dataset {cfg.dataset!r}")
     return mcfg.static_config(*cfg.static) if cfg.static else mcfg
 
 
 def _classification_model(cfg: TrainConfig, data: TaskData) -> nn.Module:
     model = build_model(adapt_model_config(cfg, data))
     if cfg.init_from:  # copy every parameter whose name and shape match (e.g. all but a new head)
-        load_matching(model, cfg.init_from)
+        names = {id(p): n for n, p in model.named_parameters()}
+        frozen = [names[id(p)] for p in model.backbone_parameters()] if cfg.freeze_backbone else []
+        load_matching(model, cfg.init_from, required=frozen)
     return model
 
 
@@ -52,25 +64,17 @@ def _classification_loss(cfg: TrainConfig) -> Callable[[Tensor, Tensor], Tensor]
 def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.device) -> dict[str, float]:
     """Top-1 (``acc1``) and, with more than five classes, top-5 (``acc5``) accuracy in percent, and the
     mean cross-entropy (``loss``), at the full configuration (the same scale as the sweep's rows)."""
-    was_training = model.training
-    model.eval()
-    correct1, correct5, loss, count, classes = 0, 0, 0.0, 0, 0
-    for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
-        logits = model(images).float()
-        classes = logits.shape[-1]
-        loss += float(F.cross_entropy(logits, targets, reduction="sum"))
-        hits = logits.topk(min(5, classes), dim=-1).indices == targets[:, None]
-        correct1 += int(hits[:, 0].sum())
-        correct5 += int(hits.any(-1).sum())
-        count += targets.numel()
-    model.train(was_training)
-    if count == 0:
+    accuracy, loss = ClassificationAccuracy(), 0.0
+    with eval_mode(model):
+        for images, targets in loader:
+            images, targets = images.to(device), targets.to(device)
+            logits = model(images).float()
+            loss += float(F.cross_entropy(logits, targets, reduction="sum"))
+            accuracy.update(logits, targets)
+    if accuracy.count == 0:
         raise ValueError("the evaluation loader yielded no samples")
-    out = {"acc1": 100.0 * correct1 / count}
-    if classes > 5:
-        out["acc5"] = 100.0 * correct5 / count
-    out["loss"] = loss / count
+    out = accuracy.compute()
+    out["loss"] = loss / accuracy.count
     return out
 
 

@@ -35,19 +35,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import WEIGHTS_NAME, load_config, read_state_dict
+from ..checkpoint import WEIGHTS_NAME, load_config, read_state_dict, strip_prefix
+from ..data import SubsetDataset
 from ..data.dense import DepthFolder, FashionMNISTSegmentation, SegmentationFolder, ViSPCastelDepth, depth_range
+from ..errors import UserError
 from ..evaluation.metrics import DepthMetric, SegmentationMetric
 from ..losses import PixelCrossEntropy, SigLoss, pixel_cross_entropy, sig_loss
 from ..models.adaperceiver import AdaPerceiverConfig
 from ..models.heads import DenseTaskModel, build_dense_model, dense_config, head_config
 from ..models.presets import preset_config
+from ..models.util import eval_mode
 from ..training.config import TaskData, TaskSpec, TrainConfig
 from .classification import adapt_model_config
 
 SEG_DATASETS = ("fashion_mnist", "fashion_mnist_seg", "fashion_mnist_seg28", "ade20k", "segfolder")
 DEPTH_DATASETS = ("visp_castel", "nyu", "depthfolder")
-ENCODER_PREFIXES = ("patch_embed.", "latent_token", "read.", "blocks.")
+ENCODER_PREFIXES = ("patch_embed.", "latent_token", "latent_pos", "read.", "blocks.")
 DECODER_PREFIXES = ("write.", "query_proj.", "head_norm.", "head_fc.")
 
 
@@ -76,21 +79,12 @@ def _no_head_overrides(cfg: TrainConfig) -> TrainConfig:
 
 
 def _subset(ds, n: int | None, seed: int = 0):
-    if not n or n >= len(ds):
-        return ds
-    from torch.utils.data import Subset
-
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    sub = Subset(ds, order)
-    for attr in ("in_chans", "img_size", "classes", "num_classes"):
-        if hasattr(ds, attr):
-            setattr(sub, attr, getattr(ds, attr))
-    return sub
+    return ds if not n or n >= len(ds) else SubsetDataset(ds, n, seed)
 
 
 def _need_root(cfg: TrainConfig) -> Path:
     if not cfg.data_dir:
-        raise ValueError(f"dataset {cfg.dataset!r} needs --data-dir pointing at its root folder")
+        raise UserError(f"dataset {cfg.dataset!r} needs data_dir pointing at its root folder")
     return Path(cfg.data_dir)
 
 
@@ -108,7 +102,7 @@ def segmentation_data(cfg: TrainConfig) -> TaskData:
         ade = name == "ade20k"
         k = int(head.get("num_classes", 150 if ade else 0))
         if k < 2:
-            raise ValueError("dataset 'segfolder' needs the class count: --set head.num_classes=K")
+            raise UserError("dataset 'segfolder' needs the class count: head.num_classes=K in model_overrides")
         ignore = int(head.get("ignore_index", 255))
         size = cfg.image_size or 224
         kw = dict(num_classes=k, size=size, reduce_zero_label=ade, ignore_index=ignore)
@@ -148,9 +142,7 @@ def depth_data(cfg: TrainConfig) -> TaskData:
 def _backbone_state(directory: str | Path) -> tuple[AdaPerceiverConfig, dict[str, Tensor]]:
     """Config and backbone-named weights of any saved model (classifier, dense, or dense task model)."""
     src_cfg = load_config(directory)
-    state = read_state_dict(Path(directory) / WEIGHTS_NAME)
-    if any(k.startswith("backbone.") for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    state = strip_prefix(read_state_dict(Path(directory) / WEIGHTS_NAME), "backbone.")
     return src_cfg, state
 
 
@@ -253,19 +245,17 @@ def _flip_augment(cfg: TrainConfig):
 def evaluate_dense(model: nn.Module, loader: Iterable, device: torch.device, tokens: int | None = None,
                    depth: int | None = None, width: int | None = None) -> dict[str, float]:
     """Metrics and mean loss of one configuration (default: the full one) over ``loader``."""
-    was_training = model.training
-    model.eval()
     head = model.head_cfg
     seg = model.task == "segmentation"
     metric = SegmentationMetric(head.num_classes, head.ignore_index) if seg else DepthMetric(max_depth=head.max_depth)
     loss, batches = 0.0, 0
-    for images, targets in loader:
-        images, targets = images.to(device), targets.to(device)
-        pred = model(images, tokens=tokens, depth=depth, width=width)
-        loss += float(pixel_cross_entropy(pred, targets, head.ignore_index) if seg else sig_loss(pred, targets))
-        metric.update(pred, targets)
-        batches += 1
-    model.train(was_training)
+    with eval_mode(model):
+        for images, targets in loader:
+            images, targets = images.to(device), targets.to(device)
+            pred = model(images, tokens=tokens, depth=depth, width=width)
+            loss += float(pixel_cross_entropy(pred, targets, head.ignore_index) if seg else sig_loss(pred, targets))
+            metric.update(pred, targets)
+            batches += 1
     if not batches:
         raise ValueError("the evaluation loader yielded no batches")
     return {**metric.compute(), "loss": loss / batches}

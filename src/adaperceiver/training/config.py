@@ -18,85 +18,119 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..errors import UserError, check_fields, check_value
+from ..models.adaperceiver import MODEL_CONFIG_RANGES, AdaPerceiverConfig
+from .distributed import parse_device
 from .objective import ObjectiveConfig
 
 EXPORT_CHOICES = ("ema", "raw")
+# allowed ranges of the numeric fields (types come from the annotations)
+TRAIN_CONFIG_RANGES = {
+    "image_size": ">= 1", "train_subset": ">= 1", "val_subset": ">= 1", "crop_padding": ">= 0", "num_workers": ">= 0",
+    "epochs": ">= 1", "batch_size": ">= 1", "eval_batch_size": ">= 1", "lr": "> 0", "min_lr": ">= 0",
+    "weight_decay": ">= 0", "warmup_steps": ">= 0", "grad_clip": ">= 0", "accum_steps": ">= 1", "ema_decay": "[0, 1)",
+    "seed": ">= 0", "checkpoint_every": ">= 0", "keep_checkpoints": ">= 1", "log_every": ">= 1", "eval_every": ">= 0",
+    "max_steps": ">= 1", "static": ">= 1",
+}
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (saved in the run's config.json under ``"train"``)."""
 
+    # Each field says what it means (metadata "help") and where it belongs ("group"): the command line
+    # is generated from these (adaperceiver.cli.options), so an option is declared once, here.
     # what to train
-    task: str = "classification"
-    model: str = "adaperceiver_tiny"  # a registry preset
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # any AdaPerceiverConfig field
-    static: tuple[int, int, int] | None = None  # (tokens, depth, width): train a static baseline instead
-    init_from: str | None = None  # a trained model directory to start from (the task's build_model loads it)
-    freeze_backbone: bool = False  # train only output query/queries, write cross-attention and head
+    task: str = field(default="classification", metadata=dict(
+        group="model", help="task: classification, segmentation or depth"))
+    model: str = field(default="adaperceiver_tiny", metadata=dict(group="model", help="model preset"))
+    model_overrides: dict[str, Any] = field(default_factory=dict, metadata=dict(
+        group="model", help="model config fields to override, e.g. embed_dim=96 or token_grans=[8,16,32] "
+                            "(segmentation/depth head fields as head.<field>)"))
+    static: tuple[int, int, int] | None = field(default=None, metadata=dict(
+        group="model", metavar="TOKENS,DEPTH,WIDTH", help="train a static baseline: the same architecture fixed at one configuration "
+                            "(tokens, depth, width), e.g. 16,3,48"))
+    init_from: str | None = field(default=None, metadata=dict(
+        group="model", help="start from a trained model directory (parameters with matching name and shape)"))
+    freeze_backbone: bool = field(default=False, metadata=dict(
+        group="model", help="with init_from: train only the output query/queries, write cross-attention and head"))
     # data
-    dataset: str = "fashion_mnist"
-    data_dir: str | None = None
-    image_size: int | None = None  # resize images (default: the dataset's size)
-    train_subset: int | None = None  # use a fixed random subset of the training set
-    val_subset: int | None = None
-    augment: bool = True
-    crop_padding: int = 2  # random crop after this much zero padding
-    hflip: bool = True
-    num_workers: int = 0
+    dataset: str = field(default="fashion_mnist", metadata=dict(
+        group="data", help="fashion_mnist (Debian dataset-fashion-mnist), fashion_mnist_cluttered (its items on "
+                           "a 64 px canvas among clutter; ..._cluttered56/60 for smaller canvases), imagefolder (a "
+                           "data_dir with train/<class>/ and val/<class>/), digits (sklearn, 8x8), or a dense dataset"))
+    data_dir: str | None = field(default=None, metadata=dict(
+        group="data", help="dataset root (Fashion-MNIST IDX files or an ImageFolder tree)"))
+    image_size: int | None = field(default=None, metadata=dict(
+        group="data", help="resize images to this square size (default: the dataset's size)"))
+    train_subset: int | None = field(default=None, metadata=dict(
+        group="data", help="train on a fixed random subset of N images"))
+    val_subset: int | None = field(default=None, metadata=dict(
+        group="data", help="evaluate on a fixed random subset of N images"))
+    augment: bool = field(default=True, metadata=dict(
+        group="data", help="batched training augmentation (classification: random crop + horizontal flip)"))
+    crop_padding: int = field(default=2, metadata=dict(
+        group="data", help="random crop after this much zero padding (0 = no crop)"))
+    hflip: bool = field(default=True, metadata=dict(group="data", help="random horizontal flips"))
+    num_workers: int = field(default=0, metadata=dict(group="data", help="DataLoader worker processes"))
     # optimisation
-    epochs: int = 5
-    batch_size: int = 128
-    eval_batch_size: int = 256
-    lr: float = 2e-3
-    min_lr: float = 2e-5
-    weight_decay: float = 0.05
-    warmup_steps: int = 200
-    grad_clip: float = 3.0  # max global grad norm (0 disables)
-    accum_steps: int = 1  # split each (per-process) batch into this many micro-batches, one optimizer step
-    ema_decay: float = 0.999  # 0 disables the EMA
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    epochs: int = field(default=5, metadata=dict(group="optimisation", help="training epochs"))
+    batch_size: int = field(default=128, metadata=dict(
+        group="optimisation", help="images per optimizer step (global, over all processes)"))
+    eval_batch_size: int = field(default=256, metadata=dict(group="optimisation", help="images per evaluation batch"))
+    lr: float = field(default=2e-3, metadata=dict(group="optimisation", help="peak AdamW learning rate"))
+    min_lr: float = field(default=2e-5, metadata=dict(group="optimisation", help="final learning rate of the cosine"))
+    weight_decay: float = field(default=0.05, metadata=dict(group="optimisation", help="AdamW weight decay on matrices"))
+    warmup_steps: int = field(default=200, metadata=dict(group="optimisation", help="linear warm-up steps"))
+    grad_clip: float = field(default=3.0, metadata=dict(group="optimisation", help="max global gradient norm, 0 = off"))
+    accum_steps: int = field(default=1, metadata=dict(
+        group="optimisation", help="gradient accumulation: micro-batches per optimizer step (batch_size stays the "
+                                   "global batch per step)"))
+    ema_decay: float = field(default=0.999, metadata=dict(
+        group="optimisation", help="EMA decay of the weights, 0 = off"))
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig, metadata=dict(group="objective"))
     # run
-    seed: int = 0
-    device: str | None = None  # default: cuda when available, else cpu
-    out_dir: str = "runs"
-    name: str = "run"
-    export: str = "ema"  # weights in model.safetensors: "ema" or "raw" (raw when the EMA is off)
-    checkpoint_every: int = 0  # steps between checkpoints; 0: at the end of every epoch
-    keep_checkpoints: int = 2
-    log_every: int = 20
-    eval_every: int = 1  # epochs between evaluations (0: only at the end)
-    progress: bool = True
-    max_steps: int | None = None  # stop (resumably) after this global step
+    seed: int = field(default=0, metadata=dict(group="run", help="seed of initialisation, data order and augmentation"))
+    device: str | None = field(default=None, metadata=dict(
+        group="run", help="torch device (default: cuda when available, else cpu)"))
+    out_dir: str = field(default="runs", metadata=dict(group="run", help="parent directory of run directories"))
+    name: str = field(default="run", metadata=dict(group="run", help="run name: the run directory is out_dir/name"))
+    export: str = field(default="ema", metadata=dict(
+        group="run", choices=EXPORT_CHOICES, help="weights written to model.safetensors (raw when the EMA is off)"))
+    checkpoint_every: int = field(default=0, metadata=dict(
+        group="run", help="steps between checkpoints; 0: at the end of every epoch"))
+    keep_checkpoints: int = field(default=2, metadata=dict(group="run", help="checkpoints kept on disk"))
+    log_every: int = field(default=20, metadata=dict(group="run", help="steps between metrics.csv rows"))
+    eval_every: int = field(default=1, metadata=dict(group="run", help="epochs between evaluations (0: only at the end)"))
+    progress: bool = field(default=True, metadata=dict(group="run", help="show a progress bar"))
+    max_steps: int | None = field(default=None, metadata=dict(
+        group="run", help="stop (resumably) after this many optimizer steps in total"))
 
     def __post_init__(self) -> None:
         try:  # stored in config.json: keep it JSON-shaped (tuples become lists) so saved == loaded
             self.model_overrides = json.loads(json.dumps(dict(self.model_overrides)))
-        except TypeError as e:
-            raise ValueError(f"model_overrides must be JSON-serialisable config values ({e})") from None
+        except (TypeError, ValueError) as e:
+            raise UserError(f"model_overrides must be a mapping of JSON-serialisable config values ({e})") from None
         if isinstance(self.objective, dict):
-            self.objective = ObjectiveConfig(**self.objective)
-        if self.static is not None:
-            if len(self.static) != 3:
-                raise ValueError(f"static must be (tokens, depth, width), got {self.static!r}")
-            self.static = tuple(int(v) for v in self.static)
-        for name in ("epochs", "batch_size", "eval_batch_size", "log_every", "keep_checkpoints", "accum_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every", "num_workers", "eval_every", "crop_padding"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("lr must be > 0 and min_lr, weight_decay, grad_clip >= 0")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+            try:
+                self.objective = ObjectiveConfig(**self.objective)
+            except TypeError as e:
+                raise UserError(f"train config field objective: {e}") from None
+        check_fields(self, TRAIN_CONFIG_RANGES, "train config")  # every field's type and range, up front
+        model_fields = {f.name for f in dataclasses.fields(AdaPerceiverConfig)}
+        for k, v in self.model_overrides.items():  # other keys belong to task heads; their task checks them
+            if k in model_fields:
+                check_value(AdaPerceiverConfig, k, v, MODEL_CONFIG_RANGES.get(k), "model config")
+        if not self.name or ".." in Path(self.name).parts or Path(self.name).is_absolute():
+            raise UserError(f"train config field name must be a relative path inside out_dir without '..', "
+                            f"got {self.name!r}")
+        if self.device is not None:
+            parse_device(self.device)
         if self.export not in EXPORT_CHOICES:
-            raise ValueError(f"export must be one of {list(EXPORT_CHOICES)}, got {self.export!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+            raise UserError(f"train config field export must be one of {list(EXPORT_CHOICES)}, got {self.export!r}")
         if self.freeze_backbone and self.init_from is None:
-            raise ValueError("freeze_backbone needs init_from (a trained model directory): a random frozen "
-                             "backbone teaches nothing")
+            raise UserError("freeze_backbone needs init_from (a trained model directory): a random frozen "
+                            "backbone teaches nothing")
 
     @property
     def run_dir(self) -> Path:
@@ -142,7 +176,7 @@ class TaskSpec:
 
     * ``build_data(cfg) -> TaskData``
     * ``build_model(cfg, data) -> nn.Module`` (an AdaPerceiver, or a model exposing ``cfg``,
-      ``forward_anytime`` and ``backbone_parameters`` like it); honour ``cfg.static`` and
+      ``forward_anytime``, ``backbone_parameters`` and ``no_weight_decay`` like it); honour ``cfg.static`` and
       ``cfg.init_from`` (start from a trained model directory) when set
     * ``make_loss(cfg) -> task_loss(pred, target) -> scalar``, applied to every read-out
     * ``evaluate(model, loader, device) -> dict[str, float]``, containing ``primary_metric``

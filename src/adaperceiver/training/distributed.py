@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import UserError, first_line
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -62,10 +64,22 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+def parse_device(name: str | torch.device) -> torch.device:
+    """``torch.device(name)``, refusing an unknown name with a one-line error."""
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"device {name!r} is not a torch device such as 'cpu', 'cuda', 'cuda:1' or 'mps' "
+                        f"({first_line(e)})") from None
+
+
 def device_for(info: DistInfo, requested: str | None = None) -> torch.device:
     """``cuda:<local_rank>`` when CUDA is used, else the requested device or CPU."""
     if requested:
-        dev = torch.device(requested)
+        dev = parse_device(requested)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device {requested!r} is not available here (torch.cuda.is_available() is False); "
+                            f"use 'cpu' or leave the device unset")
         if dev.type == "cuda" and dev.index is None:
             return torch.device("cuda", info.local_rank)
         return dev

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import check_fields
 from ..losses import cross_entropy, kd_loss
 from ..models.adaperceiver import AdaPerceiver, AnytimeOutput
 
@@ -38,34 +39,43 @@ ExtraLoss = Callable[[AnytimeOutput, "Batch", Tensor], tuple[Tensor, dict[str, f
 DEPTH_WEIGHTINGS = ("linear", "uniform")
 
 
+OBJECTIVE_CONFIG_RANGES = {"widths": ">= 1", "token_weights": ">= 0", "label_smoothing": "[0, 1)", "ce_weight": ">= 0",
+                           "kd_weight": ">= 0", "kd_temperature": "> 0"}
+
+
 @dataclass
 class ObjectiveConfig:
     """How the read-outs of one pass are combined into the training loss."""
 
-    all_depths: bool = True  # depth loss: read out after every block (False: the last block only)
-    all_tokens: bool = True  # token loss: read out every granularity (False: all latents only)
-    sample_widths: bool = True  # one width per sample from the model's trained widths (False: full width)
-    widths: tuple[int, ...] | None = None  # widths to sample from; None -> model.cfg.widths
-    depth_weighting: str = "linear"  # "linear" ((i+1)/L) or "uniform"
-    token_weights: tuple[float, ...] | None = None  # one per granularity; None -> uniform
-    label_smoothing: float = 0.0  # for the default cross-entropy task loss
-    ce_weight: float = 1.0  # weight of the supervised task loss
-    kd_weight: float = 1.0  # weight of logits distillation (only when the batch carries teacher logits)
-    kd_temperature: float = 1.0
+    # metadata: help and group for the generated command line (adaperceiver.cli.options)
+    all_depths: bool = field(default=True, metadata=dict(
+        group="objective", help="depth loss: read out after every block (off: the last block only)"))
+    all_tokens: bool = field(default=True, metadata=dict(
+        group="objective", help="token loss: read out every granularity (off: all latents only)"))
+    sample_widths: bool = field(default=True, metadata=dict(
+        group="objective", help="one random trained width per sample (off: full width only)"))
+    widths: tuple[int, ...] | None = field(default=None, metadata=dict(
+        group="objective", help="widths to sample from (default: the model's trained widths)"))
+    depth_weighting: str = field(default="linear", metadata=dict(
+        group="objective", choices=DEPTH_WEIGHTINGS, help="weights of the per-block read-outs: linear (i+1)/L or uniform"))
+    token_weights: tuple[float, ...] | None = field(default=None, metadata=dict(
+        group="objective", help="one weight per token granularity, e.g. 1,1,1,2 (default: uniform)"))
+    label_smoothing: float = field(default=0.0, metadata=dict(group="objective", help="cross-entropy label smoothing"))
+    ce_weight: float = field(default=1.0, metadata=dict(group="distillation", help="weight of the supervised task loss"))
+    kd_weight: float = field(default=1.0, metadata=dict(
+        group="distillation", help="weight of logits distillation (only when the batch carries teacher logits)"))
+    kd_temperature: float = field(default=1.0, metadata=dict(group="distillation", help="KD temperature T"))
 
     def __post_init__(self) -> None:
+        check_fields(self, OBJECTIVE_CONFIG_RANGES, "objective config")  # every field's type and range, up front
         if self.depth_weighting not in DEPTH_WEIGHTINGS:
             raise ValueError(f"depth_weighting must be one of {list(DEPTH_WEIGHTINGS)}, got {self.depth_weighting!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.kd_temperature <= 0:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
-        if self.token_weights is not None:
-            self.token_weights = tuple(float(w) for w in self.token_weights)
-            if any(w < 0 for w in self.token_weights) or not sum(self.token_weights) > 0:
-                raise ValueError(f"token_weights must be >= 0 with a positive sum, got {list(self.token_weights)}")
-        if self.widths is not None:
-            self.widths = tuple(int(w) for w in self.widths)
+        if self.token_weights is not None and not sum(self.token_weights) > 0:
+            raise ValueError(f"token_weights must be >= 0 with a positive sum, got {list(self.token_weights)}")
 
     @classmethod
     def static(cls, **kw: Any) -> "ObjectiveConfig":
@@ -104,7 +114,7 @@ def readout_grid_weights(depths: Sequence[int], tokens: Sequence[int], num_block
     else:
         if len(token_weights) != len(tokens):
             raise ValueError(f"token_weights has {len(token_weights)} entries but the model reads out "
-                             f"{len(tokens)} token counts {list(tokens)}")
+                             f"{len(tokens)} token granularities {list(tokens)}")
         tw = torch.tensor(list(token_weights), dtype=torch.float32)
     w = dw[:, None] * tw[None, :]
     return w / w.sum()

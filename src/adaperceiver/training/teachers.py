@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import from_pretrained, read_state_dict, save_pretrained
+from ..checkpoint import from_pretrained, load_strict, read_state_dict, save_pretrained, strip_wrappers
 from ..models.cnn import StaticCNN
 from ..models.vit import StaticViT
 
@@ -55,7 +55,7 @@ class Teacher(nn.Module):
 def _static_outputs(m: StaticViT | StaticCNN, x: Tensor):
     """Logits and the last features (ViT: final patch tokens; CNN: last feature map, flattened by Teacher)."""
     feats = m.forward_features(x)
-    return m.forward_head(feats), feats
+    return m.forward_head(feats), feats[:, getattr(m, "num_prefix_tokens", 0):]  # ViT: drop a class token
 
 
 def _adaperceiver_outputs(m, x: Tensor):
@@ -105,7 +105,7 @@ def from_timm(model_name: str, checkpoint: str | Path | None = None, **kwargs: A
         raise ImportError("the timm teacher needs timm: pip install timm (it is optional; nothing else needs it)") from None
     model = timm.create_model(model_name, pretrained=False, **kwargs)
     if checkpoint is not None:
-        model.load_state_dict(read_state_dict(checkpoint))
+        load_strict(model, strip_wrappers(read_state_dict(checkpoint)), source=str(checkpoint))
     prefix = int(getattr(model, "num_prefix_tokens", 0))
 
     def fn(m: nn.Module, x: Tensor):
@@ -207,8 +207,12 @@ def load_teacher(spec: str) -> Teacher:
             raise ValueError(f"teacher {spec!r}: expected efficientnet-lite0:SIZE with SIZE an image side in pixels")
         return from_efficientnet_lite0(image_size=int(size) if size else 224)
     if spec.startswith("python:"):
-        _, mod, attr = spec.split(":", 2)
-        return from_module(getattr(importlib.import_module(mod), attr)())
+        _, mod, attr = (spec.split(":", 2) + ["", ""])[:3]
+        try:
+            factory = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ValueError(f"teacher {spec!r}: cannot load python:MODULE:ATTR ({e})") from None
+        return from_module(factory())
     directory = Path(spec)
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():

@@ -30,7 +30,8 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import CONFIG_NAME, atomic_write, read_state_dict, save_pretrained, save_state_dict
+from ..checkpoint import (
+    CONFIG_NAME,
+    atomic_write,
+    load_strict,
+    read_state_dict,
+    remove_temporaries,
+    run_lock,
+    save_pretrained,
+    save_state_dict,
+)
+from ..errors import UserError, first_line
 from . import distributed
 from .config import TaskData, TaskSpec, TrainConfig
 from .objective import Batch, ExtraLoss, JointObjective
@@ -49,7 +60,6 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_POINTER = "last.json"
 STATE_NAME = "trainer_state.pt"
 METRICS_NAME = "metrics.csv"
-NO_DECAY_NAMES = ("pos_embed", "latent_token", "output_query")
 # fields a resumed run must share with the run it continues (they fix data order and schedule)
 RESUME_KEYS = ("task", "model", "model_overrides", "static", "dataset", "image_size", "train_subset", "epochs",
                "batch_size", "lr", "min_lr", "weight_decay", "warmup_steps", "seed", "objective", "ema_decay")
@@ -112,13 +122,16 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
     return factor
 
 
-def param_groups(named: Sequence[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: not on biases, norms, LayerScale or learned tokens/positions."""
+def param_groups(named: Sequence[tuple[str, nn.Parameter]], weight_decay: float,
+                 no_decay_names: Collection[str] = ()) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: not on biases, norms, LayerScale, nor on ``no_decay_names``
+    (the model's ``no_weight_decay()``: learned tokens and positions)."""
     decay, no_decay = [], []
+    skip = set(no_decay_names)
     for name, p in named:
         if not p.requires_grad:
             continue
-        (no_decay if p.dim() < 2 or any(k in name for k in NO_DECAY_NAMES) else decay).append(p)
+        (no_decay if p.dim() < 2 or name in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -155,10 +168,16 @@ class MetricsLog:
         """Read an existing file, dropping rows after ``keep_until_step`` (they will be redone)."""
         if not self.path.is_file():
             return
-        with self.path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            self.fields = list(reader.fieldnames or [])
-            self.rows = [r for r in reader if r.get("step") and int(r["step"]) <= keep_until_step]
+        try:
+            with self.path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                self.fields = list(reader.fieldnames or [])
+                self.rows = [r for r in reader if r.get("step") and int(r["step"]) <= keep_until_step]
+        except (ValueError, csv.Error, UnicodeDecodeError) as e:
+            raise UserError(f"{self.path} is damaged ({first_line(e)}); repair or delete it to resume "
+                            f"(rows are rewritten from the checkpoint's step on)") from None
+        if "step" not in self.fields:
+            raise UserError(f"{self.path} is damaged (no 'step' column); repair or delete it to resume")
         if self.enabled:
             self._rewrite()
 
@@ -241,6 +260,9 @@ class Trainer:
         self.cfg = cfg
         self.dist = dist_info or distributed.DistInfo()
         self.device = distributed.device_for(self.dist, cfg.device)
+        blocker = next((p for p in (cfg.run_dir, *cfg.run_dir.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise UserError(f"cannot write the run directory {cfg.run_dir}: {blocker} is a file, not a directory")
         self.task = task
         self.data = data or self.task.build_data(cfg)
         if len(self.data.train) < cfg.batch_size:
@@ -251,6 +273,8 @@ class Trainer:
             for p in self.model.backbone_parameters():
                 p.requires_grad_(False)
         self.objective = JointObjective(cfg.objective, self.task.make_loss(cfg), extra_losses).to(self.device)
+        if cfg.objective.token_weights is not None:  # one weight per read-out granularity: check before training
+            self.objective.weights(self.model)
         self.step_module: nn.Module = StepModule(self.model, self.objective)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -266,7 +290,8 @@ class Trainer:
         self.params = [p for _, p in named if p.requires_grad]
         if not self.params:
             raise ValueError("nothing to train: every parameter is frozen")
-        self.optimizer = torch.optim.AdamW(param_groups(named, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+        no_decay = getattr(self.model, "no_weight_decay", set)()  # the model names its learned tokens/positions
+        self.optimizer = torch.optim.AdamW(param_groups(named, cfg.weight_decay, no_decay), lr=cfg.lr, betas=(0.9, 0.999))
         self.steps_per_epoch = len(self.data.train) // cfg.batch_size
         self.total_steps = cfg.epochs * self.steps_per_epoch
         warmup = min(cfg.warmup_steps, self.total_steps // 2)
@@ -366,10 +391,12 @@ class Trainer:
 
     def _stop_message(self, what: str) -> str:
         last = last_checkpoint(self.cfg.run_dir) if self.is_writer() else None
-        kept = (f"the last good checkpoint ({last}) is kept; continue from it with --resume, e.g. after lowering --lr"
-                if last else "no checkpoint was written yet; lower --lr or check the data")
+        kept = f"the last good checkpoint ({last}) is kept" if last else "no checkpoint was written yet"
+        start = f", optionally starting from its last good weights (init_from={str(self.cfg.run_dir)!r})" if last else ""
         return (f"stopped at step {self.step} (epoch {self.step // self.steps_per_epoch}): {what}. "
-                f"Nothing was saved for this step; {kept}.")
+                f"Nothing was saved for this step; {kept}. Resuming would repeat the same steps with the same "
+                f"settings and stop here again: start a new run (another name) with a lower lr, more warmup_steps "
+                f"or a smaller grad_clip{start}; or check the data.")
 
     def evaluate(self) -> dict[str, float]:
         """Validation metrics, computed on the main process and shared with every rank."""
@@ -420,19 +447,30 @@ class Trainer:
             shutil.rmtree(p, ignore_errors=True)
         return path
 
-    def load_checkpoint(self, path: Path) -> None:
-        own = self.model.state_dict()
-        self.model.load_state_dict(read_state_dict(path / "model.safetensors"))
+    def load_checkpoint(self, path: Path, expected_step: int | None = None) -> None:
+        """Load a checkpoint directory; every file must be there, intact (sha256) and of this run's shapes."""
+        load_strict(self.model, read_state_dict(path / "model.safetensors"), source=str(path / "model.safetensors"))
         if self.ema is not None:
             ema_path = path / "ema.safetensors"
-            self.ema.module.load_state_dict(read_state_dict(ema_path) if ema_path.is_file() else own)
+            if not ema_path.is_file():
+                raise UserError(f"{ema_path} is missing (the run keeps an EMA, ema_decay={self.cfg.ema_decay}); "
+                                f"restore it, or resume from an older checkpoints/step_* by pointing last.json at it")
+            load_strict(self.ema.module, read_state_dict(ema_path), source=str(ema_path))
         obj_path = path / "objective.safetensors"
         if obj_path.is_file():
-            self.objective.load_state_dict(read_state_dict(obj_path))
+            load_strict(self.objective, read_state_dict(obj_path), source=str(obj_path))
+        elif self.objective.state_dict():
+            raise UserError(f"{obj_path} is missing (this run's objective has trained parameters)")
         try:
-            state = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # a damaged pickle's warnings would only add noise to the error
+                warnings.simplefilter("ignore")
+                state = torch.load(path / STATE_NAME, map_location="cpu", weights_only=True)
         except Exception as e:  # a damaged pickle raises many types
-            raise ValueError(f"{path / STATE_NAME} is not a readable trainer state ({type(e).__name__}: {e})") from None
+            raise UserError(f"{path / STATE_NAME} is not a readable trainer state "
+                            f"({type(e).__name__}: {first_line(e)})") from None
+        if expected_step is not None and int(state["step"]) != expected_step:
+            raise UserError(f"{path.parent / LAST_POINTER} says step {expected_step} but {path / STATE_NAME} holds "
+                            f"step {int(state['step'])}; the checkpoint is inconsistent: fix last.json by hand")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -445,23 +483,33 @@ class Trainer:
         path = self.cfg.run_dir / CONFIG_NAME
         if not path.is_file():
             return
-        saved = json.loads(path.read_text()).get("train", {})
+        saved = _read_json(path).get("train", {})
         mine = json.loads(json.dumps(self.cfg.to_dict()))  # tuples -> lists, as saved
         diff = [k for k in RESUME_KEYS if k in saved and saved[k] != mine[k]]
         if diff:
-            raise ValueError(f"cannot resume {self.cfg.run_dir}: settings {diff} differ from the saved run "
-                             f"(saved: {[saved[k] for k in diff]}); resume with the saved config or start a new --name")
+            raise UserError(f"cannot resume {self.cfg.run_dir}: settings {diff} differ from the saved run "
+                            f"(saved: {[saved[k] for k in diff]}); resume with the saved config or give the run "
+                            f"another name")
 
     # ----------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
+        """Train (or continue, with ``resume``) while holding the run directory's lock."""
+        if not self.is_writer():
+            return self._fit(resume)
+        with run_lock(self.cfg.run_dir):  # a second writer of this directory is refused, naming this process
+            remove_temporaries(self.cfg.run_dir)  # left by a killed writer; safe under the lock
+            remove_temporaries(self.cfg.run_dir / CHECKPOINT_DIR, recursive=True)
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> TrainResult:
         cfg = self.cfg
         last = last_checkpoint(cfg.run_dir)
         if last is not None and not resume:
-            raise ValueError(f"{cfg.run_dir} already holds a checkpoint ({last.name}); pass --resume to continue "
-                             f"it or choose another --name")
+            raise UserError(f"{cfg.run_dir} already holds a checkpoint ({last.name}); resume it (resume=True) "
+                            f"or give the run another name")
         if resume and last is not None:
             self.check_resumable()
-            self.load_checkpoint(last)
+            self.load_checkpoint(last, expected_step=_read_json(last.parent / LAST_POINTER).get("step"))
             if self.is_writer():
                 print(f"resumed {cfg.run_dir} from {last.name} (step {self.step})", flush=True)
         if resume:
@@ -543,7 +591,21 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no {CONFIG_NAME}: not a training run directory")
-    meta = json.loads(path.read_text())
+    meta = _read_json(path)
     if "train" not in meta:
-        raise ValueError(f"{path} has no 'train' section: it was not written by adaperceiver train")
-    return TrainConfig.from_dict(meta["train"])
+        raise UserError(f"{path} has no 'train' section: it was not written by adaperceiver train")
+    try:
+        return TrainConfig.from_dict(meta["train"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: its 'train' section is not a valid train config ({first_line(e)})") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, or a :class:`UserError` naming the file."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not readable JSON ({first_line(e)})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return obj

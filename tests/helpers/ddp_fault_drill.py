@@ -1,6 +1,8 @@
 """Kill a torchrun worker mid-training and check that the job restarts, resumes and finishes exactly.
 
-    python benchmarks/ddp_fault_drill.py [--out runs/fault_drill] [--kill-after-step 20]
+    python tests/helpers/ddp_fault_drill.py [--out runs/fault_drill] [--kill-after-step 20]
+
+(tests/test_ddp.py runs it the same way.)
 
 Starts ``torchrun --standalone --nproc_per_node=2 --max-restarts=1 -m adaperceiver train ... --resume``
 on the sklearn digits set, waits until a checkpoint at or after ``--kill-after-step`` exists, sends
@@ -94,9 +96,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/fault_drill")
     ap.add_argument("--kill-after-step", type=int, default=20)
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up on torchrun")
     args = ap.parse_args()
-    res = drill(Path(args.out), args.kill_after_step)
-    print(json.dumps(res, indent=2))
+    res = drill(Path(args.out), args.kill_after_step, args.timeout)
+    print(json.dumps(res))
     ok = (res["returncode"] == 0 and res["killed_worker_pid"] is not None and res["restarted"]
           and res["final_step"] == res["configured_steps"] and res["logged_steps_unique"])
     print("PASS" if ok else "FAIL")

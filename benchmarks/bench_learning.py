@@ -1,0 +1,195 @@
+"""Learning efficiency: the adaptive model against a plain ViT of the same width and depth, same loop.
+
+One plain training loop (issue 12) for every model: Fashion-MNIST, the full 60k training set, a
+fixed 5k validation subset, AdamW (lr 2e-3, weight decay 0.05 on matrices only, as the trainer
+does), 100 warm-up steps then cosine to 0 at the run's last step, batch 128, gradient clipping at
+3.0, no augmentation, no EMA, seed-fixed initialisation and data order. Each ``--steps`` value is a
+separate run (its own cosine schedule); ``--evals`` adds evaluations inside a run.
+
+Models (``--models``, comma-separated):
+
+* ``vit``: :class:`adaperceiver.models.vit.StaticViT`, pre-norm, D=64, 4 blocks, 4 heads, patch 4,
+  MLP ratio 2, class token (``vit_mean``: mean-pooled instead);
+* any preset name (``adaperceiver_tiny``, ``adaperceiver_tiny_v2``), optionally ``:joint``: trained
+  with the library's joint objective (every depth and token read-out, per-sample widths) instead of
+  plain cross-entropy on the full configuration. Adaptive models are evaluated at the full
+  configuration and at the sub-configurations of ``--configs``.
+
+Prints one table per run length (rows: evaluation steps; columns: models) and appends every
+evaluation to ``--csv``. Run it alone, under the heavy-job lock, e.g.::
+
+    flock /work/heavy.lock python benchmarks/bench_learning.py --models vit,adaperceiver_tiny_v2 --steps 700
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from adaperceiver import create_model
+from adaperceiver.data import get_dataset
+from adaperceiver.models.vit import StaticViT, ViTConfig
+from adaperceiver.training.distributed import epoch_permutation
+from adaperceiver.training.objective import Batch, JointObjective, ObjectiveConfig
+from adaperceiver.training.trainer import param_groups, step_generator, warmup_cosine
+
+DEFAULT_CONFIGS = "16,4,64;16,2,48;8,2,32;8,1,32"
+FIELDS = ["model", "objective", "run_steps", "step", "seed", "params", "config", "val_acc1", "train_s", "ms_per_step",
+          "threads", "torch"]
+
+
+def build(name: str) -> tuple[torch.nn.Module, str]:
+    """``(model, objective)`` for a ``--models`` entry."""
+    preset, _, objective = name.partition(":")
+    objective = objective or "plain"
+    if objective not in ("plain", "joint"):
+        raise ValueError(f"model entry {name!r}: objective must be 'plain' or 'joint', got {objective!r}")
+    if preset in ("vit", "vit_mean"):
+        if objective != "plain":
+            raise ValueError(f"{preset} has one configuration: train it with the plain objective, not {objective!r}")
+        cfg = ViTConfig(img_size=28, patch_size=4, in_chans=1, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
+                        num_classes=10, pool="cls" if preset == "vit" else "mean")
+        return StaticViT(cfg), objective
+    return create_model(preset, img_size=28, in_chans=1, num_classes=10), objective
+
+
+def parse_configs(text: str) -> list[tuple[int, int, int]]:
+    out = []
+    for part in filter(None, text.split(";")):
+        vals = part.split(",")
+        if len(vals) != 3:
+            raise ValueError(f"--configs entries are tokens,depth,width separated by ';', got {part!r}")
+        out.append(tuple(int(v) for v in vals))
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, configs, batch: int = 500) -> dict[str, float]:
+    """Top-1 % of the full configuration ("full") and of each sub-configuration "t{T}_d{D}_w{W}"."""
+    model.eval()
+    out: dict[str, float] = {}
+    if not hasattr(model, "configurations"):  # the static ViT
+        pred = torch.cat([model(x[i:i + batch]).argmax(-1) for i in range(0, len(x), batch)])
+        out["full"] = 100.0 * float((pred == y).float().mean())
+    else:
+        cfg = model.cfg
+        for w in sorted({cfg.embed_dim} | {c[2] for c in configs}):
+            preds = torch.cat([model.forward_anytime(x[i:i + batch], width=w).outputs.argmax(-1)
+                               for i in range(0, len(x), batch)], dim=-1)  # (depths, tokens, N)
+            acc = 100.0 * (preds == y).float().mean(-1)
+            grans = (*(g for g in cfg.token_grans if g < cfg.num_latents), cfg.num_latents)
+            if w == cfg.embed_dim:
+                out["full"] = float(acc[-1, -1])
+            for t, d, cw in configs:
+                if cw == w:
+                    out[f"t{t}_d{d}_w{w}"] = float(acc[d - 1, grans.index(t)])
+    model.train()
+    return {k: out[k] for k in ["full", *(f"t{t}_d{d}_w{w}" for t, d, w in configs)] if k in out}
+
+
+def train_run(name: str, steps: int, evals: list[int], seed: int, data, configs, warmup: int = 100,
+              batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 0.05, grad_clip: float = 3.0):
+    """Train one model for ``steps`` steps; yield ``(step, accuracies, train_seconds)`` at each evaluation."""
+    xtr, ytr, xv, yv = data
+    torch.manual_seed(seed)
+    model, objective = build(name)
+    model.train()
+    opt = torch.optim.AdamW(param_groups(list(model.named_parameters()), weight_decay), lr=lr, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup, 0.0))
+    joint = JointObjective(ObjectiveConfig()) if objective == "joint" else None
+    per_epoch = len(xtr) // batch_size
+    train_s, perm = 0.0, None
+    for step in range(steps):
+        epoch, b = divmod(step, per_epoch)
+        if b == 0:
+            perm = epoch_permutation(len(xtr), seed, epoch)
+        idx = perm[b * batch_size:(b + 1) * batch_size]
+        x, y = xtr[idx], ytr[idx]
+        t0 = time.perf_counter()
+        if joint is None:
+            loss = F.cross_entropy(model(x), y)
+        else:
+            loss, _ = joint(model, Batch(x, y), step_generator(seed, step))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        sched.step()
+        train_s += time.perf_counter() - t0
+        if not math.isfinite(float(loss)):
+            raise RuntimeError(f"{name}: loss is {float(loss)} at step {step}")
+        if step + 1 in evals or step + 1 == steps:
+            yield step + 1, evaluate(model, xv, yv, configs), train_s, sum(p.numel() for p in model.parameters())
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="vit,adaperceiver_tiny,adaperceiver_tiny_v2")
+    p.add_argument("--steps", default="700", help="run lengths, comma-separated (each its own cosine schedule)")
+    p.add_argument("--evals", default="", help="extra evaluation steps inside each run, comma-separated")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--configs", default=DEFAULT_CONFIGS,
+                   help="sub-configurations tokens,depth,width;... evaluated for adaptive models")
+    p.add_argument("--val-subset", type=int, default=5000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--csv", default="bench_learning.csv", help="evaluations are appended here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    configs = parse_configs(args.configs)
+    train = get_dataset("fashion_mnist", "train")
+    val = get_dataset("fashion_mnist", "val", subset=args.val_subset)
+    xv = torch.stack([val[i][0] for i in range(len(val))])
+    yv = torch.tensor([val[i][1] for i in range(len(val))])
+    data = (train.images, train.labels, xv, yv)
+    models = [m for m in args.models.split(",") if m]
+    for m in models:
+        build(m)  # fail early on a bad entry
+    rows: list[dict] = []
+    path = Path(args.csv)
+    new = not path.exists()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        for steps in (int(s) for s in args.steps.split(",")):
+            evals = sorted({int(s) for s in args.evals.split(",") if s and int(s) < steps} | {steps})
+            table: dict[tuple[str, int], dict[str, float]] = {}
+            for seed in (int(s) for s in args.seeds.split(",")):
+                for name in models:
+                    preset, _, objective = name.partition(":")
+                    for step, accs, train_s, params in train_run(name, steps, evals, seed, data, configs):
+                        for config, acc in accs.items():
+                            row = dict(model=preset, objective=objective or "plain", run_steps=steps, step=step,
+                                       seed=seed, params=params, config=config, val_acc1=round(acc, 2),
+                                       train_s=round(train_s, 1), ms_per_step=round(1000 * train_s / step, 1),
+                                       threads=args.threads, torch=torch.__version__)
+                            writer.writerow(row)
+                            rows.append(row)
+                            table.setdefault((name, step), {}).setdefault(config, []).append(acc)
+                        fh.flush()
+                        print(f"  {name} seed {seed} step {step}/{steps}: full {accs['full']:.2f}%  "
+                              f"({1000 * train_s / step:.0f} ms/step)", flush=True)
+            print(f"\nrun length {steps} steps, val top-1 % (mean over seeds {args.seeds}), "
+                  f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+            print("| step | " + " | ".join(models) + " |")
+            print("|---" * (len(models) + 1) + "|")
+            for step in evals:
+                cells = []
+                for name in models:
+                    accs = table.get((name, step), {})
+                    full = sum(accs["full"]) / len(accs["full"]) if "full" in accs else float("nan")
+                    subs = [f"{k} {sum(v) / len(v):.1f}" for k, v in accs.items() if k != "full"]
+                    cells.append(f"**{full:.2f}**" + (f" ({', '.join(subs)})" if subs else ""))
+                print(f"| {step} | " + " | ".join(cells) + " |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Faults around a run directory: concurrent writers, kills, Ctrl-C, disk full, damaged or edited files.
+
+What is guaranteed (docs/faults.md): a run directory has one writer at a time (a second one is
+refused, naming the holder); a killed writer's lock and temporary files do not outlive it; a file
+is either the old or the new complete version; damage is found on load (sha256) rather than
+silently used; ``--resume`` continues exactly or refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_bad_inputs import TINY, cli_error, train_argv
+
+from adaperceiver import from_pretrained
+from adaperceiver.checkpoint import atomic_write
+from adaperceiver.cli import main
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run stopped (resumably) after step 1 of 2, with a checkpoint at step 1."""
+    out = tmp_path_factory.mktemp("faults")
+    assert main(train_argv(out, "--max-steps", "1", "--checkpoint-every", "1")) == 0
+    return out / "run"
+
+
+@pytest.fixture
+def run(stopped_run, tmp_path):
+    """A private copy of the stopped run: (out, run_dir)."""
+    shutil.copytree(stopped_run, tmp_path / "run")
+    return tmp_path, tmp_path / "run"
+
+
+def resume(out, *extra, capsys=None):
+    return main(train_argv(out, "--resume", *extra))
+
+
+def step_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / json.loads((run_dir / "checkpoints" / "last.json").read_text())["dir"]
+
+
+# --------------------------------------------------------------------------------------------------
+# concurrent writers
+HOLDER = """
+import sys, time
+from adaperceiver.checkpoint import run_lock
+lock = run_lock(sys.argv[1])
+lock.acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def _hold_lock(run_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_writer_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path, capsys):
+    holder = _hold_lock(tmp_path / "run")
+    try:
+        line = cli_error(train_argv(tmp_path), capsys)
+        assert str(holder.pid) in line and socket.gethostname() in line and "run" in line, line
+        assert not (tmp_path / "run" / "checkpoints").exists()  # the refused run wrote nothing
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert main(train_argv(tmp_path)) == 0  # the dead holder's lock is gone with it
+    assert from_pretrained(tmp_path / "run") is not None
+
+
+def test_a_lock_file_left_by_a_dead_process_does_not_block(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").write_text(json.dumps({"pid": 2 ** 22 + 7, "host": socket.gethostname()}))
+    assert main(train_argv(tmp_path)) == 0
+
+
+def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
+    from adaperceiver.checkpoint import run_lock
+
+    with run_lock(tmp_path / "d"):
+        with run_lock(tmp_path / "d"):
+            pass
+    holder = _hold_lock(tmp_path / "d")  # another process can take it now
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+
+
+# --------------------------------------------------------------------------------------------------
+# kills and temporary files
+def test_temporary_files_left_by_a_kill_are_removed_on_the_next_run(run):
+    out, run_dir = run
+    junk = [run_dir / ".model.safetensors.k1l2.tmp", step_dir(run_dir) / ".ema.safetensors.x9.tmp",
+            run_dir / ".metrics.csv.abc.tmp"]
+    for p in junk:
+        p.write_bytes(b"half a file")
+    assert resume(out) == 0
+    assert not [p for p in junk if p.exists()]
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
+    from adaperceiver.checkpoint import save_state_dict
+
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "f.txt", lambda tmp: Path(tmp).write_text("x"))
+        save_state_dict(tmp_path / "w.safetensors", {"a": torch.zeros(2)})  # safetensors recreates its file
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == mode
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+
+    def half(tmp):
+        Path(tmp).write_text("ne")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(ValueError, match=r"f\.txt.*No space left"):
+        atomic_write(target, half)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_and_the_run_stays_resumable(run, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    from adaperceiver import checkpoint
+
+    out, run_dir = run
+    before = step_dir(run_dir)
+
+    def full(tensors, path, metadata=None):
+        Path(path).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    line = cli_error(train_argv(out, "--resume"), capsys)
+    assert "safetensors" in line and "StorageFull" in line, line
+    monkeypatch.undo()
+    assert step_dir(run_dir) == before and not list(run_dir.rglob("*.tmp"))
+    assert resume(out) == 0
+
+
+def test_ctrl_c_is_one_line_and_keeps_the_last_checkpoint(run, capsys, monkeypatch):
+    from adaperceiver import training
+
+    out, run_dir = run
+
+    def interrupt(self, *a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.Trainer, "train_step", interrupt)
+    try:
+        code = resume(out)
+    except KeyboardInterrupt:  # must not escape: it would also stop pytest itself
+        pytest.fail("KeyboardInterrupt escaped the CLI")
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "interrupt" in err.lower() and "step_00000001" in err and "resume" in err, err
+    monkeypatch.undo()
+    assert resume(out) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# --resume: continues exactly, or refuses
+@pytest.mark.parametrize("extra,named", [
+    (["--lr", "0.1"], r"--lr"), (["--epochs", "3"], r"--epochs"), (["--set", "depth=3"], r"--set|depth"),
+    (["--seed", "5"], r"--seed"), (["--no-augment"], r"augment"), (["--ema-decay", "0.9"], r"--ema-decay"),
+    (["--grad-clip", "1"], r"--grad-clip"), (["--export", "raw"], r"--export"),
+])
+def test_resume_refuses_options_it_cannot_change(run, capsys, extra, named):
+    import re
+
+    out, _ = run
+    line = cli_error(train_argv(out, "--resume", *extra), capsys)
+    assert re.search(named, line) and "resume" in line, line
+
+
+def test_resume_accepts_the_options_it_can_change(run):
+    out, run_dir = run
+    assert resume(out, "--max-steps", "2", "--num-workers", "0", "--device", "cpu") == 0
+    assert json.loads((run_dir / "checkpoints" / "last.json").read_text())["step"] == 2
+
+
+def test_nan_advice_says_what_works(tmp_path):
+    from adaperceiver.tasks import get_task
+    from adaperceiver.training import NonFiniteLossError, TrainConfig, Trainer
+
+    class NaNAtCall:
+        calls = 0
+
+        def __call__(self, out, batch, weights):
+            self.calls += 1
+            return out.outputs.new_tensor(float("nan") if self.calls == 3 else 0.0), {}
+
+    cfg = TrainConfig(dataset="digits", train_subset=32, val_subset=16, model_overrides=TINY, epochs=2, batch_size=16,
+                      warmup_steps=1, out_dir=str(tmp_path), progress=False)
+    with pytest.raises(NonFiniteLossError) as info:
+        Trainer(cfg, get_task("classification"), extra_losses=[NaNAtCall()]).fit()
+    msg = str(info.value)
+    assert "lowering --lr" not in msg and "--" not in msg, msg  # no advice resume cannot follow, no CLI flags
+    assert "new run" in msg and "lr" in msg and "init_from" in msg, msg
+
+
+# --------------------------------------------------------------------------------------------------
+# damaged or edited run files
+def _flip(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[-40] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def _damage_checkpoint_weights(run_dir):
+    _flip(step_dir(run_dir) / "model.safetensors")
+    return r"model\.safetensors.*sha256"
+
+
+def _drop_ema(run_dir):
+    (step_dir(run_dir) / "ema.safetensors").unlink()
+    return r"ema\.safetensors"
+
+
+def _pointer_disagrees(run_dir):
+    (run_dir / "checkpoints" / "last.json").write_text(json.dumps({"dir": step_dir(run_dir).name, "step": 7}))
+    return r"last\.json.*\b7\b|\b7\b.*last\.json"
+
+
+def _corrupt_metrics(run_dir):
+    (run_dir / "metrics.csv").write_text("step,epoch,split\nabc,1,train\n")
+    return r"metrics\.csv"
+
+
+def _corrupt_config(run_dir):
+    (run_dir / "config.json").write_text('{"model": ')
+    return r"config\.json"
+
+
+def _other_shape_checkpoint(run_dir):
+    from adaperceiver import create_model
+    from adaperceiver.checkpoint import save_state_dict
+
+    other = create_model("adaperceiver_tiny", **{**TINY, "embed_dim": 32, "num_heads": 4, "widths": (16, 32)})
+    save_state_dict(step_dir(run_dir) / "model.safetensors", other.state_dict())
+    return r"model\.safetensors"
+
+
+def _damaged_trainer_state(run_dir):
+    (step_dir(run_dir) / "trainer_state.pt").write_bytes(b"\x80\x04garbage")
+    return r"trainer_state\.pt"
+
+
+DAMAGE_ROWS = [_damage_checkpoint_weights, _drop_ema, _pointer_disagrees, _corrupt_metrics, _corrupt_config,
+               _other_shape_checkpoint, _damaged_trainer_state]
+
+
+@pytest.mark.parametrize("damage", DAMAGE_ROWS, ids=[f.__name__.strip("_") for f in DAMAGE_ROWS])
+def test_resume_of_a_damaged_run_is_refused_naming_the_file(run, capsys, damage):
+    import re
+
+    out, run_dir = run
+    pattern = damage(run_dir)
+    line = cli_error(train_argv(out, "--resume"), capsys)
+    assert re.search(pattern, line), line
