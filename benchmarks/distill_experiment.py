@@ -5,7 +5,8 @@
 Every step below is an ``adaperceiver`` command (printed as it runs) and is skipped when already
 done, so the experiment can be run in short pieces: with ``--budget-s`` the script stops starting
 new work once that many seconds have passed and exits with status 3 ("run me again"); training
-runs advance in chunks of one epoch (``--max-steps`` + ``--resume``).
+runs advance in chunks of ``--chunk-epochs`` (``--max-steps`` + ``--resume``) and checkpoint every
+epoch, so a piece killed by an outer ``timeout`` loses at most one epoch.
 
 1. ``adaperceiver teacher --arch cnn``: a small VGG-style CNN, trained longer and with augmentation.
 2. For each seed, the paper's two-stage recipe and its labels-only twin, same student, data, seed
@@ -41,18 +42,15 @@ class Runner:
     def __init__(self, budget_s: float | None):
         self.t0 = time.perf_counter()
         self.budget_s = budget_s
-        self.last_chunk_s = 0.0
 
     def check(self, need_s: float = 0.0) -> None:
         if self.budget_s is not None and time.perf_counter() - self.t0 + need_s > self.budget_s:
             raise OutOfBudget
 
     def sh(self, *args: str) -> None:
-        self.check(self.last_chunk_s)
+        self.check()  # start while inside the budget; an outer timeout may cut a run (it resumes per epoch)
         print("$ adaperceiver " + " ".join(args), flush=True)
-        t = time.perf_counter()
         subprocess.run([*CLI, *args], check=True)
-        self.last_chunk_s = time.perf_counter() - t
 
 
 def done_steps(run_dir: Path) -> int:
@@ -120,8 +118,19 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="student config override (passed to distill and train)")
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting new work after this many seconds")
+    ap.add_argument("--chunk-epochs", type=int, default=4,
+                    help="student epochs per training command (checkpoints are written every epoch anyway)")
+    ap.add_argument("--report", action="store_true",
+                    help="train nothing: write the comparison from the seeds whose two sweeps are done")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.report:
+        args.seeds = [s for s in args.seeds
+                      if all((out / f"{k}_s{s}" / "sweep_acc.csv").is_file() for k in ("distilled", "labels"))]
+        if not args.seeds:
+            raise SystemExit(f"no seed of {out} has both sweeps yet")
+        write_comparison(out, args)
+        return 0
     data = ["--dataset", args.dataset, "--train-subset", str(args.train_subset), "--out", str(out), "--no-progress",
             "--batch-size", str(args.batch_size), "--warmup-steps", str(args.warmup_steps)]
     student = ["--model", args.model, *[a for o in args.overrides for a in ("--set", o)], "--no-augment"]
@@ -133,15 +142,16 @@ def main() -> int:
                         "--convs-per-stage", str(args.teacher_convs), "--epochs", str(args.teacher_epochs),
                         "--name", "teacher", *data)
         epochs = args.stage1_epochs + args.stage2_epochs
+        chunk = args.chunk_epochs * steps_per_epoch
         for seed in args.seeds:
             s = ["--seed", str(seed)]
-            train_in_chunks(r, out / f"stage1_s{seed}", args.stage1_epochs * steps_per_epoch, steps_per_epoch,
+            train_in_chunks(r, out / f"stage1_s{seed}", args.stage1_epochs * steps_per_epoch, chunk,
                             "distill", "--teacher", str(out / "teacher"), "--teacher-cache", str(out / "teacher_cache"),
                             "--epochs", str(args.stage1_epochs), "--name", f"stage1_s{seed}", *student, *s, *data)
-            train_in_chunks(r, out / f"distilled_s{seed}", args.stage2_epochs * steps_per_epoch, steps_per_epoch,
+            train_in_chunks(r, out / f"distilled_s{seed}", args.stage2_epochs * steps_per_epoch, chunk,
                             "train", "--init-from", str(out / f"stage1_s{seed}"), "--freeze-backbone",
                             "--epochs", str(args.stage2_epochs), "--name", f"distilled_s{seed}", *student, *s, *data)
-            train_in_chunks(r, out / f"labels_s{seed}", epochs * steps_per_epoch, 2 * steps_per_epoch,
+            train_in_chunks(r, out / f"labels_s{seed}", epochs * steps_per_epoch, chunk,
                             "train", "--epochs", str(epochs), "--name", f"labels_s{seed}", *student, *s, *data)
             for name in (f"distilled_s{seed}", f"labels_s{seed}"):
                 r.check(30)
@@ -200,10 +210,11 @@ def plot(out: Path, rows: list[dict], summary: dict, args) -> None:
     fig = Figure(figsize=(7.5, 4.8))
     ax = fig.subplots()
     g = [r["gflops"] * 1e3 for r in rows]
-    n = len(summary["seeds"])
-    ax.scatter(g, [r["acc1_labels"] for r in rows], s=16, color="tab:gray", label=f"labels only (mean of {n} seeds)")
+    seeds = summary["seeds"]
+    which = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of {len(seeds)} seeds"
+    ax.scatter(g, [r["acc1_labels"] for r in rows], s=16, color="tab:gray", label=f"labels only ({which})")
     ax.scatter(g, [r["acc1_distilled"] for r in rows], s=16, color="tab:blue",
-               label=f"distilled: KD + features, then frozen-backbone fine-tune (mean of {n} seeds)")
+               label=f"distilled: KD + features, then frozen-backbone fine-tune ({which})")
     if summary["teacher_acc1"]:
         ax.axhline(summary["teacher_acc1"], ls="--", color="tab:red", lw=1,
                    label=f"CNN teacher: {summary['teacher_acc1']:.1f} % at {summary['teacher_gflops'] * 1e3:.0f} MFLOPs")
@@ -212,7 +223,7 @@ def plot(out: Path, rows: list[dict], summary: dict, args) -> None:
     ax.set_title(f"{args.model} on {args.dataset} ({args.train_subset} training images): every (tokens, depth, width)",
                  fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "comparison.png", dpi=120)
 
