@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             rows.append(row)
                             table.setdefault((name, step), {}).setdefault(config, []).append(acc)
                         fh.flush()
-                        print(f"  {name}{' ' + str(overrides) if overrides else ''} seed {seed} step {step}/{steps}: full {accs['full']:.2f}%  "
+                        label = f"{name} {overrides}" if overrides else name
+                        print(f"  {label} seed {seed} step {step}/{steps}: full {accs['full']:.2f}%  "
                               f"({1000 * train_s / step:.0f} ms/step)", flush=True)
             print(f"\nrun length {steps} steps, val top-1 % (mean over seeds {args.seeds}), "
                   f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
