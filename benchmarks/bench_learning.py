@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from adaperceiver import create_model
-from adaperceiver.cli.common import parse_overrides
+from adaperceiver.cli.options import parse_override
 from adaperceiver.data import get_dataset
 from adaperceiver.models.vit import StaticViT, ViTConfig
 from adaperceiver.training.distributed import epoch_permutation
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     configs = parse_configs(args.configs)
-    overrides = parse_overrides(args.set)
+    overrides = dict(parse_override(item) for item in args.set)
     train = get_dataset("fashion_mnist", "train")
     val = get_dataset("fashion_mnist", "val", subset=args.val_subset)
     xv = torch.stack([val[i][0] for i in range(len(val))])
