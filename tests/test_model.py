@@ -207,6 +207,8 @@ def test_presets():
     assert {"adaperceiver_tiny", "adaperceiver_tiny64", "adaperceiver_small", "adaperceiver_base"} <= set(list_models())
     c64 = preset_config("adaperceiver_tiny64")
     assert (c64.img_size // c64.patch_size) ** 2 == 64 and c64.embed_dim == preset_config("adaperceiver_tiny").embed_dim
+    v2 = preset_config("adaperceiver_tiny64_v2")
+    assert (v2.img_size, v2.patch_size, v2.readout, v2.head_norm) == (64, 8, "mean", True)
     base = preset_config("adaperceiver_base")
     assert (base.embed_dim, base.num_heads, base.depth, base.num_latents, base.ffn_ratio) == (832, 13, 21, 256, 2.57)
     assert base.widths == (416, 624, 832) and base.token_grans == (32, 64, 96, 128, 192, 256)

@@ -63,6 +63,12 @@ def _tiny64() -> dict[str, Any]:
     return {**_tiny(), "img_size": 64, "patch_size": 8}
 
 
+@register_preset("adaperceiver_tiny64_v2")
+def _tiny64_v2() -> dict[str, Any]:
+    """``adaperceiver_tiny_v2`` (mean read-out + head LayerNorm) for 64x64 inputs: patch 8, 64 patches."""
+    return {**_tiny_v2(), "img_size": 64, "patch_size": 8}
+
+
 @register_preset("adaperceiver_small")
 def _small() -> dict[str, Any]:
     return dict(img_size=224, patch_size=16, in_chans=3, embed_dim=384, num_heads=6, depth=12, ffn_ratio=2.57,
