@@ -21,6 +21,16 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (modules opt in with ``pytestmark``): on a shared 2-core machine
+    small ops on several threads stall each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _tiny_config(**kw) -> AdaPerceiverConfig:
     """A small model with non-trivial LayerScale so that every block matters in the tests."""
     base = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, num_heads=4, depth=3, ffn_ratio=2.57,

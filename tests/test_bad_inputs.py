@@ -25,12 +25,7 @@ from adaperceiver.data import get_dataset
 
 pytest.importorskip("sklearn")  # CLI rows train on sklearn's 8x8 digits
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

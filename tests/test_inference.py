@@ -10,13 +10,7 @@ import torch
 from adaperceiver import build_model
 from adaperceiver.models.inference import InferenceModel, for_inference, parse_dtype
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
