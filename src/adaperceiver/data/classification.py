@@ -110,12 +110,9 @@ def _resize(images: Tensor, size: int | None) -> Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-def fashion_mnist(split: str, root: str | Path | None = None, image_size: int | None = None) -> TensorImageDataset:
-    """Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (or IDX files in ``root``).
-
-    ``train``: 60,000 images; ``val`` (= the official test set): 10,000. 28x28 grey, 10 classes.
-    """
-    split = check_split(split)
+def read_fashion_mnist(split: str, root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images ``(N, H, W)`` and labels ``(N,)`` of a Fashion-MNIST split (``train`` / ``val``)
+    from the IDX files in ``root`` (default: the Debian package's folder): the one reader of them."""
     root = Path(root) if root is not None else FASHION_MNIST_DIR
     img_name, lbl_name = FASHION_MNIST_FILES[split]
     if not (root / img_name).is_file() or not (root / lbl_name).is_file():
@@ -125,6 +122,15 @@ def fashion_mnist(split: str, root: str | Path | None = None, image_size: int | 
     images, labels = read_idx(root / img_name), read_idx(root / lbl_name)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"{root / img_name} and {root / lbl_name} do not form an (N, H, W) image / (N,) label pair")
+    return images, labels
+
+
+def fashion_mnist(split: str, root: str | Path | None = None, image_size: int | None = None) -> TensorImageDataset:
+    """Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (or IDX files in ``root``).
+
+    ``train``: 60,000 images; ``val`` (= the official test set): 10,000. 28x28 grey, 10 classes.
+    """
+    images, labels = read_fashion_mnist(check_split(split), root)
     x = torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1)
     x = _normalise(_resize(x, image_size), FASHION_MNIST_MEAN, FASHION_MNIST_STD)
     return TensorImageDataset(x, torch.from_numpy(labels.astype(np.int64)), FASHION_MNIST_CLASSES)

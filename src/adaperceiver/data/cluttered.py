@@ -27,11 +27,10 @@ from torch.utils.data import Dataset
 from .classification import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
-    FASHION_MNIST_FILES,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     check_split,
-    read_idx,
+    read_fashion_mnist,
 )
 
 ITEM = 28  # Fashion-MNIST item side in pixels
@@ -137,15 +136,9 @@ class ClutteredFashionMNIST(Dataset):
 
 
 def _read_split(split: str, root: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
-    root = Path(root) if root is not None else FASHION_MNIST_DIR
-    img_name, lbl_name = FASHION_MNIST_FILES[split]
-    if not (root / img_name).is_file() or not (root / lbl_name).is_file():
-        raise FileNotFoundError(
-            f"Fashion-MNIST files {img_name}, {lbl_name} not found in {root}; install them with "
-            f"'apt-get install dataset-fashion-mnist' or pass root= pointing to the IDX .gz files")
-    images, labels = read_idx(root / img_name), read_idx(root / lbl_name)
-    if images.shape[1:] != (ITEM, ITEM) or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{root / img_name} and {root / lbl_name} are not (n, 28, 28) images with n labels")
+    images, labels = read_fashion_mnist(split, root)
+    if images.shape[1:] != (ITEM, ITEM):
+        raise ValueError(f"Fashion-MNIST images in {root or FASHION_MNIST_DIR} are not {ITEM}x{ITEM}: {images.shape}")
     return images, labels
 
 

@@ -38,12 +38,10 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .classification import (
-    FASHION_MNIST_DIR,
-    FASHION_MNIST_FILES,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     IMAGE_EXTENSIONS,
-    read_idx,
+    read_fashion_mnist,
 )
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -317,13 +315,8 @@ class FashionMNISTSegmentation(Dataset):
             raise ValueError(f"need 1 <= min_items <= max_items, got {min_items}, {max_items}")
         if not 0 <= threshold < 255:
             raise ValueError(f"threshold must be in [0, 255), got {threshold}")
-        root = Path(root) if root is not None else FASHION_MNIST_DIR
-        img_name, lbl_name = FASHION_MNIST_FILES[split]
-        if not (root / img_name).is_file() or not (root / lbl_name).is_file():
-            raise FileNotFoundError(f"Fashion-MNIST files {img_name}, {lbl_name} not found in {root}; install them "
-                                    f"with 'apt-get install dataset-fashion-mnist' or pass root=")
-        self.items = read_idx(root / img_name)
-        self.item_labels = read_idx(root / lbl_name).astype(np.int64)
+        self.items, labels = read_fashion_mnist(split, root)
+        self.item_labels = labels.astype(np.int64)
         self.canvas, self.min_items, self.max_items = canvas, min_items, max_items
         self.threshold, self.seed, self.split = threshold, seed, split
         self.length = int(length) if length is not None else len(self.items)
