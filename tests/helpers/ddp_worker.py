@@ -27,6 +27,7 @@ def main() -> None:
     if info.is_main:
         for r, t in enumerate(gathered):
             torch.save(t, out / f"params_rank{r}.pt")
+    dist.barrier()  # no rank destroys the gloo group while its peer still works (gloo then aborts the process)
     distributed.teardown()
 
 
