@@ -47,8 +47,9 @@ FIELDS = ["model", "objective", "run_steps", "step", "seed", "params", "config",
           "threads", "torch"]
 
 
-def build(name: str, overrides: dict | None = None) -> tuple[torch.nn.Module, str]:
-    """``(model, objective)`` for a ``--models`` entry."""
+def build(name: str, overrides: dict | None = None, img_size: int = 28,
+          patch_size: int = 4) -> tuple[torch.nn.Module, str]:
+    """``(model, objective)`` for a ``--models`` entry, for grey ``img_size`` images cut in ``patch_size`` patches."""
     preset, _, objective = name.partition(":")
     objective = objective or "plain"
     if objective not in ("plain", "joint"):
@@ -56,10 +57,19 @@ def build(name: str, overrides: dict | None = None) -> tuple[torch.nn.Module, st
     if preset in ("vit", "vit_mean"):
         if objective != "plain":
             raise ValueError(f"{preset} has one configuration: train it with the plain objective, not {objective!r}")
-        cfg = ViTConfig(img_size=28, patch_size=4, in_chans=1, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
+        cfg = ViTConfig(img_size=img_size, patch_size=patch_size, in_chans=1, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
                         num_classes=10, pool="cls" if preset == "vit" else "mean")
         return StaticViT(cfg), objective
-    return create_model(preset, **{"img_size": 28, "in_chans": 1, "num_classes": 10, **(overrides or {})}), objective
+    sizes = {"img_size": img_size, "patch_size": patch_size, "in_chans": 1, "num_classes": 10}
+    return create_model(preset, **{**sizes, **(overrides or {})}), objective
+
+
+def as_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images (N, 1, H, W), labels (N,))`` of a whole dataset, built once (each batch is then an index)."""
+    if hasattr(ds, "images"):
+        return ds.images, ds.labels
+    items = ds.__getitems__(list(range(len(ds)))) if hasattr(ds, "__getitems__") else [ds[i] for i in range(len(ds))]
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
 
 def parse_configs(text: str) -> list[tuple[int, int, int]]:
@@ -97,11 +107,12 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, configs, batch: int = 500)
 
 
 def train_run(name: str, steps: int, evals: list[int], seed: int, data, configs, overrides=None, warmup: int = 100,
-              batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 0.05, grad_clip: float = 3.0):
+              batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 0.05, grad_clip: float = 3.0,
+              patch_size: int = 4):
     """Train one model for ``steps`` steps; yield ``(step, accuracies, train_seconds)`` at each evaluation."""
     xtr, ytr, xv, yv = data
     torch.manual_seed(seed)
-    model, objective = build(name, overrides)
+    model, objective = build(name, overrides, xtr.shape[-1], patch_size)
     model.train()
     opt = torch.optim.AdamW(param_groups(list(model.named_parameters()), weight_decay), lr=lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup, 0.0))
@@ -141,6 +152,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="sub-configurations tokens,depth,width;... evaluated for adaptive models")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field of the adaptive models (JSON values), e.g. --set head_norm=true")
+    p.add_argument("--dataset", default="fashion_mnist",
+                   help="any grey 10-class dataset name, e.g. fashion_mnist_cluttered (held in memory)")
+    p.add_argument("--patch-size", type=int, default=4, help="patch size of every model (8 for 64 px canvases)")
     p.add_argument("--val-subset", type=int, default=5000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--csv", default="bench_learning.csv", help="evaluations are appended here")
@@ -148,14 +162,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     configs = parse_configs(args.configs)
     overrides = dict(parse_override(item) for item in args.set)
-    train = get_dataset("fashion_mnist", "train")
-    val = get_dataset("fashion_mnist", "val", subset=args.val_subset)
-    xv = torch.stack([val[i][0] for i in range(len(val))])
-    yv = torch.tensor([val[i][1] for i in range(len(val))])
-    data = (train.images, train.labels, xv, yv)
+    data = (*as_tensors(get_dataset(args.dataset, "train")),
+            *as_tensors(get_dataset(args.dataset, "val", subset=args.val_subset)))
     models = [m for m in args.models.split(",") if m]
     for m in models:
-        build(m, overrides)  # fail early on a bad entry
+        build(m, overrides, data[0].shape[-1], args.patch_size)  # fail early on a bad entry
     rows: list[dict] = []
     path = Path(args.csv)
     new = not path.exists()
@@ -169,7 +180,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for seed in (int(s) for s in args.seeds.split(",")):
                 for name in models:
                     preset, _, objective = name.partition(":")
-                    for step, accs, train_s, params in train_run(name, steps, evals, seed, data, configs, overrides):
+                    for step, accs, train_s, params in train_run(name, steps, evals, seed, data, configs, overrides,
+                                                                     patch_size=args.patch_size):
                         for config, acc in accs.items():
                             row = dict(model=preset + "".join(f" {k}={v}" for k, v in overrides.items()),
                                        objective=objective or "plain", run_steps=steps, step=step,
@@ -183,7 +195,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         label = f"{name} {overrides}" if overrides else name
                         print(f"  {label} seed {seed} step {step}/{steps}: full {accs['full']:.2f}%  "
                               f"({1000 * train_s / step:.0f} ms/step)", flush=True)
-            print(f"\nrun length {steps} steps, val top-1 % (mean over seeds {args.seeds}), "
+            print(f"\n{args.dataset}, run length {steps} steps, val top-1 % (mean over seeds {args.seeds}), "
                   f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
             print("| step | " + " | ".join(models) + " |")
             print("|---" * (len(models) + 1) + "|")

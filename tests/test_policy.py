@@ -13,6 +13,7 @@ from adaperceiver.adapt.policy import (
     ConfigPolicy,
     Outcomes,
     PolicyClassifier,
+    PolicyConfig,
     PolicyTrainConfig,
     TrainLog,
     collect_outcomes,
@@ -25,6 +26,8 @@ from adaperceiver.adapt.policy import (
     train_policy,
     write_results,
 )
+from adaperceiver.errors import UserError
+from adaperceiver.evaluation.cost import flop_counter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,6 +118,34 @@ def test_policy_classifier_runs_each_choice_exactly(model):
                                    atol=1e-6, rtol=0)
 
 
+def test_pooled_policy_and_one_configuration_batches(model):
+    """num_blocks=0 pools first (order of patches irrelevant, few FLOPs); a batch that chose one
+    configuration runs as one plain call of it, at batch 1 and above."""
+    xs, _ = data(5)
+    pooled = ConfigPolicy.for_model(model, cfg=PolicyConfig(num_blocks=0))
+    mixer = ConfigPolicy.for_model(model)
+    with torch.no_grad():
+        for p in (pooled, mixer):
+            p.head_depth.bias.copy_(torch.tensor([2.0, 0.0]))  # depth 1 for everyone
+            p.head_tokens.bias.copy_(torch.tensor([0.0, 3.0, 0.0]))  # 8 tokens
+        patches, _ = model.patch_embed(xs)
+        shuffled = patches[:, torch.randperm(patches.shape[1])]
+        torch.testing.assert_close(pooled(shuffled).tokens, pooled(patches).tokens, atol=1e-5, rtol=0)
+        for p in (pooled, mixer):
+            out = PolicyClassifier(model, p)(xs)
+            assert {tuple(a) for a in out.actions.tolist()} == {(1, 0, 0)}
+            torch.testing.assert_close(out.logits, model(xs, tokens=8, depth=1, width=16), atol=1e-6, rtol=0)
+            one = PolicyClassifier(model, p)(xs[:1])
+            torch.testing.assert_close(one.logits, model(xs[:1], tokens=8, depth=1, width=16), atol=1e-6, rtol=0)
+    with torch.enable_grad(), flop_counter() as pooled_count:
+        pooled(patches)
+    with torch.enable_grad(), flop_counter() as mixer_count:
+        mixer(patches)
+    assert 0 < pooled_count.get_total_flops() < mixer_count.get_total_flops() / 10
+    with pytest.raises(UserError, match="num_blocks"):
+        PolicyConfig(num_blocks=-1)
+
+
 def test_run_mixed_sorts_and_restores_the_batch(model):
     xs, _ = data(7)
     tokens, depths, widths = [4, 16, 8, 16, 4, 8, 16], [1, 2, 2, 1, 2, 1, 2], [16, 32, 32, 16, 16, 32, 32]
@@ -186,8 +217,9 @@ def test_policy_cli(model, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(policy_cmd, "load_dataset", lambda spec, split: torch.utils.data.TensorDataset(xs, ys))
     save_pretrained(model, tmp_path / "run")
     assert main(["policy", "train", "--model", str(tmp_path / "run"), "--lams", "0.1", "1", "--epochs", "1",
-                 "--out", str(tmp_path / "pol")]) == 0
+                 "--policy-blocks", "0", "--out", str(tmp_path / "pol")]) == 0
     assert (tmp_path / "pol" / "lam1" / "policy.safetensors").is_file()
+    assert load_policy(tmp_path / "pol" / "lam1")[0].cfg.num_blocks == 0
     assert main(["policy", "eval", "--model", str(tmp_path / "run"), "--policies", str(tmp_path / "pol" / "lam0.1"),
                  str(tmp_path / "pol" / "lam1"), "--taus", "0.9", "--latency-batch-sizes",
                  "--out", str(tmp_path / "eval")]) == 0

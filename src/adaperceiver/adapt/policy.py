@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import load_strict, read_state_dict, save_state_dict, write_json
+from ..errors import check_fields
 from ..evaluation.cost import flop_counter, measure_flops, time_call
 from ..evaluation.reports import new_figure, save_figure, write_csv
 from ..evaluation.sweep import pareto_front
@@ -125,10 +126,14 @@ class PolicyConfig:
     """Size of the policy network (the action space comes from the backbone)."""
 
     dim: int = 32  # channels after projecting the backbone's patch embeddings
-    num_blocks: int = 2  # Mixer blocks
+    num_blocks: int = 2  # Mixer blocks; 0: pool the patch embeddings first, then an MLP (the cheapest policy)
     token_mlp_ratio: float = 0.5
     channel_mlp_ratio: float = 2.0
     head_hidden: int = 64
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"dim": ">= 1", "num_blocks": ">= 0", "token_mlp_ratio": "> 0", "channel_mlp_ratio": "> 0",
+                            "head_hidden": ">= 1"}, "policy config")
 
 
 class MixerBlock(nn.Module):
@@ -192,10 +197,14 @@ class ConfigPolicy(nn.Module):
         if patches.dim() != 3 or patches.shape[1:] != (self.num_patches, self.embed_dim):
             raise ValueError(f"policy expects patch embeddings (B, {self.num_patches}, {self.embed_dim}), "
                              f"got {tuple(patches.shape)} (it works at the backbone's trained image size only)")
-        h = self.proj(patches)
-        for blk in self.blocks:
-            h = blk(h)
-        h = self.trunk(self.norm(h).mean(1))
+        if len(self.blocks):
+            h = self.proj(patches)
+            for blk in self.blocks:
+                h = blk(h)
+            h = self.norm(h).mean(1)
+        else:  # one vector per image before any layer: a handful of small operations in all
+            h = self.norm(self.proj(patches.mean(1)))
+        h = self.trunk(h)
         return PolicyLogits(self.head_tokens(h), self.head_depth(h), self.head_width(h))
 
     @torch.no_grad()
@@ -516,6 +525,8 @@ class PolicyClassifier(nn.Module):
         actions = self._choose(patches)
         space = self.policy.space
         chosen = [space.config(*a) for a in actions.tolist()]  # one host sync for the whole batch
+        if len(set(chosen)) == 1:  # one configuration for the whole batch (always so at batch 1)
+            return PolicyOutput(run_from_patches(self.model, patches, grid, *chosen[0]), actions)
         tokens, depths, widths = (list(v) for v in zip(*chosen))
         if self.group == "mixed" or (self.group == "tokens" and min(tokens) == max(tokens)):
             return PolicyOutput(run_mixed(self.model, patches, grid, tokens, depths, widths), actions)

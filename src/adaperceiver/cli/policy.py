@@ -8,6 +8,7 @@ from pathlib import Path
 from ..adapt.policy import (
     BASELINES,
     REWARDS,
+    PolicyConfig,
     PolicyTrainConfig,
     TrainLog,
     collect_outcomes,
@@ -45,6 +46,9 @@ def register(sub) -> None:
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--policy-blocks", type=int, default=PolicyConfig.num_blocks,
+                   help="Mixer blocks of the policy network (0: pool the patch embeddings first, the cheapest)")
+    t.add_argument("--policy-dim", type=int, default=PolicyConfig.dim, help="channels of the policy network")
     t.add_argument("--out", required=True, help="output directory (one sub-directory per lambda)")
     t.set_defaults(func=_cli_train)
 
@@ -64,6 +68,7 @@ def register(sub) -> None:
 
 
 def _cli_train(args) -> int:
+    policy_cfg = PolicyConfig(dim=args.policy_dim, num_blocks=args.policy_blocks)  # checked before the slow part
     model = from_pretrained(args.model)
     outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split), limit=args.limit)
     cost = configuration_flops(model, outcomes.space)
@@ -72,7 +77,7 @@ def _cli_train(args) -> int:
         cfg = PolicyTrainConfig(lam=lam, reward=args.reward, scale=args.scale, entropy=args.entropy, epochs=args.epochs,
                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, baseline=args.baseline)
         log = TrainLog()
-        policy = train_policy(model, outcomes, cost, cfg, log=log)
+        policy = train_policy(model, outcomes, cost, cfg, policy_cfg, log=log)
         d = save_policy(policy, out / f"lam{lam:g}", extra={"lam": lam, "train": asdict(cfg), "model": str(args.model),
                                                            "dataset": args.dataset, "split": args.split,
                                                            "num_images": len(outcomes)})
