@@ -11,7 +11,7 @@ training-set fit; otherwise on the first ``--policy-images`` training images.
 
 Run it alone on the machine (it times things)::
 
-    flock /tmp/adaperceiver-heavy.lock python benchmarks/policy_experiment.py \
+    flock /work/heavy.lock python benchmarks/policy_experiment.py \
         --model runs/policy_tiny_fmnist --out runs/policy_experiment
 """
 
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--policy-dim", type=int, default=16)
+    p.add_argument("--policy-blocks", type=int, default=2, help="Mixer blocks (0: pool first, the cheapest net)")
     p.add_argument("--taus", type=float, nargs="*", default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999])
     p.add_argument("--latency-batch-sizes", type=int, nargs="*", default=[1, 64])
     p.add_argument("--latency-images", type=int, default=256)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                                     epochs=args.epochs, lr=args.lr, baseline=baseline, seed=args.seed)
             log = TrainLog()
             t1 = time.time()
-            pol = train_policy(model, train_out, cost, cfg, PolicyConfig(dim=args.policy_dim), log=log)
+            pol = train_policy(model, train_out, cost, cfg, PolicyConfig(dim=args.policy_dim, num_blocks=args.policy_blocks), log=log)
             name = f"{baseline} lam={lam:g}"
             policies[name] = pol
             logs[name] = {"train_acc_greedy_last_batch": 100 * log.accuracy[-1], "train_cost_greedy_last_batch": log.mean_cost[-1],

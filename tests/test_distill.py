@@ -168,7 +168,7 @@ def test_teacher_resumes_from_its_checkpoint(tmp_path, capsys):
     assert "finished at step" in out
 
 
-def test_two_stage_recipe_from_the_cli(tmp_path, capsys):
+def test_two_stage_recipe_from_the_cli(tmp_path, capsys, cli_error):
     """teacher -> distill (KD + features, cached teacher) -> stage 2 with a frozen backbone."""
     pytest.importorskip("sklearn")
     import csv
@@ -194,6 +194,12 @@ def test_two_stage_recipe_from_the_cli(tmp_path, capsys):
     ckpt = next((tmp_path / "s" / "checkpoints").glob("step_*"))
     assert any(k.startswith("extra_modules.0.head.") for k in load_file(str(ckpt / "objective.safetensors")))
     assert len((tmp_path / "cache" / "keys.txt").read_text().split()) == 3 * 64
+    distilled = from_pretrained(tmp_path / "s")
+    stage1 = ["distill", "--teacher", str(tmp_path / "t"), "--no-augment", "--name", "s"] + common + student
+    line = cli_error(stage1 + ["--resume", "--lr", "0.5"], capsys)  # would change the saved run: refused
+    assert "--lr" in line and "saved" in line and "resume" in line, line
+    assert main(stage1 + ["--resume", "--max-steps", "4"]) == 0  # the options a resume may change
+    assert "to step 4" in capsys.readouterr().out
     distilled = from_pretrained(tmp_path / "s")
 
     assert main(["train", "--init-from", str(tmp_path / "s"), "--freeze-backbone", "--name", "ft"] + common + student) == 0

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch.utils.data import DataLoader
 
 from ..errors import first_line
 from ..tasks import get_task
-from ..training import TrainConfig, Trainer, distributed
+from ..training import TrainConfig, Trainer, distributed, last_checkpoint, load_run_config
 from ..training.distill import FeatureDistillation
 from ..training.teachers import CachedTeacher, load_teacher
-from .options import add_config_options, config_from_args
+from .options import add_config_options, config_from_args, option_values, resume_config
 
 
 def register(sub) -> None:
@@ -34,12 +36,18 @@ def register(sub) -> None:
                                 exclude=("task", "static", "init_from", "freeze_backbone"),
                                 defaults={"name": "distill", "objective.ce_weight": 0.0})  # no CE: the paper's recipe
     groups["run"].add_argument("--resume", action="store_true",
-                               help="continue OUT/NAME from its last checkpoint (same options)")
+                               help="continue OUT/NAME from its last checkpoint with its saved settings (the same --teacher and "
+                                    "--feature-weight; options that would change the saved run are refused)")
     p.set_defaults(func=_cli_distill)
 
 
 def _cli_distill(args) -> int:
-    cfg = config_from_args(TrainConfig, args, task="classification")
+    values = option_values(args)
+    run_dir = Path(values["out_dir"]) / values["name"]
+    if args.resume and last_checkpoint(run_dir) is not None:  # the saved settings, or a one-line refusal
+        cfg = resume_config(args, run_dir, values, load_run_config(run_dir))
+    else:
+        cfg = config_from_args(TrainConfig, args, task="classification")
     info = distributed.setup(cfg.device)
     try:
         teacher = load_teacher(args.teacher)

@@ -17,7 +17,10 @@ import json
 import types
 import typing
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
+
+from ..errors import UserError
 
 # fields whose flag is not derived from the field name (kept for the commands' established spellings)
 FLAG_NAMES = {
@@ -172,5 +175,30 @@ def config_from_args(cls: type, args: argparse.Namespace, prefix: str = CONFIG_D
     return cls(**{**top, **fixed})
 
 
-__all__ = ["CONFIG_DEST", "FLAG_NAMES", "add_config_options", "config_fields", "config_from_args", "flag_for", "option_values",
-           "parse_override"]
+# what a resumed run may take from the command line (everything else comes from its config.json)
+RESUME_MAY_CHANGE = ("out_dir", "name", "max_steps", "device", "num_workers", "progress")
+
+
+def resume_config(args, run_dir: Path, values: dict, saved: Any) -> Any:
+    """``saved`` (the config a run in ``run_dir`` was started with) with the options a resumed run may
+    change taken from ``values``; an option typed on the command line that would change anything else
+    is refused (``train --resume`` and ``distill --resume``)."""
+    kept = json.loads(json.dumps(saved.to_dict()))
+    for dest, opt in sorted(getattr(args, "given", {}).items()):
+        path = dest.removeprefix(CONFIG_DEST)
+        if path == dest or path in RESUME_MAY_CHANGE:
+            continue
+        have: object = kept
+        for part in path.split("."):
+            have = have[part]
+        want = json.loads(json.dumps(values[path]))
+        if want != have:
+            raise UserError(f"--resume continues {run_dir} with its saved settings, and {opt} would change {path} "
+                            f"(saved {have!r}, given {want!r}); only "
+                            + ", ".join(flag_for(k) for k in RESUME_MAY_CHANGE)
+                            + f" may change: drop {opt}, or start a new run with another --name")
+    return dataclasses.replace(saved, **{k: values[k] for k in RESUME_MAY_CHANGE})
+
+
+__all__ = ["CONFIG_DEST", "FLAG_NAMES", "RESUME_MAY_CHANGE", "add_config_options", "config_fields", "config_from_args",
+           "flag_for", "option_values", "parse_override", "resume_config"]

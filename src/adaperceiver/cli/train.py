@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 from pathlib import Path
 
-from ..errors import UserError
 from ..tasks import get_task
 from ..training import NonFiniteLossError, ObjectiveConfig, TrainConfig, distributed, last_checkpoint, load_run_config, train
-from .options import CONFIG_DEST, add_config_options, config_from_args, flag_for, option_values
+from .options import RESUME_MAY_CHANGE, add_config_options, config_from_args, flag_for, option_values, resume_config
 
 TRAIN_GROUPS = ("model", "data", "optimisation", "objective", "run")
 
@@ -31,10 +28,6 @@ def register(sub) -> None:
     p.set_defaults(func=_cli_train)
 
 
-# what a resumed run may take from the command line (everything else comes from its config.json)
-RESUME_MAY_CHANGE = ("out_dir", "name", "max_steps", "device", "num_workers", "progress")
-
-
 def _cli_train(args) -> int:
     info = distributed.setup(option_values(args)["device"])  # one process, or a rank of a torchrun launch
     try:
@@ -43,32 +36,12 @@ def _cli_train(args) -> int:
         distributed.teardown()
 
 
-def _resume_config(args, run_dir: Path, values: dict) -> TrainConfig:
-    """The saved configuration of ``run_dir``, refusing options typed on the command line that would change it."""
-    saved = load_run_config(run_dir)
-    kept = json.loads(json.dumps(saved.to_dict()))
-    for dest, opt in sorted(getattr(args, "given", {}).items()):
-        path = dest.removeprefix(CONFIG_DEST)
-        if path == dest or path in RESUME_MAY_CHANGE:
-            continue
-        have: object = kept
-        for part in path.split("."):
-            have = have[part]
-        want = json.loads(json.dumps(values[path]))
-        if want != have:
-            raise UserError(f"--resume continues {run_dir} with its saved settings, and {opt} would change {path} "
-                            f"(saved {have!r}, given {want!r}); only "
-                            + ", ".join(flag_for(k) for k in RESUME_MAY_CHANGE)
-                            + f" may change: drop {opt}, or start a new run with another --name")
-    return dataclasses.replace(saved, **{k: values[k] for k in RESUME_MAY_CHANGE})
-
-
 def _train_from_args(args, info: distributed.DistInfo) -> int:
     say = print if info.is_main else (lambda *a, **k: None)
     values = option_values(args)
     run_dir = Path(values["out_dir"]) / values["name"]
     if args.resume and last_checkpoint(run_dir) is not None:
-        cfg = _resume_config(args, run_dir, values)
+        cfg = resume_config(args, run_dir, values, load_run_config(run_dir))
     elif values["static"] is not None:  # a static baseline: the single-configuration objective
         objective = ObjectiveConfig.static(label_smoothing=values["objective.label_smoothing"])
         cfg = config_from_args(TrainConfig, args, objective=objective)
