@@ -8,6 +8,8 @@ the one timer (``time_call``: warm-up, median, CUDA synchronise on CUDA). Modes:
 * ``bf16``: ``model.for_inference(dtype=torch.bfloat16)``: the slim static configuration in bf16;
 * ``autocast``: the slim static configuration in float32 under ``torch.autocast(bfloat16)``;
 * ``compile-fp32`` / ``compile-bf16``: ``for_inference(dtype, compile=True)`` (inductor, frozen weights);
+* ``compile-bf16-cppw``: the same with ``compile_options={"cpp_wrapper": True}`` (inductor's C++ wrapper
+  calls the kernels instead of Python: less overhead per call);
 * ``int8``: dynamic int8 quantisation (``torch.ao``) of the slim static configuration's Linear layers.
 
 Accuracy against fp32: max |logit difference| and top-1 agreement on real test images for a trained
@@ -38,7 +40,7 @@ from torch import Tensor, nn
 from adaperceiver import create_model, from_pretrained
 from adaperceiver.evaluation import machine_info, time_call
 
-MODES = ("fp32", "bf16", "autocast", "compile-fp32", "compile-bf16", "int8")
+MODES = ("fp32", "bf16", "autocast", "compile-fp32", "compile-bf16", "compile-bf16-cppw", "int8")
 PAPER_CONFIGS = "256,21,832;64,12,416;32,6,416"
 
 
@@ -55,9 +57,10 @@ def build_mode(mode: str, model: nn.Module, cfg: tuple[int, int, int]) -> Callab
     t, d, w = cfg
     if mode == "fp32":
         return lambda x: model(x, tokens=t, depth=d, width=w)
-    if mode in ("bf16", "compile-fp32", "compile-bf16"):
+    if mode in ("bf16", "compile-fp32", "compile-bf16", "compile-bf16-cppw"):
         dtype = torch.float32 if mode == "compile-fp32" else torch.bfloat16
-        fast = model.for_inference(dtype=dtype, compile=mode.startswith("compile"))
+        opts = {"cpp_wrapper": True} if mode.endswith("cppw") else None
+        fast = model.for_inference(dtype=dtype, compile=mode.startswith("compile"), compile_options=opts)
         return lambda x: fast(x, tokens=t, depth=d, width=w)
     static = model.for_inference(dtype=torch.float32).configuration(t, d, w)
     if mode == "autocast":
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                        "first_call_s": first[m], "load": os.getloadavg()[0]}
                 row["agreement_images"] = xs.shape[0]
                 rows.append(row)
-                print(f"{cfg[0]}/{cfg[1]}/{cfg[2]} b{b} {m:13s} {ms:9.2f} ms  x{base / ms:5.2f}  "
+                print(f"{cfg[0]}/{cfg[1]}/{cfg[2]} b{b} {m:17s} {ms:9.2f} ms  x{base / ms:5.2f}  "
                       f"dev {acc[m][0]:.3g}  agree {100 * acc[m][1]:.2f}%  first {first[m]:.1f}s  "
                       f"load {row['load']:.1f}", flush=True)
         print(f"configuration {cfg} done in {time.time() - t0:.0f}s", flush=True)

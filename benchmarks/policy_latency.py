@@ -3,7 +3,7 @@
 Times, on the first ``--images`` test images in batches of each ``--batch-sizes`` value, in one
 interleaved run with the comparators' timer (``adapt.policy._stream_ms``: ms per image, one warm-up
 pass, CUDA synchronise on CUDA): the full configuration (eager), ``PolicyClassifier`` with each
-grouping (``tokens``, ``mixed``) with the policy network eager and compiled (``+cp``), and the
+grouping of ``--groups`` with the policy network eager and compiled (``+cp``), and the
 policy's own cost (patch embedding + compiled policy network). Run alone (it times things)::
 
     flock /work/heavy.lock python benchmarks/policy_latency.py --model runs/tiny6 \\
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+from pathlib import Path
 
 import torch
 
@@ -26,7 +27,8 @@ from adaperceiver.data import get_dataset
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--policy", required=True, help="policy directory (from 'policy train' or policy_experiment.py)")
+    p.add_argument("--policy", required=True, nargs="+", help="policy directories (from 'policy train' or policy_experiment.py)")
+    p.add_argument("--groups", default="tokens", help="PolicyClassifier groupings to time, comma-separated")
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--batch-sizes", default="1,64")
@@ -37,14 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     model = from_pretrained(args.model).eval()
     ds = get_dataset(args.dataset, "val")
     xs = torch.stack([ds[i][0] for i in range(args.images)])
-    policy = load_policy(args.policy)[0]
     methods = {"full": lambda c: model(c)}
-    for group in ("tokens", "mixed"):
-        for cp in (False, True):
-            runner = PolicyClassifier(model, policy, group=group, compile_policy=cp)
-            methods[f"{group}{'+cp' if cp else ''}"] = (lambda r: (lambda c: r(c)))(runner)
-    choose = torch.compile(policy.choose, dynamic=False)
-    methods["patch+choose(c)"] = lambda c: choose(model.patch_embed(c)[0])
+    for path in args.policy:
+        policy = load_policy(path)[0]
+        name = Path(path).name
+        for group in args.groups.split(","):
+            for cp in (False, True):
+                runner = PolicyClassifier(model, policy, group=group, compile_policy=cp)
+                methods[f"{name} {group}{'+cp' if cp else ''}"] = (lambda r: (lambda c: r(c)))(runner)
+        choose = torch.compile(policy.choose, dynamic=False)
+        methods[f"{name} patch+choose(c)"] = (lambda ch: (lambda c: ch(model.patch_embed(c)[0])))(choose)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     with torch.no_grad():
         for b in sizes:  # compile the policy network at each batch size outside the timing
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             full = statistics.median(times["full"])
             for k in methods:
                 med = statistics.median(times[k])
-                print(f"b{b} {k:18s} {med:.3f} ms/img  vs full {med / full:.3f}", flush=True)
+                print(f"b{b} {k:28s} {med:.3f} ms/img  vs full {med / full:.3f}", flush=True)
     print("load", os.getloadavg())
     return 0
 

@@ -90,3 +90,25 @@ def test_compiled_configurations_are_reused_not_recompiled(model):
             fast(x3, 8, 2, 16)
     assert counters["stats"]["unique_graphs"] == graphs  # nothing recompiled
     assert not counters["recompiles"] and counters["frames"]["ok"] == counters["frames"]["total"]
+
+
+def test_compiled_configurations_are_built_with_frozen_weights(model):
+    """inductor's ``freezing`` (weights as constants, so Linear layers become prepacked oneDNN
+    kernels) is read from its global config at compile time, which ``torch.compile(options=...)``
+    does not set: the runner must hold it on while the backend compiles."""
+    import torch._inductor.config as inductor_config
+
+    seen = []
+
+    def backend(gm, example_inputs):  # records what inductor would see, runs the graph eagerly
+        seen.append(inductor_config.freezing)
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        fast = for_inference(model, dtype=torch.float32, compile=True, backend=backend)
+        torch.testing.assert_close(fast(images(2), 8, 2, 16), model(images(2), 8, 2, 16), atol=1e-5, rtol=0)
+        assert seen == [True] and inductor_config.freezing is False  # on while compiling, restored after
+        unfrozen = for_inference(model, compile=True, backend=backend, compile_options={"freezing": False})
+        unfrozen(images(2), 8, 2, 16)
+    assert seen == [True, False]

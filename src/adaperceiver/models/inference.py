@@ -55,7 +55,7 @@ class InferenceModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, dtype: str | torch.dtype | None = None, compile: bool = False,
-                 backend: str = "inductor", compile_options: dict[str, Any] | None = None):
+                 backend: str | Callable = "inductor", compile_options: dict[str, Any] | None = None):
         super().__init__()
         if not all(hasattr(model, a) for a in ("cfg", "resolve_tokens", "forward_anytime", "latent_mask")):
             raise ValueError(f"for_inference needs an AdaPerceiver model, got {type(model).__name__}")
@@ -123,8 +123,21 @@ class InferenceModel(nn.Module):
         # that configurations do not evict each other or fall back to eager past the limit
         fn = type(static).forward
         own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-        opts = {"backend": self.backend} if self.backend != "inductor" else {"options": self.compile_options}
-        return torch.compile(types.MethodType(own, static), dynamic=False, **opts)
+        import torch._inductor.config as inductor_config  # here: importing inductor is slow and rarely needed
+
+        # inductor reads `freezing` from its global config when it compiles (lazily, on a call), and
+        # torch.compile(options=...) does not reach that point: without this patch the weights stay
+        # graph inputs and every Linear runs as a plain addmm instead of a prepacked oneDNN kernel
+        opts = dict(self.compile_options)
+        freezing = opts.pop("freezing")
+        kw = {"options": opts or None} if self.backend == "inductor" else {"backend": self.backend}
+        compiled = torch.compile(types.MethodType(own, static), dynamic=False, **kw)
+
+        def run(x: Tensor) -> Tensor:
+            with inductor_config.patch(freezing=freezing):
+                return compiled(x)
+
+        return run
 
     @torch.no_grad()
     def forward(self, x: Tensor, tokens: int | None = None, depth: int | None = None, width: int | None = None) -> Tensor:
