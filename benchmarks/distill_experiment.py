@@ -12,7 +12,8 @@ epoch, so a piece killed by an outer ``timeout`` loses at most one epoch.
 2. For each seed, the paper's two-stage recipe and its labels-only twin, same student, data, seed
    and number of epochs (stage 1 + stage 2 = labels-only), no augmentation (so the teacher cache
    is exact: the teacher runs once per image, in the first epoch of the first seed):
-   - stage 1 ``adaperceiver distill``: logits KD + per-patch feature matching on every read-out, CE 0;
+   - stage 1 ``adaperceiver distill``: logits KD + per-patch feature matching on every read-out, CE 0
+     (``--ce-weight`` / ``--feature-weight`` change that, for ablations);
    - stage 2 ``adaperceiver train --init-from STAGE1 --freeze-backbone``: labels, backbone frozen;
    - ``adaperceiver train``: the same student from labels only for all the epochs.
 3. Accuracy and GFLOPs of every (tokens, depth, width) of both final students on the test split,
