@@ -12,7 +12,8 @@ epoch, so a piece killed by an outer ``timeout`` loses at most one epoch.
 2. For each seed, the paper's two-stage recipe and its labels-only twin, same student, data, seed
    and number of epochs (stage 1 + stage 2 = labels-only), no augmentation (so the teacher cache
    is exact: the teacher runs once per image, in the first epoch of the first seed):
-   - stage 1 ``adaperceiver distill``: logits KD + per-patch feature matching on every read-out, CE 0;
+   - stage 1 ``adaperceiver distill``: logits KD + per-patch feature matching on every read-out, CE 0
+     (``--ce-weight`` / ``--feature-weight`` change that, for ablations);
    - stage 2 ``adaperceiver train --init-from STAGE1 --freeze-backbone``: labels, backbone frozen;
    - ``adaperceiver train``: the same student from labels only for all the epochs.
 3. Accuracy and GFLOPs of every (tokens, depth, width) of both final students on the test split,
@@ -117,6 +118,10 @@ def main() -> int:
     ap.add_argument("--model", default="adaperceiver_tiny", help="student preset")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="student config override (passed to distill and train)")
+    ap.add_argument("--ce-weight", type=float, default=None,
+                    help="stage 1 supervised CE weight (default: the distill command's, 0)")
+    ap.add_argument("--feature-weight", type=float, default=None,
+                    help="stage 1 feature-matching weight (default: the distill command's, 1)")
     ap.add_argument("--budget-s", type=float, default=None, help="stop starting new work after this many seconds")
     ap.add_argument("--chunk-epochs", type=int, default=4,
                     help="student epochs per training command (checkpoints are written every epoch anyway)")
@@ -134,6 +139,8 @@ def main() -> int:
     data = ["--dataset", args.dataset, "--train-subset", str(args.train_subset), "--out", str(out), "--no-progress",
             "--batch-size", str(args.batch_size), "--warmup-steps", str(args.warmup_steps)]
     student = ["--model", args.model, *[a for o in args.overrides for a in ("--set", o)], "--no-augment"]
+    recipe = [a for flag, v in (("--ce-weight", args.ce_weight), ("--feature-weight", args.feature_weight))
+              if v is not None for a in (flag, f"{v:g}")]
     steps_per_epoch = args.train_subset // args.batch_size
     r = Runner(args.budget_s)
     try:
@@ -147,7 +154,7 @@ def main() -> int:
             s = ["--seed", str(seed)]
             train_in_chunks(r, out / f"stage1_s{seed}", args.stage1_epochs * steps_per_epoch, chunk,
                             "distill", "--teacher", str(out / "teacher"), "--teacher-cache", str(out / "teacher_cache"),
-                            "--epochs", str(args.stage1_epochs), "--name", f"stage1_s{seed}", *student, *s, *data)
+                            "--epochs", str(args.stage1_epochs), "--name", f"stage1_s{seed}", *recipe, *student, *s, *data)
             train_in_chunks(r, out / f"distilled_s{seed}", args.stage2_epochs * steps_per_epoch, chunk,
                             "train", "--init-from", str(out / f"stage1_s{seed}"), "--freeze-backbone",
                             "--epochs", str(args.stage2_epochs), "--name", f"distilled_s{seed}", *student, *s, *data)
@@ -213,8 +220,10 @@ def plot(out: Path, rows: list[dict], summary: dict, args) -> None:
     seeds = summary["seeds"]
     which = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean of {len(seeds)} seeds"
     ax.scatter(g, [r["acc1_labels"] for r in rows], s=16, color="tab:gray", label=f"labels only ({which})")
+    fw = 1.0 if args.feature_weight is None else args.feature_weight
+    stage1 = "KD" + (" + features" if fw else "") + (f" + {args.ce_weight:g}·CE" if args.ce_weight else "")
     ax.scatter(g, [r["acc1_distilled"] for r in rows], s=16, color="tab:blue",
-               label=f"distilled: KD + features, then frozen-backbone fine-tune ({which})")
+               label=f"distilled: {stage1}, then frozen-backbone fine-tune ({which})")
     if summary["teacher_acc1"]:
         ax.axhline(summary["teacher_acc1"], ls="--", color="tab:red", lw=1,
                    label=f"CNN teacher: {summary['teacher_acc1']:.1f} % at {summary['teacher_gflops'] * 1e3:.0f} MFLOPs")
