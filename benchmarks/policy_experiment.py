@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--policy-dim", type=int, default=16)
-    p.add_argument("--policy-blocks", type=int, default=2, help="Mixer blocks (0: pool first, the cheapest net)")
+    p.add_argument("--policy-blocks", type=int, default=2, help="Mixer blocks (0: project each patch and pool, the cheapest net)")
     p.add_argument("--taus", type=float, nargs="*", default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999])
     p.add_argument("--latency-batch-sizes", type=int, nargs="*", default=[1, 64])
     p.add_argument("--latency-images", type=int, default=256)

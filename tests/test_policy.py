@@ -119,7 +119,7 @@ def test_policy_classifier_runs_each_choice_exactly(model):
 
 
 def test_pooled_policy_and_one_configuration_batches(model):
-    """num_blocks=0 pools first (order of patches irrelevant, few FLOPs); a batch that chose one
+    """num_blocks=0 pools the projected patches (order of patches irrelevant, few FLOPs); a batch that chose one
     configuration runs as one plain call of it, at batch 1 and above."""
     xs, _ = data(5)
     pooled = ConfigPolicy.for_model(model, cfg=PolicyConfig(num_blocks=0))
@@ -141,7 +141,7 @@ def test_pooled_policy_and_one_configuration_batches(model):
         pooled(patches)
     with torch.enable_grad(), flop_counter() as mixer_count:
         mixer(patches)
-    assert 0 < pooled_count.get_total_flops() < mixer_count.get_total_flops() / 10
+    assert 0 < pooled_count.get_total_flops() < mixer_count.get_total_flops() / 3
     with pytest.raises(UserError, match="num_blocks"):
         PolicyConfig(num_blocks=-1)
 

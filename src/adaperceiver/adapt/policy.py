@@ -126,7 +126,7 @@ class PolicyConfig:
     """Size of the policy network (the action space comes from the backbone)."""
 
     dim: int = 32  # channels after projecting the backbone's patch embeddings
-    num_blocks: int = 2  # Mixer blocks; 0: pool the patch embeddings first, then an MLP (the cheapest policy)
+    num_blocks: int = 2  # Mixer blocks; 0: project each patch, pool, then an MLP (the cheapest policy)
     token_mlp_ratio: float = 0.5
     channel_mlp_ratio: float = 2.0
     head_hidden: int = 64
@@ -202,8 +202,8 @@ class ConfigPolicy(nn.Module):
             for blk in self.blocks:
                 h = blk(h)
             h = self.norm(h).mean(1)
-        else:  # one vector per image before any layer: a handful of small operations in all
-            h = self.norm(self.proj(patches.mean(1)))
+        else:  # per-patch features pooled at once (a DeepSets-style sum): a handful of small operations
+            h = self.norm(F.gelu(self.proj(patches)).mean(1))
         h = self.trunk(h)
         return PolicyLogits(self.head_tokens(h), self.head_depth(h), self.head_width(h))
 

@@ -47,7 +47,7 @@ def register(sub) -> None:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--policy-blocks", type=int, default=PolicyConfig.num_blocks,
-                   help="Mixer blocks of the policy network (0: pool the patch embeddings first, the cheapest)")
+                   help="Mixer blocks of the policy network (0: project each patch and pool, the cheapest)")
     t.add_argument("--policy-dim", type=int, default=PolicyConfig.dim, help="channels of the policy network")
     t.add_argument("--out", required=True, help="output directory (one sub-directory per lambda)")
     t.set_defaults(func=_cli_train)
