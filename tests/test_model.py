@@ -219,6 +219,11 @@ def test_presets():
     assert (v2.readout, v2.head_norm, tiny.readout, tiny.head_norm) == ("mean", True, "query", False)
     assert {k: v for k, v in v2.to_dict().items() if k not in ("readout", "head_norm")} == \
         {k: v for k, v in tiny.to_dict().items() if k not in ("readout", "head_norm")}
+    v3 = preset_config("adaperceiver_tiny_v3")
+    assert (v3.embed_mlp, v3.ls_init) == (False, 0.01)
+    assert {k: v for k, v in v3.to_dict().items() if k not in ("embed_mlp", "ls_init")} == \
+        {k: v for k, v in v2.to_dict().items() if k not in ("embed_mlp", "ls_init")}
+    assert not any(n.startswith("patch_embed.mlp.") for n, _ in create_model("adaperceiver_tiny_v3").named_parameters())
     with pytest.raises(ValueError, match="available"):
         create_model("adaperceiver_huge")
     with pytest.raises(ValueError, match="unknown config keys"):

@@ -57,6 +57,13 @@ def _tiny_v2() -> dict[str, Any]:
     return dict(_tiny(), readout="mean", head_norm=True)
 
 
+@register_preset("adaperceiver_tiny_v3")
+def _tiny_v3() -> dict[str, Any]:
+    """``adaperceiver_tiny_v2`` without the patch-embedding MLP and with LayerScale starting at 0.01:
+    the closest to a plain ViT of its width and depth in the learning benchmark (docs/training.md)."""
+    return dict(_tiny_v2(), embed_mlp=False, ls_init=0.01)
+
+
 @register_preset("adaperceiver_tiny64")
 def _tiny64() -> dict[str, Any]:
     """``adaperceiver_tiny`` for 64x64 inputs (cluttered Fashion-MNIST): patch 8, so 64 patches."""
