@@ -1,9 +1,10 @@
 """Learning efficiency: the adaptive model against a plain ViT of the same width and depth, same loop.
 
 One plain training loop (issue 12) for every model: Fashion-MNIST, the full 60k training set, a
-fixed 5k validation subset, AdamW (lr 2e-3, weight decay 0.05 on matrices only, as the trainer
-does), 100 warm-up steps then cosine to 0 at the run's last step, batch 128, gradient clipping at
-3.0, no augmentation, no EMA, seed-fixed initialisation and data order. Each ``--steps`` value is a
+fixed 5k validation subset, AdamW (lr 2e-3, weight decay 0.05 on every parameter of two or more
+dimensions: matrices, learned tokens and position tables), 100 warm-up steps then cosine to 0 at
+the run's last step, batch 128, gradient clipping at 3.0, no augmentation, no EMA, seed-fixed
+initialisation and data order. Each ``--steps`` value is a
 separate run (its own cosine schedule); ``--evals`` adds evaluations inside a run.
 
 Models (``--models``, comma-separated):
