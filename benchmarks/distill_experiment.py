@@ -8,7 +8,9 @@ new work once that many seconds have passed and exits with status 3 ("run me aga
 runs advance in chunks of ``--chunk-epochs`` (``--max-steps`` + ``--resume``) and checkpoint every
 epoch, so a piece killed by an outer ``timeout`` loses at most one epoch.
 
-1. ``adaperceiver teacher --arch cnn``: a small VGG-style CNN, trained longer and with augmentation.
+1. ``adaperceiver teacher --arch cnn``: a small VGG-style CNN, trained longer and with augmentation,
+   on the students' subset or (``--teacher-train-subset``) on more of the training split; the teacher
+   cache holds only the students' images either way.
 2. For each seed, the paper's two-stage recipe and its labels-only twin, same student, data, seed
    and number of epochs (stage 1 + stage 2 = labels-only), no augmentation (so the teacher cache
    is exact: the teacher runs once per image, in the first epoch of the first seed):
@@ -109,6 +111,9 @@ def main() -> int:
     ap.add_argument("--eval-limit", type=int, default=None, help="sweep only the first N test images")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--teacher-epochs", type=int, default=8)
+    ap.add_argument("--teacher-train-subset", type=int, default=None,
+                    help="teacher training images: N (a fixed subset), 0 for the whole training split "
+                         "(default: the students' --train-subset)")
     ap.add_argument("--teacher-channels", default="32,64,128")
     ap.add_argument("--teacher-convs", type=int, default=1)
     ap.add_argument("--stage1-epochs", type=int, default=3)
@@ -128,6 +133,8 @@ def main() -> int:
     ap.add_argument("--report", action="store_true",
                     help="train nothing: write the comparison from the seeds whose two sweeps are done")
     args = ap.parse_args()
+    if args.teacher_train_subset is not None and args.teacher_train_subset < 0:
+        ap.error(f"--teacher-train-subset must be >= 0 (0: the whole training split), got {args.teacher_train_subset}")
     out = Path(args.out)
     if args.report:
         args.seeds = [s for s in args.seeds
@@ -136,18 +143,27 @@ def main() -> int:
             raise SystemExit(f"no seed of {out} has both sweeps yet")
         write_comparison(out, args)
         return 0
-    data = ["--dataset", args.dataset, "--train-subset", str(args.train_subset), "--out", str(out), "--no-progress",
-            "--batch-size", str(args.batch_size), "--warmup-steps", str(args.warmup_steps)]
+    common = ["--dataset", args.dataset, "--out", str(out), "--no-progress",
+              "--batch-size", str(args.batch_size), "--warmup-steps", str(args.warmup_steps)]
+    data = ["--train-subset", str(args.train_subset), *common]
+    t_subset = args.train_subset if args.teacher_train_subset is None else args.teacher_train_subset
+    if t_subset:
+        t_data, t_images = ["--train-subset", str(t_subset), *common], t_subset
+    else:  # the whole split: its size sets the teacher's steps per epoch
+        from adaperceiver.data import get_dataset
+
+        t_data, t_images = common, len(get_dataset(args.dataset, "train"))
+    t_steps_per_epoch = t_images // args.batch_size
     student = ["--model", args.model, *[a for o in args.overrides for a in ("--set", o)], "--no-augment"]
     recipe = [a for flag, v in (("--ce-weight", args.ce_weight), ("--feature-weight", args.feature_weight))
               if v is not None for a in (flag, f"{v:g}")]
     steps_per_epoch = args.train_subset // args.batch_size
     r = Runner(args.budget_s)
     try:
-        train_in_chunks(r, out / "teacher", args.teacher_epochs * steps_per_epoch, 2 * steps_per_epoch,
+        train_in_chunks(r, out / "teacher", args.teacher_epochs * t_steps_per_epoch, 2 * t_steps_per_epoch,
                         "teacher", "--arch", "cnn", "--channels", args.teacher_channels,
                         "--convs-per-stage", str(args.teacher_convs), "--epochs", str(args.teacher_epochs),
-                        "--name", "teacher", *data)
+                        "--name", "teacher", *t_data)
         epochs = args.stage1_epochs + args.stage2_epochs
         chunk = args.chunk_epochs * steps_per_epoch
         for seed in args.seeds:
@@ -200,7 +216,9 @@ def write_comparison(out: Path, args) -> None:
         seconds[name] = round(float(state.get("train_seconds", float("nan"))), 1)
     summary = {"configurations": len(rows), "seeds": seeds, "distilled_better": sum(g > 0 for g in gains),
                "median_gain_pp": statistics.median(gains), "min_gain_pp": gains[0], "max_gain_pp": gains[-1],
-               "full_config": full, "teacher_acc1": t_acc, "teacher_gflops": teacher_gflops(out / "teacher"),
+               "full_config": full, "teacher_acc1": t_acc,
+               "teacher_train_images": teacher_meta.get("train", {}).get("train_subset") or "all",
+               "teacher_gflops": teacher_gflops(out / "teacher"),
                "train_seconds": seconds, "settings": vars(args)}
     (out / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(out, rows, summary, args)
@@ -226,7 +244,8 @@ def plot(out: Path, rows: list[dict], summary: dict, args) -> None:
                label=f"distilled: {stage1}, then frozen-backbone fine-tune ({which})")
     if summary["teacher_acc1"]:
         ax.axhline(summary["teacher_acc1"], ls="--", color="tab:red", lw=1,
-                   label=f"CNN teacher: {summary['teacher_acc1']:.1f} % at {summary['teacher_gflops'] * 1e3:.0f} MFLOPs")
+                   label=f"CNN teacher ({summary['teacher_train_images']} training images): {summary['teacher_acc1']:.1f} % "
+                         f"at {summary['teacher_gflops'] * 1e3:.0f} MFLOPs")
     ax.set_xlabel("MFLOPs per image (student configuration)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(f"{args.model} on {args.dataset} ({args.train_subset} training images): every (tokens, depth, width)",
