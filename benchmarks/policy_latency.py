@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = {"full": lambda c: model(c)}
     for path in args.policy:
         policy = load_policy(path)[0]
-        name = Path(path).name
+        name = "/".join(Path(path).parts[-2:])  # parent/name: policies of two runs often share a name
         for group in args.groups.split(","):
             for cp in (False, True):
                 runner = PolicyClassifier(model, policy, group=group, compile_policy=cp)
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             full = statistics.median(times["full"])
             for k in methods:
                 med = statistics.median(times[k])
-                print(f"b{b} {k:28s} {med:.3f} ms/img  vs full {med / full:.3f}", flush=True)
+                print(f"b{b} {k:40s} {med:.3f} ms/img  vs full {med / full:.3f}", flush=True)
     print("load", os.getloadavg())
     return 0
 
