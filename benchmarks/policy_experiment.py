@@ -32,6 +32,7 @@ from adaperceiver.adapt.policy import (
     TrainLog,
     collect_outcomes,
     configuration_flops,
+    configuration_latency,
     evaluate_comparators,
     format_summary,
     save_policy,
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--policy-dim", type=int, default=16)
     p.add_argument("--policy-blocks", type=int, default=2, help="Mixer blocks (0: project each patch and pool, the cheapest net)")
+    p.add_argument("--cost", choices=["flops", "latency"], default="flops",
+                   help="what the policy's reward charges: FLOPs, or measured ms per image at --cost-batch-size")
+    p.add_argument("--cost-batch-size", type=int, default=1)
     p.add_argument("--taus", type=float, nargs="*", default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999])
     p.add_argument("--latency-batch-sizes", type=int, nargs="*", default=[1, 64])
     p.add_argument("--latency-images", type=int, default=256)
@@ -85,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     train_data, train_desc = policy_split(run, args.dataset, args.policy_images)
     train_out = collect_outcomes(model, train_data)
     val_out = collect_outcomes(model, get_dataset(args.dataset, "val"), train_out.space, limit=args.val_limit)
-    cost = configuration_flops(model, train_out.space)
+    cost = configuration_flops(model, train_out.space)  # the comparators' GFLOPs columns, whatever the reward charges
+    train_cost = cost if args.cost == "flops" else configuration_latency(model, train_out.space, args.cost_batch_size)
     print(f"reward tables: {len(train_out)} policy-training images ({train_desc}), {len(val_out)} held-out; "
           f"{time.time() - t0:.0f}s")
     full_train = 100 * float(train_out.correct[:, -1, -1, -1].float().mean())
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                                     epochs=args.epochs, lr=args.lr, baseline=baseline, seed=args.seed)
             log = TrainLog()
             t1 = time.time()
-            pol = train_policy(model, train_out, cost, cfg, PolicyConfig(dim=args.policy_dim, num_blocks=args.policy_blocks), log=log)
+            pol = train_policy(model, train_out, train_cost, cfg, PolicyConfig(dim=args.policy_dim, num_blocks=args.policy_blocks), log=log)
             name = f"{baseline} lam={lam:g}"
             policies[name] = pol
             logs[name] = {"train_acc_greedy_last_batch": 100 * log.accuracy[-1], "train_cost_greedy_last_batch": log.mean_cost[-1],

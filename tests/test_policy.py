@@ -18,6 +18,7 @@ from adaperceiver.adapt.policy import (
     TrainLog,
     collect_outcomes,
     configuration_flops,
+    configuration_latency,
     evaluate_comparators,
     load_policy,
     run_from_patches,
@@ -146,6 +147,19 @@ def test_pooled_policy_and_one_configuration_batches(model):
         PolicyConfig(num_blocks=-1)
 
 
+def test_policy_trained_on_a_latency_cost(model):
+    """Any cost table works: measured ms per image (what wall-clock savings need) instead of FLOPs."""
+    xs, ys = data(40)
+    outcomes = collect_outcomes(model, (xs, ys))
+    lat = configuration_latency(model, outcomes.space, batch_size=2, repeats=1)
+    assert lat.shape == outcomes.space.shape and bool((lat > 0).all()) and bool(torch.isfinite(lat).all())
+    cheap = train_policy(model, outcomes, lat, PolicyTrainConfig(lam=50.0, epochs=3, batch_size=20))
+    with torch.no_grad():
+        acts = cheap.choose(model.patch_embed(xs)[0])
+    chosen = lat[acts[:, 0], acts[:, 1], acts[:, 2]]
+    assert float(chosen.mean()) < float(lat.mean())  # a heavy time charge picks faster-than-average configurations
+
+
 def test_run_mixed_sorts_and_restores_the_batch(model):
     xs, _ = data(7)
     tokens, depths, widths = [4, 16, 8, 16, 4, 8, 16], [1, 2, 2, 1, 2, 1, 2], [16, 32, 32, 16, 16, 32, 32]
@@ -217,7 +231,7 @@ def test_policy_cli(model, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(policy_cmd, "load_dataset", lambda spec, split: torch.utils.data.TensorDataset(xs, ys))
     save_pretrained(model, tmp_path / "run")
     assert main(["policy", "train", "--model", str(tmp_path / "run"), "--lams", "0.1", "1", "--epochs", "1",
-                 "--policy-blocks", "0", "--out", str(tmp_path / "pol")]) == 0
+                 "--policy-blocks", "0", "--cost", "latency", "--out", str(tmp_path / "pol")]) == 0
     assert (tmp_path / "pol" / "lam1" / "policy.safetensors").is_file()
     assert load_policy(tmp_path / "pol" / "lam1")[0].cfg.num_blocks == 0
     assert main(["policy", "eval", "--model", str(tmp_path / "run"), "--policies", str(tmp_path / "pol" / "lam0.1"),

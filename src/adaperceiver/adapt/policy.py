@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import load_strict, read_state_dict, save_state_dict, write_json
 from ..errors import check_fields
-from ..evaluation.cost import flop_counter, measure_flops, time_call
+from ..evaluation.cost import flop_counter, measure_flops, measure_latency, time_call
 from ..evaluation.reports import new_figure, save_figure, write_csv
 from ..evaluation.sweep import pareto_front
 from ..models.adaperceiver import AdaPerceiver, AdaPerceiverClassifier
@@ -106,6 +106,18 @@ def configuration_flops(model: AdaPerceiver, space: ActionSpace) -> Tensor:
         for j, d in enumerate(space.depths):
             for k, w in enumerate(space.widths):
                 table[i, j, k] = measure_flops(model, t, d, w)
+    return table
+
+
+def configuration_latency(model: AdaPerceiver, space: ActionSpace, batch_size: int = 1, repeats: int = 10) -> Tensor:
+    """Median milliseconds per image of every configuration at ``batch_size``, ``(n_tokens, n_depths,
+    n_widths)``: a cost for :func:`train_policy` when wall-clock, not FLOPs, is what should shrink
+    (on a CPU at batch 1 the time follows the number of blocks far more than the FLOPs)."""
+    table = torch.zeros(space.shape, dtype=torch.float64)
+    for i, t in enumerate(space.tokens):
+        for j, d in enumerate(space.depths):
+            for k, w in enumerate(space.widths):
+                table[i, j, k] = measure_latency(model, t, d, w, batch_size, repeats=repeats).median_ms / batch_size
     return table
 
 
@@ -764,7 +776,8 @@ def format_summary(result: Mapping[str, Any]) -> str:
 
 __all__ = [
     "ActionSpace", "ConfigPolicy", "MixerBlock", "Outcomes", "PolicyClassifier", "PolicyConfig", "PolicyOutput",
-    "PolicyTrainConfig", "TrainLog", "collect_outcomes", "configuration_flops", "evaluate_comparators",
+    "PolicyTrainConfig", "TrainLog", "collect_outcomes", "configuration_flops", "configuration_latency",
+    "evaluate_comparators",
     "flops_saved_at_parity", "format_summary", "load_policy", "reward_table", "run_from_patches", "run_mixed",
     "save_policy", "train_policy", "write_results",
 ]

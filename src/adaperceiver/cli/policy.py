@@ -13,6 +13,7 @@ from ..adapt.policy import (
     TrainLog,
     collect_outcomes,
     configuration_flops,
+    configuration_latency,
     evaluate_comparators,
     format_summary,
     load_policy,
@@ -49,6 +50,8 @@ def register(sub) -> None:
     t.add_argument("--policy-blocks", type=int, default=PolicyConfig.num_blocks,
                    help="Mixer blocks of the policy network (0: project each patch and pool, the cheapest)")
     t.add_argument("--policy-dim", type=int, default=PolicyConfig.dim, help="channels of the policy network")
+    t.add_argument("--cost", choices=["flops", "latency"], default="flops",
+                   help="what the reward charges: FLOPs per image, or ms per image measured here at batch 1")
     t.add_argument("--out", required=True, help="output directory (one sub-directory per lambda)")
     t.set_defaults(func=_cli_train)
 
@@ -71,7 +74,7 @@ def _cli_train(args) -> int:
     policy_cfg = PolicyConfig(dim=args.policy_dim, num_blocks=args.policy_blocks)  # checked before the slow part
     model = from_pretrained(args.model)
     outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split), limit=args.limit)
-    cost = configuration_flops(model, outcomes.space)
+    cost = configuration_flops(model, outcomes.space) if args.cost == "flops" else configuration_latency(model, outcomes.space)
     out = Path(args.out)
     for lam in args.lams:
         cfg = PolicyTrainConfig(lam=lam, reward=args.reward, scale=args.scale, entropy=args.entropy, epochs=args.epochs,
