@@ -477,13 +477,16 @@ def run_mixed(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], token
             ts = t_sorted[k:active]
             zo = z[k:active]
             if min(ts) == max(ts):
-                zo = zo[:, :ts[0]]
-                kv_mask = None
-            else:
-                kv_mask = (torch.arange(n, device=dev) < torch.tensor(ts, device=dev).view(-1, 1)).view(-1, 1, 1, n)
-            q = model.output_queries(p[k:active])
-            o = model.write(q, zo, rope_k=model.rope, mask=kv_mask)
-            outs.append(model.head(o, grid))
+                outs.append(model.write_out(zo[:, :ts[0]], p[k:active], grid))
+            else:  # each image reads out its own latent prefix
+                keep = torch.arange(n, device=dev) < torch.tensor(ts, device=dev).view(-1, 1)  # (b, n)
+                if getattr(model.cfg, "readout", "query") == "mean":
+                    w = keep.to(zo.dtype).unsqueeze(-1)
+                    outs.append(model.head((zo * w).sum(1, keepdim=True) / w.sum(1, keepdim=True), grid))
+                else:
+                    q = model.output_queries(p[k:active])
+                    o = model.write(q, zo, rope_k=model.rope, mask=keep.view(-1, 1, 1, n))
+                    outs.append(model.head(o, grid))
             z = z[:k]
             active = k
     out = torch.cat(outs[::-1]) if len(outs) > 1 else outs[0]  # shallowest were written first
