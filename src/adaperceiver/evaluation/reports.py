@@ -209,9 +209,11 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: str | Path, primary: st
         ax.set_xlabel(label)
         ax.set_ylabel(f"{primary} ({'higher' if higher_is_better else 'lower'} is better)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right" if higher_is_better else "upper right")
+    # one legend below the panels: inside an axis it hid the baselines that sit in its corner
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(handles)), fontsize=7, frameon=False)
     fig.suptitle("configuration sweep (labels: tokens/depth/width)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * ((len(handles) - 1) // 5), 1, 1))
     return save_figure(fig, path, dpi=120)
 
 
