@@ -479,14 +479,7 @@ def run_mixed(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], token
             if min(ts) == max(ts):
                 outs.append(model.write_out(zo[:, :ts[0]], p[k:active], grid))
             else:  # each image reads out its own latent prefix
-                keep = torch.arange(n, device=dev) < torch.tensor(ts, device=dev).view(-1, 1)  # (b, n)
-                if getattr(model.cfg, "readout", "query") == "mean":
-                    w = keep.to(zo.dtype).unsqueeze(-1)
-                    outs.append(model.head((zo * w).sum(1, keepdim=True) / w.sum(1, keepdim=True), grid))
-                else:
-                    q = model.output_queries(p[k:active])
-                    o = model.write(q, zo, rope_k=model.rope, mask=keep.view(-1, 1, 1, n))
-                    outs.append(model.head(o, grid))
+                outs.append(model.write_out_lengths(zo, p[k:active], grid, torch.tensor(ts, device=dev)))
             z = z[:k]
             active = k
     out = torch.cat(outs[::-1]) if len(outs) > 1 else outs[0]  # shallowest were written first

@@ -373,6 +373,13 @@ class AdaPerceiver(nn.Module):
         out = self.head(out.flatten(0, 1), grid)
         return out.reshape(b, g, *out.shape[1:])
 
+    def write_out_lengths(self, latents: Tensor, patches: Tensor, grid: tuple[int, int], lengths: Tensor) -> Tensor:
+        """``write_out`` where image ``i`` reads out only its first ``lengths[i]`` latents (one call for
+        a batch whose images ran at different token counts)."""
+        keep = torch.arange(latents.shape[1], device=latents.device) < lengths.view(-1, 1)
+        queries = self.output_queries(patches)
+        return self.head(self.write(queries, latents, rope_k=self.rope, mask=keep[:, None, None, :]), grid)
+
     def forward_head(self, features: Features) -> Tensor:
         return self.write_out(*features)
 
@@ -515,6 +522,13 @@ class AdaPerceiverClassifier(AdaPerceiver):
         idx = torch.as_tensor([g - 1 for g in prefixes], device=latents.device)
         counts = torch.as_tensor(list(prefixes), dtype=latents.dtype, device=latents.device)
         return self.head_fc(self.head_norm(sums[:, idx] / counts[:, None]))  # (B, G, classes)
+
+    def write_out_lengths(self, latents: Tensor, patches: Tensor, grid: tuple[int, int], lengths: Tensor) -> Tensor:
+        if self.cfg.readout == "query":
+            return super().write_out_lengths(latents, patches, grid, lengths)
+        keep = (torch.arange(latents.shape[1], device=latents.device) < lengths.view(-1, 1)).to(latents.dtype)
+        mean = (latents * keep[..., None]).sum(1, keepdim=True) / keep.sum(1).view(-1, 1, 1)
+        return self.head(mean, grid)
 
     def output_queries(self, patches: Tensor) -> Tensor:
         return self.output_query.to(patches.dtype).expand(patches.shape[0], -1, -1)
