@@ -118,12 +118,7 @@ def rederived_forward(sd: dict, conf: dict, x: torch.Tensor, n: int, rule: str) 
 
 # --------------------------------------------------------------------------------------------------
 # fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest's fixture
 
 
 def flat_config(task: str) -> dict:

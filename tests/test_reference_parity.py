@@ -37,12 +37,7 @@ class RecordingRandom(random.Random):
         return v
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest's fixture
 
 
 @pytest.fixture(scope="module")
