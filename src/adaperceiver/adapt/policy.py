@@ -99,26 +99,27 @@ def _example_input(model: AdaPerceiver) -> Tensor:
     return torch.zeros(1, c.in_chans, c.img_size, c.img_size, device=p.device, dtype=p.dtype)
 
 
-def configuration_flops(model: AdaPerceiver, space: ActionSpace) -> Tensor:
-    """FLOPs per image of every configuration, ``(n_tokens, n_depths, n_widths)``, counted once each."""
+def _per_configuration(space: ActionSpace, value) -> Tensor:
+    """``(n_tokens, n_depths, n_widths)`` table of ``value(tokens, depth, width)``."""
     table = torch.zeros(space.shape, dtype=torch.float64)
     for i, t in enumerate(space.tokens):
         for j, d in enumerate(space.depths):
             for k, w in enumerate(space.widths):
-                table[i, j, k] = measure_flops(model, t, d, w)
+                table[i, j, k] = value(t, d, w)
     return table
+
+
+def configuration_flops(model: AdaPerceiver, space: ActionSpace) -> Tensor:
+    """FLOPs per image of every configuration, ``(n_tokens, n_depths, n_widths)``, counted once each."""
+    return _per_configuration(space, lambda t, d, w: measure_flops(model, t, d, w))
 
 
 def configuration_latency(model: AdaPerceiver, space: ActionSpace, batch_size: int = 1, repeats: int = 10) -> Tensor:
     """Median milliseconds per image of every configuration at ``batch_size``, ``(n_tokens, n_depths,
     n_widths)``: a cost for :func:`train_policy` when wall-clock, not FLOPs, is what should shrink
     (on a CPU at batch 1 the time follows the number of blocks far more than the FLOPs)."""
-    table = torch.zeros(space.shape, dtype=torch.float64)
-    for i, t in enumerate(space.tokens):
-        for j, d in enumerate(space.depths):
-            for k, w in enumerate(space.widths):
-                table[i, j, k] = measure_latency(model, t, d, w, batch_size, repeats=repeats).median_ms / batch_size
-    return table
+    return _per_configuration(
+        space, lambda t, d, w: measure_latency(model, t, d, w, batch_size, repeats=repeats).median_ms / batch_size)
 
 
 def writeout_flops(model: AdaPerceiver, tokens: int) -> int:
