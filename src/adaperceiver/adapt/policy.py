@@ -625,7 +625,7 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
                 for k, w in enumerate(space.widths):
                     fixed_lat[(i, j, k)] = lat(lambda c, t=t, d=d, w=w: (fast or model)(c, tokens=t, depth=d, width=w))
                     rows.append({"method": "fixed", "setting": f"{t}/{d}/{w}", "tokens": t, "depth": d, "width": w,
-                                 "acc1": 100.0 * float(outcomes.correct[:, i, j, k].float().mean()),
+                                 "acc1": 100.0 * int(outcomes.correct[:, i, j, k].sum()) / n,
                                  "gflops": float(gcost[i, j, k]), **fixed_lat[(i, j, k)], "deployable": True})
         full = next(r for r in rows if (r["tokens"], r["depth"], r["width"]) == space.full)
         full = {**full, "method": "full"}
@@ -639,7 +639,7 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
         counts = torch.bincount(choice, minlength=flat_cost.numel()).double()
         oracle_lat = {key: sum(counts[c].item() * fixed_lat[tuple(int(v) for v in torch.unravel_index(torch.tensor(c), space.shape))][key]
                                for c in counts.nonzero().flatten().tolist()) / n for key in (f"latency_ms_b{b}" for b in bss)}
-        rows.append({"method": "oracle", "setting": "cheapest correct", "acc1": 100.0 * float(correct.any(1).float().mean()),
+        rows.append({"method": "oracle", "setting": "cheapest correct", "acc1": 100.0 * int(correct.any(1).sum()) / n,
                      "gflops": float(flat_cost[choice].mean() / 1e9), **oracle_lat, "deployable": False})
 
         # confidence early exit at full tokens and width
