@@ -17,6 +17,10 @@ Models (``--models``, comma-separated):
   configuration and at the sub-configurations of ``--configs``. ``--set KEY=VALUE`` overrides a
   config field of every adaptive model of the run (the ablations of docs/training.md).
 
+``--objective KEY=VALUE`` overrides a field of the joint objective's
+:class:`~adaperceiver.training.objective.ObjectiveConfig` for the ``:joint`` entries, e.g.
+``--objective sample_widths=false`` (which part of the objective costs the full configuration).
+
 Prints one table per run length (rows: evaluation steps; columns: models) and appends every
 evaluation to ``--csv``. Run it alone, under the heavy-job lock, e.g.::
 
@@ -109,7 +113,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, configs, batch: int = 500)
 
 def train_run(name: str, steps: int, evals: list[int], seed: int, data, configs, overrides=None, warmup: int = 100,
               batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 0.05, grad_clip: float = 3.0,
-              patch_size: int = 4):
+              patch_size: int = 4, objective_overrides: dict | None = None):
     """Train one model for ``steps`` steps; yield ``(step, accuracies, train_seconds)`` at each evaluation."""
     xtr, ytr, xv, yv = data
     torch.manual_seed(seed)
@@ -117,7 +121,7 @@ def train_run(name: str, steps: int, evals: list[int], seed: int, data, configs,
     model.train()
     opt = torch.optim.AdamW(param_groups(list(model.named_parameters()), weight_decay), lr=lr, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup, 0.0))
-    joint = JointObjective(ObjectiveConfig()) if objective == "joint" else None
+    joint = JointObjective(ObjectiveConfig(**(objective_overrides or {}))) if objective == "joint" else None
     per_epoch = len(xtr) // batch_size
     train_s, perm = 0.0, None
     for step in range(steps):
@@ -153,6 +157,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="sub-configurations tokens,depth,width;... evaluated for adaptive models")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field of the adaptive models (JSON values), e.g. --set head_norm=true")
+    p.add_argument("--objective", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a joint-objective field (JSON values), e.g. --objective token_weights=[1,1,1,3]")
     p.add_argument("--dataset", default="fashion_mnist",
                    help="any grey 10-class dataset name, e.g. fashion_mnist_cluttered (held in memory)")
     p.add_argument("--patch-size", type=int, default=4, help="patch size of every model (8 for 64 px canvases)")
@@ -163,6 +169,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     configs = parse_configs(args.configs)
     overrides = dict(parse_override(item) for item in args.set)
+    objective_overrides = {k: tuple(v) if isinstance(v, list) else v
+                           for k, v in (parse_override(item) for item in args.objective)}
+    try:
+        ObjectiveConfig(**objective_overrides)
+    except (TypeError, ValueError) as e:
+        p.error(f"--objective: {e}")
     data = (*as_tensors(get_dataset(args.dataset, "train")),
             *as_tensors(get_dataset(args.dataset, "val", subset=args.val_subset)))
     models = [m for m in args.models.split(",") if m]
@@ -182,10 +194,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for name in models:
                     preset, _, objective = name.partition(":")
                     for step, accs, train_s, params in train_run(name, steps, evals, seed, data, configs, overrides,
-                                                                     patch_size=args.patch_size):
+                                                                     patch_size=args.patch_size,
+                                                                     objective_overrides=objective_overrides):
                         for config, acc in accs.items():
+                            tweaks = objective_overrides if objective == "joint" else {}
                             row = dict(model=preset + "".join(f" {k}={v}" for k, v in overrides.items()),
-                                       objective=objective or "plain", run_steps=steps, step=step,
+                                       objective=(objective or "plain") + "".join(f" {k}={v}" for k, v in tweaks.items()),
+                                       run_steps=steps, step=step,
                                        seed=seed, params=params, config=config, val_acc1=round(acc, 2),
                                        train_s=round(train_s, 1), ms_per_step=round(1000 * train_s / step, 1),
                                        threads=args.threads, torch=torch.__version__)
