@@ -224,6 +224,10 @@ def test_presets():
     assert {k: v for k, v in v3.to_dict().items() if k not in ("embed_mlp", "ls_init")} == \
         {k: v for k, v in v2.to_dict().items() if k not in ("embed_mlp", "ls_init")}
     assert not any(n.startswith("patch_embed.mlp.") for n, _ in create_model("adaperceiver_tiny_v3").named_parameters())
+    v4 = preset_config("adaperceiver_tiny_v4")
+    assert v4.rope_theta == 10.0 and v3.rope_theta == 10000.0
+    assert {k: v for k, v in v4.to_dict().items() if k != "rope_theta"} == \
+        {k: v for k, v in v3.to_dict().items() if k != "rope_theta"}
     with pytest.raises(ValueError, match="available"):
         create_model("adaperceiver_huge")
     with pytest.raises(ValueError, match="unknown config keys"):
