@@ -6,6 +6,7 @@ every token granularity ``g`` (the prefix ``z[:, :g]``), i.e. an ``(L, G)`` grid
 The loss is a weighted sum over that grid:
 
     loss = sum_ij w_ij * [ce_weight * task_loss(out_ij, y) + kd_weight * KD(out_ij, teacher)]
+           + self_distill_weight * sum_ij w'_ij * KD(out_ij, stopgrad(out_full))
            + sum_k extra_loss_k(anytime_output, batch, w)
 
 with ``w_ij = depth_w(i) * token_w(j)`` normalised to sum to 1; ``depth_w`` is ``d / L``
@@ -16,6 +17,10 @@ Plug-in points, so other objectives need no new training loop:
 * ``task_loss(pred, target) -> scalar``: any per-read-out supervised loss (CE for classification,
   a segmentation or depth loss for dense models).
 * ``Batch.teacher_logits``: logits KD at temperature ``T`` (scaled by ``T**2``) on every read-out.
+* ``self_distill_weight``: in-place distillation (classification): every read-out but the full one
+  (``w'`` is ``w`` with the full read-out's weight set to 0) also learns the full read-out's
+  prediction, detached, as in slimmable / once-for-all training; "full" is the last block at all
+  latents at each sample's own width.
 * ``extra_losses``: callables ``(AnytimeOutput, Batch, weights) -> (loss, metrics)``, e.g. feature
   distillation; ``weights`` is the ``(L, G)`` read-out weight grid. ``nn.Module`` hooks are
   registered as sub-modules, so their parameters are trained and checkpointed with the objective.
@@ -40,7 +45,7 @@ DEPTH_WEIGHTINGS = ("linear", "uniform")
 
 
 OBJECTIVE_CONFIG_RANGES = {"widths": ">= 1", "token_weights": ">= 0", "label_smoothing": "[0, 1)", "ce_weight": ">= 0",
-                           "kd_weight": ">= 0", "kd_temperature": "> 0"}
+                           "kd_weight": ">= 0", "kd_temperature": "> 0", "self_distill_weight": ">= 0"}
 
 
 @dataclass
@@ -61,6 +66,8 @@ class ObjectiveConfig:
     token_weights: tuple[float, ...] | None = field(default=None, metadata=dict(
         group="objective", help="one weight per token granularity, e.g. 1,1,1,2 (default: uniform)"))
     label_smoothing: float = field(default=0.0, metadata=dict(group="objective", help="cross-entropy label smoothing"))
+    self_distill_weight: float = field(default=0.0, metadata=dict(
+        group="objective", help="in-place distillation: every smaller read-out also learns the full read-out's prediction"))
     ce_weight: float = field(default=1.0, metadata=dict(group="distillation", help="weight of the supervised task loss"))
     kd_weight: float = field(default=1.0, metadata=dict(
         group="distillation", help="weight of logits distillation (only when the batch carries teacher logits)"))
@@ -194,6 +201,15 @@ class JointObjective(nn.Module):
             kd = (kd_loss(out.outputs, teacher, cfg.kd_temperature) * weights).sum()
             total = total + cfg.kd_weight * kd
             metrics["kd"] = float(kd.detach())
+        if cfg.self_distill_weight:
+            if full.dim() != 2:
+                raise ValueError("self_distill_weight needs classification logits (B, classes); "
+                                 f"this model's read-outs are {tuple(full.shape)}")
+            sub = weights.clone()
+            sub[-1, -1] = 0.0
+            sd = (kd_loss(out.outputs, full.detach(), cfg.kd_temperature) * sub).sum()
+            total = total + cfg.self_distill_weight * sd
+            metrics["self_distill"] = float(sd.detach())
         for hook in self.extra_losses:
             extra, extra_metrics = hook(out, batch, weights)
             total = total + extra
