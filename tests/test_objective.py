@@ -28,6 +28,11 @@ def test_readout_weights():
     torch.testing.assert_close(w[:, 0] / w[0, 0], torch.tensor([1.0, 2.0, 3.0]))  # linear (i+1)/L
     u = readout_grid_weights((1, 2, 3), (4, 8), 3, "uniform", token_weights=(1, 3))
     torch.testing.assert_close(u, torch.tensor([[1.0, 3.0]] * 3) / 12)
+    # full_token_weight scales the largest token count, whatever the number of granularities
+    torch.testing.assert_close(readout_grid_weights((1, 2), (4, 8, 16), 2, full_token_weight=3.0),
+                               readout_grid_weights((1, 2), (4, 8, 16), 2, token_weights=(1, 1, 3)))
+    with pytest.raises(ValueError, match="full_token_weight must be > 0"):
+        ObjectiveConfig(full_token_weight=0.0)
     with pytest.raises(ValueError, match="linear"):
         readout_grid_weights((1,), (4,), 1, "quadratic")
     with pytest.raises(ValueError, match="token_weights has 1"):

@@ -45,7 +45,8 @@ DEPTH_WEIGHTINGS = ("linear", "uniform")
 
 
 OBJECTIVE_CONFIG_RANGES = {"widths": ">= 1", "token_weights": ">= 0", "label_smoothing": "[0, 1)", "ce_weight": ">= 0",
-                           "kd_weight": ">= 0", "kd_temperature": "> 0", "self_distill_weight": ">= 0"}
+                           "kd_weight": ">= 0", "kd_temperature": "> 0", "self_distill_weight": ">= 0",
+                           "full_token_weight": "> 0"}
 
 
 @dataclass
@@ -65,6 +66,8 @@ class ObjectiveConfig:
         group="objective", choices=DEPTH_WEIGHTINGS, help="weights of the per-block read-outs: linear (i+1)/L or uniform"))
     token_weights: tuple[float, ...] | None = field(default=None, metadata=dict(
         group="objective", help="one weight per token granularity, e.g. 1,1,1,2 (default: uniform)"))
+    full_token_weight: float = field(default=1.0, metadata=dict(
+        group="objective", help="multiplies the weight of the all-latents read-outs (any granularity count), e.g. 3"))
     label_smoothing: float = field(default=0.0, metadata=dict(group="objective", help="cross-entropy label smoothing"))
     self_distill_weight: float = field(default=0.0, metadata=dict(
         group="objective", help="in-place distillation: every smaller read-out also learns the full read-out's prediction"))
@@ -111,8 +114,10 @@ def per_readout_losses(task_loss: TaskLoss, outputs: Tensor, target: Tensor) -> 
 
 
 def readout_grid_weights(depths: Sequence[int], tokens: Sequence[int], num_blocks: int,
-                         depth_weighting: str = "linear", token_weights: Sequence[float] | None = None) -> Tensor:
-    """``(len(depths), len(tokens))`` weights summing to 1: depth weight x token weight."""
+                         depth_weighting: str = "linear", token_weights: Sequence[float] | None = None,
+                         full_token_weight: float = 1.0) -> Tensor:
+    """``(len(depths), len(tokens))`` weights summing to 1: depth weight x token weight, the last
+    (largest) token count's weight multiplied by ``full_token_weight``."""
     if depth_weighting not in DEPTH_WEIGHTINGS:
         raise ValueError(f"depth_weighting must be one of {list(DEPTH_WEIGHTINGS)}, got {depth_weighting!r}")
     dw = torch.tensor([d / num_blocks if depth_weighting == "linear" else 1.0 for d in depths], dtype=torch.float32)
@@ -123,6 +128,7 @@ def readout_grid_weights(depths: Sequence[int], tokens: Sequence[int], num_block
             raise ValueError(f"token_weights has {len(token_weights)} entries but the model reads out "
                              f"{len(tokens)} token granularities {list(tokens)}")
         tw = torch.tensor(list(token_weights), dtype=torch.float32)
+    tw[-1] = tw[-1] * full_token_weight
     w = dw[:, None] * tw[None, :]
     return w / w.sum()
 
@@ -168,7 +174,8 @@ class JointObjective(nn.Module):
     def weights(self, model: AdaPerceiver) -> Tensor:
         depths, tokens = self.readouts(model)
         return readout_grid_weights(depths, tokens, model.num_blocks, self.cfg.depth_weighting,
-                                    self.cfg.token_weights if self.cfg.all_tokens else None)
+                                    self.cfg.token_weights if self.cfg.all_tokens else None,
+                                    self.cfg.full_token_weight)
 
     # ----------------------------------------------------------------------------------------------
     def forward(self, model: AdaPerceiver, batch: Batch,
