@@ -147,7 +147,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 def test_disk_full_during_a_checkpoint_is_one_line_and_the_run_stays_resumable(run, capsys, monkeypatch, cli_error, resume, train_argv):
     from safetensors import SafetensorError
 
-    from adaperceiver import checkpoint
+    from adaperceiver.checkpoint import state as checkpoint_state
 
     out, run_dir = run
     before = step_dir(run_dir)
@@ -156,7 +156,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_the_run_stays_resumable(r
         Path(path).write_bytes(b"partial")
         raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
 
-    monkeypatch.setattr(checkpoint, "save_file", full)
+    monkeypatch.setattr(checkpoint_state, "save_file", full)
     line = cli_error(train_argv(out, "--resume"), capsys)
     assert "safetensors" in line and "StorageFull" in line, line
     monkeypatch.undo()
