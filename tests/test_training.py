@@ -12,15 +12,8 @@ from adaperceiver import from_pretrained
 from adaperceiver.cli import main
 from adaperceiver.errors import UserError
 from adaperceiver.tasks import evaluate_classification, get_task, list_tasks
-from adaperceiver.training.trainer import (
-    EpochBatchSampler,
-    NonFiniteLossError,
-    TrainConfig,
-    Trainer,
-    last_checkpoint,
-    load_run_config,
-    warmup_cosine,
-)
+from adaperceiver.training import NonFiniteLossError, TrainConfig, Trainer, last_checkpoint, load_run_config
+from adaperceiver.training.schedule import EpochBatchSampler, warmup_cosine
 
 pytest.importorskip("sklearn")  # the runs below train on sklearn's 8x8 digits
 

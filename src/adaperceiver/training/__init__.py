@@ -4,7 +4,8 @@ distributed helpers and teachers. Imports models, checkpoint, data, losses and e
 
 from .config import TaskData, TaskSpec, TrainConfig
 from .objective import Batch, JointObjective, ObjectiveConfig
-from .trainer import NonFiniteLossError, Trainer, TrainResult, last_checkpoint, load_run_config, train
+from .rundir import last_checkpoint, load_run_config
+from .trainer import NonFiniteLossError, Trainer, TrainResult, train
 
 __all__ = ["Batch", "JointObjective", "NonFiniteLossError", "ObjectiveConfig", "TaskData", "TaskSpec", "TrainConfig",
            "TrainResult", "Trainer", "last_checkpoint", "load_run_config", "train"]

@@ -24,14 +24,12 @@ small functions so a torchrun/DDP launch (one process per rank) can reuse them.
 
 from __future__ import annotations
 
-import copy
-import csv
 import json
 import math
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +53,9 @@ from ..errors import UserError, first_line
 from . import distributed
 from .config import TaskData, TaskSpec, TrainConfig
 from .objective import Batch, ExtraLoss, JointObjective
+from .rundir import CHECKPOINT_DIR, LAST_POINTER, METRICS_NAME, STATE_NAME, MetricsLog, last_checkpoint, read_run_json
+from .schedule import EpochBatchSampler, ModelEma, param_groups, step_generator, warmup_cosine
 
-CHECKPOINT_DIR = "checkpoints"
-LAST_POINTER = "last.json"
-STATE_NAME = "trainer_state.pt"
-METRICS_NAME = "metrics.csv"
 # fields a resumed run must share with the run it continues (they fix data order and schedule)
 RESUME_KEYS = ("task", "model", "model_overrides", "static", "dataset", "image_size", "train_subset", "epochs",
                "batch_size", "lr", "min_lr", "weight_decay", "warmup_steps", "seed", "objective", "ema_decay")
@@ -77,147 +73,6 @@ class TrainResult:
     train_seconds: float
     metrics: dict[str, float]  # the last evaluation
     model: nn.Module  # the exported weights (EMA or raw), in eval mode
-
-
-# --------------------------------------------------------------------------------------------------
-# determinism: data order and per-step randomness
-def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    """The generator for everything random in global step ``step``; ``rank=-1`` for draws all ranks share."""
-    mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB) % (2 ** 63 - 1)
-    return torch.Generator().manual_seed(mixed)
-
-
-class EpochBatchSampler:
-    """Batches of indices for one epoch, from ``start_batch`` on: a pure function of ``(seed, epoch)``.
-
-    Every rank computes the same permutation and keeps its share of each global batch; the last
-    incomplete batch is dropped so every step has the same global batch size.
-    """
-
-    def __init__(self, num_items: int, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
-                 info: distributed.DistInfo | None = None):
-        self.num_items, self.batch_size, self.seed, self.epoch = num_items, batch_size, seed, epoch
-        self.start_batch = start_batch
-        self.info = info or distributed.DistInfo()
-
-    def __len__(self) -> int:
-        return max(0, self.num_items // self.batch_size - self.start_batch)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        perm = distributed.epoch_permutation(self.num_items, self.seed, self.epoch)
-        for b in range(self.start_batch, self.num_items // self.batch_size):
-            batch = perm[b * self.batch_size:(b + 1) * self.batch_size]
-            yield distributed.rank_batch(batch, self.info).tolist()
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up over ``warmup_steps`` then cosine down to ``min_ratio``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def param_groups(named: Sequence[tuple[str, nn.Parameter]], weight_decay: float,
-                 no_decay_names: Collection[str] = ()) -> list[dict[str, Any]]:
-    """Weight decay on matrices only: not on biases, norms, LayerScale, nor on ``no_decay_names``
-    (the model's ``no_weight_decay()``: learned tokens and positions)."""
-    decay, no_decay = [], []
-    skip = set(no_decay_names)
-    for name, p in named:
-        if not p.requires_grad:
-            continue
-        (no_decay if p.dim() < 2 or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-class ModelEma:
-    """Exponential moving average of a model's weights (and a copy of its buffers).
-
-    The decay warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so short runs
-    are not dominated by the random initialisation.
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, num_updates: int) -> None:
-        d = min(self.decay, (1.0 + num_updates) / (10.0 + num_updates))
-        for e, p in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if e.dtype.is_floating_point:
-                e.lerp_(p.detach(), 1.0 - d)
-            else:
-                e.copy_(p)
-
-
-class MetricsLog:
-    """``metrics.csv`` with a header that grows when new keys appear (the file is then rewritten)."""
-
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path, self.enabled = path, enabled
-        self.rows: list[dict[str, Any]] = []
-        self.fields: list[str] = []
-
-    def load(self, keep_until_step: int) -> None:
-        """Read an existing file, dropping rows after ``keep_until_step`` (they will be redone)."""
-        if not self.path.is_file():
-            return
-        try:
-            with self.path.open(newline="") as f:
-                reader = csv.DictReader(f)
-                self.fields = list(reader.fieldnames or [])
-                self.rows = [r for r in reader if r.get("step") and int(r["step"]) <= keep_until_step]
-        except (ValueError, csv.Error, UnicodeDecodeError) as e:
-            raise UserError(f"{self.path} is damaged ({first_line(e)}); repair or delete it to resume "
-                            f"(rows are rewritten from the checkpoint's step on)") from None
-        if "step" not in self.fields:
-            raise UserError(f"{self.path} is damaged (no 'step' column); repair or delete it to resume")
-        if self.enabled:
-            self._rewrite()
-
-    def _rewrite(self) -> None:
-        def write(tmp: str) -> None:
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=self.fields)
-                w.writeheader()
-                w.writerows(self.rows)
-
-        atomic_write(self.path, write)
-
-    def append(self, row: dict[str, Any]) -> None:
-        row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-        self.rows.append(row)
-        if not self.enabled:
-            return
-        new = [k for k in row if k not in self.fields]
-        if new or not self.path.is_file():
-            self.fields += new
-            self._rewrite()
-            return
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
-
-
-# --------------------------------------------------------------------------------------------------
-# checkpoints
-def last_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint directory of a run, or None."""
-    pointer = Path(run_dir) / CHECKPOINT_DIR / LAST_POINTER
-    if not pointer.is_file():
-        return None
-    try:
-        path = Path(run_dir) / CHECKPOINT_DIR / json.loads(pointer.read_text())["dir"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{pointer} is damaged ({e}); point it at a checkpoints/step_* directory") from None
-    if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"{pointer} points at {path}, which has no {STATE_NAME}")
-    return path
 
 
 def autocast_for(device: torch.device):
@@ -483,7 +338,7 @@ class Trainer:
         path = self.cfg.run_dir / CONFIG_NAME
         if not path.is_file():
             return
-        saved = _read_json(path).get("train", {})
+        saved = read_run_json(path).get("train", {})
         mine = json.loads(json.dumps(self.cfg.to_dict()))  # tuples -> lists, as saved
         diff = [k for k in RESUME_KEYS if k in saved and saved[k] != mine[k]]
         if diff:
@@ -509,7 +364,7 @@ class Trainer:
                             f"or give the run another name")
         if resume and last is not None:
             self.check_resumable()
-            self.load_checkpoint(last, expected_step=_read_json(last.parent / LAST_POINTER).get("step"))
+            self.load_checkpoint(last, expected_step=read_run_json(last.parent / LAST_POINTER).get("step"))
             if self.is_writer():
                 print(f"resumed {cfg.run_dir} from {last.name} (step {self.step})", flush=True)
         if resume:
@@ -586,26 +441,3 @@ def train(cfg: TrainConfig, task: TaskSpec, resume: bool = False, **kwargs: Any)
     return Trainer(cfg, task, **kwargs).fit(resume=resume)
 
 
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    """The :class:`TrainConfig` saved in a run directory's config.json."""
-    path = Path(run_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no {CONFIG_NAME}: not a training run directory")
-    meta = _read_json(path)
-    if "train" not in meta:
-        raise UserError(f"{path} has no 'train' section: it was not written by adaperceiver train")
-    try:
-        return TrainConfig.from_dict(meta["train"])
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{path}: its 'train' section is not a valid train config ({first_line(e)})") from None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``, or a :class:`UserError` naming the file."""
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not readable JSON ({first_line(e)})") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{path} does not hold a JSON object")
-    return obj
