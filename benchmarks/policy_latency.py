@@ -1,7 +1,7 @@
 """Wall-clock of a learned policy against the full configuration, per grouping and with a compiled policy net.
 
 Times, on the first ``--images`` test images in batches of each ``--batch-sizes`` value, in one
-interleaved run with the comparators' timer (``adapt.policy._stream_ms``: ms per image, one warm-up
+interleaved run with the comparators' timer (``adapt.policy.comparators._stream_ms``: ms per image, one warm-up
 pass, CUDA synchronise on CUDA): the full configuration (eager), ``PolicyClassifier`` with each
 grouping of ``--groups`` with the policy network eager and compiled (``+cp``), and the
 policy's own cost (patch embedding + compiled policy network). Run alone (it times things)::
@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from adaperceiver import from_pretrained
-from adaperceiver.adapt.policy import PolicyClassifier, _stream_ms, load_policy
+from adaperceiver.adapt.policy import PolicyClassifier, load_policy
+from adaperceiver.adapt.policy.comparators import _stream_ms
 from adaperceiver.data import get_dataset
 
 

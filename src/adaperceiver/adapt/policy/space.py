@@ -1,0 +1,95 @@
+"""The action space of a policy (the grid of (tokens, depth, width) it chooses from) and each action's cost
+in FLOPs or measured latency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ...evaluation.cost import flop_counter, measure_flops, measure_latency
+from ...models.adaperceiver import AdaPerceiver
+
+
+@dataclass(frozen=True)
+class ActionSpace:
+    """The choices of each policy head."""
+
+    tokens: tuple[int, ...]
+    depths: tuple[int, ...]
+    widths: tuple[int, ...]
+
+    @classmethod
+    def of(cls, model: AdaPerceiver) -> "ActionSpace":
+        """Every trained granularity, every depth, every trained width of ``model``."""
+        return cls(tuple(model.cfg.trained_grans), tuple(range(1, model.num_blocks + 1)), tuple(model.cfg.widths))
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "depths", "widths"):
+            v = tuple(int(a) for a in getattr(self, name))
+            if not v or list(v) != sorted(set(v)):
+                raise ValueError(f"action space {name} must be non-empty increasing ints, got {list(v)}")
+            object.__setattr__(self, name, v)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return len(self.tokens), len(self.depths), len(self.widths)
+
+    @property
+    def full(self) -> tuple[int, int, int]:
+        return self.tokens[-1], self.depths[-1], self.widths[-1]
+
+    def config(self, it: int, id_: int, iw: int) -> tuple[int, int, int]:
+        return self.tokens[it], self.depths[id_], self.widths[iw]
+
+    def check(self, model: AdaPerceiver) -> None:
+        """Every axis value must be a configuration the model can run (checked by the model)."""
+        for t in self.tokens:
+            model.resolve_configuration(t, None, None)
+        for d in self.depths:
+            model.resolve_configuration(None, d, None)
+        for w in self.widths:
+            model.resolve_configuration(None, None, w)
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"tokens": list(self.tokens), "depths": list(self.depths), "widths": list(self.widths)}
+
+
+def _example_input(model: AdaPerceiver) -> Tensor:
+    p = next(model.parameters())
+    c = model.cfg
+    return torch.zeros(1, c.in_chans, c.img_size, c.img_size, device=p.device, dtype=p.dtype)
+
+
+def _per_configuration(space: ActionSpace, value) -> Tensor:
+    """``(n_tokens, n_depths, n_widths)`` table of ``value(tokens, depth, width)``."""
+    table = torch.zeros(space.shape, dtype=torch.float64)
+    for i, t in enumerate(space.tokens):
+        for j, d in enumerate(space.depths):
+            for k, w in enumerate(space.widths):
+                table[i, j, k] = value(t, d, w)
+    return table
+
+
+def configuration_flops(model: AdaPerceiver, space: ActionSpace) -> Tensor:
+    """FLOPs per image of every configuration, ``(n_tokens, n_depths, n_widths)``, counted once each."""
+    return _per_configuration(space, lambda t, d, w: measure_flops(model, t, d, w))
+
+
+def configuration_latency(model: AdaPerceiver, space: ActionSpace, batch_size: int = 1, repeats: int = 10) -> Tensor:
+    """Median milliseconds per image of every configuration at ``batch_size``, ``(n_tokens, n_depths,
+    n_widths)``: a cost for :func:`train_policy` when wall-clock, not FLOPs, is what should shrink
+    (on a CPU at batch 1 the time follows the number of blocks far more than the FLOPs)."""
+    return _per_configuration(
+        space, lambda t, d, w: measure_latency(model, t, d, w, batch_size, repeats=repeats).median_ms / batch_size)
+
+
+def writeout_flops(model: AdaPerceiver, tokens: int) -> int:
+    """FLOPs of one read-out (write attention + head) from ``tokens`` latents: early exit pays it per block."""
+    x = _example_input(model)
+    with torch.no_grad():
+        feats = model.forward_features(x, tokens=tokens, depth=1)
+    with torch.enable_grad(), flop_counter() as counter:
+        model.write_out(*feats)
+    return int(counter.get_total_flops())
