@@ -41,7 +41,7 @@ from ..data.dense import DepthFolder, FashionMNISTSegmentation, SegmentationFold
 from ..errors import UserError
 from ..evaluation.metrics import DepthMetric, SegmentationMetric
 from ..losses import PixelCrossEntropy, SigLoss, pixel_cross_entropy, sig_loss
-from ..models.adaperceiver import AdaPerceiverConfig
+from ..models.config import AdaPerceiverConfig
 from ..models.heads import DenseTaskModel, build_dense_model, dense_config, head_config
 from ..models.presets import preset_config
 from ..models.util import eval_mode

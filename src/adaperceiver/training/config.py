@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..errors import UserError, check_fields, check_value
-from ..models.adaperceiver import MODEL_CONFIG_RANGES, AdaPerceiverConfig
+from ..models.config import MODEL_CONFIG_RANGES, AdaPerceiverConfig
 from .distributed import parse_device
 from .objective import ObjectiveConfig
 
