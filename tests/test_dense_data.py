@@ -7,15 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from adaperceiver.data.dense import (
-    DepthFolder,
-    SegmentationFolder,
-    find_visp_castel,
-    read_visp_depth,
-    register_depth,
-    resize_depth,
-    resize_labels,
-)
+from adaperceiver.data.dense import DepthFolder, SegmentationFolder
+from adaperceiver.data.dense_io import resize_depth, resize_labels
+from adaperceiver.data.visp import find_visp_castel, read_visp_depth, register_depth
 
 
 def _write_seg_folder(root, names=("a", "b"), size=(6, 8), split=None):
@@ -144,7 +138,7 @@ def test_visp_castel_frames_if_extracted():
     root = find_visp_castel()
     if root is None:
         pytest.skip("visp-images-data castel frames not extracted (see docs/dense.md)")
-    from adaperceiver.data.dense import ViSPCastelDepth
+    from adaperceiver.data.visp import ViSPCastelDepth
 
     train, val = ViSPCastelDepth(root, "train", size=(48, 64)), ViSPCastelDepth(root, "val", size=(48, 64))
     assert (len(train), len(val)) == (24, 6)

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from ..checkpoint import WEIGHTS_NAME, load_config, read_state_dict, strip_prefix
 from ..data import SubsetDataset
-from ..data.dense import DepthFolder, FashionMNISTSegmentation, SegmentationFolder, ViSPCastelDepth, depth_range
+from ..data.dense import DepthFolder, FashionMNISTSegmentation, SegmentationFolder, depth_range
+from ..data.visp import ViSPCastelDepth
 from ..errors import UserError
 from ..evaluation.metrics import DepthMetric, SegmentationMetric
 from ..losses import PixelCrossEntropy, SigLoss, pixel_cross_entropy, sig_loss
