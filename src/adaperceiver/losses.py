@@ -126,6 +126,9 @@ class SigLoss(nn.Module):
 class CrossEntropy:
     """The classification task loss: mean cross-entropy with optional label smoothing.
 
+    Targets are class ids ``(B,)`` or soft rows ``(B, classes)`` summing to 1 (MixUp / CutMix);
+    label smoothing mixes either with the uniform distribution, the same for both.
+
     Besides ``loss(pred, target)`` it offers ``per_readout(outputs, target)``, one vectorised call
     for a whole ``(L, G, B, classes)`` read-out grid; any task loss may define it for speed.
     """
@@ -140,7 +143,8 @@ class CrossEntropy:
         lead = outputs.shape[:-2]
         flat = outputs.float().reshape(-1, outputs.shape[-1])
         reps = flat.shape[0] // target.shape[0]
-        losses = F.cross_entropy(flat, target.repeat(reps), label_smoothing=self.label_smoothing, reduction="none")
+        tiled = target.repeat(reps, *(1,) * (target.dim() - 1))
+        losses = F.cross_entropy(flat, tiled, label_smoothing=self.label_smoothing, reduction="none")
         return losses.view(*lead, target.shape[0]).mean(-1)
 
 

@@ -10,10 +10,12 @@ from torch import Tensor, nn
 
 from ..checkpoint import load_matching
 from ..data import RandomCropFlip, get_dataset
+from ..data.augment import TrainAugment
 from ..errors import UserError
 from ..evaluation.metrics import ClassificationAccuracy
 from ..losses import cross_entropy
 from ..models.adaperceiver import build_model
+from ..models.data_config import DataConfig
 from ..models.presets import preset_config
 from ..models.util import eval_mode
 from ..training.config import TaskData, TaskSpec, TrainConfig
@@ -78,11 +80,38 @@ def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.de
     return out
 
 
-def _classification_augment(cfg: TrainConfig):
-    if cfg.crop_padding <= 0 and not cfg.hflip:
-        return None
-    crop = RandomCropFlip(padding=cfg.crop_padding, flip=cfg.hflip)
-    return lambda images, targets, gen: (crop(images, gen), targets)
+def _normalisation(data: TaskData | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean / std the training images were normalised with (RandAugment works on [0, 1] pixels)."""
+    dc = (data.meta.get("data_config") if data is not None else None) or getattr(getattr(data, "train", None),
+                                                                                 "data_config", None)
+    if isinstance(dc, dict):
+        dc = DataConfig.from_dict(dc)
+    if dc is not None:
+        return dc.mean, dc.std
+    chans = data.in_chans if data is not None else 3
+    return (0.5,) * chans, (0.5,) * chans  # the image-folder normalisation of datasets without a data config
+
+
+def _classification_augment(cfg: TrainConfig, data: TaskData | None = None):
+    """Pad-crop + flip (recipe basic), then RandomResizedCrop / RandAugment / erasing / MixUp-CutMix
+    (:class:`~adaperceiver.data.augment.TrainAugment`) when the recipe or an explicit option turns them on."""
+    opts = cfg.augmentation()
+    crop = None
+    if opts["rrc_scale"] is None and (cfg.crop_padding > 0 or cfg.hflip):
+        crop = RandomCropFlip(padding=cfg.crop_padding, flip=cfg.hflip)
+    extra = opts["rrc_scale"] is not None or (opts["rand_augment"] or (0,))[0] > 0 or opts["random_erasing"] > 0 \
+        or (opts["mix_prob"] > 0 and (opts["mixup_alpha"] > 0 or opts["cutmix_alpha"] > 0))
+    if not extra:
+        return None if crop is None else (lambda images, targets, gen: (crop(images, gen), targets))
+    mean, std = _normalisation(data)
+    num_classes = data.num_classes if data is not None else cfg.model_overrides.get("num_classes")
+    full = TrainAugment(num_classes, mean, std, rrc_scale=opts["rrc_scale"],
+                        hflip=cfg.hflip and opts["rrc_scale"] is not None, rand_augment=opts["rand_augment"],
+                        random_erasing=opts["random_erasing"], mixup_alpha=opts["mixup_alpha"],
+                        cutmix_alpha=opts["cutmix_alpha"], mix_prob=opts["mix_prob"])
+    if crop is None:
+        return full
+    return lambda images, targets, gen: full(crop(images, gen), targets, gen)
 
 
 CLASSIFICATION = TaskSpec(

@@ -46,7 +46,7 @@ from ..models.config import AdaPerceiverConfig
 from ..models.heads import DenseTaskModel, build_dense_model, dense_config, head_config
 from ..models.presets import preset_config
 from ..models.util import eval_mode
-from ..training.config import TaskData, TaskSpec, TrainConfig
+from ..training.config import AUGMENT_RECIPES, TaskData, TaskSpec, TrainConfig
 from .classification import adapt_model_config
 
 SEG_DATASETS = ("fashion_mnist", "fashion_mnist_seg", "fashion_mnist_seg28", "ade20k", "segfolder")
@@ -226,8 +226,11 @@ def depth_loss(cfg: TrainConfig) -> SigLoss:
     return SigLoss(max_depth=head.get("max_depth"))
 
 
-def _flip_augment(cfg: TrainConfig):
+def _flip_augment(cfg: TrainConfig, data=None):
     """Joint horizontal flip of images and targets (labels / depth), drawn from the step generator."""
+    if cfg.augmentation() != AUGMENT_RECIPES["basic"]:
+        raise UserError(f"the training augmentation recipe {cfg.recipe!r} and its options (RandomResizedCrop, "
+                        f"RandAugment, erasing, MixUp / CutMix) are for classification; dense tasks flip only")
     if not cfg.hflip:
         return None
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..errors import UserError, check_fields, check_value
+from ..evaluation.precision import PRECISIONS
 from ..models.config import MODEL_CONFIG_RANGES, AdaPerceiverConfig
 from .distributed import parse_device
 from .objective import ObjectiveConfig
@@ -31,7 +32,20 @@ TRAIN_CONFIG_RANGES = {
     "weight_decay": ">= 0", "warmup_steps": ">= 0", "grad_clip": ">= 0", "accum_steps": ">= 1", "ema_decay": "[0, 1)",
     "seed": ">= 0", "checkpoint_every": ">= 0", "keep_checkpoints": ">= 1", "log_every": ">= 1", "eval_every": ">= 0",
     "max_steps": ">= 1", "static": ">= 1",
+    "rrc_scale": "(0, 1]", "random_erasing": "[0, 1]", "mixup_alpha": ">= 0", "cutmix_alpha": ">= 0", "mix_prob": "[0, 1]",
 }
+# the training augmentation recipes; an option given explicitly (not None) overrides its recipe value
+AUGMENT_RECIPES: dict[str, dict[str, Any]] = {
+    # pad-crop + flip (crop_padding, hflip): the small in-memory sets and the learning benchmarks
+    "basic": dict(rrc_scale=None, rand_augment=None, random_erasing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0),
+    # the paper's ImageNet fine-tuning recipe
+    "imagenet": dict(rrc_scale=(0.08, 1.0), rand_augment=(2, 20), random_erasing=0.25, mixup_alpha=0.8, cutmix_alpha=0.5,
+                     mix_prob=1.0),
+    # its distillation stage: milder RandAugment, MixUp alone
+    "distill": dict(rrc_scale=(0.08, 1.0), rand_augment=(2, 15), random_erasing=0.25, mixup_alpha=1.0, cutmix_alpha=0.0,
+                    mix_prob=1.0),
+}
+RAND_AUGMENT_LIMITS = ((0, 14), (1, 29))  # (num_ops: 0 = off, magnitude on the 0..30 scale)
 
 
 @dataclass
@@ -72,7 +86,29 @@ class TrainConfig:
     crop_padding: int = field(default=2, metadata=dict(
         group="data", help="random crop after this much zero padding (0 = no crop)"))
     hflip: bool = field(default=True, metadata=dict(group="data", help="random horizontal flips"))
-    num_workers: int = field(default=0, metadata=dict(group="data", help="DataLoader worker processes"))
+    recipe: str = field(default="basic", metadata=dict(
+        group="data", choices=tuple(AUGMENT_RECIPES),
+        help="training augmentation: basic (pad-crop + flip), imagenet (RandomResizedCrop + flip, RandAugment 2,20, "
+             "random erasing 0.25, MixUp 0.8 / CutMix 0.5) or distill (RandAugment 2,15, MixUp 1.0); the options "
+             "below override single values (on basic they add their op)"))
+    rrc_scale: tuple[float, float] | None = field(default=None, metadata=dict(
+        group="data", metavar="MIN,MAX", help="RandomResizedCrop area range, a fraction of the image "
+                                                      "(imagenet: 0.08,1)"))
+    rand_augment: tuple[int, int] | None = field(default=None, metadata=dict(
+        group="data", metavar="N,M", help="RandAugment: N ops (0 = off) of magnitude M in [1, 29] on the 0..30 "
+                                                  "scale (imagenet: 2,20)"))
+    random_erasing: float | None = field(default=None, metadata=dict(
+        group="data", help="probability of erasing a random rectangle per image (imagenet: 0.25)"))
+    mixup_alpha: float | None = field(default=None, metadata=dict(
+        group="data", help="MixUp Beta(alpha, alpha) weight, 0 = off (imagenet: 0.8)"))
+    cutmix_alpha: float | None = field(default=None, metadata=dict(
+        group="data", help="CutMix Beta(alpha, alpha) area, 0 = off (imagenet: 0.5); with MixUp also on, "
+                                   "each mixed batch picks one of the two at random"))
+    mix_prob: float | None = field(default=None, metadata=dict(
+        group="data", help="probability that a batch is mixed by MixUp / CutMix (default 1)"))
+    num_workers: int | None = field(default=None, metadata=dict(
+        group="data", help="DataLoader worker processes (default: min(4, CPU cores) for datasets read from files, 0 for "
+                           "in-memory tensors); batches do not depend on it"))
     # optimisation
     epochs: int = field(default=5, metadata=dict(group="optimisation", help="training epochs"))
     batch_size: int = field(default=128, metadata=dict(
@@ -103,6 +139,10 @@ class TrainConfig:
     log_every: int = field(default=20, metadata=dict(group="run", help="steps between metrics.csv rows"))
     eval_every: int = field(default=1, metadata=dict(group="run", help="epochs between evaluations (0: only at the end)"))
     progress: bool = field(default=True, metadata=dict(group="run", help="show a progress bar"))
+    precision: str | None = field(default=None, metadata=dict(
+        group="run", choices=PRECISIONS, help="fp32, bf16-mixed or fp16-mixed (CUDA only: autocast with a gradient "
+                                              "scaler); default bf16-mixed on CUDA, fp32 on CPU; the run's config "
+                                              "stores the one used"))
     max_steps: int | None = field(default=None, metadata=dict(
         group="run", help="stop (resumably) after this many optimizer steps in total"))
 
@@ -126,11 +166,31 @@ class TrainConfig:
                             f"got {self.name!r}")
         if self.device is not None:
             parse_device(self.device)
+        self._check_augmentation()
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise UserError(f"train config field precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.export not in EXPORT_CHOICES:
             raise UserError(f"train config field export must be one of {list(EXPORT_CHOICES)}, got {self.export!r}")
         if self.freeze_backbone and self.init_from is None:
             raise UserError("freeze_backbone needs init_from (a trained model directory): a random frozen "
                             "backbone teaches nothing")
+
+    def _check_augmentation(self) -> None:
+        if self.recipe not in AUGMENT_RECIPES:
+            raise UserError(f"train config field recipe must be one of {list(AUGMENT_RECIPES)}, got {self.recipe!r}")
+        if self.rrc_scale is not None and self.rrc_scale[0] > self.rrc_scale[1]:
+            raise UserError(f"train config field rrc_scale must be MIN,MAX with MIN <= MAX in (0, 1], got {list(self.rrc_scale)}")
+        if self.rand_augment is not None:
+            (n_lo, n_hi), (m_lo, m_hi) = RAND_AUGMENT_LIMITS
+            n, m = self.rand_augment
+            if not n_lo <= n <= n_hi or not m_lo <= m <= m_hi:
+                raise UserError(f"train config field rand_augment must be N,M with N in [{n_lo}, {n_hi}] (0 = off) and M in "
+                                f"[{m_lo}, {m_hi}], got {list(self.rand_augment)}")
+
+    def augmentation(self) -> dict[str, Any]:
+        """The recipe's augmentation values with the explicitly given options in place of its own."""
+        given = {k: getattr(self, k) for k in AUGMENT_RECIPES[self.recipe]}
+        return {k: v if given[k] is None else given[k] for k, v in AUGMENT_RECIPES[self.recipe].items()}
 
     @property
     def run_dir(self) -> Path:

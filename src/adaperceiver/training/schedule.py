@@ -1,10 +1,11 @@
 """Optimisation and determinism helpers of the training loop: per-step generators, the epoch batch
-order, the LR schedule, weight-decay groups and the weight EMA."""
+order and loader workers, the LR schedule, weight-decay groups and the weight EMA."""
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
@@ -41,6 +42,13 @@ class EpochBatchSampler:
         for b in range(self.start_batch, self.num_items // self.batch_size):
             batch = perm[b * self.batch_size:(b + 1) * self.batch_size]
             yield distributed.rank_batch(batch, self.info).tolist()
+
+
+def default_num_workers(dataset: Any) -> int:
+    """Loader processes for ``dataset``: ``min(4, CPU cores)`` when it reads files per item (it has
+    ``samples``, like an image folder), 0 for in-memory tensors (a worker would only copy them)."""
+    base = getattr(dataset, "base", dataset)  # a subset reads like its base
+    return min(4, os.cpu_count() or 1) if hasattr(base, "samples") else 0
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:

@@ -2,7 +2,7 @@
 
 One :class:`Trainer` runs any task (a :class:`TaskSpec`; named ones in :mod:`adaperceiver.tasks`) with the
 :class:`~adaperceiver.training.objective.JointObjective`: AdamW, linear warm-up then cosine decay, gradient
-clipping, an EMA of the weights, bf16 autocast only on CUDA, a progress bar and ``metrics.csv``.
+clipping, an EMA of the weights, fp32 / bf16 / fp16 mixed precision (``cfg.precision``), a progress bar and ``metrics.csv``.
 
 Determinism, which is what makes ``--resume`` exact: the data order of epoch ``e`` is a pure
 function of ``(seed, e)`` (:func:`adaperceiver.training.distributed.epoch_permutation`), and everything
@@ -24,6 +24,7 @@ small functions so a torchrun/DDP launch (one process per rank) can reuse them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -50,15 +51,18 @@ from ..checkpoint import (
     save_state_dict,
 )
 from ..errors import UserError, first_line
+from ..evaluation.precision import autocast, grad_scaler, resolve_precision
 from . import distributed
 from .config import TaskData, TaskSpec, TrainConfig
 from .objective import Batch, ExtraLoss, JointObjective
 from .rundir import CHECKPOINT_DIR, LAST_POINTER, METRICS_NAME, STATE_NAME, MetricsLog, last_checkpoint, read_run_json
-from .schedule import EpochBatchSampler, ModelEma, param_groups, step_generator, warmup_cosine
+from .schedule import EpochBatchSampler, ModelEma, default_num_workers, param_groups, step_generator, warmup_cosine
 
 # fields a resumed run must share with the run it continues (they fix data order and schedule)
 RESUME_KEYS = ("task", "model", "model_overrides", "static", "dataset", "image_size", "train_subset", "epochs",
-               "batch_size", "lr", "min_lr", "weight_decay", "warmup_steps", "seed", "objective", "ema_decay")
+               "batch_size", "lr", "min_lr", "weight_decay", "warmup_steps", "seed", "objective", "ema_decay",
+               "recipe", "rrc_scale", "rand_augment", "random_erasing", "mixup_alpha", "cutmix_alpha", "mix_prob",
+               "precision")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,13 +77,6 @@ class TrainResult:
     train_seconds: float
     metrics: dict[str, float]  # the last evaluation
     model: nn.Module  # the exported weights (EMA or raw), in eval mode
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 elsewhere (CPU autocast is slower for these small layers)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 class StepModule(nn.Module):
@@ -115,6 +112,7 @@ class Trainer:
         self.cfg = cfg
         self.dist = dist_info or distributed.DistInfo()
         self.device = distributed.device_for(self.dist, cfg.device)
+        self.cfg = cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, self.device))
         blocker = next((p for p in (cfg.run_dir, *cfg.run_dir.parents) if p.exists() and not p.is_dir()), None)
         if blocker is not None:
             raise UserError(f"cannot write the run directory {cfg.run_dir}: {blocker} is a file, not a directory")
@@ -140,7 +138,9 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} must be divisible by processes x accum_steps "
                              f"({self.dist.world_size} x {cfg.accum_steps})")
         self.teacher = teacher
-        self.augment = self.task.make_augment(cfg) if cfg.augment and self.task.make_augment else None
+        self.augment = self.task.make_augment(cfg, self.data) if cfg.augment and self.task.make_augment else None
+        self.scaler = grad_scaler(cfg.precision, self.device)  # fp16-mixed only
+        self.num_workers = default_num_workers(self.data.train) if cfg.num_workers is None else cfg.num_workers
         named = list(self.model.named_parameters()) + [(f"objective.{n}", p) for n, p in self.objective.named_parameters()]
         self.params = [p for _, p in named if p.requires_grad]
         if not self.params:
@@ -170,14 +170,15 @@ class Trainer:
     def train_loader(self, epoch: int, start_batch: int) -> DataLoader:
         sampler = EpochBatchSampler(len(self.data.train), self.cfg.batch_size, self.cfg.seed, epoch, start_batch,
                                     self.dist)
-        return DataLoader(self.data.train, batch_sampler=sampler, num_workers=self.cfg.num_workers,
-                          pin_memory=self.device.type == "cuda")
+        # a seeded generator makes the workers' own seeds a function of (seed, epoch) too
+        return DataLoader(self.data.train, batch_sampler=sampler, num_workers=self.num_workers,
+                          pin_memory=self.device.type == "cuda", generator=step_generator(self.cfg.seed, epoch, rank=-2))
 
     def val_loader(self) -> DataLoader | None:
         if self.data.val is None:
             return None
         return DataLoader(self.data.val, batch_size=self.cfg.eval_batch_size, shuffle=False,
-                          num_workers=self.cfg.num_workers)
+                          num_workers=self.num_workers)
 
     # ----------------------------------------------------------------------------------------------
     def make_batch(self, images: Tensor, targets: Tensor, gen: torch.Generator) -> Batch:
@@ -187,7 +188,7 @@ class Trainer:
             images, targets = self.augment(images, targets, gen)
         batch = Batch(images, targets)
         if self.teacher is not None:
-            with torch.no_grad(), autocast_for(self.device):
+            with torch.no_grad(), autocast(self.cfg.precision, self.device):
                 t = self.teacher(images)
             if isinstance(t, Tensor):
                 batch.teacher_logits = t.float()
@@ -223,20 +224,22 @@ class Trainer:
                          None if batch.teacher_features is None else batch.teacher_features[idx],
                          {**batch.extras, "widths": None if widths is None else widths[idx.cpu()]})
             sync = i == chunks - 1 or not self.dist.enabled
-            with (nullcontext() if sync else self.step_module.no_sync()), autocast_for(self.device):
+            with (nullcontext() if sync else self.step_module.no_sync()), autocast(self.cfg.precision, self.device):
                 loss, metrics = self.step_module(part, gen)
             if not math.isfinite(metrics["loss"]):
                 raise NonFiniteLossError(self._stop_message(f"loss is {metrics['loss']}"))
-            (loss / chunks).backward()
+            self.scaler.scale(loss / chunks).backward()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v / chunks
+        self.scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip > 0:
             norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
         else:
             norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))
-        if not math.isfinite(norm):
+        if not math.isfinite(norm) and not self.scaler.is_enabled():  # fp16: the scaler skips the step, lowers the scale
             raise NonFiniteLossError(self._stop_message(f"gradient norm is {norm}"))
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.step += 1
         if self.ema is not None:
@@ -262,7 +265,7 @@ class Trainer:
         loader = self.val_loader()
         if loader is None:
             return {}
-        with autocast_for(self.device):
+        with autocast(self.cfg.precision, self.device):
             res = {f"val_{k}": v for k, v in self.task.evaluate(self.export_model, loader, self.device).items()}
             if self.ema is not None:
                 raw = self.task.evaluate(self.model, loader, self.device)
@@ -291,7 +294,7 @@ class Trainer:
             save_state_dict(path / "objective.safetensors", obj_state)
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "torch_rng": torch.get_rng_state(), "train_seconds": self.train_seconds,
-                 "last_eval": dict(self.last_eval)}
+                 "last_eval": dict(self.last_eval), "scaler": self.scaler.state_dict()}
         atomic_write(path / STATE_NAME, lambda tmp: torch.save(state, tmp))
         # inference export first, then the pointer: a crash in between leaves the old pointer valid
         save_pretrained(self.export_model, self.cfg.run_dir, extra=self.run_meta())
@@ -328,6 +331,8 @@ class Trainer:
                             f"step {int(state['step'])}; the checkpoint is inconsistent: fix last.json by hand")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
@@ -367,6 +372,8 @@ class Trainer:
             self.load_checkpoint(last, expected_step=read_run_json(last.parent / LAST_POINTER).get("step"))
             if self.is_writer():
                 print(f"resumed {cfg.run_dir} from {last.name} (step {self.step})", flush=True)
+        if self.is_writer():
+            print(f"{cfg.run_dir}: precision {cfg.precision} on {self.device.type}, {self.num_workers} loader workers", flush=True)
         if resume:
             self.metrics.load(keep_until_step=self.step)
         if self.is_writer():
