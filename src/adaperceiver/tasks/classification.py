@@ -80,19 +80,17 @@ def evaluate_classification(model: nn.Module, loader: Iterable, device: torch.de
     return out
 
 
-def _normalisation(data: TaskData | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _normalisation(data: TaskData) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean / std the training images were normalised with (RandAugment works on [0, 1] pixels)."""
-    dc = (data.meta.get("data_config") if data is not None else None) or getattr(getattr(data, "train", None),
-                                                                                 "data_config", None)
+    dc = data.meta.get("data_config") or getattr(data.train, "data_config", None)
     if isinstance(dc, dict):
         dc = DataConfig.from_dict(dc)
     if dc is not None:
         return dc.mean, dc.std
-    chans = data.in_chans if data is not None else 3
-    return (0.5,) * chans, (0.5,) * chans  # the image-folder normalisation of datasets without a data config
+    return (0.5,) * data.in_chans, (0.5,) * data.in_chans  # the image-folder normalisation, for sets without a data config
 
 
-def _classification_augment(cfg: TrainConfig, data: TaskData | None = None):
+def _classification_augment(cfg: TrainConfig, data: TaskData):
     """Pad-crop + flip (recipe basic), then RandomResizedCrop / RandAugment / erasing / MixUp-CutMix
     (:class:`~adaperceiver.data.augment.TrainAugment`) when the recipe or an explicit option turns them on."""
     opts = cfg.augmentation()
@@ -104,7 +102,7 @@ def _classification_augment(cfg: TrainConfig, data: TaskData | None = None):
     if not extra:
         return None if crop is None else (lambda images, targets, gen: (crop(images, gen), targets))
     mean, std = _normalisation(data)
-    num_classes = data.num_classes if data is not None else cfg.model_overrides.get("num_classes")
+    num_classes = cfg.model_overrides.get("num_classes", data.num_classes)  # soft targets as wide as the logits
     full = TrainAugment(num_classes, mean, std, rrc_scale=opts["rrc_scale"],
                         hflip=cfg.hflip and opts["rrc_scale"] is not None, rand_augment=opts["rand_augment"],
                         random_erasing=opts["random_erasing"], mixup_alpha=opts["mixup_alpha"],

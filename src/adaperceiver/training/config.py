@@ -230,6 +230,9 @@ class TaskData:
     meta: dict[str, Any] = field(default_factory=dict)  # anything task-specific to store in config.json
 
 
+Augment = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
+
+
 @dataclass
 class TaskSpec:
     """Everything task-specific the training loop calls.
@@ -240,8 +243,9 @@ class TaskSpec:
       ``cfg.init_from`` (start from a trained model directory) when set
     * ``make_loss(cfg) -> task_loss(pred, target) -> scalar``, applied to every read-out
     * ``evaluate(model, loader, device) -> dict[str, float]``, containing ``primary_metric``
-    * ``make_augment(cfg) -> augment(images, targets, generator) -> (images, targets)`` (or None):
-      batched training augmentation, drawing only from ``generator`` so resumed runs match
+    * ``make_augment(cfg, data) -> augment(images, targets, generator) -> (images, targets)`` (or None):
+      batched training augmentation, drawing only from ``generator`` so resumed runs match; it may
+      return soft targets ``(B, classes)`` (MixUp / CutMix) that ``make_loss``'s loss accepts
     * ``sweep_metric``: the metric name given to :func:`adaperceiver.evaluation.run_sweep`
     """
 
@@ -250,7 +254,7 @@ class TaskSpec:
     build_model: Callable[["TrainConfig", TaskData], nn.Module]
     make_loss: Callable[["TrainConfig"], Callable[[Tensor, Tensor], Tensor]]
     evaluate: Callable[[nn.Module, Iterable, torch.device], dict[str, float]]
-    make_augment: Callable[["TrainConfig"], Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]] | None] | None = None
+    make_augment: Callable[["TrainConfig", TaskData], Augment | None] | None = None
     primary_metric: str = "acc1"
     higher_is_better: bool = True
     sweep_metric: str = "classification"
