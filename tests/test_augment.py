@@ -3,6 +3,7 @@ resume with the ImageNet-style recipe on, the options' checks, precision and loa
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -17,8 +18,8 @@ from adaperceiver.tasks import get_task
 from adaperceiver.training import TrainConfig, Trainer
 from adaperceiver.training.schedule import step_generator
 
-pytest.importorskip("kornia")
 pytestmark = pytest.mark.usefixtures("one_thread")
+needs_kornia = pytest.mark.skipif(importlib.util.find_spec("kornia") is None, reason="kornia not installed")
 
 TINY = dict(patch_size=4, embed_dim=16, num_heads=2, depth=2, num_latents=8, token_grans=(4, 8), widths=(8, 16))
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -29,6 +30,7 @@ def batch(b=8, c=3, size=16, seed=0):
     return torch.randn(b, c, size, size, generator=g), torch.arange(b) % 5
 
 
+@needs_kornia
 def test_same_seed_and_step_give_the_same_batch_and_leave_the_global_rng_alone():
     aug = TrainAugment(5, MEAN, STD, size=12, rand_augment=(2, 20), random_erasing=0.5)
     x, y = batch()
@@ -74,6 +76,7 @@ def test_cutmix_label_weight_is_the_pasted_area():
     assert float(t[0, y[7]]) == pytest.approx(float((out[0, 0] == 7).float().mean()))
 
 
+@needs_kornia
 def test_erasing_crop_and_grey_images():
     x, y = batch(c=1)
     aug = TrainAugment(5, (0.3,), (0.4,), size=10, rand_augment=(2, 15), random_erasing=1.0, mixup_alpha=0.0,
@@ -129,6 +132,7 @@ def cfg_for(tmp_path, name="run", **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@needs_kornia
 def test_resume_is_exact_with_the_imagenet_recipe(tmp_path):
     pytest.importorskip("sklearn")
     full = Trainer(cfg_for(tmp_path, "full", checkpoint_every=3), get_task("classification"))
@@ -145,6 +149,7 @@ def test_resume_is_exact_with_the_imagenet_recipe(tmp_path):
     assert saved["precision"] == "fp32" and saved["recipe"] == "imagenet"
 
 
+@needs_kornia
 def test_teacher_sees_the_mixed_image(tmp_path):
     pytest.importorskip("sklearn")
     seen = []
@@ -160,6 +165,7 @@ def test_teacher_sees_the_mixed_image(tmp_path):
     assert not torch.equal(out.images, images)
 
 
+@needs_kornia
 def test_precision_default_and_fp16_refused_on_cpu(tmp_path):
     pytest.importorskip("sklearn")
     assert Trainer(cfg_for(tmp_path, recipe="basic"), get_task("classification")).cfg.precision == "fp32"
