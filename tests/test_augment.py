@@ -195,3 +195,17 @@ def test_loader_workers_do_not_change_the_batches(tmp_path):
                    get_task("classification")).num_workers == min(4, os.cpu_count())
     for (x0, y0), (x2, y2) in zip(batches[0], batches[2]):
         assert torch.equal(x0, x2) and torch.equal(y0, y2)
+
+
+@needs_kornia
+def test_fp16_scaler_path_runs_and_resumes(tmp_path, monkeypatch):
+    """The fp16-mixed code path (scaler scale / unscale / step / state in the checkpoint), exercised on the
+    CPU by letting the check through (torch's CPU autocast and GradScaler accept fp16)."""
+    pytest.importorskip("sklearn")
+    import adaperceiver.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "resolve_precision", lambda p, d: "fp16-mixed")
+    trainer = Trainer(cfg_for(tmp_path, recipe="basic", max_steps=3), get_task("classification"))
+    assert trainer.scaler.is_enabled() and trainer.fit().step == 3
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step_00000003" / "trainer_state.pt", weights_only=True)
+    assert state["scaler"]["scale"] == trainer.scaler.get_scale()
