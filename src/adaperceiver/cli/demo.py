@@ -20,6 +20,7 @@ from ..models.vit import StaticViT, ViTConfig
 from ..tasks import get_task
 from ..training import ObjectiveConfig, TrainConfig, Trainer, TrainResult, train
 from .common import parse_batch_sizes, parse_config_triple
+from .config_file import add_config_file_options, write_config_yaml
 from .options import add_config_options, config_from_args
 
 # the demo's schedule: ~6 minutes of training on 2 CPU cores; in this short schedule more, smaller
@@ -47,6 +48,7 @@ def register(sub) -> None:
                         + " ".join(",".join(map(str, b)) for b in DEMO_BASELINES) + " vit (roughly doubles the time)")
     d.add_argument("--latency-batch-sizes", type=parse_batch_sizes, default=(1, 64),
                    help="batch sizes for sweep latency (default 1,64)")
+    add_config_file_options(d)
     d.set_defaults(func=_cli_demo)
 
 
@@ -118,6 +120,7 @@ def _demo(args, cfg: TrainConfig, sizes: tuple[int, ...], specs: list[tuple[int,
             raise UserError(f"{cfg.run_dir} exists; pass --overwrite to replace it or --name to pick another")
         for p in old:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
+    write_config_yaml(args, cfg.run_dir, cfg)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, get_task(cfg.task))
     result = trainer.fit()

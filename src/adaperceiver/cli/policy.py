@@ -24,6 +24,7 @@ from ..adapt.policy import (
 from ..checkpoint import from_pretrained
 from ..evaluation import machine_info
 from .common import add_inference_options, load_dataset
+from .config_file import add_config_file_options, write_config_yaml
 
 
 def register(sub) -> None:
@@ -53,6 +54,7 @@ def register(sub) -> None:
     t.add_argument("--cost", choices=["flops", "latency"], default="flops",
                    help="what the reward charges: FLOPs per image, or ms per image measured here at batch 1")
     t.add_argument("--out", required=True, help="output directory (one sub-directory per lambda)")
+    add_config_file_options(t)
     t.set_defaults(func=_cli_train)
 
     e = psub.add_parser("eval", help="compare policies with fixed configurations, early exit and the oracle")
@@ -76,6 +78,7 @@ def _cli_train(args) -> int:
     outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split), limit=args.limit)
     cost = configuration_flops(model, outcomes.space) if args.cost == "flops" else configuration_latency(model, outcomes.space)
     out = Path(args.out)
+    write_config_yaml(args, out)
     for lam in args.lams:
         cfg = PolicyTrainConfig(lam=lam, reward=args.reward, scale=args.scale, entropy=args.entropy, epochs=args.epochs,
                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, baseline=args.baseline)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Subset
 from ..checkpoint import from_pretrained, load_meta
 from ..evaluation import format_table, run_sweep
 from .common import add_inference_options, load_dataset, parse_batch_sizes
+from .config_file import add_config_file_options, write_config_yaml
 
 
 def register(sub) -> None:
@@ -35,6 +36,7 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_inference_options(p)
+    add_config_file_options(p)
     p.set_defaults(func=_cli_sweep)
 
 
@@ -60,6 +62,7 @@ def _cli_sweep(args) -> int:
         raise ValueError(f"{args.model} is swept with metric {args.metric!r} but dataset {args.data!r} has {kind} "
                          f"targets: a {'classifier' if args.metric == 'classification' else args.metric + ' model'} "
                          f"needs matching data")
+    write_config_yaml(args, out)
     rows = run_sweep(model, loader, out, metric=args.metric, latency_batch_sizes=sizes,
                      progress=not args.no_progress, device=args.device, dtype=args.dtype, compile=args.compile)
     print(format_table(rows, sizes))
