@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +81,18 @@ def test_run_directory_keeps_the_resolved_yaml_and_it_reruns_the_run(tmp_path, c
     changed.write_text(saved.read_text().replace("lr: 0.004", "lr: 0.009"))
     line = cli_error(["train", "--config", str(changed), "--resume"], capsys)
     assert f"lr in {changed} would change lr (saved 0.004, given 0.009)" in line, line
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.skipif(not CONFIGS, reason="configs/ is not next to the tests (an installed-package run)")
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_example_configs_are_read_by_the_command_their_first_line_names(path, capsys):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# adaperceiver ") and f"--config configs/{path.name}" in first, first
+    command = first.removeprefix("# adaperceiver ").split(" --config")[0].split()
+    resolved = _print_config([*command, "--config", str(path)], capsys)
+    given = yaml.safe_load(path.read_text())
+    for key, value in given.items():  # every key of the example reaches the resolved configuration
+        assert resolved[key] == value if not isinstance(value, dict) else resolved[key].items() >= value.items(), key
