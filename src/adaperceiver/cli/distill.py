@@ -52,13 +52,14 @@ def _cli_distill(args) -> int:
         cfg = config_from_args(TrainConfig, args, task="classification")
     info = distributed.setup(cfg.device)
     try:
-        teacher = load_teacher(args.teacher)
+        device = distributed.device_for(info, cfg.device)  # the student's device: the teacher runs beside it
+        teacher = load_teacher(args.teacher).to(device)
         task = get_task(cfg.task)
         data = task.build_data(cfg)
         torch.manual_seed(cfg.seed)  # the same student initialisation as 'adaperceiver train' with this seed
         student = task.build_model(cfg, data)
         try:
-            probe = teacher(next(iter(DataLoader(data.train, batch_size=2)))[0])
+            probe = teacher(next(iter(DataLoader(data.train, batch_size=2)))[0].to(device))
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"teacher {args.teacher} cannot take the images of dataset {cfg.dataset!r} "
                              f"({first_line(e)})") from None

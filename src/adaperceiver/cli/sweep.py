@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import from_pretrained, load_meta
 from ..evaluation import format_table, run_sweep
-from .common import add_inference_options, load_dataset, parse_batch_sizes
+from .common import add_device_option, add_inference_options, command_device, load_dataset, parse_batch_sizes
 from .config_file import add_config_file_options, write_config_yaml
 
 
@@ -33,9 +33,9 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--metric", default=None,
                    help="metric name (default: the model's task: classification, segmentation or depth)")
-    p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_inference_options(p)
+    add_device_option(p)
     add_config_file_options(p)
     p.set_defaults(func=_cli_sweep)
 
@@ -46,7 +46,8 @@ def _cli_sweep(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     sizes = parse_batch_sizes(args.latency_batch_sizes)
-    model = from_pretrained(args.model, map_location=args.device or "cpu")
+    device = command_device(args.device)
+    model = from_pretrained(args.model, map_location=device)
     data = load_dataset(args.data, args.split)
     if args.limit is not None:
         data = Subset(data, range(min(args.limit, len(data))))
@@ -64,7 +65,7 @@ def _cli_sweep(args) -> int:
                          f"needs matching data")
     write_config_yaml(args, out)
     rows = run_sweep(model, loader, out, metric=args.metric, latency_batch_sizes=sizes,
-                     progress=not args.no_progress, device=args.device, dtype=args.dtype, compile=args.compile)
+                     progress=not args.no_progress, device=device, dtype=args.dtype, compile=args.compile)
     print(format_table(rows, sizes))
     print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, {out / 'pareto.png'}")
     return 0
