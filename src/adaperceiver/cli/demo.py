@@ -15,6 +15,7 @@ from torch import nn
 from ..checkpoint import LOCK_NAME, atomic_write, run_lock
 from ..errors import UserError
 from ..evaluation import measure_gflops, measure_latency, run_sweep
+from ..evaluation.tensorboard import TENSORBOARD_DIR, log_sweep
 from ..models.util import num_parameters
 from ..models.vit import StaticViT, ViTConfig
 from ..tasks import get_task
@@ -137,6 +138,8 @@ def _demo(args, cfg: TrainConfig, sizes: tuple[int, ...], specs: list[tuple[int,
     sweep_dir = cfg.run_dir / "sweep"
     rows = run_sweep(result.model, loader, sweep_dir, metric=trainer.task.sweep_metric, baselines=baselines or None,
                      latency_batch_sizes=sizes, progress=cfg.progress)
+    if cfg.logger == "tensorboard":  # the sweep beside the training curves
+        log_sweep(cfg.run_dir / TENSORBOARD_DIR, rows, sweep_dir / "pareto.png", step=result.step)
     summary = write_summary(cfg, trainer, result, rows, baselines, sweep_dir, sizes, time.perf_counter() - t0)
     print(summary.read_text())
     print(f"everything is in {cfg.run_dir}/: summary.md, sweep/sweep.csv, sweep/sweep.json, sweep/pareto.png, "
