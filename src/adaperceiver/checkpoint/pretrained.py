@@ -117,3 +117,9 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
     weights = Path(directory) / WEIGHTS_NAME
     load_strict(model, read_state_dict(weights, verify=verify), source=str(weights))
     return model.to(map_location).eval()
+
+
+__all__ = [
+    "ARCHITECTURES", "CONFIG_NAME", "FOREIGN_CONFIG_ARCHITECTURES", "WEIGHTS_NAME", "build_from_meta",
+    "from_pretrained", "load_config", "load_matching", "load_meta", "save_pretrained"
+]

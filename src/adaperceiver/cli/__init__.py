@@ -80,5 +80,8 @@ def given_options(parser: argparse.ArgumentParser, command: str, argv: list[str]
     return given
 
 
+__all__ = ["COMMANDS", "build_parser", "given_options", "main", "one_line"]
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -215,3 +215,9 @@ def machine_info() -> dict[str, Any]:
     return {"platform": platform.platform(), "node": platform.node(), "machine": platform.machine(),
             "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads()}
+
+
+__all__ = [
+    "Timing", "active_parameters", "count_flops", "custom_formulas", "device_name", "flop_counter", "flops_by_op",
+    "machine_info", "measure_flops", "measure_gflops", "measure_latency", "time_call"
+]

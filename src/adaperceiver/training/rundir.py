@@ -128,3 +128,9 @@ def read_run_json(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UserError(f"{path} does not hold a JSON object")
     return obj
+
+
+__all__ = [
+    "CHECKPOINT_DIR", "LAST_POINTER", "METRICS_NAME", "MetricsLog", "STATE_NAME", "last_checkpoint",
+    "load_run_config", "read_run_json"
+]

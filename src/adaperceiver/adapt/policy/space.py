@@ -102,3 +102,6 @@ def writeout_flops(model: AdaPerceiver, tokens: int) -> int:
     with torch.enable_grad(), flop_counter() as counter:
         model.write_out(*feats)
     return int(counter.get_total_flops())
+
+
+__all__ = ["ActionSpace", "configuration_flops", "configuration_latency", "writeout_flops"]
