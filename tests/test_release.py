@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import os
 import pkgutil
 from pathlib import Path
 
@@ -31,6 +32,14 @@ def test_version_is_one_value_everywhere(capsys):
     installed = Path(dist.locate_file("adaperceiver/__init__.py")).resolve()
     if installed == Path(adaperceiver.__file__).resolve():
         assert dist.version == __version__
+
+
+@pytest.mark.skipif("ADAPERCEIVER_EXPECT_INSTALLED" not in os.environ,
+                    reason="set by .ci/release_check, which runs the suite against the installed wheel")
+def test_the_suite_runs_against_the_installed_package():
+    prefix = Path(os.environ["ADAPERCEIVER_EXPECT_INSTALLED"]).resolve()
+    assert PACKAGE_DIR.is_relative_to(prefix) and "site-packages" in PACKAGE_DIR.parts, PACKAGE_DIR
+    assert importlib.metadata.distribution("adaperceiver").version == adaperceiver.__version__
 
 
 @pytest.mark.skipif(not CHANGELOG.is_file(), reason="CHANGELOG.md is not next to the tests (an installed-package run)")
