@@ -69,7 +69,7 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys
     from adaperceiver.cli import export as export_cmd
     from adaperceiver.errors import UserError
 
-    def mistake(path):
+    def mistake(path, **kw):
         raise UserError(f"no model at {path}")
 
     monkeypatch.setattr(export_cmd, "from_pretrained", mistake)
@@ -78,7 +78,7 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys
     err = capsys.readouterr().err
     assert err == f"adaperceiver export: error: no model at {tmp_path}\n"
 
-    def bug(path):
+    def bug(path, **kw):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(export_cmd, "from_pretrained", bug)

@@ -1,5 +1,6 @@
 """AdaPerceiver: one vision transformer that adapts tokens, depth and width at inference."""
 
+from ._version import __version__
 from .checkpoint import from_pretrained, save_pretrained
 from .models import (
     AdaPerceiver,
@@ -16,10 +17,8 @@ from .models import (
     slim,
 )
 
-__version__ = "0.1.0"
-
 __all__ = [
     "AdaPerceiver", "AdaPerceiverClassifier", "AdaPerceiverConfig", "AdaPerceiverDense", "AnytimeOutput",
     "EarlyExitOutput", "Features", "build_model", "create_model", "from_pretrained", "list_models",
-    "preset_config", "save_pretrained", "slim",
+    "preset_config", "save_pretrained", "slim", "__version__",
 ]

@@ -328,3 +328,9 @@ def token_count_rules(cfg: AdaPerceiverConfig) -> str:
         seen = f"latents past {last} see the first {last}"
     source = "hub model" if (cfg.rope_scaling, cfg.beyond_grans) == ("ntk", "all") else "training code"
     return f"{source} rules: {rope}; {seen}"
+
+
+__all__ = [
+    "SEMANTICS", "config_from_reference", "convert_reference_state_dict", "infer_shapes", "load_reference",
+    "reference_forward", "reference_semantics", "token_count_rules"
+]

@@ -4,8 +4,9 @@ A sweep (``adaperceiver sweep``: rows with ``tokens, depth, width, acc1, gflops`
 every configuration is; how fast it runs depends on the machine. :func:`select_configuration`
 measures the latency of every configuration of the sweep on the current machine at the requested
 batch size (model alone, ready inputs, median of repeats), caches the numbers in a JSON file next
-to the sweep keyed by machine / torch version / threads / batch size / model, and returns the most
-accurate row within the budget. Budgets are per call: ``max_ms`` is the median latency of one
+to the sweep keyed by what a latency depends on (:func:`latency_key`: host, device and its chip,
+dtype, compilation, batch size, torch version and threads, the model), and returns the most
+accurate row within the budget. Latencies of one key never answer for another. Budgets are per call: ``max_ms`` is the median latency of one
 batch of ``batch_size`` images (per image at batch size 1).
 """
 
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import tensors_digest, write_json
-from ..evaluation.cost import machine_info, measure_latency
+from ..errors import UserError
+from ..evaluation.cost import device_name, machine_info, measure_latency
 from ..models.adaperceiver import AdaPerceiver
 
 CACHE_NAME = "latency_cache.json"
@@ -70,14 +72,41 @@ def _parse(v: str) -> Any:
     return {"True": True, "False": False}.get(v, v)
 
 
-def machine_key(model: AdaPerceiver, batch_size: int) -> str:
-    """What a latency depends on: machine, torch build and threads, batch size, the model, and for a
-    ``model.for_inference(...)`` copy its dtype and whether it is compiled."""
+def latency_key(model: AdaPerceiver, batch_size: int) -> dict[str, str]:
+    """What a latency of ``model`` depends on: host, device and the chip behind it, torch version and threads,
+    dtype, compilation (eager, or a ``model.for_inference(...)`` copy: slim, slim compiled), batch size, model."""
     cfg_hash = hashlib.sha1(json.dumps(model.cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:10]
     p, m = next(model.parameters()), machine_info()
-    return (f"{m['node']}|{m['machine']}|{m['processor']}|torch {m['torch']}|threads {m['torch_threads']}|"
-            f"{p.device}|{p.dtype}|batch {batch_size}|model {cfg_hash}"
-            + ("|slim compiled" if getattr(model, "compiled", False) else "|slim" if hasattr(model, "compiled") else ""))
+    compiled = "slim compiled" if getattr(model, "compiled", False) else "slim" if hasattr(model, "compiled") else "eager"
+    return {"host": m["node"], "machine": m["machine"], "torch": m["torch"], "threads": str(m["torch_threads"]),
+            "device": str(p.device), "chip": device_name(p.device), "compile": compiled, "dtype": str(p.dtype),
+            "batch": str(batch_size), "model": cfg_hash}
+
+
+def machine_key(model: AdaPerceiver, batch_size: int) -> str:
+    """:func:`latency_key` as the cache's string key (``host X|...|dtype torch.float32|batch 1|model H``)."""
+    return "|".join(f"{k} {v}" for k, v in latency_key(model, batch_size).items())
+
+
+def _fields(key: str) -> dict[str, str]:
+    return dict(part.partition(" ")[::2] for part in key.split("|"))
+
+
+def _refusal(cache_path: str | Path | None, key: str, cache: Mapping[str, Any], missing: Sequence[str]) -> UserError:
+    """Why the cache cannot answer for ``key``: the fields in which its nearest entry differs."""
+    want = _fields(key)
+    if key in cache:
+        return UserError(f"latency cache {cache_path} has no latencies for tokens/depth/width {', '.join(missing[:4])} "
+                         f"under this key ({', '.join(f'{k} {v}' for k, v in want.items())}); measure them first")
+    if not cache:
+        return UserError(f"latency cache {cache_path} is empty or missing; measure the latencies first")
+    near = max(cache, key=lambda k: sum(_fields(k).get(f) == v for f, v in want.items()))
+    have = _fields(near)
+    diff = [f for f in want if have.get(f) != want[f]]
+    return UserError(f"latency cache {cache_path} was measured for " + ", ".join(f"{f} {have.get(f, '?')}" for f in diff)
+                     + "; this model asks for " + ", ".join(f"{f} {want[f]}" for f in diff)
+                     + ": latencies do not carry across devices, dtypes, compilation, batch sizes or torch versions; "
+                       "measure them here first")
 
 
 def default_measure(model: AdaPerceiver, tokens: int, depth: int, width: int, batch_size: int) -> float:
@@ -86,8 +115,13 @@ def default_measure(model: AdaPerceiver, tokens: int, depth: int, width: int, ba
 
 
 def measure_configurations(model: AdaPerceiver, configs: Sequence[tuple[int, int, int]], batch_size: int = 1,
-                           cache_path: str | Path | None = None, measure: MeasureFn | None = None) -> dict[str, float]:
-    """Latency (median ms per call) of each ``(tokens, depth, width)``, reusing and updating the cache."""
+                           cache_path: str | Path | None = None, measure: MeasureFn | None = None, *,
+                           measure_missing: bool = True) -> dict[str, float]:
+    """Latency (median ms per call) of each ``(tokens, depth, width)``, reusing and updating the cache.
+
+    Only latencies recorded under this :func:`latency_key` are reused. With ``measure_missing=False``
+    nothing is timed: a cache without every latency under this key is refused, naming the fields in
+    which it differs (e.g. measured on a CPU, asked for a GPU)."""
     measure = measure or default_measure
     key = machine_key(model, batch_size)
     cache: dict[str, dict[str, float]] = {}
@@ -96,8 +130,10 @@ def measure_configurations(model: AdaPerceiver, configs: Sequence[tuple[int, int
             cache = json.loads(Path(cache_path).read_text())
         except json.JSONDecodeError:
             cache = {}  # a damaged cache is re-measured, not fatal
+    todo = [c for c in configs if _name(*c) not in cache.get(key, {})]
+    if todo and not measure_missing:
+        raise _refusal(cache_path, key, cache, [_name(*c) for c in todo])
     entry = cache.setdefault(key, {})
-    todo = [c for c in configs if _name(*c) not in entry]
     for t, d, w in todo:
         entry[_name(t, d, w)] = float(measure(model, t, d, w, batch_size))
     if todo and cache_path is not None:
@@ -125,11 +161,12 @@ def check_sweep_model(sweep: str | Path, model: AdaPerceiver) -> None:
 def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model: AdaPerceiver,
                          max_ms: float | None = None, max_gflops: float | None = None, batch_size: int = 1, *,
                          metric: str = "acc1", higher_is_better: bool = True, cache_path: str | Path | None = None,
-                         measure: MeasureFn | None = None) -> Row:
+                         measure: MeasureFn | None = None, measure_missing: bool = True) -> Row:
     """The most accurate sweep row whose latency here is <= ``max_ms`` and GFLOPs <= ``max_gflops``.
 
     Latencies are measured only when ``max_ms`` is given, for every configuration of the sweep, and
-    cached (default: ``latency_cache.json`` next to a sweep file; no cache for in-memory rows). The
+    cached (default: ``latency_cache.json`` next to a sweep file; no cache for in-memory rows; with
+    ``measure_missing=False`` only the cache answers, see :func:`measure_configurations`). The
     returned row gains ``latency_ms`` (measured here) and ``batch_size``. Ties go to fewer GFLOPs.
     Raises ValueError naming the cheapest configuration when nothing fits.
     """
@@ -153,7 +190,7 @@ def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model:
         cache_path = (p if p.is_dir() else p.parent) / CACHE_NAME
     if max_ms is not None:
         lat = measure_configurations(model, [(r["tokens"], r["depth"], r["width"]) for r in rows], batch_size,
-                                     cache_path, measure)
+                                     cache_path, measure, measure_missing=measure_missing)
         for r in rows:
             r["latency_ms"] = lat[_name(r["tokens"], r["depth"], r["width"])]
             r["batch_size"] = batch_size
@@ -174,4 +211,4 @@ def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model:
     return max(ok, key=lambda r: (sign * float(r[metric]), -float(r.get("gflops", 0.0))))
 
 
-__all__ = ["load_rows", "machine_key", "measure_configurations", "select_configuration"]
+__all__ = ["CACHE_NAME", "latency_key", "load_rows", "machine_key", "measure_configurations", "select_configuration"]

@@ -139,3 +139,6 @@ def write_json(path: str | Path, obj: Any) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
     atomic_write(path, _write)
+
+
+__all__ = ["LOCK_NAME", "RunLock", "TEMP_SUFFIX", "atomic_write", "remove_temporaries", "run_lock", "write_json"]

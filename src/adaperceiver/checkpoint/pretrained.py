@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..models import cnn, heads, vit
 from ..models.adaperceiver import AdaPerceiver, AdaPerceiverConfig, build_model
 from .files import write_json
+from .hub import HUB_PREFIX, hub_snapshot
 from .state import load_strict, read_state_dict, save_state_dict
 
 WEIGHTS_NAME = "model.safetensors"
@@ -104,11 +105,21 @@ def build_from_meta(cfg: AdaPerceiverConfig | None, meta: dict[str, Any]) -> tor
 def from_pretrained(directory: str | Path, map_location: str | torch.device = "cpu", verify: bool = True) -> AdaPerceiver:
     """Rebuild a model saved by :func:`save_pretrained` (or a training run directory) for inference.
 
+    ``directory`` may also name a hub repository holding such a model, ``"hf-hub:OWNER/NAME[@REVISION]"``
+    (needs ``huggingface_hub``; the user's hub cache, token and offline mode apply).
     ``verify=False`` skips the sha256 check of the weights (for a file edited by hand on purpose).
     """
+    if str(directory).startswith(HUB_PREFIX):
+        directory = hub_snapshot(str(directory), (CONFIG_NAME, WEIGHTS_NAME))
     meta = load_meta(directory)
     cfg = None if meta.get("architecture") in FOREIGN_CONFIG_ARCHITECTURES else load_config(directory)
     model = build_from_meta(cfg, meta)
     weights = Path(directory) / WEIGHTS_NAME
     load_strict(model, read_state_dict(weights, verify=verify), source=str(weights))
     return model.to(map_location).eval()
+
+
+__all__ = [
+    "ARCHITECTURES", "CONFIG_NAME", "FOREIGN_CONFIG_ARCHITECTURES", "WEIGHTS_NAME", "build_from_meta",
+    "from_pretrained", "load_config", "load_matching", "load_meta", "save_pretrained"
+]

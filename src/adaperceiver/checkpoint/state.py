@@ -125,3 +125,9 @@ def load_strict(model: torch.nn.Module, state: Mapping[str, Tensor], source: str
                 f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shape[:8]))
         raise ValueError(f"{source} does not fit the model: " + "; ".join(parts))
     model.load_state_dict(state)
+
+
+__all__ = [
+    "DIGEST_KEY", "load_strict", "read_state_dict", "save_state_dict", "strip_prefix", "strip_wrappers",
+    "tensors_digest"
+]

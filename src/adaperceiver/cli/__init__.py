@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._version import __version__
 from ..errors import UserError
 from . import budget, convert, demo, distill, export, policy, sweep, teacher, train, visualize
+from .config_file import apply_config_file, command_parser, config_yaml
 
 COMMANDS = [train, demo, sweep, teacher, distill, policy, budget, export, visualize, convert]  # in --help order
 
@@ -21,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="adaperceiver",
         description="AdaPerceiver: one vision transformer that adapts tokens, depth and width at inference.",
     )
+    parser.add_argument("--version", action="version", version=f"adaperceiver {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
@@ -30,12 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        from_file = apply_config_file(parser, argv)  # --config FILE.yaml: its values become the defaults
+    except (UserError, ImportError) as e:
+        print(f"{command_parser(parser, argv)[0].prog}: error: {one_line(e)}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    args.given = given_options(parser, args.command, argv)
+    args.given = {**from_file, **given_options(parser, args.command, argv)}
     try:
+        if getattr(args, "print_config", False):
+            print(config_yaml(args), end="")
+            return 0
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"adaperceiver {args.command}: interrupted", file=sys.stderr)
@@ -67,6 +78,9 @@ def given_options(parser: argparse.ArgumentParser, command: str, argv: list[str]
         if len(match) == 1:
             given[options[match[0]].dest] = match[0]
     return given
+
+
+__all__ = ["COMMANDS", "build_parser", "given_options", "main", "one_line"]
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import torch
 
 from ..adapt.budget import CACHE_NAME, select_configuration
 from ..checkpoint import from_pretrained
-from .common import add_inference_options
+from .common import add_device_option, add_inference_options, command_device
 
 
 def register(sub) -> None:
@@ -25,6 +25,10 @@ def register(sub) -> None:
     p.add_argument("--cache", default=None, help=f"latency cache file (default: {CACHE_NAME} next to the sweep)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads while measuring")
     add_inference_options(p)
+    add_device_option(p)
+    p.add_argument("--cached-only", action="store_true",
+                   help="answer only from the latency cache: refuse, instead of measuring, when it holds no latencies "
+                        "for this device, dtype, compile, batch size and torch version")
     p.set_defaults(func=_cli_budget)
 
 
@@ -35,11 +39,11 @@ def _cli_budget(args) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    model = from_pretrained(args.model)
+    model = from_pretrained(args.model, map_location=command_device(args.device))
     if args.dtype or args.compile:  # latencies of the fast model (cached under their own key)
         model = model.for_inference(args.dtype, args.compile)
     row = select_configuration(args.sweep, model, args.max_ms, args.max_gflops, args.batch_size, metric=args.metric,
-                               cache_path=args.cache)
+                               cache_path=args.cache, measure_missing=not args.cached_only)
     cols = [args.metric, "gflops", "latency_ms"]
     print(f"tokens={row['tokens']} depth={row['depth']} width={row['width']}  "
           + "  ".join(f"{c}={row[c]:.4g}" for c in cols if c in row)

@@ -3,7 +3,10 @@ generated from the config dataclasses: :mod:`adaperceiver.cli.options`.)"""
 
 from __future__ import annotations
 
+import torch
+
 from ..data import get_dataset
+from ..training.distributed import DistInfo, device_for
 
 
 def parse_config_triple(text: str) -> tuple[int, int, int]:
@@ -32,6 +35,17 @@ def load_dataset(spec: str, split: str):
     ``imagefolder:PATH``, ``ade20k:PATH`` ...), via :func:`adaperceiver.data.get_dataset`."""
     name, _, root = spec.partition(":")
     return get_dataset(name, split, root=root or None)
+
+
+def add_device_option(p) -> None:
+    """``--device``: where a command runs its model (read back with :func:`command_device`)."""
+    p.add_argument("--device", default=None,
+                   help="torch device to run the model on: cpu, cuda, cuda:1, mps (default: cuda when available, else cpu)")
+
+
+def command_device(name: str | None) -> torch.device:
+    """The device ``--device`` names (one-line error when unknown or unavailable), or cuda when available, else cpu."""
+    return device_for(DistInfo(), name)
 
 
 def add_inference_options(p) -> None:

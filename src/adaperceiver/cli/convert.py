@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..checkpoint import save_pretrained
+from ..checkpoint import CONFIG_NAME, HUB_PREFIX, WEIGHTS_NAME, hub_snapshot, save_pretrained
+from ..errors import UserError
 from ..models.util import num_parameters
 from ..reference import SEMANTICS, load_reference, token_count_rules
 
@@ -15,8 +16,12 @@ def register(sub) -> None:
         "pickle file with its config; 'module.' and '_orig_mod.' prefixes are removed) into this library's "
         "layout and write model.safetensors + config.json, loadable with adaperceiver.from_pretrained().",
     )
-    p.add_argument("checkpoint", help="hub model directory (model.safetensors + config.json) or reference weights "
-                   "file (.safetensors, .pt, .pth, .bin)")
+    p.add_argument("checkpoint", nargs="?", help="hub model directory (model.safetensors + config.json) or reference "
+                   "weights file (.safetensors, .pt, .pth, .bin); or use --from-hub")
+    p.add_argument("--from-hub", metavar="REPO_ID[@REVISION]",
+                   help="the reference model of a Hugging Face hub repository (OWNER/NAME, optionally @branch, tag or "
+                        "commit), fetched into your hub cache (HF_HOME / HF_HUB_CACHE, HF_TOKEN and HF_HUB_OFFLINE "
+                        "apply; needs pip install 'adaperceiver[hub]')")
     p.add_argument("--config",
                    help="JSON file with the reference constructor arguments (flat, or with the reference's "
                    "AdaPercevierConfig + ClassificationConfig/DensePredictionConfig sections); default for a "
@@ -30,8 +35,12 @@ def register(sub) -> None:
 
 
 def _cli_convert(args) -> int:
-    model = load_reference(args.checkpoint, args.config, section=args.section, semantics=args.semantics)
-    save_pretrained(model, args.out, extra={"converted_from": str(args.checkpoint)})
+    if (args.checkpoint is None) == (args.from_hub is None):
+        raise UserError("give the checkpoint to convert as a path or as --from-hub REPO_ID[@REVISION], not "
+                        + ("both" if args.checkpoint else "neither"))
+    source = args.checkpoint or hub_snapshot(args.from_hub, (CONFIG_NAME, WEIGHTS_NAME))
+    model = load_reference(source, args.config, section=args.section, semantics=args.semantics)
+    save_pretrained(model, args.out, extra={"converted_from": str(args.checkpoint or HUB_PREFIX + args.from_hub)})
     n = num_parameters(model)
     c = model.cfg
     print(f"wrote {args.out}: {c.task} model, {n / 1e6:.2f} M parameters, D={c.embed_dim}, depth={c.depth}, "

@@ -15,11 +15,13 @@ from torch import nn
 from ..checkpoint import LOCK_NAME, atomic_write, run_lock
 from ..errors import UserError
 from ..evaluation import measure_gflops, measure_latency, run_sweep
+from ..evaluation.tensorboard import TENSORBOARD_DIR, log_sweep
 from ..models.util import num_parameters
 from ..models.vit import StaticViT, ViTConfig
 from ..tasks import get_task
 from ..training import ObjectiveConfig, TrainConfig, Trainer, TrainResult, train
 from .common import parse_batch_sizes, parse_config_triple
+from .config_file import add_config_file_options, write_config_yaml
 from .options import add_config_options, config_from_args
 
 # the demo's schedule: ~6 minutes of training on 2 CPU cores; in this short schedule more, smaller
@@ -47,6 +49,7 @@ def register(sub) -> None:
                         + " ".join(",".join(map(str, b)) for b in DEMO_BASELINES) + " vit (roughly doubles the time)")
     d.add_argument("--latency-batch-sizes", type=parse_batch_sizes, default=(1, 64),
                    help="batch sizes for sweep latency (default 1,64)")
+    add_config_file_options(d)
     d.set_defaults(func=_cli_demo)
 
 
@@ -118,6 +121,7 @@ def _demo(args, cfg: TrainConfig, sizes: tuple[int, ...], specs: list[tuple[int,
             raise UserError(f"{cfg.run_dir} exists; pass --overwrite to replace it or --name to pick another")
         for p in old:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
+    write_config_yaml(args, cfg.run_dir, cfg)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, get_task(cfg.task))
     result = trainer.fit()
@@ -134,6 +138,8 @@ def _demo(args, cfg: TrainConfig, sizes: tuple[int, ...], specs: list[tuple[int,
     sweep_dir = cfg.run_dir / "sweep"
     rows = run_sweep(result.model, loader, sweep_dir, metric=trainer.task.sweep_metric, baselines=baselines or None,
                      latency_batch_sizes=sizes, progress=cfg.progress)
+    if cfg.logger == "tensorboard":  # the sweep beside the training curves
+        log_sweep(cfg.run_dir / TENSORBOARD_DIR, rows, sweep_dir / "pareto.png", step=result.step)
     summary = write_summary(cfg, trainer, result, rows, baselines, sweep_dir, sizes, time.perf_counter() - t0)
     print(summary.read_text())
     print(f"everything is in {cfg.run_dir}/: summary.md, sweep/sweep.csv, sweep/sweep.json, sweep/pareto.png, "

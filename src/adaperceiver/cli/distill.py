@@ -12,6 +12,7 @@ from ..tasks import get_task
 from ..training import TrainConfig, Trainer, distributed, last_checkpoint, load_run_config
 from ..training.distill import FeatureDistillation
 from ..training.teachers import CachedTeacher, load_teacher
+from .config_file import add_config_file_options, write_config_yaml
 from .options import add_config_options, config_from_args, option_values, resume_config
 
 
@@ -38,6 +39,7 @@ def register(sub) -> None:
     groups["run"].add_argument("--resume", action="store_true",
                                help="continue OUT/NAME from its last checkpoint with its saved settings (the same --teacher and "
                                     "--feature-weight; options that would change the saved run are refused)")
+    add_config_file_options(p)
     p.set_defaults(func=_cli_distill)
 
 
@@ -50,13 +52,14 @@ def _cli_distill(args) -> int:
         cfg = config_from_args(TrainConfig, args, task="classification")
     info = distributed.setup(cfg.device)
     try:
-        teacher = load_teacher(args.teacher)
+        device = distributed.device_for(info, cfg.device)  # the student's device: the teacher runs beside it
+        teacher = load_teacher(args.teacher).to(device)
         task = get_task(cfg.task)
         data = task.build_data(cfg)
         torch.manual_seed(cfg.seed)  # the same student initialisation as 'adaperceiver train' with this seed
         student = task.build_model(cfg, data)
         try:
-            probe = teacher(next(iter(DataLoader(data.train, batch_size=2)))[0])
+            probe = teacher(next(iter(DataLoader(data.train, batch_size=2)))[0].to(device))
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"teacher {args.teacher} cannot take the images of dataset {cfg.dataset!r} "
                              f"({first_line(e)})") from None
@@ -71,8 +74,10 @@ def _cli_distill(args) -> int:
                              "for --kd-weight, and --ce-weight is 0")
         if args.teacher_cache:
             teacher = CachedTeacher(teacher, args.teacher_cache, capacity=len(data.train))
-        result = Trainer(cfg, task, teacher=teacher, extra_losses=extra, data=data, model=student,
-                         dist_info=info).fit(resume=args.resume)
+        trainer = Trainer(cfg, task, teacher=teacher, extra_losses=extra, data=data, model=student, dist_info=info)
+        if info.is_main:
+            write_config_yaml(args, cfg.run_dir, cfg)
+        result = trainer.fit(resume=args.resume)
         if info.is_main:
             ce = cfg.objective.ce_weight
             what = "logits KD" + (" + feature matching" if extra else "") + (f" + {ce} x CE" if ce else "")

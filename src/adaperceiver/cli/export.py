@@ -9,6 +9,7 @@ from ..export import export_onnx
 from ..models.inference import parse_dtype
 from ..models.slim import slim
 from ..models.util import num_parameters
+from .common import add_device_option, command_device
 
 
 def register(sub) -> None:
@@ -27,11 +28,12 @@ def register(sub) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="store the slim weights in this dtype (bfloat16 halves the file and runs several times faster "
                         "on CPUs with AMX; see docs/performance.md); default: as loaded")
+    add_device_option(p)
     p.set_defaults(func=_cli_export)
 
 
 def _cli_export(args) -> int:
-    model = from_pretrained(args.model)
+    model = from_pretrained(args.model, map_location=command_device(args.device))
     small = slim(model, args.tokens, args.depth, args.width)
     if args.dtype:
         small = small.to(parse_dtype(args.dtype))

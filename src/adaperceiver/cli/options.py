@@ -176,7 +176,7 @@ def config_from_args(cls: type, args: argparse.Namespace, prefix: str = CONFIG_D
 
 
 # what a resumed run may take from the command line (everything else comes from its config.json)
-RESUME_MAY_CHANGE = ("out_dir", "name", "max_steps", "device", "num_workers", "progress")
+RESUME_MAY_CHANGE = ("out_dir", "name", "max_steps", "device", "num_workers", "progress", "logger")
 
 
 def resume_config(args, run_dir: Path, values: dict, saved: Any) -> Any:

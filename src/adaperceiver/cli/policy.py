@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from ..adapt.budget import CACHE_NAME, machine_key
 from ..adapt.policy import (
     BASELINES,
     REWARDS,
@@ -23,7 +24,8 @@ from ..adapt.policy import (
 )
 from ..checkpoint import from_pretrained
 from ..evaluation import machine_info
-from .common import add_inference_options, load_dataset
+from .common import add_device_option, add_inference_options, command_device, load_dataset
+from .config_file import add_config_file_options, write_config_yaml
 
 
 def register(sub) -> None:
@@ -53,6 +55,8 @@ def register(sub) -> None:
     t.add_argument("--cost", choices=["flops", "latency"], default="flops",
                    help="what the reward charges: FLOPs per image, or ms per image measured here at batch 1")
     t.add_argument("--out", required=True, help="output directory (one sub-directory per lambda)")
+    add_device_option(t)
+    add_config_file_options(t)
     t.set_defaults(func=_cli_train)
 
     e = psub.add_parser("eval", help="compare policies with fixed configurations, early exit and the oracle")
@@ -67,15 +71,18 @@ def register(sub) -> None:
     e.add_argument("--latency-images", type=int, default=128)
     e.add_argument("--out", required=True)
     add_inference_options(e)
+    add_device_option(e)
     e.set_defaults(func=_cli_eval)
 
 
 def _cli_train(args) -> int:
     policy_cfg = PolicyConfig(dim=args.policy_dim, num_blocks=args.policy_blocks)  # checked before the slow part
-    model = from_pretrained(args.model)
+    model = from_pretrained(args.model, map_location=command_device(args.device))
     outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split), limit=args.limit)
-    cost = configuration_flops(model, outcomes.space) if args.cost == "flops" else configuration_latency(model, outcomes.space)
     out = Path(args.out)
+    write_config_yaml(args, out)
+    cost = (configuration_flops(model, outcomes.space) if args.cost == "flops"
+            else configuration_latency(model, outcomes.space, cache_path=out / CACHE_NAME))
     for lam in args.lams:
         cfg = PolicyTrainConfig(lam=lam, reward=args.reward, scale=args.scale, entropy=args.entropy, epochs=args.epochs,
                                 batch_size=args.batch_size, lr=args.lr, seed=args.seed, baseline=args.baseline)
@@ -83,18 +90,21 @@ def _cli_train(args) -> int:
         policy = train_policy(model, outcomes, cost, cfg, policy_cfg, log=log)
         d = save_policy(policy, out / f"lam{lam:g}", extra={"lam": lam, "train": asdict(cfg), "model": str(args.model),
                                                            "dataset": args.dataset, "split": args.split,
-                                                           "num_images": len(outcomes)})
+                                                           "num_images": len(outcomes), "cost": args.cost,
+                                                           **({"latency_key": machine_key(model, 1)}
+                                                              if args.cost == "latency" else {})})
         print(f"lam={lam:g}: train acc of chosen configs {100 * log.accuracy[-1]:.1f}%, "
               f"normalised cost {log.mean_cost[-1]:.3f} -> {d}")
     return 0
 
 
 def _cli_eval(args) -> int:
-    model = from_pretrained(args.model)
+    device = command_device(args.device)
+    model = from_pretrained(args.model, map_location=device)
     policies = {}
     for d in args.policies:
         pol, meta = load_policy(d)
-        policies[f"lam={meta.get('lam', Path(d).name)}"] = pol
+        policies[f"lam={meta.get('lam', Path(d).name)}"] = pol.to(device)
     space = next(iter(policies.values())).space if policies else None
     outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split), space, limit=args.limit)
     cost = configuration_flops(model, outcomes.space)

@@ -9,7 +9,9 @@ from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import from_pretrained, load_meta
 from ..evaluation import format_table, run_sweep
-from .common import add_inference_options, load_dataset, parse_batch_sizes
+from ..evaluation.tensorboard import LOGGERS, TENSORBOARD_DIR, log_sweep, summary_writer
+from .common import add_device_option, add_inference_options, command_device, load_dataset, parse_batch_sizes
+from .config_file import add_config_file_options, write_config_yaml
 
 
 def register(sub) -> None:
@@ -32,9 +34,13 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--metric", default=None,
                    help="metric name (default: the model's task: classification, segmentation or depth)")
-    p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--logger", choices=LOGGERS, default="csv",
+                   help="besides sweep.csv (always written): tensorboard writes every configuration's metrics and the "
+                        "Pareto figure to OUT/tensorboard (needs pip install 'adaperceiver[tensorboard]'; default csv)")
     add_inference_options(p)
+    add_device_option(p)
+    add_config_file_options(p)
     p.set_defaults(func=_cli_sweep)
 
 
@@ -44,7 +50,10 @@ def _cli_sweep(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     sizes = parse_batch_sizes(args.latency_batch_sizes)
-    model = from_pretrained(args.model, map_location=args.device or "cpu")
+    if args.logger == "tensorboard":
+        summary_writer()  # a missing package fails before the sweep, not after it
+    device = command_device(args.device)
+    model = from_pretrained(args.model, map_location=device)
     data = load_dataset(args.data, args.split)
     if args.limit is not None:
         data = Subset(data, range(min(args.limit, len(data))))
@@ -60,8 +69,13 @@ def _cli_sweep(args) -> int:
         raise ValueError(f"{args.model} is swept with metric {args.metric!r} but dataset {args.data!r} has {kind} "
                          f"targets: a {'classifier' if args.metric == 'classification' else args.metric + ' model'} "
                          f"needs matching data")
+    write_config_yaml(args, out)
     rows = run_sweep(model, loader, out, metric=args.metric, latency_batch_sizes=sizes,
-                     progress=not args.no_progress, device=args.device, dtype=args.dtype, compile=args.compile)
+                     progress=not args.no_progress, device=device, dtype=args.dtype, compile=args.compile)
     print(format_table(rows, sizes))
     print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, {out / 'pareto.png'}")
+    if args.logger == "tensorboard":
+        step = load_meta(args.model).get("step")  # the training step of the swept weights, when they come from a run
+        log_sweep(out / TENSORBOARD_DIR, rows, out / "pareto.png", step=step if isinstance(step, int) else 0)
+        print(f"wrote TensorBoard events to {out / TENSORBOARD_DIR}")
     return 0

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from ..tasks import get_task
-from ..training import NonFiniteLossError, ObjectiveConfig, TrainConfig, distributed, last_checkpoint, load_run_config, train
+from ..training import NonFiniteLossError, ObjectiveConfig, TrainConfig, Trainer, distributed, last_checkpoint, load_run_config
+from .config_file import add_config_file_options, write_config_yaml
 from .options import RESUME_MAY_CHANGE, add_config_options, config_from_args, flag_for, option_values, resume_config
 
 TRAIN_GROUPS = ("model", "data", "optimisation", "objective", "run")
@@ -25,6 +26,7 @@ def register(sub) -> None:
         help="continue OUT/NAME from its last checkpoint with its saved settings (only " + ", ".join(
             flag_for(k) for k in RESUME_MAY_CHANGE) + " may change); starts fresh when OUT/NAME has no "
         "checkpoint yet, so one command line serves torchrun --max-restarts")
+    add_config_file_options(p)
     p.set_defaults(func=_cli_train)
 
 
@@ -48,7 +50,10 @@ def _train_from_args(args, info: distributed.DistInfo) -> int:
     else:
         cfg = config_from_args(TrainConfig, args)
     try:
-        result = train(cfg, get_task(cfg.task), resume=args.resume, dist_info=info)
+        trainer = Trainer(cfg, get_task(cfg.task), dist_info=info)
+        if info.is_main:
+            write_config_yaml(args, cfg.run_dir, cfg)  # --config RUN_DIR/config.yaml re-runs this run
+        result = trainer.fit(resume=args.resume)
     except NonFiniteLossError as e:
         say(f"adaperceiver train: {e}")
         return 1

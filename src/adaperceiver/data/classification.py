@@ -215,3 +215,9 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         path, label = self.samples[i]
         return self.load(path), label
+
+
+__all__ = [
+    "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "FASHION_MNIST_FILES", "IMAGE_EXTENSIONS", "ImageFolderDataset",
+    "SPLITS", "TensorImageDataset", "check_split", "digits", "fashion_mnist", "read_fashion_mnist", "read_idx"
+]

@@ -126,3 +126,4 @@ def resize_depth(d: Tensor, size: tuple[int, int] | None) -> Tensor:
     return F.interpolate(d[None], size=size, mode="nearest-exact")[0]
 
 
+__all__ = ["SPLIT_DIRS", "image_to_tensor", "pair_files", "resize_depth", "resize_image", "resize_labels"]

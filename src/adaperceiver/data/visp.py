@@ -124,3 +124,6 @@ class ViSPCastelDepth(Dataset):
         return x, torch.from_numpy(depth)[None]
 
 
+__all__ = [
+    "VISP_DEPTH_SCALE", "VISP_SEARCH", "ViSPCastelDepth", "find_visp_castel", "read_visp_depth", "register_depth"
+]

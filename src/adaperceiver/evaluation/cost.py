@@ -194,9 +194,30 @@ def measure_flops(model: nn.Module, tokens: int | None, depth: int | None, width
         return count_flops(model, x, **_config_kwargs(tokens, depth, width))
 
 
+def device_name(device: torch.device | str) -> str:
+    """The model of the chip behind ``device`` (``NVIDIA H100 80GB HBM3``, ``AMD EPYC``): latencies belong to it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                names = [ln.split(":", 1)[1].strip() for ln in f if ln.lower().startswith("model name")]
+        except OSError:
+            names = []
+        return names[0] if names else platform.processor() or platform.machine()
+    return device.type
+
+
 def machine_info() -> dict[str, Any]:
     """Where a measurement ran: platform, host, machine, processor, CPU count, torch version and threads
     (the one machine description: sweeps, policy results and the budget's latency cache use it)."""
     return {"platform": platform.platform(), "node": platform.node(), "machine": platform.machine(),
             "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads()}
+
+
+__all__ = [
+    "Timing", "active_parameters", "count_flops", "custom_formulas", "device_name", "flop_counter", "flops_by_op",
+    "machine_info", "measure_flops", "measure_gflops", "measure_latency", "time_call"
+]

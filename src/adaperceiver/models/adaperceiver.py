@@ -462,3 +462,9 @@ class AdaPerceiverDense(AdaPerceiver):
 def build_model(cfg: AdaPerceiverConfig) -> AdaPerceiver:
     """Instantiate the model class that matches ``cfg.task``."""
     return (AdaPerceiverClassifier if cfg.task == "classification" else AdaPerceiverDense)(cfg)
+
+
+__all__ = [
+    "AdaPerceiver", "AdaPerceiverClassifier", "AdaPerceiverDense", "AnytimeOutput", "EarlyExitOutput", "Features",
+    "WidthArg", "build_model"
+]

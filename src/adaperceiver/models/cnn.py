@@ -121,3 +121,6 @@ def build_architecture(name: str, cfg: None, meta: dict[str, Any]) -> StaticCNN:
     if name != "static_cnn":
         raise ValueError(f"adaperceiver.models.cnn builds 'static_cnn', not {name!r}")
     return StaticCNN(CNNConfig(**meta["model"]))
+
+
+__all__ = ["CNNConfig", "ConvBNReLU", "StaticCNN", "build_architecture"]

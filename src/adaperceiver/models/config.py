@@ -144,3 +144,6 @@ class AdaPerceiverConfig:
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(names)}")
         return cls(**d)
+
+
+__all__ = ["AdaPerceiverConfig", "MODEL_CONFIG_RANGES"]

@@ -76,3 +76,6 @@ class DataConfig:
         if unknown:
             raise ValueError(f"unknown data config keys {unknown}; allowed: {sorted(names)}")
         return cls(**d)
+
+
+__all__ = ["CROP_MODES", "DataConfig", "INTERPOLATIONS"]

@@ -58,3 +58,6 @@ def prefix_mask(prefixes: Sequence[int], num_queries: int, num_keys: int, device
     """
     limits = torch.as_tensor(list(prefixes), device=device).repeat_interleave(num_queries)
     return torch.arange(num_keys, device=device).view(1, -1) < limits.view(-1, 1)
+
+
+__all__ = ["BEYOND_GRANS", "group_limits", "prefix_mask", "token_block_mask"]

@@ -97,3 +97,6 @@ def _base() -> dict[str, Any]:
     return dict(img_size=224, patch_size=16, in_chans=3, embed_dim=832, num_heads=13, depth=21, ffn_ratio=2.57,
                 num_latents=256, token_grans=(32, 64, 96, 128, 192, 256), widths=(416, 624, 832), ls_init=1e-5,
                 num_classes=1000)
+
+
+__all__ = ["create_model", "list_models", "preset_config", "register_preset"]

@@ -64,3 +64,6 @@ def slim(model: nn.Module, tokens: int, depth: int, width: int) -> nn.Module:
     static = static.to(device=ref.device, dtype=ref.dtype).eval()
     static.latent_mask(tokens, ref.device)  # fill the mask cache: no tensor->bool checks while tracing
     return static
+
+
+__all__ = ["slim"]

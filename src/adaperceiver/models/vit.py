@@ -122,3 +122,6 @@ def build_architecture(name: str, cfg: None, meta: dict[str, Any]) -> StaticViT:
     if name != "static_vit":
         raise ValueError(f"adaperceiver.models.vit builds 'static_vit', not {name!r}")
     return StaticViT(ViTConfig(**meta["model"]))
+
+
+__all__ = ["StaticViT", "ViTConfig", "build_architecture"]

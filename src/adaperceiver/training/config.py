@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError, check_fields, check_value
 from ..evaluation.precision import PRECISIONS
+from ..evaluation.tensorboard import LOGGERS
 from ..models.config import MODEL_CONFIG_RANGES, AdaPerceiverConfig
 from .distributed import parse_device
 from .objective import ObjectiveConfig
@@ -137,6 +138,9 @@ class TrainConfig:
         group="run", help="steps between checkpoints; 0: at the end of every epoch"))
     keep_checkpoints: int = field(default=2, metadata=dict(group="run", help="checkpoints kept on disk"))
     log_every: int = field(default=20, metadata=dict(group="run", help="steps between metrics.csv rows"))
+    logger: str = field(default="csv", metadata=dict(
+        group="run", choices=LOGGERS, help="where metrics go besides metrics.csv (always written): tensorboard adds "
+                                           "event files in RUN_DIR/tensorboard (needs pip install 'adaperceiver[tensorboard]')"))
     eval_every: int = field(default=1, metadata=dict(group="run", help="epochs between evaluations (0: only at the end)"))
     progress: bool = field(default=True, metadata=dict(group="run", help="show a progress bar"))
     precision: str | None = field(default=None, metadata=dict(
@@ -169,6 +173,8 @@ class TrainConfig:
         self._check_augmentation()
         if self.precision is not None and self.precision not in PRECISIONS:
             raise UserError(f"train config field precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.logger not in LOGGERS:
+            raise UserError(f"train config field logger must be one of {list(LOGGERS)}, got {self.logger!r}")
         if self.export not in EXPORT_CHOICES:
             raise UserError(f"train config field export must be one of {list(EXPORT_CHOICES)}, got {self.export!r}")
         if self.freeze_backbone and self.init_from is None:

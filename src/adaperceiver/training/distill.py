@@ -91,3 +91,6 @@ class FeatureDistillation(nn.Module):
             raise ValueError(f"feature head gives {student.shape[-1]} channels, teacher {target.shape[-1]}")
         fl = (feature_loss(student, target, self.cosine_weight, self.smooth_l1_weight) * weights).sum()
         return self.weight * fl, {"feat": float(fl.detach())}
+
+
+__all__ = ["FeatureDistillation", "FeatureHead", "resample_tokens", "square_grid"]

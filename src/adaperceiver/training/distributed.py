@@ -122,3 +122,9 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+__all__ = [
+    "DistInfo", "all_reduce_sums", "barrier", "broadcast_object", "device_for", "epoch_permutation",
+    "launched_by_torchrun", "parse_device", "rank_batch", "setup", "teardown"
+]

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..checkpoint import CONFIG_NAME, atomic_write
 from ..errors import UserError, first_line
+from ..evaluation.tensorboard import TENSORBOARD_DIR, TensorBoardLog, log_row, summary_writer
 from .config import TrainConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -19,12 +20,19 @@ METRICS_NAME = "metrics.csv"
 
 
 class MetricsLog:
-    """``metrics.csv`` with a header that grows when new keys appear (the file is then rewritten)."""
+    """``metrics.csv`` with a header that grows when new keys appear (the file is then rewritten), and
+    with ``tensorboard`` the same rows as TensorBoard events in ``tensorboard/`` beside it. A context
+    manager: leaving it closes the event files."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, tensorboard: bool = False):
         self.path, self.enabled = path, enabled
         self.rows: list[dict[str, Any]] = []
         self.fields: list[str] = []
+        self.tensorboard_dir = path.parent / TENSORBOARD_DIR if enabled and tensorboard else None
+        self._tb: TensorBoardLog | None = None
+        self._purge_step: int | None = None
+        if self.tensorboard_dir is not None:
+            summary_writer()  # a missing package fails here, before any training
 
     def load(self, keep_until_step: int) -> None:
         """Read an existing file, dropping rows after ``keep_until_step`` (they will be redone)."""
@@ -40,6 +48,7 @@ class MetricsLog:
                             f"(rows are rewritten from the checkpoint's step on)") from None
         if "step" not in self.fields:
             raise UserError(f"{self.path} is damaged (no 'step' column); repair or delete it to resume")
+        self._purge_step = keep_until_step + 1  # events of steps that will be redone are dropped
         if self.enabled:
             self._rewrite()
 
@@ -53,6 +62,10 @@ class MetricsLog:
         atomic_write(self.path, write)
 
     def append(self, row: dict[str, Any]) -> None:
+        if self.tensorboard_dir is not None:
+            if self._tb is None:
+                self._tb = TensorBoardLog(self.tensorboard_dir, purge_step=self._purge_step)
+            log_row(self._tb, row)
         row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
         self.rows.append(row)
         if not self.enabled:
@@ -64,6 +77,18 @@ class MetricsLog:
             return
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def last_checkpoint(run_dir: str | Path) -> Path | None:
@@ -103,3 +128,9 @@ def read_run_json(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UserError(f"{path} does not hold a JSON object")
     return obj
+
+
+__all__ = [
+    "CHECKPOINT_DIR", "LAST_POINTER", "METRICS_NAME", "MetricsLog", "STATE_NAME", "last_checkpoint",
+    "load_run_config", "read_run_json"
+]

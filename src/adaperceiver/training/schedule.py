@@ -95,3 +95,6 @@ class ModelEma:
                 e.lerp_(p.detach(), 1.0 - d)
             else:
                 e.copy_(p)
+
+
+__all__ = ["EpochBatchSampler", "ModelEma", "param_groups", "step_generator", "warmup_cosine"]

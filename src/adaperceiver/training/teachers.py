@@ -315,3 +315,9 @@ class CachedTeacher(nn.Module):
                 out[missing] = new.float().cpu()
             result.append(out.to(x.device))
         return TeacherOutput(*result)
+
+
+__all__ = [
+    "CachedTeacher", "ImageNetPixels", "Teacher", "TeacherOutput", "from_adaperceiver", "from_efficientnet_lite0",
+    "from_module", "from_static_cnn", "from_static_vit", "from_timm", "load_teacher", "save_vit"
+]

@@ -156,7 +156,7 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0
         self.last_eval: dict[str, float] = {}
-        self.metrics = MetricsLog(cfg.run_dir / METRICS_NAME, enabled=self.is_writer())
+        self.metrics = MetricsLog(cfg.run_dir / METRICS_NAME, enabled=self.is_writer(), tensorboard=cfg.logger == "tensorboard")
 
     # ----------------------------------------------------------------------------------------------
     def is_writer(self) -> bool:
@@ -356,7 +356,7 @@ class Trainer:
         """Train (or continue, with ``resume``) while holding the run directory's lock."""
         if not self.is_writer():
             return self._fit(resume)
-        with run_lock(self.cfg.run_dir):  # a second writer of this directory is refused, naming this process
+        with run_lock(self.cfg.run_dir), self.metrics:  # one writer per directory (others refused); the log closes its event files
             remove_temporaries(self.cfg.run_dir)  # left by a killed writer; safe under the lock
             remove_temporaries(self.cfg.run_dir / CHECKPOINT_DIR, recursive=True)
             return self._fit(resume)
@@ -448,3 +448,4 @@ def train(cfg: TrainConfig, task: TaskSpec, resume: bool = False, **kwargs: Any)
     return Trainer(cfg, task, **kwargs).fit(resume=resume)
 
 
+__all__ = ["NonFiniteLossError", "RESUME_KEYS", "StepModule", "TrainResult", "Trainer", "autocast_for", "train"]

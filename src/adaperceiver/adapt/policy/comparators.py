@@ -237,3 +237,6 @@ def format_summary(result: Mapping[str, Any]) -> str:
             lines.append(f"{method:>10}: {p['setting']}: {p['acc1']:.2f}% at {p['gflops']:.4f} GFLOPs "
                          f"({-p['flops_saved_pct']:+.1f}% FLOPs vs full)")
     return "\n".join(lines)
+
+
+__all__ = ["evaluate_comparators", "flops_saved_at_parity", "format_summary", "plot_comparators", "write_results"]

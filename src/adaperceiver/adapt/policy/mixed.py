@@ -135,3 +135,6 @@ class PolicyClassifier(nn.Module):
                 logits[sel] = run_mixed(self.model, patches[sel], grid, [tokens[i] for i in idx],
                                         [depths[i] for i in idx], [widths[i] for i in idx])
         return PolicyOutput(logits, actions)
+
+
+__all__ = ["PolicyClassifier", "PolicyOutput", "run_from_patches", "run_mixed"]

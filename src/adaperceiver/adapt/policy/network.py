@@ -133,3 +133,6 @@ def load_policy(directory: str | Path) -> tuple[ConfigPolicy, dict[str, Any]]:
     policy = ConfigPolicy(meta["num_patches"], meta["embed_dim"], space, PolicyConfig(**meta["policy"]))
     load_strict(policy, read_state_dict(directory / "policy.safetensors"), source=str(directory / "policy.safetensors"))
     return policy.eval(), meta
+
+
+__all__ = ["ConfigPolicy", "MixerBlock", "PolicyConfig", "PolicyLogits", "load_policy", "save_policy"]

@@ -190,3 +190,9 @@ def train_policy(model: AdaPerceiver, outcomes: Outcomes, cost: Tensor, cfg: Pol
                     log.mean_cost.append(float((cost.to(dev)[a[0], a[1], a[2]] / cost.max()).mean()))
                     log.accuracy.append(float(outcomes.correct.to(dev)[idx.to(dev)][sel, a[0], a[1], a[2]].float().mean()))
     return policy.eval()
+
+
+__all__ = [
+    "BASELINES", "Outcomes", "PolicyTrainConfig", "REWARDS", "TrainLog", "collect_outcomes", "patch_embeddings",
+    "reward_table", "train_policy"
+]

@@ -4,12 +4,14 @@ in FLOPs or measured latency."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ...evaluation.cost import flop_counter, measure_flops, measure_latency
 from ...models.adaperceiver import AdaPerceiver
+from ..budget import measure_configurations
 
 
 @dataclass(frozen=True)
@@ -77,12 +79,19 @@ def configuration_flops(model: AdaPerceiver, space: ActionSpace) -> Tensor:
     return _per_configuration(space, lambda t, d, w: measure_flops(model, t, d, w))
 
 
-def configuration_latency(model: AdaPerceiver, space: ActionSpace, batch_size: int = 1, repeats: int = 10) -> Tensor:
+def configuration_latency(model: AdaPerceiver, space: ActionSpace, batch_size: int = 1, repeats: int = 10,
+                          cache_path: str | Path | None = None, measure_missing: bool = True) -> Tensor:
     """Median milliseconds per image of every configuration at ``batch_size``, ``(n_tokens, n_depths,
     n_widths)``: a cost for :func:`train_policy` when wall-clock, not FLOPs, is what should shrink
-    (on a CPU at batch 1 the time follows the number of blocks far more than the FLOPs)."""
-    return _per_configuration(
-        space, lambda t, d, w: measure_latency(model, t, d, w, batch_size, repeats=repeats).median_ms / batch_size)
+    (on a CPU at batch 1 the time follows the number of blocks far more than the FLOPs).
+
+    ``cache_path``: a latency cache shared with :mod:`adaperceiver.adapt.budget` (keyed by device, chip,
+    dtype, compilation, batch size and torch version; another key's latencies are never used)."""
+    configs = [(t, d, w) for t in space.tokens for d in space.depths for w in space.widths]
+    ms = measure_configurations(
+        model, configs, batch_size, cache_path, measure_missing=measure_missing,
+        measure=lambda m, t, d, w, b: measure_latency(m, t, d, w, b, repeats=repeats).median_ms)
+    return _per_configuration(space, lambda t, d, w: ms[f"{t}/{d}/{w}"] / batch_size)
 
 
 def writeout_flops(model: AdaPerceiver, tokens: int) -> int:
@@ -93,3 +102,6 @@ def writeout_flops(model: AdaPerceiver, tokens: int) -> int:
     with torch.enable_grad(), flop_counter() as counter:
         model.write_out(*feats)
     return int(counter.get_total_flops())
+
+
+__all__ = ["ActionSpace", "configuration_flops", "configuration_latency", "writeout_flops"]
