@@ -448,4 +448,4 @@ def train(cfg: TrainConfig, task: TaskSpec, resume: bool = False, **kwargs: Any)
     return Trainer(cfg, task, **kwargs).fit(resume=resume)
 
 
-__all__ = ["NonFiniteLossError", "RESUME_KEYS", "StepModule", "TrainResult", "Trainer", "autocast_for", "train"]
+__all__ = ["NonFiniteLossError", "RESUME_KEYS", "StepModule", "TrainResult", "Trainer", "train"]
