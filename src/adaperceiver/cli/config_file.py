@@ -215,5 +215,5 @@ def write_config_yaml(args: argparse.Namespace, directory: str | Path, config: A
     return path
 
 
-__all__ = ["CONFIG_FILE_NAME", "add_config_file_options", "apply_config_file", "config_yaml", "load_config_file",
-           "resolved_config", "write_config_yaml"]
+__all__ = ["CONFIG_FILE_NAME", "add_config_file_options", "apply_config_file", "command_parser", "config_actions", "config_yaml",
+           "load_config_file", "resolved_config", "write_config_yaml"]

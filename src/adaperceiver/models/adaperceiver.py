@@ -464,7 +464,5 @@ def build_model(cfg: AdaPerceiverConfig) -> AdaPerceiver:
     return (AdaPerceiverClassifier if cfg.task == "classification" else AdaPerceiverDense)(cfg)
 
 
-__all__ = [
-    "AdaPerceiver", "AdaPerceiverClassifier", "AdaPerceiverDense", "AnytimeOutput", "EarlyExitOutput", "Features",
-    "WidthArg", "build_model"
-]
+__all__ = ["AdaPerceiver", "AdaPerceiverClassifier", "AdaPerceiverDense", "AnytimeOutput", "EarlyExitOutput", "Features",
+           "WidthArg", "build_model"]

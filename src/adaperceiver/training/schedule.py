@@ -97,4 +97,4 @@ class ModelEma:
                 e.copy_(p)
 
 
-__all__ = ["EpochBatchSampler", "ModelEma", "param_groups", "step_generator", "warmup_cosine"]
+__all__ = ["EpochBatchSampler", "ModelEma", "default_num_workers", "param_groups", "step_generator", "warmup_cosine"]

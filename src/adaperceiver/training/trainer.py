@@ -61,8 +61,7 @@ from .schedule import EpochBatchSampler, ModelEma, default_num_workers, param_gr
 # fields a resumed run must share with the run it continues (they fix data order and schedule)
 RESUME_KEYS = ("task", "model", "model_overrides", "static", "dataset", "image_size", "train_subset", "epochs",
                "batch_size", "lr", "min_lr", "weight_decay", "warmup_steps", "seed", "objective", "ema_decay",
-               "recipe", "rrc_scale", "rand_augment", "random_erasing", "mixup_alpha", "cutmix_alpha", "mix_prob",
-               "precision")
+               "recipe", "rrc_scale", "rand_augment", "random_erasing", "mixup_alpha", "cutmix_alpha", "mix_prob", "precision")
 
 
 class NonFiniteLossError(RuntimeError):
