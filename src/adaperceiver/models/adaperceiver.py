@@ -27,6 +27,7 @@ from .config import AdaPerceiverConfig
 from .inference import InferenceModel
 from .layers import Block, CrossAttentionBlock, Mlp, PatchEmbed, RotaryEmbedding, hidden_units, layer_norm, trunc_normal_init
 from .masks import token_block_mask
+from .setting import Setting, SettingSpace
 from .slim import slim
 
 WidthArg = int | Sequence[int] | Tensor | None
@@ -317,10 +318,14 @@ class AdaPerceiver(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     # convenience
-    def configurations(self) -> list[tuple[int, int, int]]:
-        """The trained grid: every (tokens, depth, width) triple."""
-        cfg = self.cfg
-        return [(t, d, w) for t in cfg.trained_grans for d in range(1, self.num_blocks + 1) for w in cfg.widths]
+    @property
+    def space(self) -> SettingSpace:
+        """The trained settings: granularities up to ``num_latents`` x depths ``1..L`` x trained widths."""
+        return SettingSpace(self.cfg.trained_grans, tuple(range(1, self.num_blocks + 1)), self.cfg.widths)
+
+    def configurations(self) -> list[Setting]:
+        """The trained grid: every :class:`Setting` of :attr:`space`, tokens outermost."""
+        return list(self.space)
 
     def for_inference(self, dtype: torch.dtype | str | None = torch.float32, compile: bool = False,
                       **kwargs: Any) -> InferenceModel:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .adaperceiver import AdaPerceiverConfig, AdaPerceiverDense, AnytimeOutput, WidthArg
 from .layers import LN_EPS
+from .setting import Setting, SettingSpace
 
 # ------------------------------------------------------------------------------------------------
 # head configs
@@ -182,7 +183,11 @@ class DenseTaskModel(nn.Module):
     def resolve_width(self, width: WidthArg, batch_size: int) -> tuple[int | None, Tensor | None]:
         return self.backbone.resolve_width(width, batch_size)
 
-    def configurations(self) -> list[tuple[int, int, int]]:
+    @property
+    def space(self) -> SettingSpace:
+        return self.backbone.space
+
+    def configurations(self) -> list[Setting]:
         return self.backbone.configurations()
 
     def resolve_tokens(self, tokens: int | None) -> int:
