@@ -23,6 +23,8 @@ from ..checkpoint import tensors_digest, write_json
 from ..errors import UserError
 from ..evaluation.cost import device_name, machine_info, measure_latency
 from ..models.adaperceiver import AdaPerceiver
+from ..models.inference import InferenceModel
+from ..models.protocol import check_adaptive
 from ..models.setting import Setting
 
 CACHE_NAME = "latency_cache.json"
@@ -78,7 +80,7 @@ def latency_key(model: AdaPerceiver, batch_size: int) -> dict[str, str]:
     dtype, compilation (eager, or a ``model.for_inference(...)`` copy: slim, slim compiled), batch size, model."""
     cfg_hash = hashlib.sha1(json.dumps(model.cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:10]
     p, m = next(model.parameters()), machine_info()
-    compiled = "slim compiled" if getattr(model, "compiled", False) else "slim" if hasattr(model, "compiled") else "eager"
+    compiled = ("slim compiled" if model.compiled else "slim") if isinstance(model, InferenceModel) else "eager"
     return {"host": m["node"], "machine": m["machine"], "torch": m["torch"], "threads": str(m["torch_threads"]),
             "device": str(p.device), "chip": device_name(p.device), "compile": compiled, "dtype": str(p.dtype),
             "batch": str(batch_size), "model": cfg_hash}
@@ -171,6 +173,7 @@ def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model:
     returned row gains ``latency_ms`` (measured here) and ``batch_size``. Ties go to fewer GFLOPs.
     Raises ValueError naming the cheapest configuration when nothing fits.
     """
+    check_adaptive(model, "a budget")
     if max_ms is None and max_gflops is None:
         raise ValueError("give a budget: max_ms and/or max_gflops")
     if (max_ms is not None and max_ms <= 0) or (max_gflops is not None and max_gflops <= 0):

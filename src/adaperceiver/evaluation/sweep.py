@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import tensors_digest
+from ..models.heads import DenseTaskModel
+from ..models.protocol import check_adaptive
 from ..models.setting import Setting
 from ..models.util import eval_mode, module_device
 from .cost import active_parameters, machine_info, measure_gflops, measure_latency
@@ -95,6 +97,7 @@ def evaluate_grid(model: nn.Module, loader: Iterable, metric: str = "classificat
     Returns ``(results, an accumulator (for primary / direction), image shape (C, H, W), images seen)``.
     ``anytime`` replaces ``model.forward_anytime`` (e.g. that of ``model.for_inference(dtype)``).
     """
+    check_adaptive(model, "a sweep")
     anytime = anytime or model.forward_anytime
     factory = get_metric(metric)
     device = _check_device(model, device)
@@ -140,6 +143,7 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
     of ``model.for_inference(dtype, compile)``: the metric computed in that dtype, the latency of each
     configuration's slim (compiled) module; GFLOPs and parameters are the model's.
     """
+    check_adaptive(model, "a sweep")
     bss = tuple(int(b) for b in latency_batch_sizes)
     if any(b < 1 for b in bss):
         raise ValueError(f"latency batch sizes must be >= 1, got {list(latency_batch_sizes)}")
@@ -155,7 +159,7 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
         row: dict[str, Any] = {**c.as_dict(), "hidden": hidden if hidden is not None else model.cfg.mlp_hidden}
         row.update(results[c])
         row["gflops"] = measure_gflops(model, c.tokens, c.depth, c.width, img, device)
-        if hasattr(model, "backbone"):  # task models (segmentation / depth): the encoder's share without the head
+        if isinstance(model, DenseTaskModel):  # segmentation / depth: the encoder's share without the head
             row["encoder_gflops"] = measure_gflops(model.backbone, c.tokens, c.depth, c.width, img, device)
         row["params"] = active_parameters(model, c.tokens, c.depth, c.width)
         for b in bss:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import executor
 from .adaperceiver import AdaPerceiverConfig, AdaPerceiverDense, AnytimeOutput, WidthArg
 from .layers import LN_EPS
 from .setting import Setting, SettingSpace
@@ -198,6 +199,10 @@ class DenseTaskModel(nn.Module):
 
     def resolve_configuration(self, tokens: int | None, depth: int | None, width: int | None) -> tuple[int, int, int | None]:
         return self.backbone.resolve_configuration(tokens, depth, width)
+
+    def active_parameters(self, tokens: int | None, depth: int | None, width: int | None) -> int:
+        """Parameters used at this setting: the backbone's active share and the whole head."""
+        return executor.active_parameters(self, (tokens, depth, width))
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Encoder parameters (embedding, latents, read, blocks): what frozen-backbone mode freezes."""

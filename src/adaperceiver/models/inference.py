@@ -58,7 +58,9 @@ class InferenceModel(nn.Module):
     def __init__(self, model: nn.Module, dtype: str | torch.dtype | None = None, compile: bool = False,
                  backend: str | Callable = "inductor", compile_options: dict[str, Any] | None = None):
         super().__init__()
-        if not all(hasattr(model, a) for a in ("cfg", "resolve_tokens", "forward_anytime", "latent_mask")):
+        from .adaperceiver import AdaPerceiver  # the model module imports this one
+
+        if not isinstance(model, AdaPerceiver):
             raise ValueError(f"for_inference needs an AdaPerceiver model, got {type(model).__name__}")
         self.dtype = parse_dtype(dtype)
         self.compiled = bool(compile)

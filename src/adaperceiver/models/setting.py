@@ -40,7 +40,7 @@ class Setting(NamedTuple):
             vals = ()
         if len(vals) != len(cls._fields):
             names = ",".join(f.upper() for f in cls._fields)
-            raise ValueError(f"a setting is {names} like 16,3,48; got {text!r}")
+            raise ValueError(f"a configuration is {names} like 16,3,48; got {text!r}")
         return cls(*vals)
 
     @classmethod

@@ -24,7 +24,9 @@ _SLICEABLE = re.compile(r"^(blocks\.\d+\.mlp\.fc[12]\.(weight|bias)|latent_pos)$
 
 
 def _check_slim_args(model: nn.Module, tokens: int, depth: int, width: int) -> None:
-    if not all(hasattr(model, a) for a in ("cfg", "resolve_configuration", "latent_mask")):
+    from .adaperceiver import AdaPerceiver  # the model module imports this one
+
+    if not isinstance(model, AdaPerceiver):
         raise ValueError(f"slim() needs an AdaPerceiver model, got {type(model).__name__}")
     model.resolve_configuration(tokens, depth, width)
     last = model.cfg.token_grans[-1]
