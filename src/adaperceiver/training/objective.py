@@ -179,7 +179,9 @@ class JointObjective(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     def forward(self, model: AdaPerceiver, batch: Batch,
-                generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+                generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss, metrics)``; the metrics are detached scalar tensors on the loss's device, so a training
+        loop can sum them without a host synchronisation and read them at its log interval."""
         cfg = self.cfg
         depths, tokens = self.readouts(model)
         if "widths" in batch.extras:  # drawn by the caller (the trainer draws for the global batch)
@@ -190,16 +192,16 @@ class JointObjective(nn.Module):
         weights = self.weights(model).to(out.outputs.device)
 
         total = out.outputs.new_zeros((), dtype=torch.float32)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Tensor] = {}
         if cfg.ce_weight:
             per = per_readout_losses(self.task_loss, out.outputs, batch.targets)
             task = (per.float() * weights).sum()
             total = total + cfg.ce_weight * task
-            metrics["task"] = float(task.detach())
-            metrics["task_full"] = float(per[-1, -1].detach())
+            metrics["task"] = task.detach()
+            metrics["task_full"] = per[-1, -1].detach().float()
         full = out.outputs[-1, -1]
         if full.dim() == 2 and batch.targets.dim() == 1:
-            metrics["acc_full"] = 100.0 * float((full.detach().argmax(-1) == batch.targets).float().mean())
+            metrics["acc_full"] = 100.0 * (full.detach().argmax(-1) == batch.targets).float().mean()
         if cfg.kd_weight and batch.teacher_logits is not None:
             teacher = batch.teacher_logits.to(out.outputs.device)
             if teacher.shape != full.shape:
@@ -207,7 +209,7 @@ class JointObjective(nn.Module):
                                  f"{tuple(full.shape)}")
             kd = (kd_loss(out.outputs, teacher, cfg.kd_temperature) * weights).sum()
             total = total + cfg.kd_weight * kd
-            metrics["kd"] = float(kd.detach())
+            metrics["kd"] = kd.detach().float()
         if cfg.self_distill_weight:
             if full.dim() != 2:
                 raise ValueError("self_distill_weight needs classification logits (B, classes); "
@@ -216,12 +218,13 @@ class JointObjective(nn.Module):
             sub[-1, -1] = 0.0
             sd = (kd_loss(out.outputs, full.detach(), cfg.kd_temperature) * sub).sum()
             total = total + cfg.self_distill_weight * sd
-            metrics["self_distill"] = float(sd.detach())
+            metrics["self_distill"] = sd.detach().float()
         for hook in self.extra_losses:
             extra, extra_metrics = hook(out, batch, weights)
             total = total + extra
-            metrics.update({k: float(v) for k, v in extra_metrics.items()})
-        metrics["loss"] = float(total.detach())
+            metrics.update({k: torch.as_tensor(v, dtype=torch.float32, device=total.device).detach()
+                            for k, v in extra_metrics.items()})
+        metrics["loss"] = total.detach()
         return total, metrics
 
 
