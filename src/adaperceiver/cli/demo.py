@@ -1,4 +1,4 @@
-"""``adaperceiver demo``: train adaperceiver_tiny_v4 on Fashion-MNIST, sweep every configuration, write a report."""
+"""``adaperceiver demo``: train adaperceiver_tiny on Fashion-MNIST, sweep every configuration, write a report."""
 
 from __future__ import annotations
 
@@ -28,15 +28,15 @@ from .options import add_config_options, config_from_args
 # the demo's schedule: ~6 minutes of training on 2 CPU cores; in this short schedule more, smaller
 # steps, a higher peak lr and no augmentation converge faster (docs/training.md has the measurements)
 # (the all-latents read-outs weighted 3x: +0.5 pp at full, nothing lost below; docs/training.md)
-DEMO_DEFAULTS = {"model": "adaperceiver_tiny_v4", "name": "demo", "epochs": 6, "batch_size": 64, "lr": 3e-3, "augment": False,
+DEMO_DEFAULTS = {"model": "adaperceiver_tiny", "name": "demo", "epochs": 6, "batch_size": 64, "lr": 3e-3, "augment": False,
                  "objective.full_token_weight": 3.0}
 DEMO_BASELINES = (Setting(8, 2, 32), Setting(16, 3, 48), Setting(32, 4, 64))
 
 def register(sub) -> None:
     d = sub.add_parser(
-        "demo", help="train adaperceiver_tiny_v4 on Fashion-MNIST, sweep every configuration, write a report",
+        "demo", help="train adaperceiver_tiny on Fashion-MNIST, sweep every configuration, write a report",
         description="The whole story in one command (about 6 minutes of training on 2 CPU cores): train "
-                    "adaperceiver_tiny_v4 jointly on Fashion-MNIST (Debian package dataset-fashion-mnist), evaluate "
+                    "adaperceiver_tiny jointly on Fashion-MNIST (Debian package dataset-fashion-mnist), evaluate "
                     "every (tokens, depth, width) configuration (accuracy, GFLOPs, latency), mark the Pareto "
                     "front, plot it, and write OUT/NAME/summary.md. With --baselines, also train static models "
                     "at a few configurations (same data and epochs) and draw them on the plot.")

@@ -11,6 +11,7 @@ from typing import Any
 from ..checkpoint import CONFIG_NAME, atomic_write
 from ..errors import UserError, first_line
 from ..evaluation.tensorboard import TENSORBOARD_DIR, TensorBoardLog, log_row, summary_writer
+from ..models.presets import migrate_run_preset
 from .config import TrainConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -114,7 +115,7 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     if "train" not in meta:
         raise UserError(f"{path} has no 'train' section: it was not written by adaperceiver train")
     try:
-        return TrainConfig.from_dict(meta["train"])
+        return TrainConfig.from_dict(migrate_run_preset(meta["train"], meta.get("model")))
     except (TypeError, ValueError) as e:
         raise UserError(f"{path}: its 'train' section is not a valid train config ({first_line(e)})") from None
 

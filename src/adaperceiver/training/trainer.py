@@ -51,6 +51,7 @@ from ..checkpoint import (
 )
 from ..errors import UserError, first_line
 from ..evaluation.precision import autocast, grad_scaler, resolve_precision
+from ..models.presets import migrate_run_preset
 from . import distributed
 from .config import TaskData, TaskSpec, TrainConfig
 from .objective import Batch, ExtraLoss, JointObjective
@@ -348,7 +349,8 @@ class Trainer:
         path = self.cfg.run_dir / CONFIG_NAME
         if not path.is_file():
             return
-        saved = read_run_json(path).get("train", {})
+        meta = read_run_json(path)
+        saved = migrate_run_preset(meta.get("train", {}), meta.get("model"))
         mine = json.loads(json.dumps(self.cfg.to_dict()))  # tuples -> lists, as saved
         diff = [k for k in RESUME_KEYS if k in saved and saved[k] != mine[k]]
         if diff:
