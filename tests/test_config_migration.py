@@ -36,3 +36,26 @@ def test_runs_of_the_current_recipe_are_not_renamed():
     train = {"model": "adaperceiver_tiny", "model_overrides": {}}
     assert migrate_run_preset(train, preset_config("adaperceiver_tiny").to_dict()) is train
     assert migrate_run_preset({"model": "adaperceiver_small"}, {}) == {"model": "adaperceiver_small"}
+
+
+def test_removed_flags_at_their_defaults_are_dropped_with_a_note():
+    from adaperceiver.models import AdaPerceiverConfig
+    from adaperceiver.training import ObjectiveConfig
+
+    old = dict(preset_config("adaperceiver_tiny").to_dict(), embed_residual=False, latent_pos_std=0.0, read_mlp=False)
+    with pytest.warns(FutureWarning, match="dropped the removed fields"):
+        assert AdaPerceiverConfig.from_dict(old) == preset_config("adaperceiver_tiny")
+    with pytest.warns(FutureWarning, match="self_distill_weight"):
+        assert ObjectiveConfig.from_dict({"self_distill_weight": 0.0, "ce_weight": 0.5}) == ObjectiveConfig(ce_weight=0.5)
+
+
+@pytest.mark.parametrize("field, value", [("read_mlp", True), ("latent_pos_std", 0.02), ("embed_residual", True)])
+def test_removed_flags_set_on_are_refused(field, value):
+    from adaperceiver.models import AdaPerceiverConfig
+
+    with pytest.raises(ValueError, match=rf"model config sets \{{'{field}': {value}\}}: .*removed in adaperceiver 0.2"):
+        AdaPerceiverConfig.from_dict({field: value})
+    from adaperceiver.training import ObjectiveConfig
+
+    with pytest.raises(ValueError, match="self_distill_weight.*removed"):
+        ObjectiveConfig.from_dict({"self_distill_weight": 1.0})

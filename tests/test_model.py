@@ -331,36 +331,12 @@ def test_rope_table_follows_its_buffers():
 
 
 def test_learning_options_default_to_the_reference_layout(tiny_config, variant_config):
-    """Off by default (converted checkpoints keep their keys); on, they add exactly their parameters."""
+    """Off by default (converted checkpoints keep their keys); on, they change exactly their parameters."""
     ref = set(build_model(tiny_config()).state_dict())
-    assert not any(k.startswith(("latent_pos", "read.mlp", "read.norm_mlp")) for k in ref)
+    assert {"write.attn.q.weight", "output_query"} <= ref and "head_norm.weight" not in ref
     model = build_model(variant_config("classification+options"))
     keys = set(model.state_dict())
-    assert {"latent_pos", "read.mlp.fc1.weight", "read.norm_mlp.weight", "head_norm.weight"} <= keys
+    assert "head_norm.weight" in keys
     assert not any(k.startswith(("write.", "output_query")) for k in keys)  # the mean read-out has no write
-    assert model.latent_pos.shape == (model.cfg.max_tokens, model.cfg.embed_dim)
     with pytest.raises(ValueError, match="readout must be 'query' or"):
         tiny_config(task="dense", readout="mean")
-    with pytest.raises(ValueError, match="latent_pos_std must be >= 0"):
-        tiny_config(latent_pos_std=-1.0)
-
-
-def test_embed_residual_keeps_the_conv_features(tiny_config):
-    """With the residual, zeroing the embedding MLP leaves conv + positions; without it, nothing."""
-    x = torch.randn(2, 3, 16, 16)
-    for residual in (False, True):
-        model = build_model(tiny_config(embed_residual=residual)).eval()
-        torch.nn.init.zeros_(model.patch_embed.mlp.fc2.weight)
-        torch.nn.init.zeros_(model.patch_embed.mlp.fc2.bias)
-        patches, _ = model.patch_embed(x)
-        conv = model.patch_embed.proj(x).flatten(2).transpose(1, 2) + model.patch_embed.pos_embed
-        torch.testing.assert_close(patches, conv if residual else torch.zeros_like(conv))
-
-
-def test_latent_table_tells_latents_apart_at_init(tiny_config):
-    """Shared latent: all latents start equal; with the per-latent table they start distinct."""
-    for std, distinct in ((0.0, False), (0.02, True)):
-        model = build_model(tiny_config(latent_pos_std=std)).eval()
-        with torch.no_grad():  # blank patches add nothing (zero biases at init): z is the latents' start
-            z = model.read_latents(torch.zeros(1, 16, model.cfg.embed_dim), 16)
-        assert bool((z - z[:, :1]).abs().amax() > 0) == distinct

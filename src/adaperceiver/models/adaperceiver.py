@@ -44,13 +44,10 @@ class AdaPerceiver(nn.Module):
         self.cfg = cfg
         d = cfg.embed_dim
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d,
-                                      hidden_units(d, cfg.ffn_ratio) if cfg.embed_mlp else None, cfg.embed_residual)
+                                      hidden_units(d, cfg.ffn_ratio) if cfg.embed_mlp else None)
         self.latent_token = nn.Parameter(torch.zeros(d))
-        if cfg.latent_pos_std > 0:  # latent i starts from latent_token + latent_pos[i]: prefixes still nest
-            self.latent_pos = nn.Parameter(torch.zeros(cfg.max_tokens, d))
         self.rope = RotaryEmbedding(d // cfg.num_heads, cfg.rope_len, cfg.rope_theta, cfg.rope_scaling)
-        self.read = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias,
-                                        hidden_units(d, cfg.ffn_ratio) if cfg.read_mlp else None)
+        self.read = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias)
         self.blocks = nn.ModuleList(
             Block(d, cfg.num_heads, cfg.mlp_hidden, cfg.qkv_bias, cfg.proj_bias, cfg.ls_init) for _ in range(cfg.depth)
         )
@@ -64,8 +61,6 @@ class AdaPerceiver(nn.Module):
         trunc_normal_init(self)
         nn.init.trunc_normal_(self.patch_embed.pos_embed, std=0.02, a=-0.04, b=0.04)
         nn.init.normal_(self.latent_token, std=self.cfg.latent_std)
-        if self.cfg.latent_pos_std > 0:
-            nn.init.normal_(self.latent_pos, std=self.cfg.latent_pos_std)
         for blk in self.blocks:
             for ls in (blk.ls1, blk.ls2):
                 if hasattr(ls, "gamma"):
@@ -165,10 +160,6 @@ class AdaPerceiver(nn.Module):
     # the forward loop
     def read_latents(self, patches: Tensor, num_tokens: int) -> Tensor:
         z = self.latent_token.to(patches.dtype).expand(patches.shape[0], num_tokens, -1)
-        if self.cfg.latent_pos_std > 0:
-            if num_tokens > self.latent_pos.shape[0]:
-                raise ValueError(f"tokens must be at most {self.latent_pos.shape[0]} (the per-latent table), got {num_tokens}")
-            z = z + self.latent_pos[:num_tokens].to(patches.dtype)
         return self.read(z, patches, rope_q=self.rope)
 
     def run_blocks(self, z: Tensor, depth: int, hidden: int | None = None, sample_hidden: Tensor | None = None,
@@ -299,8 +290,7 @@ class AdaPerceiver(nn.Module):
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Parameters of the encoder (embedding, latents, read, blocks): what a frozen-backbone run freezes."""
         mods = [self.patch_embed, self.read, self.blocks]
-        latents = [self.latent_token] + ([self.latent_pos] if self.cfg.latent_pos_std > 0 else [])
-        return latents + [p for m in mods for p in m.parameters()]
+        return [self.latent_token] + [p for m in mods for p in m.parameters()]
 
     def resolve_configuration(self, tokens: int | None, depth: int | None, width: int | None) -> tuple[int, int, int | None]:
         """Check one ``(tokens, depth, width)`` (None: the full value) and return ``(latents, blocks,
@@ -311,7 +301,7 @@ class AdaPerceiver(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Names of the matrices that are learned tokens / positions, not weights: no weight decay on them
         (vectors — biases, norms, LayerScale — get none anyway)."""
-        return {n for n, _ in self.named_parameters() if n in ("latent_token", "latent_pos", "output_query") or n.endswith("pos_embed")}
+        return {n for n, _ in self.named_parameters() if n in ("latent_token", "output_query") or n.endswith("pos_embed")}
 
 
 class AdaPerceiverClassifier(AdaPerceiver):

@@ -279,8 +279,9 @@ def head_config(task: str, values: dict[str, Any] | None = None) -> Any:
 
 
 def dense_config(cfg: AdaPerceiverConfig, feature_dim: int | None = None) -> AdaPerceiverConfig:
-    """``cfg`` turned into a dense backbone config with ``feature_dim`` channels per patch (default: D)."""
-    return dataclasses.replace(cfg, task="dense", num_classes=int(feature_dim or cfg.embed_dim))
+    """``cfg`` turned into a dense backbone config with ``feature_dim`` channels per patch (default: D); the
+    classification read-out (``readout``) becomes the dense one (one query per patch)."""
+    return dataclasses.replace(cfg, task="dense", readout="query", num_classes=int(feature_dim or cfg.embed_dim))
 
 
 def build_dense_model(task: str, backbone_cfg: AdaPerceiverConfig, head: dict[str, Any] | Any | None = None) -> DenseTaskModel:

@@ -36,6 +36,8 @@ def preset_config(name: str, **overrides: Any) -> AdaPerceiverConfig:
         values = {**_PRESETS[name](), **overrides}
     else:
         raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+    if values.get("task") == "dense" and "readout" not in overrides:
+        values["readout"] = "query"  # a dense model reads out one query per patch; "mean" is for logits
     if "num_latents" in overrides and "token_grans" not in overrides:
         n = overrides["num_latents"]
         values["token_grans"] = tuple(g for g in values["token_grans"] if g < n) + (n,)

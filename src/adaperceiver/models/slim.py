@@ -18,9 +18,8 @@ import re
 import torch
 from torch import Tensor, nn
 
-# the only tensors whose shape a slim model may change: the Matryoshka FFNs of the latent blocks and
-# the per-latent table (a static model keeps the rows of its own latents)
-_SLICEABLE = re.compile(r"^(blocks\.\d+\.mlp\.fc[12]\.(weight|bias)|latent_pos)$")
+# the only tensors whose shape a slim model may change: the Matryoshka FFNs of the latent blocks
+_SLICEABLE = re.compile(r"^blocks\.\d+\.mlp\.fc[12]\.(weight|bias)$")
 
 
 def _check_slim_args(model: nn.Module, tokens: int, depth: int, width: int) -> None:

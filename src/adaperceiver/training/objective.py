@@ -6,7 +6,6 @@ every token granularity ``g`` (the prefix ``z[:, :g]``), i.e. an ``(L, G)`` grid
 The loss is a weighted sum over that grid:
 
     loss = sum_ij w_ij * [ce_weight * task_loss(out_ij, y) + kd_weight * KD(out_ij, teacher)]
-           + self_distill_weight * sum_ij w'_ij * KD(out_ij, stopgrad(out_full))
            + sum_k extra_loss_k(anytime_output, batch, w)
 
 with ``w_ij = depth_w(i) * token_w(j)`` normalised to sum to 1; ``depth_w`` is ``d / L``
@@ -17,10 +16,6 @@ Plug-in points, so other objectives need no new training loop:
 * ``task_loss(pred, target) -> scalar``: any per-read-out supervised loss (CE for classification,
   a segmentation or depth loss for dense models).
 * ``Batch.teacher_logits``: logits KD at temperature ``T`` (scaled by ``T**2``) on every read-out.
-* ``self_distill_weight``: in-place distillation (classification): every read-out but the full one
-  (``w'`` is ``w`` with the full read-out's weight set to 0) also learns the full read-out's
-  prediction, detached, as in slimmable / once-for-all training; "full" is the last block at all
-  latents at each sample's own width.
 * ``extra_losses``: callables ``(AnytimeOutput, Batch, weights) -> (loss, metrics)``, e.g. feature
   distillation; ``weights`` is the ``(L, G)`` read-out weight grid. ``nn.Module`` hooks are
   registered as sub-modules, so their parameters are trained and checkpointed with the objective.
@@ -38,6 +33,7 @@ from torch import Tensor, nn
 from ..errors import check_fields
 from ..losses import cross_entropy, kd_loss
 from ..models.adaperceiver import AdaPerceiver, AnytimeOutput
+from ..models.config import drop_removed_fields
 
 TaskLoss = Callable[[Tensor, Tensor], Tensor]
 ExtraLoss = Callable[[AnytimeOutput, "Batch", Tensor], tuple[Tensor, dict[str, float]]]
@@ -45,8 +41,9 @@ DEPTH_WEIGHTINGS = ("linear", "uniform")
 
 
 OBJECTIVE_CONFIG_RANGES = {"widths": ">= 1", "token_weights": ">= 0", "label_smoothing": "[0, 1)", "ce_weight": ">= 0",
-                           "kd_weight": ">= 0", "kd_temperature": "> 0", "self_distill_weight": ">= 0",
-                           "full_token_weight": "> 0"}
+                           "kd_weight": ">= 0", "kd_temperature": "> 0", "full_token_weight": "> 0"}
+# removed in 0.2: in-place self-distillation changed nothing measurable (docs/training.md)
+REMOVED_OBJECTIVE_FIELDS = {"self_distill_weight": 0.0}
 
 
 @dataclass
@@ -69,8 +66,6 @@ class ObjectiveConfig:
     full_token_weight: float = field(default=1.0, metadata=dict(
         group="objective", help="multiplies the weight of the all-latents read-outs (any granularity count), e.g. 3"))
     label_smoothing: float = field(default=0.0, metadata=dict(group="objective", help="cross-entropy label smoothing"))
-    self_distill_weight: float = field(default=0.0, metadata=dict(
-        group="objective", help="in-place distillation: every smaller read-out also learns the full read-out's prediction"))
     ce_weight: float = field(default=1.0, metadata=dict(group="distillation", help="weight of the supervised task loss"))
     kd_weight: float = field(default=1.0, metadata=dict(
         group="distillation", help="weight of logits distillation (only when the batch carries teacher logits)"))
@@ -86,6 +81,11 @@ class ObjectiveConfig:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
         if self.token_weights is not None and not sum(self.token_weights) > 0:
             raise ValueError(f"token_weights must be >= 0 with a positive sum, got {list(self.token_weights)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ObjectiveConfig":
+        """An objective config from its saved dict; fields removed since (at their defaults) are dropped."""
+        return cls(**drop_removed_fields(d, REMOVED_OBJECTIVE_FIELDS, "objective config"))
 
     @classmethod
     def static(cls, **kw: Any) -> "ObjectiveConfig":
@@ -210,15 +210,6 @@ class JointObjective(nn.Module):
             kd = (kd_loss(out.outputs, teacher, cfg.kd_temperature) * weights).sum()
             total = total + cfg.kd_weight * kd
             metrics["kd"] = kd.detach().float()
-        if cfg.self_distill_weight:
-            if full.dim() != 2:
-                raise ValueError("self_distill_weight needs classification logits (B, classes); "
-                                 f"this model's read-outs are {tuple(full.shape)}")
-            sub = weights.clone()
-            sub[-1, -1] = 0.0
-            sd = (kd_loss(out.outputs, full.detach(), cfg.kd_temperature) * sub).sum()
-            total = total + cfg.self_distill_weight * sd
-            metrics["self_distill"] = sd.detach().float()
         for hook in self.extra_losses:
             extra, extra_metrics = hook(out, batch, weights)
             total = total + extra

@@ -51,8 +51,7 @@ from ..checkpoint import (
 )
 from ..errors import UserError, first_line
 from ..evaluation.precision import autocast, grad_scaler, resolve_precision
-from ..models.presets import migrate_run_preset
-from . import distributed
+from . import distributed, rundir
 from .config import TaskData, TaskSpec, TrainConfig
 from .objective import Batch, ExtraLoss, JointObjective
 from .rundir import CHECKPOINT_DIR, LAST_POINTER, METRICS_NAME, STATE_NAME, MetricsLog, last_checkpoint, read_run_json
@@ -349,8 +348,7 @@ class Trainer:
         path = self.cfg.run_dir / CONFIG_NAME
         if not path.is_file():
             return
-        meta = read_run_json(path)
-        saved = migrate_run_preset(meta.get("train", {}), meta.get("model"))
+        saved = rundir.migrate_train_section(read_run_json(path))
         mine = json.loads(json.dumps(self.cfg.to_dict()))  # tuples -> lists, as saved
         diff = [k for k in RESUME_KEYS if k in saved and saved[k] != mine[k]]
         if diff:
