@@ -6,26 +6,23 @@ the reference-checkpoint path (:mod:`adaperceiver.reference`) and the active-par
 through these functions, and only :func:`run_blocks` calls the blocks. A change to the block call is
 made here once.
 
-They take the model (an :class:`~adaperceiver.models.adaperceiver.AdaPerceiver`) as their first
-argument and are exposed as its methods; the model module imports this one.
+They take the model (an :class:`~adaperceiver.models.adaperceiver.AdaPerceiver`; typed ``nn.Module``
+because the model module imports this one) as their first argument and are exposed as its methods.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .outputs import AnytimeOutput, EarlyExitOutput
 from .util import num_parameters
 
-if TYPE_CHECKING:
-    from .adaperceiver import AdaPerceiver, AdaPerceiverClassifier, WidthArg
 
-
-def run_blocks(model: AdaPerceiver, z: Tensor, depth: int, hidden: int | None = None,
+def run_blocks(model: nn.Module, z: Tensor, depth: int, hidden: int | None = None,
                sample_hidden: Tensor | None = None, start: int = 0, keep: Sequence[int] = ()) -> tuple[Tensor, list[Tensor]]:
     """Run blocks ``start..depth-1``; also return the states after the (1-based) depths in ``keep``."""
     mask = model.latent_mask(z.shape[1], z.device)
@@ -37,7 +34,7 @@ def run_blocks(model: AdaPerceiver, z: Tensor, depth: int, hidden: int | None = 
     return z, kept
 
 
-def run_patches(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], setting: Sequence[int]) -> Tensor:
+def run_patches(model: nn.Module, patches: Tensor, grid: tuple[int, int], setting: Sequence[int]) -> Tensor:
     """The rest of ``model(x, *setting)`` once the patch embeddings are known."""
     tokens, depth, width = setting
     hidden, _ = model.resolve_width(width, patches.shape[0])
@@ -46,7 +43,7 @@ def run_patches(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], set
     return model.write_out(z, patches, grid)
 
 
-def run_anytime(model: AdaPerceiver, x: Tensor, tokens: int | None = None, width: WidthArg = None,
+def run_anytime(model: nn.Module, x: Tensor, tokens: int | None = None, width: Any = None,
                 depths: Sequence[int] | None = None, token_counts: Sequence[int] | None = None) -> AnytimeOutput:
     """Outputs for every token granularity and every depth from one backbone pass (see
     :meth:`AdaPerceiver.forward_anytime`)."""
@@ -73,8 +70,8 @@ def run_anytime(model: AdaPerceiver, x: Tensor, tokens: int | None = None, width
     return AnytimeOutput(out, depths, counts, torch.stack(states), patches, grid)
 
 
-def run_early_exit(model: AdaPerceiverClassifier, x: Tensor, threshold: float, tokens: int | None = None,
-                   width: WidthArg = None) -> EarlyExitOutput:
+def run_early_exit(model: nn.Module, x: Tensor, threshold: float, tokens: int | None = None,
+                   width: Any = None) -> EarlyExitOutput:
     """Confidence early exit (see :meth:`AdaPerceiverClassifier.forward_early_exit`)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
@@ -103,7 +100,7 @@ def run_early_exit(model: AdaPerceiverClassifier, x: Tensor, threshold: float, t
     return EarlyExitOutput(logits, exit_depth)
 
 
-def run_mixed(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], settings: Sequence[Sequence[int]]) -> Tensor:
+def run_mixed(model: nn.Module, patches: Tensor, grid: tuple[int, int], settings: Sequence[Sequence[int]]) -> Tensor:
     """Outputs of a batch whose images each have their own setting, in one pass.
 
     Equals :func:`run_patches` per image: the batch runs at its largest token count (by the block
@@ -154,7 +151,7 @@ def run_mixed(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], setti
     return res
 
 
-def active_parameters(model: AdaPerceiver, setting: Sequence[int | None]) -> int:
+def active_parameters(model: nn.Module, setting: Sequence[int | None]) -> int:
     """Parameters used by ``model(x, *setting)``: blocks past ``depth`` and FFN hidden units past
     ``int(width * ffn_ratio)`` are not counted; the token count changes no parameter (latents are
     copies of one learned vector) but is checked."""

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .protocol import AdaptiveBackbone
 from .setting import Setting, SettingSpace
 from .slim import slim
 
@@ -58,9 +59,7 @@ class InferenceModel(nn.Module):
     def __init__(self, model: nn.Module, dtype: str | torch.dtype | None = None, compile: bool = False,
                  backend: str | Callable = "inductor", compile_options: dict[str, Any] | None = None):
         super().__init__()
-        from .adaperceiver import AdaPerceiver  # the model module imports this one
-
-        if not isinstance(model, AdaPerceiver):
+        if not isinstance(model, AdaptiveBackbone):
             raise ValueError(f"for_inference needs an AdaPerceiver model, got {type(model).__name__}")
         self.dtype = parse_dtype(dtype)
         self.compiled = bool(compile)

@@ -51,6 +51,23 @@ class CountsActiveParameters(Protocol):
         ...
 
 
+@runtime_checkable
+class AdaptiveBackbone(AdaptiveModel, Protocol):
+    """An AdaPerceiver backbone itself (not a wrapper): what slim export and fast inference take apart."""
+
+    def latent_mask(self, num_tokens: int, device: Any) -> Tensor | None:
+        ...
+
+    def resolve_tokens(self, tokens: int | None) -> int:
+        ...
+
+    def resolve_depth(self, depth: int | None) -> int:
+        ...
+
+    def resolve_width(self, width: Any, batch_size: int) -> tuple[int | None, Tensor | None]:
+        ...
+
+
 def check_adaptive(model: object, what: str) -> None:
     """Refuse a model without the :class:`AdaptiveModel` interface, naming what is missing."""
     if not isinstance(model, AdaptiveModel):
@@ -60,4 +77,4 @@ def check_adaptive(model: object, what: str) -> None:
                          f"{type(model).__name__} lacks {missing}")
 
 
-__all__ = ["AdaptiveModel", "CountsActiveParameters", "check_adaptive"]
+__all__ = ["AdaptiveBackbone", "AdaptiveModel", "CountsActiveParameters", "check_adaptive"]

@@ -18,14 +18,14 @@ import re
 import torch
 from torch import Tensor, nn
 
+from .protocol import AdaptiveBackbone
+
 # the only tensors whose shape a slim model may change: the Matryoshka FFNs of the latent blocks
 _SLICEABLE = re.compile(r"^blocks\.\d+\.mlp\.fc[12]\.(weight|bias)$")
 
 
 def _check_slim_args(model: nn.Module, tokens: int, depth: int, width: int) -> None:
-    from .adaperceiver import AdaPerceiver  # the model module imports this one
-
-    if not isinstance(model, AdaPerceiver):
+    if not isinstance(model, AdaptiveBackbone):
         raise ValueError(f"slim() needs an AdaPerceiver model, got {type(model).__name__}")
     model.resolve_configuration(tokens, depth, width)
     last = model.cfg.token_grans[-1]
