@@ -92,7 +92,8 @@ def evaluate_grid(model: nn.Module, loader: Iterable, metric: str = "classificat
                   metric_kwargs: dict[str, Any] | None = None, device: torch.device | str | None = None,
                   progress: bool = True, anytime: Any = None,
                   ) -> tuple[dict[Setting, dict[str, float]], MetricAccumulator, tuple[int, ...], int]:
-    """Metric of every grid configuration, one ``forward_anytime`` pass per batch and width.
+    """Metric of every grid setting, one ``forward_anytime`` pass per batch and width (every axis but
+    tokens and depth).
 
     Returns ``(results, an accumulator (for primary / direction), image shape (C, H, W), images seen)``.
     ``anytime`` replaces ``model.forward_anytime`` (e.g. that of ``model.for_inference(dtype)``).
@@ -106,17 +107,19 @@ def evaluate_grid(model: nn.Module, loader: Iterable, metric: str = "classificat
     depths = tuple(sorted({c.depth for c in configs}))
     accs = {c: factory(model, **(metric_kwargs or {})) for c in configs}
     seen, shape = 0, None
+    rest_axes = Setting._fields[2:]  # one anytime pass reads out every (tokens, depth) at one value of the rest
     with eval_mode(model):
-        for w in sorted({c.width for c in configs}):
+        for rest in sorted({tuple(c[2:]) for c in configs}):
             n_w = 0
-            for batch in _progress(loader, progress, desc=f"sweep width {w}", leave=False):
+            kw = dict(zip(rest_axes, rest))
+            for batch in _progress(loader, progress, desc=f"sweep {kw}", leave=False):
                 x, y = _split_batch(batch)
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
-                out = anytime(x, width=w, token_counts=grans, depths=depths)
+                out = anytime(x, **kw, token_counts=grans, depths=depths)
                 for i, d in enumerate(out.depths):
                     for j, t in enumerate(out.tokens):
-                        accs[Setting(t, d, w)].update(out.outputs[i, j], y)
+                        accs[Setting(t, d, *rest)].update(out.outputs[i, j], y)
                 n_w += x.shape[0]
                 shape = tuple(x.shape[1:])
             if not n_w:

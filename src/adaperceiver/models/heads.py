@@ -4,7 +4,7 @@
 A head turns that map into a prediction at image resolution:
 
 * :class:`SegmentationHead`: LayerNorm over channels, dropout, 1x1 conv to class logits, bilinear
-  upsample to the image (DESIGN.md section 3).
+  upsample to the image (the paper's segmentation head, docs/dense.md).
 * :class:`DepthHead`: upsample the grid 4x, 3x3 conv to ``K`` bins, ``relu + 0.1``, normalise over
   bins, depth = sum_k p_k * linspace(min_depth, max_depth, K)_k, resize to the image; clamp in eval.
 
