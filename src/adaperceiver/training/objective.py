@@ -219,5 +219,22 @@ class JointObjective(nn.Module):
         return total, metrics
 
 
-__all__ = ["Batch", "ExtraLoss", "JointObjective", "ObjectiveConfig", "TaskLoss",
+class StepModule(nn.Module):
+    """Model + objective as one module: ``forward(batch, gen) -> (loss, metrics)``.
+
+    Under torchrun this is what DistributedDataParallel wraps, so the forward of every step (which
+    calls ``model.forward_anytime``) passes through DDP and gradients of the model *and* of the
+    objective's own modules (e.g. a distillation head) are averaged across ranks.
+    """
+
+    def __init__(self, model: nn.Module, objective: JointObjective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: Batch, gen: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.objective(self.model, batch, gen)
+
+
+__all__ = ["Batch", "ExtraLoss", "JointObjective", "ObjectiveConfig", "StepModule", "TaskLoss",
            "per_readout_losses", "readout_grid_weights"]

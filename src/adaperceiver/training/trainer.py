@@ -53,7 +53,7 @@ from ..errors import UserError, first_line
 from ..evaluation.precision import autocast, grad_scaler, resolve_precision
 from . import distributed, rundir
 from .config import TaskData, TaskSpec, TrainConfig
-from .objective import Batch, ExtraLoss, JointObjective
+from .objective import Batch, ExtraLoss, JointObjective, StepModule
 from .rundir import CHECKPOINT_DIR, LAST_POINTER, METRICS_NAME, STATE_NAME, MetricsLog, last_checkpoint, read_run_json
 from .schedule import EpochBatchSampler, ModelEma, default_num_workers, param_groups, step_generator, warmup_cosine
 
@@ -76,23 +76,6 @@ class TrainResult:
     train_seconds: float
     metrics: dict[str, float]  # the last evaluation
     model: nn.Module  # the exported weights (EMA or raw), in eval mode
-
-
-class StepModule(nn.Module):
-    """Model + objective as one module: ``forward(batch, gen) -> (loss, metrics)``.
-
-    Under torchrun this is what DistributedDataParallel wraps, so the forward of every step (which
-    calls ``model.forward_anytime``) passes through DDP and gradients of the model *and* of the
-    objective's own modules (e.g. a distillation head) are averaged across ranks.
-    """
-
-    def __init__(self, model: nn.Module, objective: JointObjective):
-        super().__init__()
-        self.model = model
-        self.objective = objective
-
-    def forward(self, batch: Batch, gen: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.objective(self.model, batch, gen)
 
 
 # --------------------------------------------------------------------------------------------------
