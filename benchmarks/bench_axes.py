@@ -3,13 +3,13 @@
 For each axis (tokens, depth, width), a few combined sub-configurations and the full configuration
 (a control: the ratio there should be ~1), this script
 
-1. builds the static model ``build_model(cfg.static_config(tokens, depth, width))`` and loads the
-   adaptive model's weights into it with the unused parts cut off (blocks past ``depth`` dropped,
+1. cuts the static model out with :func:`adaperceiver.models.slim` (blocks past ``depth`` dropped,
    FFN hidden units past ``int(width * ffn_ratio)`` sliced away) -- same math, nothing chosen at
    run time -- and checks that both give the same output;
 2. times ``adaptive(x, tokens, depth, width)`` and ``static(x)`` on the same ready input, eval
-   mode, no_grad, in interleaved rounds (A then B, B then A, ...) so that machine noise hits both
-   alike, at each stated batch size;
+   mode, no_grad, with the library's timer (:func:`adaperceiver.evaluation.cost.time_call`) in
+   interleaved rounds (A then B, B then A, ...) so that machine noise hits both alike, at each
+   stated batch size;
 3. prints the throughput ratio adaptive / static (median of the per-round ratios; target >= 0.95).
 
 Run it alone on the machine (timings are polluted by other work), e.g.::
@@ -26,12 +26,13 @@ import os
 import platform
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 
 from adaperceiver import AdaPerceiver, build_model, preset_config
+from adaperceiver.evaluation.cost import time_call
+from adaperceiver.models import slim
 
 
 @dataclass
@@ -52,20 +53,6 @@ class Result:
     load: float  # 1-minute load average after the measurement (> threads: other work was running)
 
 
-def static_twin(model: AdaPerceiver, tokens: int, depth: int, width: int) -> AdaPerceiver:
-    """A fixed-shape model equal to ``model`` at ``(tokens, depth, width)``, weights physically sliced."""
-    static = build_model(model.cfg.static_config(tokens, depth, width))
-    src = model.state_dict()
-    state = {}
-    for name, dst in static.state_dict().items():
-        w = src[name]
-        if w.shape != dst.shape:  # Matryoshka FFN: keep the leading hidden units
-            w = w[tuple(slice(0, n) for n in dst.shape)]
-        state[name] = w.contiguous().clone()
-    static.load_state_dict(state, strict=True)
-    return static.eval()
-
-
 def sub_configs(model: AdaPerceiver) -> list[tuple[str, int, int, int]]:
     """(axis, tokens, depth, width): full, one axis reduced at a time, and combined reductions."""
     cfg = model.cfg
@@ -84,34 +71,24 @@ def sub_configs(model: AdaPerceiver) -> list[tuple[str, int, int, int]]:
     ]
 
 
-def _ms(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1000.0
-
-
-def interleaved_ratio(adaptive, static, rounds: int, calls: int) -> dict[str, float]:
-    """Time ``adaptive()`` and ``static()`` in ABBA / BAAB order, ``calls`` calls each per round.
+def interleaved_ratio(adaptive, static, batch_size: int, rounds: int, calls: int) -> dict[str, float]:
+    """Time ``adaptive()`` and ``static()`` with the library's timer, alternating which goes first each round.
 
     Returns the median times, the median of the per-round throughput ratios (static time /
     adaptive time of that round: load that comes and goes hits both sides of a round alike), its
     inter-quartile range, and the ratio of the fastest calls (a second, contention-robust view).
     """
-    for fn in (adaptive, static, adaptive, static):  # warm-up
-        fn()
     a_all, s_all, ratios = [], [], []
     for r in range(rounds):
-        pattern = (adaptive, static, static, adaptive) if r % 2 == 0 else (static, adaptive, adaptive, static)
-        a, s = [], []
-        for _ in range(max(1, calls // 2)):
-            for fn in pattern:
-                (a if fn is adaptive else s).append(_ms(fn))
-        ratios.append(statistics.median(s) / statistics.median(a))
-        a_all += a
-        s_all += s
+        order = (adaptive, static) if r % 2 == 0 else (static, adaptive)
+        t = {fn: time_call(fn, batch_size, warmup=1 if r < 2 else 0, repeats=calls) for fn in order}
+        ratios.append(t[static].median_ms / t[adaptive].median_ms)
+        a_all.append(t[adaptive])
+        s_all.append(t[static])
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 4 else [min(ratios), 0, max(ratios)]
-    return {"adaptive_ms": statistics.median(a_all), "static_ms": statistics.median(s_all),
-            "ratio": statistics.median(ratios), "ratio_iqr": q[2] - q[0], "ratio_min": min(s_all) / min(a_all)}
+    return {"adaptive_ms": statistics.median(t.median_ms for t in a_all),
+            "static_ms": statistics.median(t.median_ms for t in s_all), "ratio": statistics.median(ratios),
+            "ratio_iqr": q[2] - q[0], "ratio_min": min(t.min_ms for t in s_all) / min(t.min_ms for t in a_all)}
 
 
 @torch.no_grad()
@@ -124,13 +101,13 @@ def bench(preset: str, batch_sizes: list[int], rounds: int, calls: int, img_size
     for axis, t, d, w in sub_configs(model):
         if axes and axis not in axes:
             continue
-        static = static_twin(model, t, d, w)
+        static = slim(model, t, d, w)  # the same math with the unused weights physically removed
         for b in batch_sizes:
             x = torch.randn(b, cfg.in_chans, cfg.img_size, cfg.img_size)
             torch.testing.assert_close(model(x, tokens=t, depth=d, width=w), static(x), atol=1e-4, rtol=1e-4)
             m = interleaved_ratio(lambda x=x, t=t, d=d, w=w: model(x, tokens=t, depth=d, width=w),
-                                  lambda x=x, static=static: static(x), rounds, calls)
-            res = Result(preset, axis, t, d, w, b, rounds=rounds, calls=2 * max(1, calls // 2), load=os.getloadavg()[0], **m)
+                                  lambda x=x, static=static: static(x), b, rounds, calls)
+            res = Result(preset, axis, t, d, w, b, rounds=rounds, calls=calls, load=os.getloadavg()[0], **m)
             results.append(res)
             print(f"{preset:18s} {axis:8s} t={t:<4d} d={d:<3d} w={w:<4d} batch={b:<3d} adaptive {res.adaptive_ms:9.3f} ms"
                   f"  static {res.static_ms:9.3f} ms  ratio {res.ratio:.3f} (IQR {res.ratio_iqr:.3f}, "
@@ -144,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--img-size", type=int, default=None, help="override the preset's image size")
     p.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes (default 1,64)")
     p.add_argument("--rounds", type=int, default=10, help="interleaved A/B rounds (default 10)")
-    p.add_argument("--calls", type=int, default=4, help="timed calls per model per round, even (ABBA; default 4)")
+    p.add_argument("--calls", type=int, default=4, help="timed calls per model per round (default 4)")
     p.add_argument("--axes", default=None, help="only these axes, e.g. tokens,width (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import pytest
 import torch
 
@@ -204,30 +207,43 @@ def test_early_exit_regroups_per_sample(variant, loud_init, variant_config):
 
 
 def test_presets():
-    assert {"adaperceiver_tiny", "adaperceiver_tiny64", "adaperceiver_small", "adaperceiver_base"} <= set(list_models())
+    assert set(list_models()) == {"adaperceiver_tiny", "adaperceiver_tiny64", "adaperceiver_tiny_paper",
+                                  "adaperceiver_small", "adaperceiver_base"}
+    tiny, paper = preset_config("adaperceiver_tiny"), preset_config("adaperceiver_tiny_paper")
+    recipe = dict(readout="mean", head_norm=True, embed_mlp=False, ls_init=0.01, rope_theta=10.0)
+    assert {k: getattr(tiny, k) for k in recipe} == recipe
+    assert (paper.readout, paper.head_norm, paper.embed_mlp, paper.ls_init, paper.rope_theta) == ("query", False, True, 0.1, 1e4)
+    assert {k: v for k, v in tiny.to_dict().items() if k not in recipe} == {k: v for k, v in paper.to_dict().items() if k not in recipe}
     c64 = preset_config("adaperceiver_tiny64")
-    assert (c64.img_size // c64.patch_size) ** 2 == 64 and c64.embed_dim == preset_config("adaperceiver_tiny").embed_dim
-    v2 = preset_config("adaperceiver_tiny64_v2")
-    assert (v2.img_size, v2.patch_size, v2.readout, v2.head_norm) == (64, 8, "mean", True)
+    assert (c64.img_size // c64.patch_size) ** 2 == 64
+    assert {k: v for k, v in c64.to_dict().items() if k not in ("img_size", "patch_size")} == \
+        {k: v for k, v in tiny.to_dict().items() if k not in ("img_size", "patch_size")}
     base = preset_config("adaperceiver_base")
     assert (base.embed_dim, base.num_heads, base.depth, base.num_latents, base.ffn_ratio) == (832, 13, 21, 256, 2.57)
     assert base.widths == (416, 624, 832) and base.token_grans == (32, 64, 96, 128, 192, 256)
     m = create_model("adaperceiver_tiny", num_classes=7)
     assert m(torch.randn(2, 1, 28, 28)).shape == (2, 7)
+    assert not any(n.startswith(("patch_embed.mlp.", "output_query")) for n, _ in m.named_parameters())
     assert preset_config("adaperceiver_tiny", num_latents=16).token_grans == (8, 16)
-    v2, tiny = preset_config("adaperceiver_tiny_v2"), preset_config("adaperceiver_tiny")
-    assert (v2.readout, v2.head_norm, tiny.readout, tiny.head_norm) == ("mean", True, "query", False)
-    assert {k: v for k, v in v2.to_dict().items() if k not in ("readout", "head_norm")} == \
-        {k: v for k, v in tiny.to_dict().items() if k not in ("readout", "head_norm")}
-    v3 = preset_config("adaperceiver_tiny_v3")
-    assert (v3.embed_mlp, v3.ls_init) == (False, 0.01)
-    assert {k: v for k, v in v3.to_dict().items() if k not in ("embed_mlp", "ls_init")} == \
-        {k: v for k, v in v2.to_dict().items() if k not in ("embed_mlp", "ls_init")}
-    assert not any(n.startswith("patch_embed.mlp.") for n, _ in create_model("adaperceiver_tiny_v3").named_parameters())
-    v4 = preset_config("adaperceiver_tiny_v4")
-    assert v4.rope_theta == 10.0 and v3.rope_theta == 10000.0
-    assert {k: v for k, v in v4.to_dict().items() if k != "rope_theta"} == \
-        {k: v for k, v in v3.to_dict().items() if k != "rope_theta"}
+
+
+def test_old_preset_names_warn_once_and_build_their_old_configs(monkeypatch):
+    from adaperceiver.models import presets
+
+    monkeypatch.setattr(presets, "_warned", set())
+    with pytest.warns(FutureWarning, match="'adaperceiver_tiny_v2' is deprecated .*use 'adaperceiver_tiny'"):
+        v2 = preset_config("adaperceiver_tiny_v2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert preset_config("adaperceiver_tiny_v2") == v2  # once per name
+    paper = preset_config("adaperceiver_tiny_paper")
+    assert v2 == dataclasses.replace(paper, readout="mean", head_norm=True)
+    with pytest.warns(FutureWarning, match="adaperceiver_tiny"):
+        assert preset_config("adaperceiver_tiny_v3") == dataclasses.replace(v2, embed_mlp=False, ls_init=0.01)
+    with pytest.warns(FutureWarning, match="builds the same config"):
+        assert preset_config("adaperceiver_tiny_v4") == preset_config("adaperceiver_tiny")
+    with pytest.warns(FutureWarning, match="use 'adaperceiver_tiny64'"):
+        assert preset_config("adaperceiver_tiny64_v2") == dataclasses.replace(v2, img_size=64, patch_size=8)
     with pytest.raises(ValueError, match="available"):
         create_model("adaperceiver_huge")
     with pytest.raises(ValueError, match="unknown config keys"):
@@ -315,36 +331,12 @@ def test_rope_table_follows_its_buffers():
 
 
 def test_learning_options_default_to_the_reference_layout(tiny_config, variant_config):
-    """Off by default (converted checkpoints keep their keys); on, they add exactly their parameters."""
+    """Off by default (converted checkpoints keep their keys); on, they change exactly their parameters."""
     ref = set(build_model(tiny_config()).state_dict())
-    assert not any(k.startswith(("latent_pos", "read.mlp", "read.norm_mlp")) for k in ref)
+    assert {"write.attn.q.weight", "output_query"} <= ref and "head_norm.weight" not in ref
     model = build_model(variant_config("classification+options"))
     keys = set(model.state_dict())
-    assert {"latent_pos", "read.mlp.fc1.weight", "read.norm_mlp.weight", "head_norm.weight"} <= keys
+    assert "head_norm.weight" in keys
     assert not any(k.startswith(("write.", "output_query")) for k in keys)  # the mean read-out has no write
-    assert model.latent_pos.shape == (model.cfg.max_tokens, model.cfg.embed_dim)
     with pytest.raises(ValueError, match="readout must be 'query' or"):
         tiny_config(task="dense", readout="mean")
-    with pytest.raises(ValueError, match="latent_pos_std must be >= 0"):
-        tiny_config(latent_pos_std=-1.0)
-
-
-def test_embed_residual_keeps_the_conv_features(tiny_config):
-    """With the residual, zeroing the embedding MLP leaves conv + positions; without it, nothing."""
-    x = torch.randn(2, 3, 16, 16)
-    for residual in (False, True):
-        model = build_model(tiny_config(embed_residual=residual)).eval()
-        torch.nn.init.zeros_(model.patch_embed.mlp.fc2.weight)
-        torch.nn.init.zeros_(model.patch_embed.mlp.fc2.bias)
-        patches, _ = model.patch_embed(x)
-        conv = model.patch_embed.proj(x).flatten(2).transpose(1, 2) + model.patch_embed.pos_embed
-        torch.testing.assert_close(patches, conv if residual else torch.zeros_like(conv))
-
-
-def test_latent_table_tells_latents_apart_at_init(tiny_config):
-    """Shared latent: all latents start equal; with the per-latent table they start distinct."""
-    for std, distinct in ((0.0, False), (0.02, True)):
-        model = build_model(tiny_config(latent_pos_std=std)).eval()
-        with torch.no_grad():  # blank patches add nothing (zero biases at init): z is the latents' start
-            z = model.read_latents(torch.zeros(1, 16, model.cfg.embed_dim), 16)
-        assert bool((z - z[:, :1]).abs().amax() > 0) == distinct

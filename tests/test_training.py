@@ -220,7 +220,10 @@ def test_weight_decay_skips_what_the_model_names(tmp_path):
 
     cfg = cfg_for(tmp_path)
     model = build_model(get_task("classification").build_model(cfg, get_task("classification").build_data(cfg)).cfg)
-    assert model.no_weight_decay() == {"latent_token", "output_query", "patch_embed.pos_embed"}
+    assert model.no_weight_decay() == {"latent_token", "patch_embed.pos_embed"}  # mean read-out: no output query
+    from adaperceiver import create_model
+
+    assert create_model("adaperceiver_tiny_paper").no_weight_decay() == {"latent_token", "output_query", "patch_embed.pos_embed"}
     dense = build_dense_model("segmentation", model.cfg, {"num_classes": 3})
     assert dense.no_weight_decay() == {"backbone.latent_token", "backbone.patch_embed.pos_embed"}
     assert StaticViT(ViTConfig()).no_weight_decay() <= {n for n, _ in StaticViT(ViTConfig()).named_parameters()}

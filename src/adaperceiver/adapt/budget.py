@@ -23,6 +23,9 @@ from ..checkpoint import tensors_digest, write_json
 from ..errors import UserError
 from ..evaluation.cost import device_name, machine_info, measure_latency
 from ..models.adaperceiver import AdaPerceiver
+from ..models.inference import InferenceModel
+from ..models.protocol import check_adaptive
+from ..models.setting import Setting
 
 CACHE_NAME = "latency_cache.json"
 Row = dict[str, Any]
@@ -54,11 +57,11 @@ def load_rows(sweep: str | Path | Sequence[Mapping[str, Any]]) -> list[Row]:
                 rows = [{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)]
         else:
             raise ValueError(f"sweep file must be .json or .csv, got {path.name}")
-    missing = [k for k in ("tokens", "depth", "width") if rows and k not in rows[0]]
+    missing = [k for k in Setting._fields if rows and k not in rows[0]]
     if not rows or missing:
         raise ValueError(f"sweep rows need tokens, depth and width (missing {missing})" if rows else "the sweep has no rows")
     for r in rows:
-        for k in ("tokens", "depth", "width"):
+        for k in Setting._fields:
             r[k] = int(r[k])
     return rows
 
@@ -77,7 +80,7 @@ def latency_key(model: AdaPerceiver, batch_size: int) -> dict[str, str]:
     dtype, compilation (eager, or a ``model.for_inference(...)`` copy: slim, slim compiled), batch size, model."""
     cfg_hash = hashlib.sha1(json.dumps(model.cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:10]
     p, m = next(model.parameters()), machine_info()
-    compiled = "slim compiled" if getattr(model, "compiled", False) else "slim" if hasattr(model, "compiled") else "eager"
+    compiled = ("slim compiled" if model.compiled else "slim") if isinstance(model, InferenceModel) else "eager"
     return {"host": m["node"], "machine": m["machine"], "torch": m["torch"], "threads": str(m["torch_threads"]),
             "device": str(p.device), "chip": device_name(p.device), "compile": compiled, "dtype": str(p.dtype),
             "batch": str(batch_size), "model": cfg_hash}
@@ -114,10 +117,10 @@ def default_measure(model: AdaPerceiver, tokens: int, depth: int, width: int, ba
     return measure_latency(model, tokens, depth, width, batch_size).median_ms
 
 
-def measure_configurations(model: AdaPerceiver, configs: Sequence[tuple[int, int, int]], batch_size: int = 1,
+def measure_configurations(model: AdaPerceiver, configs: Sequence[Setting], batch_size: int = 1,
                            cache_path: str | Path | None = None, measure: MeasureFn | None = None, *,
                            measure_missing: bool = True) -> dict[str, float]:
-    """Latency (median ms per call) of each ``(tokens, depth, width)``, reusing and updating the cache.
+    """Latency (median ms per call) of each setting, reusing and updating the cache (keyed ``t/d/w``).
 
     Only latencies recorded under this :func:`latency_key` are reused. With ``measure_missing=False``
     nothing is timed: a cache without every latency under this key is refused, naming the fields in
@@ -134,15 +137,15 @@ def measure_configurations(model: AdaPerceiver, configs: Sequence[tuple[int, int
     if todo and not measure_missing:
         raise _refusal(cache_path, key, cache, [_name(*c) for c in todo])
     entry = cache.setdefault(key, {})
-    for t, d, w in todo:
-        entry[_name(t, d, w)] = float(measure(model, t, d, w, batch_size))
+    for c in todo:
+        entry[_name(*c)] = float(measure(model, *c, batch_size))
     if todo and cache_path is not None:
         write_json(cache_path, cache)
     return {_name(*c): entry[_name(*c)] for c in configs}
 
 
-def _name(tokens: int, depth: int, width: int) -> str:
-    return f"{tokens}/{depth}/{width}"
+def _name(*setting: int) -> str:
+    return "/".join(str(v) for v in setting)
 
 
 def check_sweep_model(sweep: str | Path, model: AdaPerceiver) -> None:
@@ -170,6 +173,7 @@ def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model:
     returned row gains ``latency_ms`` (measured here) and ``batch_size``. Ties go to fewer GFLOPs.
     Raises ValueError naming the cheapest configuration when nothing fits.
     """
+    check_adaptive(model, "a budget")
     if max_ms is None and max_gflops is None:
         raise ValueError("give a budget: max_ms and/or max_gflops")
     if (max_ms is not None and max_ms <= 0) or (max_gflops is not None and max_gflops <= 0):
@@ -183,16 +187,16 @@ def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model:
         raise ValueError(f"sweep rows have no {metric!r} column; columns: {sorted(rows[0])}")
     if max_gflops is not None and "gflops" not in rows[0]:
         raise ValueError("max_gflops needs a 'gflops' column in the sweep")
-    for r in rows:  # rows must be configurations of this model (clear errors, not tensor-size errors)
-        model.resolve_tokens(r["tokens"]), model.resolve_depth(r["depth"]), model.resolve_width(r["width"], 1)
+    for r in rows:  # rows must be settings of this model (clear errors, not tensor-size errors)
+        model.resolve_configuration(*Setting.of(r))
     if cache_path is None and isinstance(sweep, (str, Path)):
         p = Path(sweep)
         cache_path = (p if p.is_dir() else p.parent) / CACHE_NAME
     if max_ms is not None:
-        lat = measure_configurations(model, [(r["tokens"], r["depth"], r["width"]) for r in rows], batch_size,
+        lat = measure_configurations(model, [Setting.of(r) for r in rows], batch_size,
                                      cache_path, measure, measure_missing=measure_missing)
         for r in rows:
-            r["latency_ms"] = lat[_name(r["tokens"], r["depth"], r["width"])]
+            r["latency_ms"] = lat[_name(*Setting.of(r))]
             r["batch_size"] = batch_size
 
     def fits(r: Row) -> bool:
@@ -205,7 +209,7 @@ def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model:
         budget = " and ".join(s for s in (f"max_ms={max_ms:g} (batch size {batch_size})" if max_ms is not None else "",
                                             f"max_gflops={max_gflops:g}" if max_gflops is not None else "") if s)
         raise ValueError(f"no configuration fits {budget}; the cheapest is tokens/depth/width "
-                         f"{_name(cheapest['tokens'], cheapest['depth'], cheapest['width'])} with "
+                         f"{_name(*Setting.of(cheapest))} with "
                          + ", ".join(f"{k}={cheapest[k]:.4g}" for k in ("latency_ms", "gflops", metric) if k in cheapest))
     sign = 1.0 if higher_is_better else -1.0
     return max(ok, key=lambda r: (sign * float(r[metric]), -float(r.get("gflops", 0.0))))

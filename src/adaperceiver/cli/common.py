@@ -6,18 +6,13 @@ from __future__ import annotations
 import torch
 
 from ..data import get_dataset
+from ..models.setting import Setting
 from ..training.distributed import DistInfo, device_for
 
 
-def parse_config_triple(text: str) -> tuple[int, int, int]:
-    """``"16,3,48"`` -> ``(16, 3, 48)`` (tokens, depth, width)."""
-    try:
-        vals = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 3:
-        raise ValueError(f"a configuration is TOKENS,DEPTH,WIDTH like 16,3,48; got {text!r}")
-    return vals  # type: ignore[return-value]
+def parse_config_triple(text: str) -> Setting:
+    """``"16,3,48"`` -> ``Setting(16, 3, 48)`` (tokens, depth, width)."""
+    return Setting.parse(text)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""``adaperceiver demo``: train adaperceiver_tiny_v4 on Fashion-MNIST, sweep every configuration, write a report."""
+"""``adaperceiver demo``: train adaperceiver_tiny on Fashion-MNIST, sweep every configuration, write a report."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..checkpoint import LOCK_NAME, atomic_write, run_lock
 from ..errors import UserError
 from ..evaluation import measure_gflops, measure_latency, run_sweep
 from ..evaluation.tensorboard import TENSORBOARD_DIR, log_sweep
+from ..models.setting import Setting
 from ..models.util import num_parameters
 from ..models.vit import StaticViT, ViTConfig
 from ..tasks import get_task
@@ -27,15 +28,15 @@ from .options import add_config_options, config_from_args
 # the demo's schedule: ~6 minutes of training on 2 CPU cores; in this short schedule more, smaller
 # steps, a higher peak lr and no augmentation converge faster (docs/training.md has the measurements)
 # (the all-latents read-outs weighted 3x: +0.5 pp at full, nothing lost below; docs/training.md)
-DEMO_DEFAULTS = {"model": "adaperceiver_tiny_v4", "name": "demo", "epochs": 6, "batch_size": 64, "lr": 3e-3, "augment": False,
+DEMO_DEFAULTS = {"model": "adaperceiver_tiny", "name": "demo", "epochs": 6, "batch_size": 64, "lr": 3e-3, "augment": False,
                  "objective.full_token_weight": 3.0}
-DEMO_BASELINES = ((8, 2, 32), (16, 3, 48), (32, 4, 64))
+DEMO_BASELINES = (Setting(8, 2, 32), Setting(16, 3, 48), Setting(32, 4, 64))
 
 def register(sub) -> None:
     d = sub.add_parser(
-        "demo", help="train adaperceiver_tiny_v4 on Fashion-MNIST, sweep every configuration, write a report",
+        "demo", help="train adaperceiver_tiny on Fashion-MNIST, sweep every configuration, write a report",
         description="The whole story in one command (about 6 minutes of training on 2 CPU cores): train "
-                    "adaperceiver_tiny_v4 jointly on Fashion-MNIST (Debian package dataset-fashion-mnist), evaluate "
+                    "adaperceiver_tiny jointly on Fashion-MNIST (Debian package dataset-fashion-mnist), evaluate "
                     "every (tokens, depth, width) configuration (accuracy, GFLOPs, latency), mark the Pareto "
                     "front, plot it, and write OUT/NAME/summary.md. With --baselines, also train static models "
                     "at a few configurations (same data and epochs) and draw them on the plot.")
@@ -46,7 +47,7 @@ def register(sub) -> None:
                    help="also train baselines with the same data and epochs: static models at TOKENS,DEPTH,WIDTH "
                         "and, for 'vit', a plain ViT of the adaptive model's width whose depth gives the FLOPs "
                         "closest to its full configuration; bare --baselines trains "
-                        + " ".join(",".join(map(str, b)) for b in DEMO_BASELINES) + " vit (roughly doubles the time)")
+                        + " ".join(map(str, DEMO_BASELINES)) + " vit (roughly doubles the time)")
     d.add_argument("--latency-batch-sizes", type=parse_batch_sizes, default=(1, 64),
                    help="batch sizes for sweep latency (default 1,64)")
     add_config_file_options(d)
@@ -55,7 +56,7 @@ def register(sub) -> None:
 
 
 
-def train_baseline(base: TrainConfig, config: tuple[int, int, int], latency_batch_size: int = 1) -> dict[str, Any]:
+def train_baseline(base: TrainConfig, config: Setting, latency_batch_size: int = 1) -> dict[str, Any]:
     """Train a static model at ``config`` with ``base``'s data and schedule; return its plot entry.
 
     The entry has ``name``, ``acc1`` (validation, exported weights), ``gflops`` per image and
@@ -114,7 +115,7 @@ def _cli_demo(args) -> int:
         return _demo(args, cfg, sizes, specs)
 
 
-def _demo(args, cfg: TrainConfig, sizes: tuple[int, ...], specs: list[tuple[int, int, int]] | None) -> int:
+def _demo(args, cfg: TrainConfig, sizes: tuple[int, ...], specs: list[Setting | str] | None) -> int:
     old = [p for p in cfg.run_dir.iterdir() if p.name != LOCK_NAME]
     if old:
         if not args.overwrite:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..models.protocol import AdaptiveModel, CountsActiveParameters
 from ..models.util import eval_mode, module_device, num_parameters
 
 
@@ -119,25 +120,15 @@ def time_call(fn: Callable[[], object], batch_size: int, warmup: int = 3, repeat
 
 # --------------------------------------------------------------------------------------------------
 # one configuration: active parameters, latency, GFLOPs; where it was measured
-def _mlp_units(mlp: nn.Module) -> int:
-    """Parameters that one FFN hidden unit owns: a row of fc1 (+ bias) and a column of fc2."""
-    return mlp.fc1.in_features + (1 if mlp.fc1.bias is not None else 0) + mlp.fc2.out_features
-
-
 def active_parameters(model: nn.Module, tokens: int | None, depth: int | None, width: int | None) -> int:
-    """Parameters used by ``model(x, tokens, depth, width)``.
-
-    Blocks past ``depth`` and FFN hidden units past ``int(width * ffn_ratio)`` are not counted;
-    the token count changes no parameter (latents are copies of one learned vector) but is checked.
-    """
-    _, d, hidden = model.resolve_configuration(tokens, depth, width)
-    total = num_parameters(model)
-    for i, blk in enumerate(model.blocks):
-        if i >= d:
-            total -= sum(p.numel() for p in blk.parameters())
-        elif hidden is not None and hidden < blk.mlp.hidden_dim:
-            total -= (blk.mlp.hidden_dim - hidden) * _mlp_units(blk.mlp)
-    return total
+    """Parameters used by ``model(x, tokens, depth, width)``: the model's own count
+    (:class:`~adaperceiver.models.protocol.CountsActiveParameters`), else all of them (a static model),
+    after the setting is checked."""
+    if isinstance(model, CountsActiveParameters):
+        return model.active_parameters(tokens, depth, width)
+    if isinstance(model, AdaptiveModel):
+        model.resolve_configuration(tokens, depth, width)
+    return num_parameters(model)
 
 
 def _image_shape(model: nn.Module, img_size: int | Sequence[int] | None) -> tuple[int, int, int]:

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..models.setting import Setting
 from ..models.util import eval_mode, module_device
 from .cost import measure_gflops
 from .metrics import DepthMetric, SegmentationMetric
 
-Config = tuple[int, int, int]
+Config = Setting
 
 
 def _matplotlib():

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import tensors_digest
+from ..models.heads import DenseTaskModel
+from ..models.protocol import check_adaptive
+from ..models.setting import Setting
 from ..models.util import eval_mode, module_device
 from .cost import active_parameters, machine_info, measure_gflops, measure_latency
 from .metrics import MetricAccumulator, get_metric
@@ -49,16 +51,12 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool =
 
 # --------------------------------------------------------------------------------------------------
 # the sweep
-@dataclass(frozen=True)
-class SweepConfig:
-    tokens: int
-    depth: int
-    width: int
+SweepConfig = Setting  # the name sweeps used before settings had a type of their own
 
 
-def grid(model: nn.Module) -> list[SweepConfig]:
-    """The trained configuration grid (``model.configurations()``: granularities x depths 1..L x widths)."""
-    return [SweepConfig(t, d, w) for t, d, w in model.configurations()]
+def grid(model: nn.Module) -> list[Setting]:
+    """The trained settings (``model.configurations()``: granularities x depths 1..L x widths)."""
+    return [Setting.of(c) for c in model.configurations()]
 
 
 def _check_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
@@ -93,12 +91,14 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:
 def evaluate_grid(model: nn.Module, loader: Iterable, metric: str = "classification", *,
                   metric_kwargs: dict[str, Any] | None = None, device: torch.device | str | None = None,
                   progress: bool = True, anytime: Any = None,
-                  ) -> tuple[dict[SweepConfig, dict[str, float]], MetricAccumulator, tuple[int, ...], int]:
-    """Metric of every grid configuration, one ``forward_anytime`` pass per batch and width.
+                  ) -> tuple[dict[Setting, dict[str, float]], MetricAccumulator, tuple[int, ...], int]:
+    """Metric of every grid setting, one ``forward_anytime`` pass per batch and width (every axis but
+    tokens and depth).
 
     Returns ``(results, an accumulator (for primary / direction), image shape (C, H, W), images seen)``.
     ``anytime`` replaces ``model.forward_anytime`` (e.g. that of ``model.for_inference(dtype)``).
     """
+    check_adaptive(model, "a sweep")
     anytime = anytime or model.forward_anytime
     factory = get_metric(metric)
     device = _check_device(model, device)
@@ -107,17 +107,19 @@ def evaluate_grid(model: nn.Module, loader: Iterable, metric: str = "classificat
     depths = tuple(sorted({c.depth for c in configs}))
     accs = {c: factory(model, **(metric_kwargs or {})) for c in configs}
     seen, shape = 0, None
+    rest_axes = Setting._fields[2:]  # one anytime pass reads out every (tokens, depth) at one value of the rest
     with eval_mode(model):
-        for w in sorted({c.width for c in configs}):
+        for rest in sorted({tuple(c[2:]) for c in configs}):
             n_w = 0
-            for batch in _progress(loader, progress, desc=f"sweep width {w}", leave=False):
+            kw = dict(zip(rest_axes, rest))
+            for batch in _progress(loader, progress, desc=f"sweep {kw}", leave=False):
                 x, y = _split_batch(batch)
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
-                out = anytime(x, width=w, token_counts=grans, depths=depths)
+                out = anytime(x, **kw, token_counts=grans, depths=depths)
                 for i, d in enumerate(out.depths):
                     for j, t in enumerate(out.tokens):
-                        accs[SweepConfig(t, d, w)].update(out.outputs[i, j], y)
+                        accs[Setting(t, d, *rest)].update(out.outputs[i, j], y)
                 n_w += x.shape[0]
                 shape = tuple(x.shape[1:])
             if not n_w:
@@ -144,6 +146,7 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
     of ``model.for_inference(dtype, compile)``: the metric computed in that dtype, the latency of each
     configuration's slim (compiled) module; GFLOPs and parameters are the model's.
     """
+    check_adaptive(model, "a sweep")
     bss = tuple(int(b) for b in latency_batch_sizes)
     if any(b < 1 for b in bss):
         raise ValueError(f"latency batch sizes must be >= 1, got {list(latency_batch_sizes)}")
@@ -156,11 +159,10 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
     rows: list[dict[str, Any]] = []
     for c in _progress(grid(model), progress, desc="cost (FLOPs, latency)", leave=False):
         _, _, hidden = model.resolve_configuration(c.tokens, c.depth, c.width)
-        row: dict[str, Any] = {"tokens": c.tokens, "depth": c.depth, "width": c.width,
-                               "hidden": hidden if hidden is not None else model.cfg.mlp_hidden}
+        row: dict[str, Any] = {**c.as_dict(), "hidden": hidden if hidden is not None else model.cfg.mlp_hidden}
         row.update(results[c])
         row["gflops"] = measure_gflops(model, c.tokens, c.depth, c.width, img, device)
-        if hasattr(model, "backbone"):  # task models (segmentation / depth): the encoder's share without the head
+        if isinstance(model, DenseTaskModel):  # segmentation / depth: the encoder's share without the head
             row["encoder_gflops"] = measure_gflops(model.backbone, c.tokens, c.depth, c.width, img, device)
         row["params"] = active_parameters(model, c.tokens, c.depth, c.width)
         for b in bss:

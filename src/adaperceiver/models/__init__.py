@@ -16,9 +16,11 @@ from .adaperceiver import (
 )
 from .inference import InferenceModel, for_inference
 from .presets import create_model, list_models, preset_config
+from .setting import Setting, SettingSpace
 from .slim import slim
 
 __all__ = [
     "AdaPerceiver", "AdaPerceiverClassifier", "AdaPerceiverConfig", "AdaPerceiverDense", "AnytimeOutput",
-    "EarlyExitOutput", "Features", "InferenceModel", "build_model", "create_model", "for_inference", "list_models", "preset_config", "slim",
+    "EarlyExitOutput", "Features", "InferenceModel", "Setting", "SettingSpace", "build_model", "create_model",
+    "for_inference", "list_models", "preset_config", "slim",
 ]

@@ -9,7 +9,9 @@ Data flow (``x`` of shape ``(B, C, H, W)``)::
     out     = queries + WriteAttn(queries <- z)        RoPE on latent keys
     y       = head(out)
 
-``AdaPerceiver`` holds the single forward loop; ``AdaPerceiverClassifier`` (one learned output
+``AdaPerceiver`` holds the parameters, the checks of a setting and the hooks; every pass (one setting,
+anytime, early exit, per-image settings) runs in :mod:`.executor`, the only loop over the blocks.
+``AdaPerceiverClassifier`` (one learned output
 query, logits) and ``AdaPerceiverDense`` (one query per patch, a feature map) only supply the
 output queries and the head.
 """
@@ -17,55 +19,21 @@ output queries and the head.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from . import executor
 from .config import AdaPerceiverConfig
 from .inference import InferenceModel
 from .layers import Block, CrossAttentionBlock, Mlp, PatchEmbed, RotaryEmbedding, hidden_units, layer_norm, trunc_normal_init
 from .masks import token_block_mask
+from .outputs import AnytimeOutput, EarlyExitOutput, Features
+from .setting import Setting, SettingSpace
 from .slim import slim
 
 WidthArg = int | Sequence[int] | Tensor | None
-
-
-class Features(NamedTuple):
-    """What the backbone hands to a head: latents after the blocks, the patch tokens, the patch grid."""
-
-    latents: Tensor  # (B, N, D)
-    patches: Tensor  # (B, P, D)
-    grid: tuple[int, int]
-
-
-@dataclass
-class AnytimeOutput:
-    """Read-outs for several (depth, tokens) configurations from one backbone pass.
-
-    ``outputs[i, j]`` is the model output at ``depths[i]`` blocks and the first ``tokens[j]``
-    latents; it equals ``model(x, tokens=tokens[j], depth=depths[i], width=...)``.
-    """
-
-    outputs: Tensor  # (len(depths), len(tokens), B, ...)
-    depths: tuple[int, ...]
-    tokens: tuple[int, ...]
-    # what the read-outs were written from, for extra heads (e.g. distillation features)
-    states: Tensor | None = None  # (len(depths), B, N, D) latents after each depth
-    patches: Tensor | None = None  # (B, P, D)
-    grid: tuple[int, int] | None = None
-
-    def get(self, tokens: int, depth: int) -> Tensor:
-        if tokens not in self.tokens or depth not in self.depths:
-            raise KeyError(f"no read-out for tokens={tokens}, depth={depth}; have tokens {self.tokens}, depths {self.depths}")
-        return self.outputs[self.depths.index(depth), self.tokens.index(tokens)]
-
-
-@dataclass
-class EarlyExitOutput:
-    logits: Tensor  # (B, num_classes)
-    exit_depth: Tensor  # (B,) number of blocks each sample ran
 
 
 class AdaPerceiver(nn.Module):
@@ -76,13 +44,10 @@ class AdaPerceiver(nn.Module):
         self.cfg = cfg
         d = cfg.embed_dim
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d,
-                                      hidden_units(d, cfg.ffn_ratio) if cfg.embed_mlp else None, cfg.embed_residual)
+                                      hidden_units(d, cfg.ffn_ratio) if cfg.embed_mlp else None)
         self.latent_token = nn.Parameter(torch.zeros(d))
-        if cfg.latent_pos_std > 0:  # latent i starts from latent_token + latent_pos[i]: prefixes still nest
-            self.latent_pos = nn.Parameter(torch.zeros(cfg.max_tokens, d))
         self.rope = RotaryEmbedding(d // cfg.num_heads, cfg.rope_len, cfg.rope_theta, cfg.rope_scaling)
-        self.read = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias,
-                                        hidden_units(d, cfg.ffn_ratio) if cfg.read_mlp else None)
+        self.read = CrossAttentionBlock(d, cfg.num_heads, cfg.qkv_bias, cfg.proj_bias)
         self.blocks = nn.ModuleList(
             Block(d, cfg.num_heads, cfg.mlp_hidden, cfg.qkv_bias, cfg.proj_bias, cfg.ls_init) for _ in range(cfg.depth)
         )
@@ -96,8 +61,6 @@ class AdaPerceiver(nn.Module):
         trunc_normal_init(self)
         nn.init.trunc_normal_(self.patch_embed.pos_embed, std=0.02, a=-0.04, b=0.04)
         nn.init.normal_(self.latent_token, std=self.cfg.latent_std)
-        if self.cfg.latent_pos_std > 0:
-            nn.init.normal_(self.latent_pos, std=self.cfg.latent_pos_std)
         for blk in self.blocks:
             for ls in (blk.ls1, blk.ls2):
                 if hasattr(ls, "gamma"):
@@ -197,22 +160,12 @@ class AdaPerceiver(nn.Module):
     # the forward loop
     def read_latents(self, patches: Tensor, num_tokens: int) -> Tensor:
         z = self.latent_token.to(patches.dtype).expand(patches.shape[0], num_tokens, -1)
-        if self.cfg.latent_pos_std > 0:
-            if num_tokens > self.latent_pos.shape[0]:
-                raise ValueError(f"tokens must be at most {self.latent_pos.shape[0]} (the per-latent table), got {num_tokens}")
-            z = z + self.latent_pos[:num_tokens].to(patches.dtype)
         return self.read(z, patches, rope_q=self.rope)
 
     def run_blocks(self, z: Tensor, depth: int, hidden: int | None = None, sample_hidden: Tensor | None = None,
                    start: int = 0, keep: Sequence[int] = ()) -> tuple[Tensor, list[Tensor]]:
         """Run blocks ``start..depth-1``; also return the states after the (1-based) depths in ``keep``."""
-        mask = self.latent_mask(z.shape[1], z.device)
-        kept = []
-        for i in range(start, depth):
-            z = self.blocks[i](z, self.rope, mask, hidden, sample_hidden)
-            if i + 1 in keep:
-                kept.append(z)
-        return z, kept
+        return executor.run_blocks(self, z, depth, hidden, sample_hidden, start, keep)
 
     def forward_features(self, x: Tensor, tokens: int | None = None, depth: int | None = None,
                          width: WidthArg = None) -> Features:
@@ -251,6 +204,14 @@ class AdaPerceiver(nn.Module):
     def forward(self, x: Tensor, tokens: int | None = None, depth: int | None = None, width: WidthArg = None) -> Tensor:
         return self.forward_head(self.forward_features(x, tokens, depth, width))
 
+    def forward_patches(self, patches: Tensor, grid: tuple[int, int], setting: Sequence[int]) -> Tensor:
+        """``model(x, *setting)`` from the patch embeddings ``patch_embed(x)`` (computed once by a policy)."""
+        return executor.run_patches(self, patches, grid, setting)
+
+    def forward_mixed(self, patches: Tensor, grid: tuple[int, int], settings: Sequence[Sequence[int]]) -> Tensor:
+        """One output per image, image ``i`` run at ``settings[i]``, in one pass (see :func:`.executor.run_mixed`)."""
+        return executor.run_mixed(self, patches, grid, settings)
+
     def forward_anytime(self, x: Tensor, tokens: int | None = None, width: WidthArg = None,
                         depths: Sequence[int] | None = None, token_counts: Sequence[int] | None = None) -> AnytimeOutput:
         """Outputs for every token granularity and every depth from one backbone pass.
@@ -262,27 +223,7 @@ class AdaPerceiver(nn.Module):
         for which that does not hold (no block mask, an NTK-rescaled RoPE table, latents past the last
         granularity that see all latents) get a backbone pass of their own (see :meth:`shares_pass`).
         """
-        x = self.check_input(x)
-        n = self.resolve_tokens(tokens)
-        depths = tuple(range(1, self.num_blocks + 1)) if depths is None else tuple(sorted({self.resolve_depth(d) for d in depths}))
-        counts = self.resolve_token_counts(token_counts, n)
-        together = tuple(c for c in counts if self.shares_pass(c, n))
-        if together != counts:
-            # the other counts do not nest in this pass: read them out of passes of their own
-            rest = tuple(c for c in counts if c not in together)
-            parts = [self.forward_anytime(x, n, width, depths, together)] if together else []
-            parts.append(self.forward_anytime(x, rest[-1], width, depths, rest))
-            order = sorted(range(len(counts)), key=lambda i: (together + rest)[i])
-            out = torch.cat([p.outputs for p in parts], dim=1)[:, order]
-            return AnytimeOutput(out, depths, counts)
-        hidden, sample_hidden = self.resolve_width(width, x.shape[0])
-        patches, grid = self.patch_embed(x)
-        z = self.read_latents(patches, n)
-        _, states = self.run_blocks(z, depths[-1], hidden, sample_hidden, keep=depths)
-        num_d = len(depths)
-        out = self.write_out(torch.cat(states), patches.repeat(num_d, 1, 1), grid, prefixes=counts)
-        out = out.reshape(num_d, x.shape[0], *out.shape[1:]).transpose(1, 2)
-        return AnytimeOutput(out, depths, counts, torch.stack(states), patches, grid)
+        return executor.run_anytime(self, x, tokens, width, depths, token_counts)
 
     def shares_pass(self, count: int, tokens: int) -> bool:
         """Whether a pass at ``tokens`` latents can read out ``count`` from its first ``count`` latents.
@@ -317,10 +258,14 @@ class AdaPerceiver(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     # convenience
-    def configurations(self) -> list[tuple[int, int, int]]:
-        """The trained grid: every (tokens, depth, width) triple."""
-        cfg = self.cfg
-        return [(t, d, w) for t in cfg.trained_grans for d in range(1, self.num_blocks + 1) for w in cfg.widths]
+    @property
+    def space(self) -> SettingSpace:
+        """The trained settings: granularities up to ``num_latents`` x depths ``1..L`` x trained widths."""
+        return SettingSpace(self.cfg.trained_grans, tuple(range(1, self.num_blocks + 1)), self.cfg.widths)
+
+    def configurations(self) -> list[Setting]:
+        """The trained grid: every :class:`Setting` of :attr:`space`, tokens outermost."""
+        return list(self.space)
 
     def for_inference(self, dtype: torch.dtype | str | None = torch.float32, compile: bool = False,
                       **kwargs: Any) -> InferenceModel:
@@ -337,11 +282,15 @@ class AdaPerceiver(nn.Module):
         """A plain static model of this one configuration with physically sliced weights (see :func:`.slim.slim`)."""
         return slim(self, tokens, depth, width)
 
+    def active_parameters(self, tokens: int | None, depth: int | None, width: int | None) -> int:
+        """Parameters that ``model(x, tokens, depth, width)`` uses (blocks past ``depth`` and FFN units past
+        the width are not counted)."""
+        return executor.active_parameters(self, (tokens, depth, width))
+
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Parameters of the encoder (embedding, latents, read, blocks): what a frozen-backbone run freezes."""
         mods = [self.patch_embed, self.read, self.blocks]
-        latents = [self.latent_token] + ([self.latent_pos] if self.cfg.latent_pos_std > 0 else [])
-        return latents + [p for m in mods for p in m.parameters()]
+        return [self.latent_token] + [p for m in mods for p in m.parameters()]
 
     def resolve_configuration(self, tokens: int | None, depth: int | None, width: int | None) -> tuple[int, int, int | None]:
         """Check one ``(tokens, depth, width)`` (None: the full value) and return ``(latents, blocks,
@@ -352,7 +301,7 @@ class AdaPerceiver(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Names of the matrices that are learned tokens / positions, not weights: no weight decay on them
         (vectors — biases, norms, LayerScale — get none anyway)."""
-        return {n for n, _ in self.named_parameters() if n in ("latent_token", "latent_pos", "output_query") or n.endswith("pos_embed")}
+        return {n for n, _ in self.named_parameters() if n in ("latent_token", "output_query") or n.endswith("pos_embed")}
 
 
 class AdaPerceiverClassifier(AdaPerceiver):
@@ -408,31 +357,7 @@ class AdaPerceiverClassifier(AdaPerceiver):
         Finished samples leave the batch, so the remaining blocks run on a smaller batch: the
         saving is real per sample at any batch size.
         """
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        x = self.check_input(x)
-        n = self.resolve_tokens(tokens)
-        hidden, sample_hidden = self.resolve_width(width, x.shape[0])
-        patches, grid = self.patch_embed(x)
-        z = self.read_latents(patches, n)
-        b = x.shape[0]
-        logits = patches.new_empty(b, self.cfg.num_classes)
-        exit_depth = torch.full((b,), self.num_blocks, dtype=torch.long, device=x.device)
-        active = torch.arange(b, device=x.device)
-        for i in range(self.num_blocks):
-            sh = None if sample_hidden is None else sample_hidden[active]
-            z, _ = self.run_blocks(z, i + 1, hidden, sh, start=i)
-            out = self.write_out(z, patches[active], grid)
-            if i == self.num_blocks - 1:
-                logits[active] = out
-                break
-            done = out.softmax(-1).amax(-1) >= threshold
-            logits[active[done]] = out[done]
-            exit_depth[active[done]] = i + 1
-            if bool(done.all()):
-                break
-            active, z = active[~done], z[~done]
-        return EarlyExitOutput(logits, exit_depth)
+        return executor.run_early_exit(self, x, threshold, tokens, width)
 
 
 class AdaPerceiverDense(AdaPerceiver):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,26 @@ MODEL_CONFIG_RANGES = {
     "max_latents_mult": ">= 1", "token_grans": ">= 1", "widths": ">= 1", "rope_theta": "> 0", "ls_init": ">= 0",
     "latent_std": ">= 0",
 }
+
+
+# experiment flags that lost their ablations (docs/training.md, "Learning efficiency") and were removed
+# in 0.2, with the value every config had unless the experiment was on
+REMOVED_MODEL_FIELDS = {"embed_residual": False, "latent_pos_std": 0.0, "read_mlp": False}
+
+
+def drop_removed_fields(d: dict[str, Any], removed: dict[str, Any], what: str) -> dict[str, Any]:
+    """``d`` without the ``removed`` fields of an older config, with a one-line note; a removed field set
+    to anything but its old default is refused (this version cannot build what it describes)."""
+    present = [k for k in removed if k in d]
+    if not present:
+        return d
+    on = {k: d[k] for k in present if d[k] != removed[k]}
+    if on:
+        raise ValueError(f"{what} sets {on}: these experiment options were removed in adaperceiver 0.2 (they "
+                         f"lost their ablations, docs/training.md); a model trained with them needs adaperceiver 0.1")
+    warnings.warn(f"{what}: dropped the removed fields {present} (at their defaults, so nothing changes)",
+                  FutureWarning, stacklevel=3)
+    return {k: v for k, v in d.items() if k not in removed}
 
 
 @dataclass
@@ -50,11 +71,8 @@ class AdaPerceiverConfig:
     rope_scaling: str = "none"  # above rope_base_len: "none" refuses, "ntk" divides every inverse frequency by N / base
     beyond_grans: str = "first_gk"  # latents past the last granularity see: "first_gk" (the first g_K) or "all" (all N)
     # learning-efficiency options (docs/training.md, "Learning efficiency"); the defaults are the reference
-    embed_residual: bool = False  # patch embedding x + MLP(LN(x)) instead of MLP(LN(x))
-    latent_pos_std: float = 0.0  # > 0: a learned per-latent table (max_tokens, D) added to the shared latent
     readout: str = "query"  # classification read-out: "query" (cross-attention of one query) or "mean" of latents
     head_norm: bool = False  # LayerNorm before the classifier Linear
-    read_mlp: bool = False  # the read cross-attention is followed by a (full-width) LN + MLP residual
 
     def __post_init__(self) -> None:
         check_fields(self, MODEL_CONFIG_RANGES, "model config")  # every field's type and range, up front
@@ -74,10 +92,6 @@ class AdaPerceiverConfig:
         if self.readout not in ("query", "mean") or (self.readout == "mean" and self.task != "classification"):
             raise ValueError(f"readout must be 'query' or (classification only) 'mean', got {self.readout!r} "
                              f"for task {self.task!r}")
-        if not self.latent_pos_std >= 0:
-            raise ValueError(f"latent_pos_std must be >= 0 (0: no per-latent table), got {self.latent_pos_std}")
-        if self.latent_pos_std > 0 and self.rope_scaling != "none":
-            raise ValueError("latent_pos_std > 0 (a per-latent table) needs a bounded token count: rope_scaling 'none'")
         if self.embed_dim % self.num_heads or (self.embed_dim // self.num_heads) % 2:
             raise ValueError(f"embed_dim {self.embed_dim} must split into {self.num_heads} heads of even size")
         if self.img_size % self.patch_size:
@@ -139,6 +153,7 @@ class AdaPerceiverConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AdaPerceiverConfig":
+        d = drop_removed_fields(d, REMOVED_MODEL_FIELDS, "model config")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

@@ -4,7 +4,7 @@
 A head turns that map into a prediction at image resolution:
 
 * :class:`SegmentationHead`: LayerNorm over channels, dropout, 1x1 conv to class logits, bilinear
-  upsample to the image (DESIGN.md section 3).
+  upsample to the image (the paper's segmentation head, docs/dense.md).
 * :class:`DepthHead`: upsample the grid 4x, 3x3 conv to ``K`` bins, ``relu + 0.1``, normalise over
   bins, depth = sum_k p_k * linspace(min_depth, max_depth, K)_k, resize to the image; clamp in eval.
 
@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import executor
 from .adaperceiver import AdaPerceiverConfig, AdaPerceiverDense, AnytimeOutput, WidthArg
 from .layers import LN_EPS
+from .setting import Setting, SettingSpace
 
 # ------------------------------------------------------------------------------------------------
 # head configs
@@ -182,7 +184,11 @@ class DenseTaskModel(nn.Module):
     def resolve_width(self, width: WidthArg, batch_size: int) -> tuple[int | None, Tensor | None]:
         return self.backbone.resolve_width(width, batch_size)
 
-    def configurations(self) -> list[tuple[int, int, int]]:
+    @property
+    def space(self) -> SettingSpace:
+        return self.backbone.space
+
+    def configurations(self) -> list[Setting]:
         return self.backbone.configurations()
 
     def resolve_tokens(self, tokens: int | None) -> int:
@@ -193,6 +199,10 @@ class DenseTaskModel(nn.Module):
 
     def resolve_configuration(self, tokens: int | None, depth: int | None, width: int | None) -> tuple[int, int, int | None]:
         return self.backbone.resolve_configuration(tokens, depth, width)
+
+    def active_parameters(self, tokens: int | None, depth: int | None, width: int | None) -> int:
+        """Parameters used at this setting: the backbone's active share and the whole head."""
+        return executor.active_parameters(self, (tokens, depth, width))
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """Encoder parameters (embedding, latents, read, blocks): what frozen-backbone mode freezes."""
@@ -269,8 +279,9 @@ def head_config(task: str, values: dict[str, Any] | None = None) -> Any:
 
 
 def dense_config(cfg: AdaPerceiverConfig, feature_dim: int | None = None) -> AdaPerceiverConfig:
-    """``cfg`` turned into a dense backbone config with ``feature_dim`` channels per patch (default: D)."""
-    return dataclasses.replace(cfg, task="dense", num_classes=int(feature_dim or cfg.embed_dim))
+    """``cfg`` turned into a dense backbone config with ``feature_dim`` channels per patch (default: D); the
+    classification read-out (``readout``) becomes the dense one (one query per patch)."""
+    return dataclasses.replace(cfg, task="dense", readout="query", num_classes=int(feature_dim or cfg.embed_dim))
 
 
 def build_dense_model(task: str, backbone_cfg: AdaPerceiverConfig, head: dict[str, Any] | Any | None = None) -> DenseTaskModel:

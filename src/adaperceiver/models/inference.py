@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .protocol import AdaptiveBackbone
+from .setting import Setting, SettingSpace
 from .slim import slim
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -57,7 +59,7 @@ class InferenceModel(nn.Module):
     def __init__(self, model: nn.Module, dtype: str | torch.dtype | None = None, compile: bool = False,
                  backend: str | Callable = "inductor", compile_options: dict[str, Any] | None = None):
         super().__init__()
-        if not all(hasattr(model, a) for a in ("cfg", "resolve_tokens", "forward_anytime", "latent_mask")):
+        if not isinstance(model, AdaptiveBackbone):
             raise ValueError(f"for_inference needs an AdaPerceiver model, got {type(model).__name__}")
         self.dtype = parse_dtype(dtype)
         self.compiled = bool(compile)
@@ -65,8 +67,8 @@ class InferenceModel(nn.Module):
         self.compile_options = {"freezing": True, **(compile_options or {})}
         self.model = copy.deepcopy(model).to(self.dtype).eval().requires_grad_(False)
         self.cfg = model.cfg
-        self._static: dict[tuple[int, int, int], nn.Module] = {}
-        self._runners: dict[tuple[int, int, int], Callable[[Tensor], Tensor]] = {}
+        self._static: dict[Setting, nn.Module] = {}
+        self._runners: dict[Setting, Callable[[Tensor], Tensor]] = {}
         self.eval()
 
     def train(self, mode: bool = True) -> "InferenceModel":
@@ -74,7 +76,7 @@ class InferenceModel(nn.Module):
         return super().train(False)
 
     # ----------------------------------------------------------------------------------------------
-    def resolve(self, tokens: int | None, depth: int | None, width: int | None) -> tuple[int, int, int]:
+    def resolve(self, tokens: int | None, depth: int | None, width: int | None) -> Setting:
         """The configuration ``model(x, tokens, depth, width)`` runs, defaults filled in."""
         m = self.model
         if width is not None and not isinstance(width, int):
@@ -83,7 +85,7 @@ class InferenceModel(nn.Module):
         t, d = m.resolve_tokens(tokens), m.resolve_depth(depth)
         w = self.cfg.embed_dim if width is None else width
         m.resolve_width(w, 1)
-        return t, d, w
+        return Setting(t, d, w)
 
     # the adaptive model's validators (what a sweep or a budget checks its rows with)
     def resolve_tokens(self, tokens: int | None) -> int:
@@ -94,6 +96,16 @@ class InferenceModel(nn.Module):
 
     def resolve_width(self, width: Any, batch_size: int) -> tuple[int | None, Tensor | None]:
         return self.model.resolve_width(width, batch_size)
+
+    def resolve_configuration(self, tokens: int | None, depth: int | None, width: int | None) -> tuple[int, int, int | None]:
+        return self.model.resolve_configuration(tokens, depth, width)
+
+    @property
+    def space(self) -> SettingSpace:
+        return self.model.space
+
+    def configurations(self) -> list[Setting]:
+        return self.model.configurations()
 
     @property
     def num_blocks(self) -> int:
@@ -151,7 +163,7 @@ class InferenceModel(nn.Module):
         out.outputs = out.outputs.float()
         return out
 
-    def warm_up(self, configurations: Sequence[tuple[int, int, int]], batch_size: int = 1) -> None:
+    def warm_up(self, configurations: Sequence[Setting], batch_size: int = 1) -> None:
         """Build (and with ``compile``, compile) these configurations now, at this batch size."""
         cfg = self.cfg
         x = torch.zeros(batch_size, cfg.in_chans, cfg.img_size, cfg.img_size, device=self.device)

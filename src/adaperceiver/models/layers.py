@@ -195,20 +195,15 @@ class Block(nn.Module):
 class CrossAttentionBlock(nn.Module):
     """``sink + Attn(LN(sink), LN(source))``: the read (patches -> latents) and write (latents -> queries)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True,
-                 mlp_hidden: int | None = None):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, proj_bias: bool = True):
         super().__init__()
         self.norm_q = layer_norm(dim)
         self.norm_kv = layer_norm(dim)
         self.attn = Attention(dim, num_heads, qkv_bias, proj_bias)
-        # optional ``+ MLP(LN(.))`` after the attention (a Perceiver cross-attention block); never sliced
-        self.norm_mlp = layer_norm(dim) if mlp_hidden else None
-        self.mlp = Mlp(dim, mlp_hidden) if mlp_hidden else None
 
     def forward(self, sink: Tensor, source: Tensor, rope_q: RotaryEmbedding | None = None,
                 rope_k: RotaryEmbedding | None = None, mask: Tensor | None = None) -> Tensor:
-        out = sink + self.attn(self.norm_q(sink), self.norm_kv(source), rope_q, rope_k, mask)
-        return out if self.mlp is None else out + self.mlp(self.norm_mlp(out))
+        return sink + self.attn(self.norm_q(sink), self.norm_kv(source), rope_q, rope_k, mask)
 
     def forward_prefixes(self, sink: Tensor, source: Tensor, prefixes: Sequence[int],
                          rope_k: RotaryEmbedding | None = None) -> Tensor:
@@ -237,14 +232,11 @@ class PatchEmbed(nn.Module):
     """Stride-p conv to patch tokens + learned absolute positions, then optionally LN + MLP.
 
     Any image whose sides are multiples of the patch size works; the position table is resampled
-    from the trained grid. There is no residual around the embedding MLP (as in the reference)
-    unless ``residual=True`` (``x + MLP(LN(x))``: the conv features and positions reach the latents).
+    from the trained grid. There is no residual around the embedding MLP (as in the reference).
     """
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int, mlp_hidden: int | None,
-                 residual: bool = False):
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int, mlp_hidden: int | None):
         super().__init__()
-        self.residual = residual and bool(mlp_hidden)
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.grid = (img_size // patch_size, img_size // patch_size)
@@ -268,8 +260,7 @@ class PatchEmbed(nn.Module):
         grid = (x.shape[-2], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)
         x = x + resample_pos_embed(self.pos_embed, self.grid, grid)
-        out = self.mlp(self.norm(x))
-        return (x + out if self.residual else out), grid
+        return self.mlp(self.norm(x)), grid
 
 
 def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -23,14 +24,20 @@ def register_preset(name: str):
 
 
 def list_models() -> list[str]:
+    """The preset names (deprecated aliases not included)."""
     return sorted(_PRESETS)
 
 
 def preset_config(name: str, **overrides: Any) -> AdaPerceiverConfig:
     """The config of preset ``name`` with ``overrides`` applied (any :class:`AdaPerceiverConfig` field)."""
-    if name not in _PRESETS:
+    if name in _ALIASES:
+        values = {**_resolve_alias(name)(), **overrides}
+    elif name in _PRESETS:
+        values = {**_PRESETS[name](), **overrides}
+    else:
         raise ValueError(f"unknown model {name!r}; available: {list_models()}")
-    values = {**_PRESETS[name](), **overrides}
+    if values.get("task") == "dense" and "readout" not in overrides:
+        values["readout"] = "query"  # a dense model reads out one query per patch; "mean" is for logits
     if "num_latents" in overrides and "token_grans" not in overrides:
         n = overrides["num_latents"]
         values["token_grans"] = tuple(g for g in values["token_grans"] if g < n) + (n,)
@@ -42,46 +49,87 @@ def create_model(name: str, **overrides: Any) -> AdaPerceiver:
     return build_model(preset_config(name, **overrides))
 
 
-@register_preset("adaperceiver_tiny")
-def _tiny() -> dict[str, Any]:
-    """Trains on 2 CPU cores in minutes (28x28 or 32x32 inputs)."""
+def _paper_tiny() -> dict[str, Any]:
     return dict(img_size=28, patch_size=4, in_chans=1, embed_dim=64, num_heads=4, depth=4, ffn_ratio=2.0,
                 num_latents=32, token_grans=(8, 16, 24, 32), widths=(32, 48, 64), ls_init=0.1, num_classes=10)
 
 
-@register_preset("adaperceiver_tiny_v2")
-def _tiny_v2() -> dict[str, Any]:
-    """``adaperceiver_tiny`` with the read-out that learns as fast as a plain ViT (docs/training.md,
-    "Learning efficiency"): logits from LayerNorm(mean of the latent prefix) instead of one output
-    query's cross-attention. Same axes, same grid; for models trained with this library."""
-    return dict(_tiny(), readout="mean", head_norm=True)
+# the recipe that learns best here (docs/training.md, "Learning efficiency"): logits from
+# LayerNorm(mean of the latent prefix), no patch-embedding MLP, LayerScale from 0.01, RoPE base 10
+_LEARNING_RECIPE = dict(readout="mean", head_norm=True, embed_mlp=False, ls_init=0.01, rope_theta=10.0)
+_AT_64PX = dict(img_size=64, patch_size=8)  # 64 patches of 8x8
 
 
-@register_preset("adaperceiver_tiny_v3")
-def _tiny_v3() -> dict[str, Any]:
-    """``adaperceiver_tiny_v2`` without the patch-embedding MLP and with LayerScale starting at 0.01:
-    the closest to a plain ViT of its width and depth in the learning benchmark (docs/training.md)."""
-    return dict(_tiny_v2(), embed_mlp=False, ls_init=0.01)
-
-
-@register_preset("adaperceiver_tiny_v4")
-def _tiny_v4() -> dict[str, Any]:
-    """``adaperceiver_tiny_v3`` with RoPE base 10 instead of 10,000: every latent position then rotates
-    every frequency pair, so the latents (one shared start vector) read and attend differently from the
-    first step; it closes the 700-step gap to a plain ViT (docs/training.md)."""
-    return dict(_tiny_v3(), rope_theta=10.0)
+@register_preset("adaperceiver_tiny")
+def _tiny() -> dict[str, Any]:
+    """The default: trains on 2 CPU cores in minutes at 28x28 (Fashion-MNIST); the paper's tiny layout with
+    the recipe that learns best here (mean read-out + head LayerNorm, no embedding MLP, LayerScale 0.01,
+    RoPE base 10; as fast per step as a plain ViT, docs/training.md)."""
+    return {**_paper_tiny(), **_LEARNING_RECIPE}
 
 
 @register_preset("adaperceiver_tiny64")
 def _tiny64() -> dict[str, Any]:
     """``adaperceiver_tiny`` for 64x64 inputs (cluttered Fashion-MNIST): patch 8, so 64 patches."""
-    return {**_tiny(), "img_size": 64, "patch_size": 8}
+    return {**_tiny(), **_AT_64PX}
 
 
-@register_preset("adaperceiver_tiny64_v2")
-def _tiny64_v2() -> dict[str, Any]:
-    """``adaperceiver_tiny_v2`` (mean read-out + head LayerNorm) for 64x64 inputs: patch 8, 64 patches."""
-    return {**_tiny_v2(), "img_size": 64, "patch_size": 8}
+@register_preset("adaperceiver_tiny_paper")
+def _tiny_paper() -> dict[str, Any]:
+    """The paper's own layout at tiny size — the layout of the released weights (one learned output
+    query read out by cross-attention, patch-embedding MLP, LayerScale 0.1, RoPE base 10,000). Learns
+    more slowly from scratch than ``adaperceiver_tiny`` (docs/training.md)."""
+    return _paper_tiny()
+
+
+# earlier names: each still builds the config it built before, and warns once naming the replacement
+_ALIASES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+    "adaperceiver_tiny_v2": ("adaperceiver_tiny", lambda: dict(_paper_tiny(), readout="mean", head_norm=True)),
+    "adaperceiver_tiny_v3": ("adaperceiver_tiny", lambda: dict(_paper_tiny(), readout="mean", head_norm=True,
+                                                               embed_mlp=False, ls_init=0.01)),
+    "adaperceiver_tiny_v4": ("adaperceiver_tiny", _tiny),
+    "adaperceiver_tiny64_v2": ("adaperceiver_tiny64", lambda: dict(_paper_tiny(), readout="mean", head_norm=True,
+                                                                   **_AT_64PX)),
+}
+_warned: set[str] = set()
+
+
+# 0.1 names whose preset changed recipe in 0.2: a run saved under them is resumed with what it trained
+_RENAMED = {"adaperceiver_tiny": {}, "adaperceiver_tiny64": dict(_AT_64PX)}
+
+
+def migrate_run_preset(train: dict[str, Any], model: dict[str, Any] | None) -> dict[str, Any]:
+    """A saved run's ``train`` section with its preset name moved to the one that builds what it trained.
+
+    Runs of 0.1 trained ``adaperceiver_tiny`` / ``adaperceiver_tiny64`` in the paper's layout, which is
+    now ``adaperceiver_tiny_paper``; the saved ``model`` config (the whole config) says which layout a
+    run has. Anything else is returned unchanged.
+    """
+    name, overrides = train.get("model"), dict(train.get("model_overrides") or {})
+    if name not in _RENAMED or not isinstance(model, dict):
+        return train
+    recipe = {k: model.get(k) for k in _LEARNING_RECIPE}
+    extra = {k: v for k, v in _RENAMED[name].items() if k not in overrides}
+    try:
+        now = preset_config(name, **overrides)
+        paper = preset_config("adaperceiver_tiny_paper", **overrides, **extra)
+    except (TypeError, ValueError):
+        return train  # overrides that build nothing: the usual checks say why
+    if all(getattr(now, k) == v for k, v in recipe.items()) or any(getattr(paper, k) != v for k, v in recipe.items()):
+        return train  # neither layout: leave it to the usual checks
+    warnings.warn(f"run trained preset {name!r} of 0.1 (the paper's layout): resuming it as "
+                  f"'adaperceiver_tiny_paper'{' with ' + str(extra) if extra else ''}", FutureWarning, stacklevel=2)
+    return {**train, "model": "adaperceiver_tiny_paper", "model_overrides": {**overrides, **extra}}
+
+
+def _resolve_alias(name: str) -> Callable[[], dict[str, Any]]:
+    new, values = _ALIASES[name]
+    if name not in _warned:
+        _warned.add(name)
+        same = "the same config" if values is _PRESETS.get(new) else "its old config (a different recipe)"
+        warnings.warn(f"model preset {name!r} is deprecated and builds {same}; use {new!r} "
+                      f"(docs/training.md, 'Presets')", FutureWarning, stacklevel=4)
+    return values
 
 
 @register_preset("adaperceiver_small")

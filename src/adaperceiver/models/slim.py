@@ -18,13 +18,14 @@ import re
 import torch
 from torch import Tensor, nn
 
-# the only tensors whose shape a slim model may change: the Matryoshka FFNs of the latent blocks and
-# the per-latent table (a static model keeps the rows of its own latents)
-_SLICEABLE = re.compile(r"^(blocks\.\d+\.mlp\.fc[12]\.(weight|bias)|latent_pos)$")
+from .protocol import AdaptiveBackbone
+
+# the only tensors whose shape a slim model may change: the Matryoshka FFNs of the latent blocks
+_SLICEABLE = re.compile(r"^blocks\.\d+\.mlp\.fc[12]\.(weight|bias)$")
 
 
 def _check_slim_args(model: nn.Module, tokens: int, depth: int, width: int) -> None:
-    if not all(hasattr(model, a) for a in ("cfg", "resolve_configuration", "latent_mask")):
+    if not isinstance(model, AdaptiveBackbone):
         raise ValueError(f"slim() needs an AdaPerceiver model, got {type(model).__name__}")
     model.resolve_configuration(tokens, depth, width)
     last = model.cfg.token_grans[-1]

@@ -157,7 +157,7 @@ class TrainConfig:
             raise UserError(f"model_overrides must be a mapping of JSON-serialisable config values ({e})") from None
         if isinstance(self.objective, dict):
             try:
-                self.objective = ObjectiveConfig(**self.objective)
+                self.objective = ObjectiveConfig.from_dict(self.objective)
             except TypeError as e:
                 raise UserError(f"train config field objective: {e}") from None
         check_fields(self, TRAIN_CONFIG_RANGES, "train config")  # every field's type and range, up front

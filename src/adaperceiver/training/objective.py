@@ -6,7 +6,6 @@ every token granularity ``g`` (the prefix ``z[:, :g]``), i.e. an ``(L, G)`` grid
 The loss is a weighted sum over that grid:
 
     loss = sum_ij w_ij * [ce_weight * task_loss(out_ij, y) + kd_weight * KD(out_ij, teacher)]
-           + self_distill_weight * sum_ij w'_ij * KD(out_ij, stopgrad(out_full))
            + sum_k extra_loss_k(anytime_output, batch, w)
 
 with ``w_ij = depth_w(i) * token_w(j)`` normalised to sum to 1; ``depth_w`` is ``d / L``
@@ -17,10 +16,6 @@ Plug-in points, so other objectives need no new training loop:
 * ``task_loss(pred, target) -> scalar``: any per-read-out supervised loss (CE for classification,
   a segmentation or depth loss for dense models).
 * ``Batch.teacher_logits``: logits KD at temperature ``T`` (scaled by ``T**2``) on every read-out.
-* ``self_distill_weight``: in-place distillation (classification): every read-out but the full one
-  (``w'`` is ``w`` with the full read-out's weight set to 0) also learns the full read-out's
-  prediction, detached, as in slimmable / once-for-all training; "full" is the last block at all
-  latents at each sample's own width.
 * ``extra_losses``: callables ``(AnytimeOutput, Batch, weights) -> (loss, metrics)``, e.g. feature
   distillation; ``weights`` is the ``(L, G)`` read-out weight grid. ``nn.Module`` hooks are
   registered as sub-modules, so their parameters are trained and checkpointed with the objective.
@@ -38,6 +33,7 @@ from torch import Tensor, nn
 from ..errors import check_fields
 from ..losses import cross_entropy, kd_loss
 from ..models.adaperceiver import AdaPerceiver, AnytimeOutput
+from ..models.config import drop_removed_fields
 
 TaskLoss = Callable[[Tensor, Tensor], Tensor]
 ExtraLoss = Callable[[AnytimeOutput, "Batch", Tensor], tuple[Tensor, dict[str, float]]]
@@ -45,8 +41,9 @@ DEPTH_WEIGHTINGS = ("linear", "uniform")
 
 
 OBJECTIVE_CONFIG_RANGES = {"widths": ">= 1", "token_weights": ">= 0", "label_smoothing": "[0, 1)", "ce_weight": ">= 0",
-                           "kd_weight": ">= 0", "kd_temperature": "> 0", "self_distill_weight": ">= 0",
-                           "full_token_weight": "> 0"}
+                           "kd_weight": ">= 0", "kd_temperature": "> 0", "full_token_weight": "> 0"}
+# removed in 0.2: in-place self-distillation changed nothing measurable (docs/training.md)
+REMOVED_OBJECTIVE_FIELDS = {"self_distill_weight": 0.0}
 
 
 @dataclass
@@ -69,8 +66,6 @@ class ObjectiveConfig:
     full_token_weight: float = field(default=1.0, metadata=dict(
         group="objective", help="multiplies the weight of the all-latents read-outs (any granularity count), e.g. 3"))
     label_smoothing: float = field(default=0.0, metadata=dict(group="objective", help="cross-entropy label smoothing"))
-    self_distill_weight: float = field(default=0.0, metadata=dict(
-        group="objective", help="in-place distillation: every smaller read-out also learns the full read-out's prediction"))
     ce_weight: float = field(default=1.0, metadata=dict(group="distillation", help="weight of the supervised task loss"))
     kd_weight: float = field(default=1.0, metadata=dict(
         group="distillation", help="weight of logits distillation (only when the batch carries teacher logits)"))
@@ -86,6 +81,11 @@ class ObjectiveConfig:
             raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
         if self.token_weights is not None and not sum(self.token_weights) > 0:
             raise ValueError(f"token_weights must be >= 0 with a positive sum, got {list(self.token_weights)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ObjectiveConfig":
+        """An objective config from its saved dict; fields removed since (at their defaults) are dropped."""
+        return cls(**drop_removed_fields(d, REMOVED_OBJECTIVE_FIELDS, "objective config"))
 
     @classmethod
     def static(cls, **kw: Any) -> "ObjectiveConfig":
@@ -179,7 +179,9 @@ class JointObjective(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     def forward(self, model: AdaPerceiver, batch: Batch,
-                generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+                generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss, metrics)``; the metrics are detached scalar tensors on the loss's device, so a training
+        loop can sum them without a host synchronisation and read them at its log interval."""
         cfg = self.cfg
         depths, tokens = self.readouts(model)
         if "widths" in batch.extras:  # drawn by the caller (the trainer draws for the global batch)
@@ -190,16 +192,16 @@ class JointObjective(nn.Module):
         weights = self.weights(model).to(out.outputs.device)
 
         total = out.outputs.new_zeros((), dtype=torch.float32)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, Tensor] = {}
         if cfg.ce_weight:
             per = per_readout_losses(self.task_loss, out.outputs, batch.targets)
             task = (per.float() * weights).sum()
             total = total + cfg.ce_weight * task
-            metrics["task"] = float(task.detach())
-            metrics["task_full"] = float(per[-1, -1].detach())
+            metrics["task"] = task.detach()
+            metrics["task_full"] = per[-1, -1].detach().float()
         full = out.outputs[-1, -1]
         if full.dim() == 2 and batch.targets.dim() == 1:
-            metrics["acc_full"] = 100.0 * float((full.detach().argmax(-1) == batch.targets).float().mean())
+            metrics["acc_full"] = 100.0 * (full.detach().argmax(-1) == batch.targets).float().mean()
         if cfg.kd_weight and batch.teacher_logits is not None:
             teacher = batch.teacher_logits.to(out.outputs.device)
             if teacher.shape != full.shape:
@@ -207,23 +209,32 @@ class JointObjective(nn.Module):
                                  f"{tuple(full.shape)}")
             kd = (kd_loss(out.outputs, teacher, cfg.kd_temperature) * weights).sum()
             total = total + cfg.kd_weight * kd
-            metrics["kd"] = float(kd.detach())
-        if cfg.self_distill_weight:
-            if full.dim() != 2:
-                raise ValueError("self_distill_weight needs classification logits (B, classes); "
-                                 f"this model's read-outs are {tuple(full.shape)}")
-            sub = weights.clone()
-            sub[-1, -1] = 0.0
-            sd = (kd_loss(out.outputs, full.detach(), cfg.kd_temperature) * sub).sum()
-            total = total + cfg.self_distill_weight * sd
-            metrics["self_distill"] = float(sd.detach())
+            metrics["kd"] = kd.detach().float()
         for hook in self.extra_losses:
             extra, extra_metrics = hook(out, batch, weights)
             total = total + extra
-            metrics.update({k: float(v) for k, v in extra_metrics.items()})
-        metrics["loss"] = float(total.detach())
+            metrics.update({k: torch.as_tensor(v, dtype=torch.float32, device=total.device).detach()
+                            for k, v in extra_metrics.items()})
+        metrics["loss"] = total.detach()
         return total, metrics
 
 
-__all__ = ["Batch", "ExtraLoss", "JointObjective", "ObjectiveConfig", "TaskLoss",
+class StepModule(nn.Module):
+    """Model + objective as one module: ``forward(batch, gen) -> (loss, metrics)``.
+
+    Under torchrun this is what DistributedDataParallel wraps, so the forward of every step (which
+    calls ``model.forward_anytime``) passes through DDP and gradients of the model *and* of the
+    objective's own modules (e.g. a distillation head) are averaged across ranks.
+    """
+
+    def __init__(self, model: nn.Module, objective: JointObjective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: Batch, gen: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.objective(self.model, batch, gen)
+
+
+__all__ = ["Batch", "ExtraLoss", "JointObjective", "ObjectiveConfig", "StepModule", "TaskLoss",
            "per_readout_losses", "readout_grid_weights"]

@@ -11,7 +11,10 @@ from typing import Any
 from ..checkpoint import CONFIG_NAME, atomic_write
 from ..errors import UserError, first_line
 from ..evaluation.tensorboard import TENSORBOARD_DIR, TensorBoardLog, log_row, summary_writer
+from ..models.config import drop_removed_fields
+from ..models.presets import migrate_run_preset
 from .config import TrainConfig
+from .objective import REMOVED_OBJECTIVE_FIELDS
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_POINTER = "last.json"
@@ -114,9 +117,18 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     if "train" not in meta:
         raise UserError(f"{path} has no 'train' section: it was not written by adaperceiver train")
     try:
-        return TrainConfig.from_dict(meta["train"])
+        return TrainConfig.from_dict(migrate_train_section(meta))
     except (TypeError, ValueError) as e:
         raise UserError(f"{path}: its 'train' section is not a valid train config ({first_line(e)})") from None
+
+
+def migrate_train_section(meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``train`` section of a saved config.json as this version reads it: a renamed preset moved to
+    the one that builds what the run trained, objective fields removed since (at their defaults) dropped."""
+    train = migrate_run_preset(dict(meta.get("train", {})), meta.get("model"))
+    if isinstance(train.get("objective"), dict):
+        train["objective"] = drop_removed_fields(train["objective"], REMOVED_OBJECTIVE_FIELDS, "objective config")
+    return train
 
 
 def read_run_json(path: Path) -> dict[str, Any]:

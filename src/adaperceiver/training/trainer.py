@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 import time
 import warnings
@@ -52,9 +51,9 @@ from ..checkpoint import (
 )
 from ..errors import UserError, first_line
 from ..evaluation.precision import autocast, grad_scaler, resolve_precision
-from . import distributed
+from . import distributed, rundir
 from .config import TaskData, TaskSpec, TrainConfig
-from .objective import Batch, ExtraLoss, JointObjective
+from .objective import Batch, ExtraLoss, JointObjective, StepModule
 from .rundir import CHECKPOINT_DIR, LAST_POINTER, METRICS_NAME, STATE_NAME, MetricsLog, last_checkpoint, read_run_json
 from .schedule import EpochBatchSampler, ModelEma, default_num_workers, param_groups, step_generator, warmup_cosine
 
@@ -76,23 +75,6 @@ class TrainResult:
     train_seconds: float
     metrics: dict[str, float]  # the last evaluation
     model: nn.Module  # the exported weights (EMA or raw), in eval mode
-
-
-class StepModule(nn.Module):
-    """Model + objective as one module: ``forward(batch, gen) -> (loss, metrics)``.
-
-    Under torchrun this is what DistributedDataParallel wraps, so the forward of every step (which
-    calls ``model.forward_anytime``) passes through DDP and gradients of the model *and* of the
-    objective's own modules (e.g. a distillation head) are averaged across ranks.
-    """
-
-    def __init__(self, model: nn.Module, objective: JointObjective):
-        super().__init__()
-        self.model = model
-        self.objective = objective
-
-    def forward(self, batch: Batch, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        return self.objective(self.model, batch, gen)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,14 +190,18 @@ class Trainer:
             return None
         return distributed.rank_batch(widths, self.dist)
 
-    def train_step(self, images: Tensor, targets: Tensor) -> dict[str, float]:
-        """One optimizer step at global step ``self.step``; raises :class:`NonFiniteLossError` on NaN/inf."""
+    def train_step(self, images: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        """One optimizer step at global step ``self.step``; raises :class:`NonFiniteLossError` on NaN/inf.
+
+        Returns the step's metrics as scalar tensors on the device (no host synchronisation); the one
+        value read on the host is whether loss and gradient norm are finite, before the weights change.
+        """
         gen = step_generator(self.cfg.seed, self.step, self.dist.rank)
         batch = self.make_batch(images, targets, gen)
         widths = self.global_widths()
         self.optimizer.zero_grad(set_to_none=True)
         chunks = self.cfg.accum_steps
-        sums: dict[str, float] = {}
+        sums: dict[str, Tensor] = {}
         for i, idx in enumerate(torch.arange(images.shape[0]).chunk(chunks)):
             idx = idx.to(self.device)
             part = Batch(batch.images[idx], batch.targets[idx],
@@ -225,25 +211,27 @@ class Trainer:
             sync = i == chunks - 1 or not self.dist.enabled
             with (nullcontext() if sync else self.step_module.no_sync()), autocast(self.cfg.precision, self.device):
                 loss, metrics = self.step_module(part, gen)
-            if not math.isfinite(metrics["loss"]):
-                raise NonFiniteLossError(self._stop_message(f"loss is {metrics['loss']}"))
             self.scaler.scale(loss / chunks).backward()
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v / chunks
+                sums[k] = sums[k] + v / chunks if k in sums else v / chunks
         self.scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip > 0:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip))
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         else:
-            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))
-        if not math.isfinite(norm) and not self.scaler.is_enabled():  # fp16: the scaler skips the step, lowers the scale
-            raise NonFiniteLossError(self._stop_message(f"gradient norm is {norm}"))
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
+        bad = ~torch.isfinite(sums["loss"])
+        if not self.scaler.is_enabled():  # fp16: the scaler skips a step with inf/nan gradients, lowers the scale
+            bad = bad | ~torch.isfinite(norm)
+        if bool(bad):  # the step's one host read
+            what, value = ("loss", sums["loss"]) if not torch.isfinite(sums["loss"]) else ("gradient norm", norm)
+            raise NonFiniteLossError(self._stop_message(f"{what} is {float(value)}"))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.model, self.step)
-        sums["grad_norm"] = norm
+        sums["grad_norm"] = norm.detach()
         return sums
 
     def _stop_message(self, what: str) -> str:
@@ -342,7 +330,7 @@ class Trainer:
         path = self.cfg.run_dir / CONFIG_NAME
         if not path.is_file():
             return
-        saved = read_run_json(path).get("train", {})
+        saved = rundir.migrate_train_section(read_run_json(path))
         mine = json.loads(json.dumps(self.cfg.to_dict()))  # tuples -> lists, as saved
         diff = [k for k in RESUME_KEYS if k in saved and saved[k] != mine[k]]
         if diff:
@@ -380,7 +368,7 @@ class Trainer:
         stop_at = min(self.total_steps, cfg.max_steps or self.total_steps)
         progress = self._progress_bar(stop_at)
         saved_at = self.step if (resume and last is not None) else -1
-        window: dict[str, float] = {}
+        window: dict[str, Tensor] = {}
         n_window, t_window, img_window = 0, time.perf_counter(), 0
         try:
             while self.step < stop_at:
@@ -390,17 +378,10 @@ class Trainer:
                     m = self.train_step(images, targets)
                     img_window += images.shape[0] * self.dist.world_size
                     n_window += 1
-                    for k, v in m.items():
-                        window[k] = window.get(k, 0.0) + v
+                    for k, v in m.items():  # summed on the device; read on the host only when logged
+                        window[k] = window[k] + v if k in window else v
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                        dt = time.perf_counter() - t_window
-                        row = {k: v / n_window for k, v in window.items()}
-                        if self.dist.enabled:  # average over ranks (grad_norm is already global)
-                            row = {k: v / self.dist.world_size for k, v in
-                                   distributed.all_reduce_sums(row, self.dist, self.device).items()}
-                        row.update(img_s=img_window / max(dt, 1e-9), lr=self.scheduler.get_last_lr()[0])
-                        self.metrics.append({"step": self.step, "epoch": self.step / self.steps_per_epoch,
-                                             "split": "train", **row})
+                        row = self._log_train(window, n_window, img_window, time.perf_counter() - t_window)
                         progress.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_s']:.0f}", refresh=False)
                         window, n_window, t_window, img_window = {}, 0, time.perf_counter(), 0
                     progress.update(1)
@@ -428,6 +409,16 @@ class Trainer:
             progress.close()
         return TrainResult(cfg.run_dir, self.step, self.step >= self.total_steps, self.train_seconds,
                            dict(self.last_eval), self.export_model.eval())
+
+    def _log_train(self, window: dict[str, Tensor], steps: int, images: int, seconds: float) -> dict[str, float]:
+        """Append the mean of ``window`` (sums over ``steps`` steps) to metrics.csv: one host read for all."""
+        values = torch.stack([v.float() for v in window.values()]).div(steps).tolist()
+        row = dict(zip(window, values))
+        if self.dist.enabled:  # average over ranks (grad_norm is already global)
+            row = {k: v / self.dist.world_size for k, v in distributed.all_reduce_sums(row, self.dist, self.device).items()}
+        row.update(img_s=images / max(seconds, 1e-9), lr=self.scheduler.get_last_lr()[0])
+        self.metrics.append({"step": self.step, "epoch": self.step / self.steps_per_epoch, "split": "train", **row})
+        return row
 
     def _checkpoint(self, saved_at: int) -> int:
         if saved_at != self.step:

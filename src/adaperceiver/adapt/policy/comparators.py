@@ -16,6 +16,7 @@ from ...evaluation.cost import flop_counter, time_call
 from ...evaluation.reports import new_figure, save_figure, write_csv
 from ...evaluation.sweep import pareto_front
 from ...models.adaperceiver import AdaPerceiverClassifier
+from ...models.setting import Setting
 from ...models.util import eval_mode, module_device
 from .mixed import PolicyClassifier
 from .network import ConfigPolicy
@@ -87,15 +88,14 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
             return {f"latency_ms_b{b}": _stream_ms(fn, xs.to(cast), b, latency_repeats) for b in bss}
 
         # every fixed configuration (the full one included)
-        fixed_lat: dict[tuple[int, int, int], dict[str, float]] = {}
-        for i, t in enumerate(space.tokens):
-            for j, d in enumerate(space.depths):
-                for k, w in enumerate(space.widths):
-                    fixed_lat[(i, j, k)] = lat(lambda c, t=t, d=d, w=w: (fast or model)(c, tokens=t, depth=d, width=w))
-                    rows.append({"method": "fixed", "setting": f"{t}/{d}/{w}", "tokens": t, "depth": d, "width": w,
-                                 "acc1": 100.0 * int(outcomes.correct[:, i, j, k].sum()) / n,
-                                 "gflops": float(gcost[i, j, k]), **fixed_lat[(i, j, k)], "deployable": True})
-        full = next(r for r in rows if (r["tokens"], r["depth"], r["width"]) == space.full)
+        fixed_lat: dict[tuple[int, ...], dict[str, float]] = {}
+        for s in space:
+            ix = space.index(s)
+            fixed_lat[ix] = lat(lambda c, s=s: (fast or model)(c, **s.as_dict()))
+            rows.append({"method": "fixed", "setting": "/".join(map(str, s)), **s.as_dict(),
+                         "acc1": 100.0 * int(outcomes.correct[(slice(None), *ix)].sum()) / n,
+                         "gflops": float(gcost[ix]), **fixed_lat[ix], "deployable": True})
+        full = next(r for r in rows if Setting.of(r) == space.full)
         full = {**full, "method": "full"}
         rows.insert(0, full)
 

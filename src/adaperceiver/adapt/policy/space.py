@@ -3,7 +3,6 @@ in FLOPs or measured latency."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,51 +10,31 @@ from torch import Tensor
 
 from ...evaluation.cost import flop_counter, measure_flops, measure_latency
 from ...models.adaperceiver import AdaPerceiver
+from ...models.setting import Setting, SettingSpace
 from ..budget import measure_configurations
 
 
-@dataclass(frozen=True)
-class ActionSpace:
-    """The choices of each policy head."""
-
-    tokens: tuple[int, ...]
-    depths: tuple[int, ...]
-    widths: tuple[int, ...]
+class ActionSpace(SettingSpace):
+    """The choices of each policy head: a :class:`~adaperceiver.models.setting.SettingSpace` whose
+    actions are one index per axis."""
 
     @classmethod
     def of(cls, model: AdaPerceiver) -> "ActionSpace":
-        """Every trained granularity, every depth, every trained width of ``model``."""
-        return cls(tuple(model.cfg.trained_grans), tuple(range(1, model.num_blocks + 1)), tuple(model.cfg.widths))
+        """Every trained setting of ``model`` (its :attr:`~AdaPerceiver.space`)."""
+        return cls(*model.space.axes)
 
-    def __post_init__(self) -> None:
-        for name in ("tokens", "depths", "widths"):
-            v = tuple(int(a) for a in getattr(self, name))
-            if not v or list(v) != sorted(set(v)):
-                raise ValueError(f"action space {name} must be non-empty increasing ints, got {list(v)}")
-            object.__setattr__(self, name, v)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return len(self.tokens), len(self.depths), len(self.widths)
-
-    @property
-    def full(self) -> tuple[int, int, int]:
-        return self.tokens[-1], self.depths[-1], self.widths[-1]
-
-    def config(self, it: int, id_: int, iw: int) -> tuple[int, int, int]:
-        return self.tokens[it], self.depths[id_], self.widths[iw]
+    def config(self, it: int, id_: int, iw: int) -> Setting:
+        """The setting of one action (an index per axis)."""
+        return self.at(it, id_, iw)
 
     def check(self, model: AdaPerceiver) -> None:
-        """Every axis value must be a configuration the model can run (checked by the model)."""
+        """Every axis value must be a setting the model can run (checked by the model)."""
         for t in self.tokens:
             model.resolve_configuration(t, None, None)
         for d in self.depths:
             model.resolve_configuration(None, d, None)
         for w in self.widths:
             model.resolve_configuration(None, None, w)
-
-    def to_dict(self) -> dict[str, list[int]]:
-        return {"tokens": list(self.tokens), "depths": list(self.depths), "widths": list(self.widths)}
 
 
 def _example_input(model: AdaPerceiver) -> Tensor:
@@ -67,10 +46,8 @@ def _example_input(model: AdaPerceiver) -> Tensor:
 def _per_configuration(space: ActionSpace, value) -> Tensor:
     """``(n_tokens, n_depths, n_widths)`` table of ``value(tokens, depth, width)``."""
     table = torch.zeros(space.shape, dtype=torch.float64)
-    for i, t in enumerate(space.tokens):
-        for j, d in enumerate(space.depths):
-            for k, w in enumerate(space.widths):
-                table[i, j, k] = value(t, d, w)
+    for s in space:
+        table[space.index(s)] = value(*s)
     return table
 
 
