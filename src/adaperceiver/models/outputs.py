@@ -42,3 +42,5 @@ class AnytimeOutput:
 class EarlyExitOutput:
     logits: Tensor  # (B, num_classes)
     exit_depth: Tensor  # (B,) number of blocks each sample ran
+
+__all__ = ["AnytimeOutput", "EarlyExitOutput", "Features"]
