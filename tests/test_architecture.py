@@ -30,3 +30,16 @@ def test_adaperceiver_speaks_the_protocol_and_counts_its_parameters():
     vit = StaticViT(ViTConfig(img_size=28, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2))
     assert not isinstance(vit, CountsActiveParameters)
     assert active_parameters(vit, None, None, None) == sum(p.numel() for p in vit.parameters())
+
+
+def test_objective_metrics_stay_on_the_device_as_scalars():
+    import torch
+
+    from adaperceiver.training.objective import Batch, JointObjective, ObjectiveConfig
+
+    model = create_model("adaperceiver_tiny", num_classes=3, embed_dim=16, num_heads=2, widths=(8, 16))
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 0])
+    loss, metrics = JointObjective(ObjectiveConfig())(model, Batch(x, y), torch.Generator().manual_seed(0))
+    assert {"loss", "task", "task_full", "acc_full"} <= set(metrics)
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in metrics.values())
+    torch.testing.assert_close(metrics["loss"], loss.detach())
