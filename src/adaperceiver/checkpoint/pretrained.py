@@ -13,6 +13,7 @@ from torch import nn
 from ..errors import UserError
 from ..models import cnn, heads, vit
 from ..models.adaperceiver import AdaPerceiver, AdaPerceiverConfig, build_model
+from ..models.data_config import DataConfig, derive_data_config, describe, logger
 from .files import write_json
 from .hub import HUB_PREFIX, hub_snapshot
 from .state import load_strict, read_state_dict, save_state_dict
@@ -60,12 +61,19 @@ def load_matching(model: nn.Module, directory: str | Path, required: Sequence[st
 
 
 def save_pretrained(model: AdaPerceiver, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` (plus ``extra`` metadata) into ``directory``."""
+    """Write ``model.safetensors`` + ``config.json`` (plus ``extra`` metadata) into ``directory``.
+
+    The model's ``data_config`` (how its input images are prepared), when it has one, is saved as the
+    ``"data_config"`` entry (``extra`` may give it instead, as a dict).
+    """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise UserError(f"cannot save a model into {directory}: it is a file, not a directory")
     save_state_dict(directory / WEIGHTS_NAME, model.state_dict(), metadata={"format": "pt"})
     task_meta = model.checkpoint_meta() if hasattr(model, "checkpoint_meta") else {}
+    data_config = getattr(model, "data_config", None)
+    if data_config is not None:
+        task_meta["data_config"] = data_config.to_dict()
     write_json(directory / CONFIG_NAME, {"model": model.cfg.to_dict(), **task_meta, **(extra or {})})
     return directory
 
@@ -116,10 +124,33 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
     model = build_from_meta(cfg, meta)
     weights = Path(directory) / WEIGHTS_NAME
     load_strict(model, read_state_dict(weights, verify=verify), source=str(weights))
+    model.data_config = read_data_config(meta, model.cfg, directory)
     return model.to(map_location).eval()
 
 
-__all__ = [
-    "ARCHITECTURES", "CONFIG_NAME", "FOREIGN_CONFIG_ARCHITECTURES", "WEIGHTS_NAME", "build_from_meta",
-    "from_pretrained", "load_config", "load_matching", "load_meta", "save_pretrained"
-]
+def read_data_config(meta: dict[str, Any], cfg: Any, directory: str | Path) -> DataConfig:
+    """The ``data_config`` entry of a config.json, checked against the model config ``cfg``.
+
+    A checkpoint saved before models carried one gets a data config derived from what it records
+    (:func:`~adaperceiver.models.data_config.derive_data_config`), with a one-line warning saying what
+    was assumed.
+    """
+    path = Path(directory) / CONFIG_NAME
+    dense = "dense" in meta
+    if "data_config" in meta:
+        try:
+            dc = DataConfig.from_dict(meta["data_config"])
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{path}: invalid data_config ({e})") from None
+    else:
+        dc, why = derive_data_config(meta, cfg.in_chans, cfg.img_size)
+        logger.warning(f"{directory}: no data_config in {CONFIG_NAME} (saved before models carried one); "
+                       f"assumed {describe(dc)} ({why})")
+    if dc.in_chans != cfg.in_chans or (not dense and dc.input_size != cfg.img_size):
+        raise UserError(f"{path}: data_config says {dc.in_chans}-channel {dc.input_size} px images but the model "
+                        f"takes {cfg.in_chans}-channel {cfg.img_size} px ones")
+    num_classes = getattr(cfg, "num_classes", None)
+    if dc.class_names is not None and not dense and num_classes is not None and len(dc.class_names) > num_classes:
+        raise UserError(f"{path}: data_config names {len(dc.class_names)} classes but the model has {num_classes} "
+                        f"outputs")
+    return dc

@@ -8,7 +8,8 @@ attributes. Nothing is ever downloaded.
 name               source                                                              ``root``
 =================  ==================================================================  =========
 ``fashion_mnist``  Debian ``dataset-fashion-mnist`` IDX files (60k train / 10k val)    optional
-``imagefolder``    your ``root/train/<class>/*.png`` and ``root/val/<class>/*.png``     required
+``imagefolder``    your ``root/train/<class>/*`` + ``root/val/<class>/*``, or            required
+                   ``root/<class>/*`` split by ``val_fraction`` (:mod:`.folder`)
 ``digits``         scikit-learn ``load_digits`` (1,797 8x8 images, for quick tests)    unused
 ``fashion_mnist_   Fashion-MNIST items on a 64 px canvas among clutter cut from other  optional
 cluttered``        items (:mod:`adaperceiver.data.cluttered`); ``..._cluttered56`` /
@@ -34,7 +35,6 @@ from ..errors import UserError
 from .classification import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
-    ImageFolderDataset,
     TensorImageDataset,
     check_split,
     digits,
@@ -43,15 +43,17 @@ from .classification import (
 )
 from .cluttered import ClutteredFashionMNIST, cluttered_fashion_mnist
 from .dense import DENSE_DATASETS
+from .folder import ImageFolderDataset
 
 _ALIASES = {"fashionmnist": "fashion_mnist", "image_folder": "imagefolder", "folder": "imagefolder"}
 
 
 def _imagefolder(split: str, root: str | Path | None = None, image_size: int | None = None,
-                 in_chans: int | None = None) -> ImageFolderDataset:
+                 in_chans: int | None = None, **folder_options) -> ImageFolderDataset:
     if root is None:
-        raise UserError("the 'imagefolder' dataset needs root: a folder holding train/<class>/ and val/<class>/")
-    return ImageFolderDataset(root, split, image_size or 32, in_chans or 3)
+        raise UserError("the 'imagefolder' dataset needs root: a folder holding train/<class>/ and val/<class>/, "
+                        "or <class>/ folders split with val_fraction")
+    return ImageFolderDataset(root, split, image_size=image_size, in_chans=in_chans, **folder_options)
 
 
 def _cluttered(canvas: int) -> Callable[..., Dataset]:
@@ -83,7 +85,7 @@ class SubsetDataset(Dataset):
             raise ValueError(f"subset size must be >= 1, got {n}")
         order = torch.randperm(len(base), generator=torch.Generator().manual_seed(seed))
         self.base, self.indices = base, order[: min(n, len(base))].tolist()
-        for attr in ("classes", "in_chans", "img_size", "num_classes"):  # what the dataset says about itself
+        for attr in ("classes", "in_chans", "img_size", "num_classes", "data_config", "meta"):  # what the dataset says about itself
             if hasattr(base, attr):
                 setattr(self, attr, getattr(base, attr))
 
@@ -95,11 +97,13 @@ class SubsetDataset(Dataset):
 
 
 def get_dataset(name: str, split: str, root: str | Path | None = None, *, image_size: int | None = None,
-                in_chans: int | None = None, subset: int | None = None) -> Dataset:
+                in_chans: int | None = None, subset: int | None = None, **folder_options) -> Dataset:
     """Build dataset ``name`` for ``split`` (``"train"`` or ``"val"``; ``"test"`` means ``"val"``).
 
     ``image_size`` resizes (square); ``in_chans`` picks grey (1) or RGB (3) for image folders;
-    ``subset`` keeps a fixed random subset of that many items.
+    ``subset`` keeps a fixed random subset of that many items. ``folder_options`` go to
+    :class:`ImageFolderDataset` (``data_config``, ``val_fraction``, ``split_seed``, ``on_corrupt``,
+    ``transform``) and are refused for other datasets.
     """
     key = name.lower().replace("-", "_")
     key = _ALIASES.get(key, key)
@@ -109,7 +113,9 @@ def get_dataset(name: str, split: str, root: str | Path | None = None, *, image_
         raise ValueError(f"subset must be an int >= 1 (or None for the whole split), got {subset!r}")
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"image_size must be an int >= 1 (or None for the dataset's size), got {image_size!r}")
-    ds = DATASETS[key](check_split(split), root=root, image_size=image_size, in_chans=in_chans)
+    if folder_options and key != "imagefolder":
+        raise ValueError(f"options {sorted(folder_options)} are for image folders, not dataset {name!r}")
+    ds = DATASETS[key](check_split(split), root=root, image_size=image_size, in_chans=in_chans, **folder_options)
     return SubsetDataset(ds, subset) if subset is not None else ds
 
 

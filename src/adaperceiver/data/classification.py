@@ -1,7 +1,9 @@
-"""Image-classification datasets that need no download: Fashion-MNIST, an ImageFolder tree, sklearn digits.
+"""Image-classification datasets that need no download: Fashion-MNIST and sklearn digits (image folders:
+:mod:`adaperceiver.data.folder`).
 
 Every dataset yields ``(image, label)`` with ``image`` a normalised float tensor ``(C, H, W)`` and
-``label`` an int, and exposes ``classes`` (names), ``in_chans`` and ``img_size``. Augmentation is
+``label`` an int, and exposes ``classes`` (names), ``in_chans``, ``img_size`` and ``data_config`` (how
+its images were prepared, which a model trained on it keeps). Augmentation is
 not done here but per batch in the training loop (:class:`adaperceiver.data.RandomCropFlip`), so it
 is deterministic from the run's seed and step and runs on the training device.
 """
@@ -20,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..models.data_config import DATASET_STATS, DataConfig
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
@@ -27,8 +31,7 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = DATASET_STATS["fashion_mnist"]
 SPLITS = ("train", "val")
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
@@ -79,12 +82,13 @@ def _normalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> T
 class TensorImageDataset(Dataset):
     """A whole dataset held in memory as one normalised float tensor ``(N, C, H, W)`` plus labels."""
 
-    def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str]):
+    def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str], data_config: DataConfig | None = None):
         if images.dim() != 4 or images.shape[0] != labels.shape[0]:
             raise ValueError(f"need images (N, C, H, W) and N labels, got {tuple(images.shape)} and {tuple(labels.shape)}")
         self.images = images
         self.labels = labels.long()
         self.classes = tuple(classes)
+        self.data_config = data_config
         if self.labels.numel() and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < len(self.classes):
             raise ValueError(f"labels must lie in [0, {len(self.classes) - 1}] for {len(self.classes)} classes, got "
                              f"[{int(self.labels.min())}, {int(self.labels.max())}]")
@@ -110,6 +114,12 @@ def _resize(images: Tensor, size: int | None) -> Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
+def builtin_data_config(name: str, size: int, classes: Sequence[str]) -> DataConfig:
+    """How a built-in grey set is prepared: its own mean / std, the whole image resized to ``size``."""
+    mean, std = DATASET_STATS[name]
+    return DataConfig(size, 1, mean, std, "bilinear", 1.0, "squash", tuple(classes))
+
+
 def read_fashion_mnist(split: str, root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images ``(N, H, W)`` and labels ``(N,)`` of a Fashion-MNIST split (``train`` / ``val``)
     from the IDX files in ``root`` (default: the Debian package's folder): the one reader of them."""
@@ -133,7 +143,8 @@ def fashion_mnist(split: str, root: str | Path | None = None, image_size: int | 
     images, labels = read_fashion_mnist(check_split(split), root)
     x = torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1)
     x = _normalise(_resize(x, image_size), FASHION_MNIST_MEAN, FASHION_MNIST_STD)
-    return TensorImageDataset(x, torch.from_numpy(labels.astype(np.int64)), FASHION_MNIST_CLASSES)
+    return TensorImageDataset(x, torch.from_numpy(labels.astype(np.int64)), FASHION_MNIST_CLASSES,
+                              builtin_data_config("fashion_mnist", x.shape[-1], FASHION_MNIST_CLASSES))
 
 
 def digits(split: str, root: str | Path | None = None, image_size: int | None = None,
@@ -150,74 +161,7 @@ def digits(split: str, root: str | Path | None = None, image_size: int | None = 
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     n_val = int(round(len(y) * val_fraction))
     idx = order[n_val:] if split == "train" else order[:n_val]
-    x = _normalise(_resize(x[idx], image_size), (0.3,), (0.4,))
-    return TensorImageDataset(x, y[idx], [str(c) for c in range(10)])
-
-
-class ImageFolderDataset(Dataset):
-    """``root/<split>/<class>/*.png|jpg|...`` read with PIL on access, resized to ``image_size``.
-
-    Class names come from the sub-folders of ``root/train`` (sorted), so every split uses the same
-    label ids. Pixels are scaled to [0, 1] and normalised with mean 0.5, std 0.5 per channel.
-    """
-
-    def __init__(self, root: str | Path, split: str, image_size: int = 32, in_chans: int = 3):
-        split = check_split(split)
-        if in_chans not in (1, 3):
-            raise ValueError(f"in_chans must be 1 (grey) or 3 (RGB), got {in_chans}")
-        root = Path(root)
-        split_dir = root / split
-        if not split_dir.is_dir():
-            raise FileNotFoundError(f"no folder {split_dir}; an ImageFolder dataset needs root/train/<class>/*.png "
-                                    f"and root/val/<class>/*.png")
-        class_dir = root / "train" if (root / "train").is_dir() else split_dir
-        self.classes = tuple(sorted(p.name for p in class_dir.iterdir() if p.is_dir()))
-        if not self.classes:
-            raise ValueError(f"{class_dir} has no class sub-folders")
-        if len(self.classes) < 2:
-            raise ValueError(f"{class_dir} has one class folder ({self.classes[0]}); classification needs at least 2")
-        strangers = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in self.classes)
-        if strangers:  # their images would be dropped without a word
-            raise ValueError(f"{split_dir} has class folders {strangers} that {class_dir} lacks; every class needs "
-                             f"training images (classes come from {class_dir})")
-        self.samples: list[tuple[Path, int]] = []
-        for label, name in enumerate(self.classes):
-            folder = split_dir / name
-            if folder.is_dir():
-                files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-                if not files and split == "train":  # a class the model could never learn
-                    raise ValueError(f"class folder {folder} has no images ({', '.join(IMAGE_EXTENSIONS)}); add "
-                                     f"some or remove the folder")
-                self.samples += [(p, label) for p in files]
-        if not self.samples:
-            raise ValueError(f"no images with extensions {list(IMAGE_EXTENSIONS)} under {split_dir}/<class>/")
-        self.img_size = image_size
-        self.in_chans = in_chans
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load(self, path: Path) -> Tensor:
-        from PIL import Image, UnidentifiedImageError
-
-        try:  # DecompressionBombError: an image claiming more pixels than PIL's safety limit
-            with Image.open(path) as im:
-                im = im.convert("L" if self.in_chans == 1 else "RGB")
-                if im.size != (self.img_size, self.img_size):
-                    im = im.resize((self.img_size, self.img_size), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8).copy()
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
-            raise ValueError(f"cannot read image {path}: {e}") from None
-        x = torch.from_numpy(arr).float().div_(255.0)
-        x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)
-        return (x - 0.5) / 0.5
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        path, label = self.samples[i]
-        return self.load(path), label
-
-
-__all__ = [
-    "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "FASHION_MNIST_FILES", "IMAGE_EXTENSIONS", "ImageFolderDataset",
-    "SPLITS", "TensorImageDataset", "check_split", "digits", "fashion_mnist", "read_fashion_mnist", "read_idx"
-]
+    mean, std = DATASET_STATS["digits"]
+    x = _normalise(_resize(x[idx], image_size), mean, std)
+    names = [str(c) for c in range(10)]
+    return TensorImageDataset(x, y[idx], names, builtin_data_config("digits", x.shape[-1], names))

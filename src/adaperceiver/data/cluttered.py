@@ -29,6 +29,7 @@ from .classification import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
+    builtin_data_config,
     check_split,
     read_fashion_mnist,
 )
@@ -78,6 +79,7 @@ class ClutteredFashionMNIST(Dataset):
             raise ValueError(f"length must be >= 1, got {length}")
         self.split, self.canvas, self.clutter, self.clutter_size, self.seed = split, canvas, clutter, clutter_size, seed
         self.img_size = canvas
+        self.data_config = builtin_data_config("fashion_mnist", canvas, FASHION_MNIST_CLASSES)
         self.source = np.arange(length, dtype=np.int64) % n  # the placed item of every image
 
         rng = np.random.default_rng([seed, _SPLIT_STREAM[split]])

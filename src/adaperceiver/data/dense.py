@@ -37,10 +37,10 @@ from ..errors import UserError
 from .classification import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
-    IMAGE_EXTENSIONS,
     read_fashion_mnist,
 )
 from .dense_io import _check_split, _open, _size_hw, _split_dir, image_to_tensor, pair_files, resize_depth, resize_image, resize_labels
+from .transforms import IMAGE_EXTENSIONS
 from .visp import ViSPCastelDepth
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -8,11 +8,26 @@ exactly the way the model was trained, never with a default guessed downstream.
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 CROP_MODES = ("center", "squash")
+
+# OpenAI CLIP's normalisation, which the paper's ImageNet models use (the reference code's eval config:
+# mean/std below, torchvision Resize(256, antialias=True) with its default bilinear filter, CenterCrop(224))
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# per-dataset normalisation of the built-in sets: (mean, std), one value per channel
+DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fashion_mnist": ((0.2860,), (0.3530,)),  # measured on the 60,000 training images
+    "digits": ((0.3,), (0.4,)),
+}
+FOLDER_MEAN, FOLDER_STD = 0.5, 0.5  # what image folders were normalised with before data configs existed
+
+logger = logging.getLogger("adaperceiver")
 
 
 @dataclass(frozen=True)
@@ -78,4 +93,43 @@ class DataConfig:
         return cls(**d)
 
 
-__all__ = ["CROP_MODES", "DataConfig", "INTERPOLATIONS"]
+def hub_data_config(in_chans: int = 3, class_names: Sequence[str] | None = None) -> DataConfig:
+    """The paper's ImageNet eval preprocessing: 224 px, resize 256 (bilinear) -> centre crop 224, CLIP mean/std."""
+    if in_chans != 3:
+        raise ValueError(f"the paper's ImageNet preprocessing is for RGB (in_chans 3), got in_chans {in_chans}")
+    return DataConfig(224, 3, CLIP_MEAN, CLIP_STD, "bilinear", 224 / 256, "center",
+                      None if class_names is None else tuple(class_names))
+
+
+def derive_data_config(meta: Mapping[str, Any], in_chans: int, img_size: int) -> tuple[DataConfig, str]:
+    """A data config for a checkpoint saved before models carried one, and a line saying what was assumed.
+
+    Read from what config.json does record: the training dataset (built-in sets: their statistics,
+    squashed to the model size as they were loaded), ``converted_from`` (the paper's ImageNet eval
+    preprocessing), otherwise image-folder style mean/std 0.5 squashed to the model size.
+    """
+    names = meta.get("class_names")
+    names = tuple(names) if isinstance(names, (list, tuple)) and names else None
+    train = meta.get("train") if isinstance(meta.get("train"), Mapping) else {}
+    dataset = str(train.get("dataset") or (meta.get("dense") or {}).get("dataset") or "").lower().replace("-", "_")
+    stats_key = next((k for k in DATASET_STATS if dataset.startswith(k)), None)
+    if meta.get("converted_from") and in_chans == 3 and img_size == 224:
+        cfg = hub_data_config(3, names)
+        why = "a converted reference checkpoint: the paper's ImageNet eval preprocessing"
+    elif stats_key is not None and in_chans == len(DATASET_STATS[stats_key][0]):
+        mean, std = DATASET_STATS[stats_key]
+        cfg = DataConfig(img_size, in_chans, mean, std, "bilinear", 1.0, "squash", names)
+        why = f"trained on {dataset}: its mean/std"
+    else:
+        cfg = DataConfig(img_size, in_chans, (FOLDER_MEAN,) * in_chans, (FOLDER_STD,) * in_chans, "bilinear", 1.0,
+                         "squash", names)
+        why = f"trained on {dataset or 'an unrecorded dataset'}: the image-folder default"
+    return cfg, why
+
+
+def describe(cfg: DataConfig) -> str:
+    """One line: ``3 ch, 224 px (resize 256 -> centre crop 224, bilinear), mean [...], std [...]``."""
+    crop = (f"resize {cfg.resize_size} -> centre crop {cfg.input_size}" if cfg.crop_mode == "center"
+            else f"squashed to {cfg.input_size}")
+    mean, std = [round(m, 4) for m in cfg.mean], [round(s, 4) for s in cfg.std]
+    return f"{cfg.in_chans} ch, {cfg.input_size} px ({crop}, {cfg.interpolation}), mean {mean}, std {std}"
