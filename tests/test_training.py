@@ -211,6 +211,11 @@ def test_trains_on_a_users_image_folder(tmp_path, make_folder):
     assert result.metrics["val_acc1"] == pytest.approx(direct["acc1"])
     meta = json.loads((tmp_path / "folder" / "config.json").read_text())
     assert meta["class_names"] == ["cat", "dog"] and meta["model"]["in_chans"] == 1
+    # the run keeps how its images were prepared: grey 8 px, mean/std measured on the folder, class names
+    dc = meta["data_config"]
+    assert (dc["in_chans"], dc["input_size"], dc["class_names"]) == (1, 8, ["cat", "dog"])
+    assert from_pretrained(tmp_path / "folder").data_config.to_dict() == dc
+    assert meta["image_folder"]["train"]["layout"] == "train/val" and meta["image_folder"]["val"]["num_images"] == 4
 
 
 def test_weight_decay_skips_what_the_model_names(tmp_path):

@@ -73,6 +73,12 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
 }
 
 
+def canonical_name(name: str) -> str:
+    """The registry key of a dataset name (case-insensitive, ``-`` for ``_``, aliases resolved)."""
+    key = name.lower().replace("-", "_")
+    return _ALIASES.get(key, key)
+
+
 def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
@@ -105,8 +111,7 @@ def get_dataset(name: str, split: str, root: str | Path | None = None, *, image_
     :class:`ImageFolderDataset` (``data_config``, ``val_fraction``, ``split_seed``, ``on_corrupt``,
     ``transform``) and are refused for other datasets.
     """
-    key = name.lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
+    key = canonical_name(name)
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {list_datasets()}")
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
@@ -152,5 +157,6 @@ class RandomCropFlip:
 __all__ = [
     "ClutteredFashionMNIST", "DATASETS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "ImageFolderDataset", "RandomCropFlip",
     "SubsetDataset",
-    "TensorImageDataset", "cluttered_fashion_mnist", "digits", "fashion_mnist", "get_dataset", "list_datasets", "read_idx",
+    "TensorImageDataset", "canonical_name",
+    "cluttered_fashion_mnist", "digits", "fashion_mnist", "get_dataset", "list_datasets", "read_idx",
 ]

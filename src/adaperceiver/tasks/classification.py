@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import load_matching
-from ..data import RandomCropFlip, get_dataset
+from ..data import RandomCropFlip, canonical_name, get_dataset
 from ..data.augment import TrainAugment
 from ..errors import UserError
 from ..evaluation.metrics import ClassificationAccuracy
@@ -24,9 +24,18 @@ from ..training.config import TaskData, TaskSpec, TrainConfig
 def _classification_data(cfg: TrainConfig) -> TaskData:
     # image folders load grey or RGB to match the model (--set in_chans=1); other sets have fixed channels
     kw = dict(root=cfg.data_dir, image_size=cfg.image_size, in_chans=cfg.model_overrides.get("in_chans"))
+    folder = canonical_name(cfg.dataset) == "imagefolder"
+    if folder:  # validation images are prepared with the data config derived from the training images
+        kw.update(val_fraction=cfg.val_fraction, on_corrupt=cfg.corrupt_images)
+    elif cfg.val_fraction is not None:
+        raise UserError(f"val_fraction is for image folders; dataset {cfg.dataset!r} has its own validation split")
     train = get_dataset(cfg.dataset, "train", subset=cfg.train_subset, **kw)
-    val = get_dataset(cfg.dataset, "val", subset=cfg.val_subset, **kw)
-    return TaskData(train, val, len(train.classes), train.in_chans, train.img_size, tuple(train.classes))
+    val = get_dataset(cfg.dataset, "val", subset=cfg.val_subset, **kw,
+                      **({"data_config": train.data_config} if folder else {}))
+    meta = {"data_config": train.data_config.to_dict()}
+    if folder:
+        meta["image_folder"] = {"train": train.meta, "val": val.meta}
+    return TaskData(train, val, len(train.classes), train.in_chans, train.img_size, tuple(train.classes), meta)
 
 
 def adapt_model_config(cfg: TrainConfig, data: TaskData, task: str = "classification"):

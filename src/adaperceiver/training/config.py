@@ -28,7 +28,8 @@ from .objective import ObjectiveConfig
 EXPORT_CHOICES = ("ema", "raw")
 # allowed ranges of the numeric fields (types come from the annotations)
 TRAIN_CONFIG_RANGES = {
-    "image_size": ">= 1", "train_subset": ">= 1", "val_subset": ">= 1", "crop_padding": ">= 0", "num_workers": ">= 0",
+    "image_size": ">= 1", "val_fraction": "(0, 1)",
+    "train_subset": ">= 1", "val_subset": ">= 1", "crop_padding": ">= 0", "num_workers": ">= 0",
     "epochs": ">= 1", "batch_size": ">= 1", "eval_batch_size": ">= 1", "lr": "> 0", "min_lr": ">= 0",
     "weight_decay": ">= 0", "warmup_steps": ">= 0", "grad_clip": ">= 0", "accum_steps": ">= 1", "ema_decay": "[0, 1)",
     "seed": ">= 0", "checkpoint_every": ">= 0", "keep_checkpoints": ">= 1", "log_every": ">= 1", "eval_every": ">= 0",
@@ -73,11 +74,20 @@ class TrainConfig:
     dataset: str = field(default="fashion_mnist", metadata=dict(
         group="data", help="fashion_mnist (Debian dataset-fashion-mnist), fashion_mnist_cluttered (its items on "
                            "a 64 px canvas among clutter; ..._cluttered56/60 for smaller canvases), imagefolder (a "
-                           "data_dir with train/<class>/ and val/<class>/), digits (sklearn, 8x8), or a dense dataset"))
+                           "data_dir with train/<class>/ and val/<class>/, or <class>/ with val_fraction), "
+                           "digits (sklearn, 8x8), or a dense dataset"))
     data_dir: str | None = field(default=None, metadata=dict(
         group="data", help="dataset root (Fashion-MNIST IDX files or an ImageFolder tree)"))
     image_size: int | None = field(default=None, metadata=dict(
-        group="data", help="resize images to this square size (default: the dataset's size)"))
+        group="data", help="resize images to this square size (default: the dataset's size; an image folder: the "
+                           "shorter side of its first image)"))
+    val_fraction: float | None = field(default=None, metadata=dict(
+        group="data", help="imagefolder without train/ and val/: hold out this fraction of every class folder for "
+                           "validation (a fixed split, recorded in config.json)"))
+    corrupt_images: str = field(default="fail", metadata=dict(
+        group="data", choices=["fail", "skip"],
+        help="imagefolder: refuse a folder holding unreadable image files (fail, naming the first), or leave "
+             "them out and report them (skip)"))
     train_subset: int | None = field(default=None, metadata=dict(
         group="data", help="train on a fixed random subset of N images"))
     val_subset: int | None = field(default=None, metadata=dict(
