@@ -2,6 +2,7 @@
 
 from ._version import __version__
 from .checkpoint import from_pretrained, save_pretrained
+from .evaluation.predict import Prediction, Predictor, predict
 from .models import (
     AdaPerceiver,
     AdaPerceiverClassifier,
@@ -16,9 +17,10 @@ from .models import (
     preset_config,
     slim,
 )
+from .models.data_config import DataConfig
 
 __all__ = [
     "AdaPerceiver", "AdaPerceiverClassifier", "AdaPerceiverConfig", "AdaPerceiverDense", "AnytimeOutput",
-    "EarlyExitOutput", "Features", "build_model", "create_model", "from_pretrained", "list_models",
-    "preset_config", "save_pretrained", "slim", "__version__",
+    "DataConfig", "EarlyExitOutput", "Features", "Prediction", "Predictor", "build_model", "create_model",
+    "from_pretrained", "list_models", "predict", "preset_config", "save_pretrained", "slim",
 ]

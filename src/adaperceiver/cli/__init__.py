@@ -12,10 +12,9 @@ import sys
 
 from .._version import __version__
 from ..errors import UserError
-from . import budget, convert, demo, distill, export, policy, sweep, teacher, train, visualize
-from .config_file import apply_config_file, command_parser, config_yaml
+from . import budget, convert, demo, distill, export, policy, predict, sweep, teacher, train, visualize
 
-COMMANDS = [train, demo, sweep, teacher, distill, policy, budget, export, visualize, convert]  # in --help order
+COMMANDS = [train, demo, sweep, predict, teacher, distill, policy, budget, export, visualize, convert]  # in --help order
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,11 +3,12 @@ generated from the config dataclasses: :mod:`adaperceiver.cli.options`.)"""
 
 from __future__ import annotations
 
-import torch
+import sys
 
 from ..data import get_dataset
-from ..models.setting import Setting
-from ..training.distributed import DistInfo, device_for
+from ..data.folder import CORRUPT_CHOICES
+from ..data.for_model import DataMismatchError, load_for_model
+from ..errors import UserError
 
 
 def parse_config_triple(text: str) -> Setting:
@@ -25,11 +26,43 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def load_dataset(spec: str, split: str):
+def load_dataset(spec: str, split: str, model=None, args=None):
     """A dataset named on the command line: ``NAME`` or ``NAME:ROOT`` (``fashion-mnist``, ``digits``,
-    ``imagefolder:PATH``, ``ade20k:PATH`` ...), via :func:`adaperceiver.data.get_dataset`."""
+    ``imagefolder:PATH``, ``ade20k:PATH`` ...).
+
+    With ``model``: prepared as its data config says (:func:`adaperceiver.data.for_model.load_for_model`,
+    honouring ``--allow-mismatch`` / ``--corrupt-images`` of :func:`add_data_options`); what was converted
+    or allowed is printed, one line each.
+    """
     name, _, root = spec.partition(":")
-    return get_dataset(name, split, root=root or None)
+    if model is None:
+        return get_dataset(name, split, root=root or None)
+    allow = bool(getattr(args, "allow_mismatch", False))
+    try:
+        data, notes = load_for_model(spec, split, model.data_config, num_classes=classifier_outputs(model),
+                                     allow_mismatch=allow, on_corrupt=getattr(args, "corrupt_images", "fail"))
+    except DataMismatchError as e:
+        raise UserError(f"{e}; --allow-mismatch evaluates anyway") from None
+    for line in notes:
+        print(line, file=sys.stderr)
+    return data
+
+
+def classifier_outputs(model) -> int | None:
+    """The class count of a classifier (None for a dense model)."""
+    cfg = getattr(model, "cfg", None)
+    if getattr(cfg, "task", "classification") != "classification":
+        return None
+    return getattr(cfg, "num_classes", None)
+
+
+def add_data_options(p) -> None:
+    """``--allow-mismatch`` and ``--corrupt-images`` for commands that read a dataset for a model."""
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="evaluate even when the data contradicts the model's data config (size, channels, "
+                        "normalisation, class names); the mismatch is printed")
+    p.add_argument("--corrupt-images", choices=CORRUPT_CHOICES, default="fail",
+                   help="image folders: refuse unreadable files (fail, default) or leave them out and list them (skip)")
 
 
 def add_device_option(p) -> None:

@@ -24,8 +24,7 @@ from ..adapt.policy import (
 )
 from ..checkpoint import from_pretrained
 from ..evaluation import machine_info
-from .common import add_device_option, add_inference_options, command_device, load_dataset
-from .config_file import add_config_file_options, write_config_yaml
+from .common import add_data_options, add_inference_options, load_dataset
 
 
 def register(sub) -> None:
@@ -55,8 +54,7 @@ def register(sub) -> None:
     t.add_argument("--cost", choices=["flops", "latency"], default="flops",
                    help="what the reward charges: FLOPs per image, or ms per image measured here at batch 1")
     t.add_argument("--out", required=True, help="output directory (one sub-directory per lambda)")
-    add_device_option(t)
-    add_config_file_options(t)
+    add_data_options(t)
     t.set_defaults(func=_cli_train)
 
     e = psub.add_parser("eval", help="compare policies with fixed configurations, early exit and the oracle")
@@ -70,6 +68,7 @@ def register(sub) -> None:
                    help="batch sizes to time every method at (none: skip timing)")
     e.add_argument("--latency-images", type=int, default=128)
     e.add_argument("--out", required=True)
+    add_data_options(e)
     add_inference_options(e)
     add_device_option(e)
     e.set_defaults(func=_cli_eval)
@@ -77,8 +76,9 @@ def register(sub) -> None:
 
 def _cli_train(args) -> int:
     policy_cfg = PolicyConfig(dim=args.policy_dim, num_blocks=args.policy_blocks)  # checked before the slow part
-    model = from_pretrained(args.model, map_location=command_device(args.device))
-    outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split), limit=args.limit)
+    model = from_pretrained(args.model)
+    outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split, model, args), limit=args.limit)
+    cost = configuration_flops(model, outcomes.space) if args.cost == "flops" else configuration_latency(model, outcomes.space)
     out = Path(args.out)
     write_config_yaml(args, out)
     cost = (configuration_flops(model, outcomes.space) if args.cost == "flops"
@@ -106,7 +106,7 @@ def _cli_eval(args) -> int:
         pol, meta = load_policy(d)
         policies[f"lam={meta.get('lam', Path(d).name)}"] = pol.to(device)
     space = next(iter(policies.values())).space if policies else None
-    outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split), space, limit=args.limit)
+    outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split, model, args), space, limit=args.limit)
     cost = configuration_flops(model, outcomes.space)
     result = evaluate_comparators(model, outcomes, cost, policies, args.taus, args.latency_batch_sizes,
                                   latency_images=args.latency_images, dtype=args.dtype, compile=args.compile)

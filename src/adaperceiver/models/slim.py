@@ -43,7 +43,7 @@ def slim(model: nn.Module, tokens: int, depth: int, width: int) -> nn.Module:
 
     The returned module is of ``model``'s class whose config is
     ``model.cfg.static_config(tokens, depth, width)``; calling it without arguments runs that
-    configuration. It is in eval mode, on the device and dtype of ``model``.
+    configuration. It is in eval mode, on the device and dtype of ``model``, and keeps its ``data_config``.
     """
     _check_slim_args(model, tokens, depth, width)
     # the same model class (build_model picks it from cfg.task, which the static config keeps)
@@ -64,6 +64,8 @@ def slim(model: nn.Module, tokens: int, depth: int, width: int) -> nn.Module:
     ref = next(model.parameters())
     static = static.to(device=ref.device, dtype=ref.dtype).eval()
     static.latent_mask(tokens, ref.device)  # fill the mask cache: no tensor->bool checks while tracing
+    if getattr(model, "data_config", None) is not None:  # the same images as the adaptive model
+        static.data_config = model.data_config
     return static
 
 
