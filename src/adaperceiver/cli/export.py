@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import WEIGHTS_NAME, from_pretrained, save_pretrained
+from ..checkpoint import WEIGHTS_NAME, from_pretrained, save_pretrained, write_json
 from ..export import export_onnx
 from ..models.inference import parse_dtype
 from ..models.slim import slim
@@ -49,5 +49,6 @@ def _cli_export(args) -> int:
             path = export_onnx(small, out / "model.onnx")
         except ImportError as e:
             raise ValueError(f"ONNX export needs optional packages: pip install onnx onnxscript ({e})") from None
-        print(f"wrote {path}")
+        write_json(out / "data_config.json", small.data_config.to_dict())  # how to prepare the ONNX model's input
+        print(f"wrote {path} and {out / 'data_config.json'} (how its input images are prepared)")
     return 0

@@ -93,11 +93,10 @@ class DataConfig:
         return cls(**d)
 
 
-def hub_data_config(in_chans: int = 3, class_names: Sequence[str] | None = None) -> DataConfig:
-    """The paper's ImageNet eval preprocessing: 224 px, resize 256 (bilinear) -> centre crop 224, CLIP mean/std."""
-    if in_chans != 3:
-        raise ValueError(f"the paper's ImageNet preprocessing is for RGB (in_chans 3), got in_chans {in_chans}")
-    return DataConfig(224, 3, CLIP_MEAN, CLIP_STD, "bilinear", 224 / 256, "center",
+def reference_data_config(img_size: int = 224, class_names: Sequence[str] | None = None) -> DataConfig:
+    """The paper's ImageNet eval preprocessing (RGB, CLIP mean/std, bilinear resize of the shorter side to
+    256 then centre crop 224), at ``img_size`` with the same crop fraction 224/256."""
+    return DataConfig(img_size, 3, CLIP_MEAN, CLIP_STD, "bilinear", 224 / 256, "center",
                       None if class_names is None else tuple(class_names))
 
 
@@ -113,8 +112,8 @@ def derive_data_config(meta: Mapping[str, Any], in_chans: int, img_size: int) ->
     train = meta.get("train") if isinstance(meta.get("train"), Mapping) else {}
     dataset = str(train.get("dataset") or (meta.get("dense") or {}).get("dataset") or "").lower().replace("-", "_")
     stats_key = next((k for k in DATASET_STATS if dataset.startswith(k)), None)
-    if meta.get("converted_from") and in_chans == 3 and img_size == 224:
-        cfg = hub_data_config(3, names)
+    if meta.get("converted_from") and in_chans == 3:
+        cfg = reference_data_config(img_size, names)
         why = "a converted reference checkpoint: the paper's ImageNet eval preprocessing"
     elif stats_key is not None and in_chans == len(DATASET_STATS[stats_key][0]):
         mean, std = DATASET_STATS[stats_key]
