@@ -185,7 +185,7 @@ def test_cli_sweep(tmp_path, monkeypatch, capsys, tiny_config):
 
     model = build_model(tiny_config(depth=2, token_grans=(8, 16), widths=(16, 32), num_classes=7))
     save_pretrained(model, tmp_path / "run")
-    monkeypatch.setattr(sweep_cmd, "load_dataset", lambda spec, split: _data(8))
+    monkeypatch.setattr(sweep_cmd, "load_dataset", lambda spec, split, *model_and_args: _data(8))
     out = tmp_path / "out"
     code = cli.main(["sweep", "--model", str(tmp_path / "run"), "--out", str(out), "--latency-batch-sizes", "1,2",
                      "--limit", "6", "--batch-size", "4", "--no-progress"])

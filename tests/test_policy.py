@@ -253,7 +253,7 @@ def test_policy_cli(model, tmp_path, monkeypatch, capsys):
     from adaperceiver.cli import policy as policy_cmd
 
     xs, ys = data(24)
-    monkeypatch.setattr(policy_cmd, "load_dataset", lambda spec, split: torch.utils.data.TensorDataset(xs, ys))
+    monkeypatch.setattr(policy_cmd, "load_dataset", lambda spec, split, *model_and_args: torch.utils.data.TensorDataset(xs, ys))
     save_pretrained(model, tmp_path / "run")
     assert main(["policy", "train", "--model", str(tmp_path / "run"), "--lams", "0.1", "1", "--epochs", "1",
                  "--policy-blocks", "0", "--cost", "latency", "--out", str(tmp_path / "pol")]) == 0
