@@ -153,3 +153,19 @@ def test_predict_command_reads_folders_and_stdin(grey_model, tmp_path, capsys, m
     assert csv[0] == "image,top1,p1" and len(csv) == 4
     assert main(["predict", "--model", str(grey_model), str(tmp_path / "missing.jpg")]) == 2
     assert "no image file or folder at" in capsys.readouterr().err
+
+
+def test_fine_tuning_on_a_single_folder_keeps_the_pretrained_preparation(grey_model, tmp_path, capsys):
+    folder = _photos(tmp_path / "mine", n=5, size=(40, 30), classes=("x", "y"))
+    argv = ["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--val-fraction", "0.2", "--init-from",
+            str(grey_model), "--model", "adaperceiver_tiny", "--set", "in_chans=1", "--set", "depth=2",
+            "--set", "num_latents=16", "--set", "token_grans=[8,16]", "--set", "widths=[16,32]", "--set",
+            "embed_dim=32", "--set", "num_heads=4", "--set", "ffn_ratio=2.57", "--set", "ls_init=0.5",
+            "--batch-size", "4", "--epochs", "1", "--no-progress", "--out", str(tmp_path), "--name", "ft"]
+    assert main(argv) == 0, capsys.readouterr().err
+    meta = json.loads((tmp_path / "ft" / "config.json").read_text())
+    dc = meta["data_config"]  # the pretrained model's size / channels / normalisation, the folder's classes
+    assert (dc["input_size"], dc["in_chans"], dc["mean"], dc["crop_mode"]) == (28, 1, [0.286], "squash")
+    assert dc["class_names"] == ["x", "y"]
+    split = meta["image_folder"]
+    assert split["train"]["num_images"] == 8 and split["val"]["num_images"] == 2 and split["val"]["val_fraction"] == 0.2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -126,6 +127,16 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
     load_strict(model, read_state_dict(weights, verify=verify), source=str(weights))
     model.data_config = read_data_config(meta, model.cfg, directory)
     return model.to(map_location).eval()
+
+
+def load_data_config(directory: str | Path) -> DataConfig:
+    """The data config of a saved model without building the model (e.g. to fine-tune it on a folder)."""
+    meta = load_meta(directory)
+    m = meta["model"]
+    if not isinstance(m.get("in_chans"), int) or not isinstance(m.get("img_size"), int):
+        raise UserError(f"{Path(directory) / CONFIG_NAME}: the model section lacks in_chans / img_size")
+    cfg = SimpleNamespace(in_chans=m["in_chans"], img_size=m["img_size"], num_classes=m.get("num_classes"))
+    return read_data_config(meta, cfg, directory)
 
 
 def read_data_config(meta: dict[str, Any], cfg: Any, directory: str | Path) -> DataConfig:

@@ -17,6 +17,7 @@ refuses the folder naming the first one, ``"skip"`` leaves them out and reports 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +93,8 @@ class ImageFolderDataset(Dataset):
         self.meta["skipped"] = self._check_files(on_corrupt)
         if data_config is None:
             data_config = folder_data_config(self, image_size, in_chans)
+        elif data_config.class_names is None:  # e.g. a pretrained model's preparation for a new set of classes
+            data_config = dataclasses.replace(data_config, class_names=self.classes)
         self.data_config = data_config
         self.transform = transform or EvalTransform(data_config)
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import load_matching
+from ..checkpoint import load_data_config, load_matching
 from ..data import RandomCropFlip, canonical_name, get_dataset
 from ..data.augment import TrainAugment
 from ..errors import UserError
@@ -27,11 +28,15 @@ def _classification_data(cfg: TrainConfig) -> TaskData:
     folder = canonical_name(cfg.dataset) == "imagefolder"
     if folder:  # validation images are prepared with the data config derived from the training images
         kw.update(val_fraction=cfg.val_fraction, on_corrupt=cfg.corrupt_images)
+        if cfg.init_from:  # fine-tuning: images prepared as the pretrained model's were, for the folder's classes
+            base = load_data_config(cfg.init_from)
+            kw["data_config"] = dataclasses.replace(base, class_names=None, input_size=cfg.image_size or base.input_size)
     elif cfg.val_fraction is not None:
         raise UserError(f"val_fraction is for image folders; dataset {cfg.dataset!r} has its own validation split")
     train = get_dataset(cfg.dataset, "train", subset=cfg.train_subset, **kw)
-    val = get_dataset(cfg.dataset, "val", subset=cfg.val_subset, **kw,
-                      **({"data_config": train.data_config} if folder else {}))
+    if folder:
+        kw["data_config"] = train.data_config
+    val = get_dataset(cfg.dataset, "val", subset=cfg.val_subset, **kw)
     meta = {"data_config": train.data_config.to_dict()}
     if folder:
         meta["image_folder"] = {"train": train.meta, "val": val.meta}
