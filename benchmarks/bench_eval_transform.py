@@ -24,13 +24,13 @@ import json
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from adaperceiver.data.transforms import EvalTransform, open_image, pil_to_tensor
+from adaperceiver.evaluation.cost import time_call
 from adaperceiver.models.data_config import reference_data_config
 
 PHOTOS = ("eagle.jpg", "dog.jpg", "giraffe.jpg", "baboon.jpg", "orange.jpg", "apple.jpg", "butterfly.jpg",
@@ -104,10 +104,9 @@ def main() -> None:
     for r in range(args.rounds):
         order = list(methods) if r % 2 == 0 else list(reversed(methods))
         for name in order:
-            t0 = time.perf_counter()
-            for f in files:
-                methods[name](f)
-            rates[name].append(len(files) / (time.perf_counter() - t0))
+            fn = methods[name]
+            t = time_call(lambda fn=fn: [fn(f) for f in files], batch_size=len(files), warmup=0, repeats=1)
+            rates[name].append(len(files) / (t.median_ms / 1000.0))
     base = statistics.median(rates["pil"])
     result = {"images": len(files), "rounds": args.rounds, "threads": 1, "cpu": platform.processor() or platform.machine(),
               "load": os.getloadavg(), "images_per_s": {m: round(statistics.median(v), 1) for m, v in rates.items()},
