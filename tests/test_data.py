@@ -141,3 +141,24 @@ def test_random_crop_flip_is_a_shifted_window_and_deterministic():
     for i in range(6):
         assert torch.equal(flipped[i], x[i]) or torch.equal(flipped[i], x[i].flip(-1))
     assert not torch.equal(flipped, x)  # with 6 samples, some flip under this seed
+
+
+@pytest.mark.skipif(not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_as_a_png_folder_gives_the_builtin_tensors(tmp_path):
+    from PIL import Image
+
+    from adaperceiver.data.classification import read_fashion_mnist
+
+    builtin = get_dataset("fashion_mnist", "val")
+    images, labels = read_fashion_mnist("val")
+    for i in range(30):  # benchmarks/fmnist_to_folder.py's layout, first 30 test images
+        d = tmp_path / "val" / f"{int(labels[i]):02d}_c"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i], "L").save(d / f"{i:05d}.png")
+    folder = get_dataset("imagefolder", "val", root=tmp_path, data_config=builtin.data_config)
+    assert len(folder) == 30
+    for j, (path, label) in enumerate(folder.samples):  # the same pixels, normalised the same way
+        i = int(path.stem)
+        assert folder.classes[label] == f"{builtin[i][1]:02d}_c"
+        torch.testing.assert_close(folder[j][0], builtin[i][0], atol=1e-6, rtol=0)
