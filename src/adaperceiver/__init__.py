@@ -22,5 +22,5 @@ from .models.data_config import DataConfig
 __all__ = [
     "AdaPerceiver", "AdaPerceiverClassifier", "AdaPerceiverConfig", "AdaPerceiverDense", "AnytimeOutput",
     "DataConfig", "EarlyExitOutput", "Features", "Prediction", "Predictor", "build_model", "create_model",
-    "from_pretrained", "list_models", "predict", "preset_config", "save_pretrained", "slim",
+    "from_pretrained", "list_models", "predict", "preset_config", "save_pretrained", "slim", "__version__",
 ]

@@ -165,3 +165,10 @@ def read_data_config(meta: dict[str, Any], cfg: Any, directory: str | Path) -> D
         raise UserError(f"{path}: data_config names {len(dc.class_names)} classes but the model has {num_classes} "
                         f"outputs")
     return dc
+
+
+__all__ = [
+    "ARCHITECTURES", "CONFIG_NAME", "FOREIGN_CONFIG_ARCHITECTURES", "WEIGHTS_NAME", "build_from_meta",
+    "from_pretrained", "load_config", "load_data_config", "load_matching", "load_meta", "read_data_config",
+    "save_pretrained"
+]

@@ -13,6 +13,7 @@ import sys
 from .._version import __version__
 from ..errors import UserError
 from . import budget, convert, demo, distill, export, policy, predict, sweep, teacher, train, visualize
+from .config_file import apply_config_file, command_parser, config_yaml
 
 COMMANDS = [train, demo, sweep, predict, teacher, distill, policy, budget, export, visualize, convert]  # in --help order
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
 from ..data import get_dataset
 from ..data.folder import CORRUPT_CHOICES
 from ..data.for_model import DataMismatchError, load_for_model
 from ..errors import UserError
+from ..models.setting import Setting
+from ..training.distributed import DistInfo, device_for
 
 
 def parse_config_triple(text: str) -> Setting:

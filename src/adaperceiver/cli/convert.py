@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import save_pretrained
+from ..checkpoint import CONFIG_NAME, HUB_PREFIX, WEIGHTS_NAME, hub_snapshot, save_pretrained
 from ..errors import UserError
 from ..models.data_config import DataConfig, describe, reference_data_config
 from ..models.util import num_parameters
@@ -41,13 +41,17 @@ def register(sub) -> None:
 
 
 def _cli_convert(args) -> int:
+    if (args.checkpoint is None) == (args.from_hub is None):
+        raise UserError("give the checkpoint to convert as a path or as --from-hub REPO_ID[@REVISION], not "
+                        + ("both" if args.checkpoint else "neither"))
+    source = args.checkpoint or hub_snapshot(args.from_hub, (CONFIG_NAME, WEIGHTS_NAME))
     names = read_class_names(args.class_names) if args.class_names else None
-    model = load_reference(args.checkpoint, args.config, section=args.section, semantics=args.semantics)
+    model = load_reference(source, args.config, section=args.section, semantics=args.semantics)
     c = model.cfg
     if names is not None and c.task == "classification" and len(names) != c.num_classes:
         raise UserError(f"{args.class_names} names {len(names)} classes but the checkpoint has {c.num_classes} outputs")
     model.data_config = converted_data_config(c.in_chans, c.img_size, names)
-    save_pretrained(model, args.out, extra={"converted_from": str(args.checkpoint)})
+    save_pretrained(model, args.out, extra={"converted_from": str(args.checkpoint or HUB_PREFIX + args.from_hub)})
     n = num_parameters(model)
     print(f"wrote {args.out}: {c.task} model, {n / 1e6:.2f} M parameters, D={c.embed_dim}, depth={c.depth}, "
           f"tokens<={c.num_latents} (granularities {list(c.token_grans)}), widths {list(c.widths)}; "

@@ -24,7 +24,8 @@ from ..adapt.policy import (
 )
 from ..checkpoint import from_pretrained
 from ..evaluation import machine_info
-from .common import add_data_options, add_inference_options, load_dataset
+from .common import add_data_options, add_device_option, add_inference_options, command_device, load_dataset
+from .config_file import add_config_file_options, write_config_yaml
 
 
 def register(sub) -> None:
@@ -55,6 +56,8 @@ def register(sub) -> None:
                    help="what the reward charges: FLOPs per image, or ms per image measured here at batch 1")
     t.add_argument("--out", required=True, help="output directory (one sub-directory per lambda)")
     add_data_options(t)
+    add_device_option(t)
+    add_config_file_options(t)
     t.set_defaults(func=_cli_train)
 
     e = psub.add_parser("eval", help="compare policies with fixed configurations, early exit and the oracle")
@@ -76,9 +79,8 @@ def register(sub) -> None:
 
 def _cli_train(args) -> int:
     policy_cfg = PolicyConfig(dim=args.policy_dim, num_blocks=args.policy_blocks)  # checked before the slow part
-    model = from_pretrained(args.model)
+    model = from_pretrained(args.model, map_location=command_device(args.device))
     outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split, model, args), limit=args.limit)
-    cost = configuration_flops(model, outcomes.space) if args.cost == "flops" else configuration_latency(model, outcomes.space)
     out = Path(args.out)
     write_config_yaml(args, out)
     cost = (configuration_flops(model, outcomes.space) if args.cost == "flops"

@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..evaluation.predict import Predictor, format_predictions
 from ..evaluation.reports import write_csv
 from ..models.data_config import describe
+from .common import add_device_option, command_device
 
 
 def register(sub) -> None:
@@ -32,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--max-ms", type=float, default=None, help="latency budget per image at batch 1 (needs --sweep)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--output", default=None, help="write the predictions to this .csv or .json file")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device_option(p)
     p.set_defaults(func=_cli_predict)
 
 
@@ -69,7 +70,7 @@ def _cli_predict(args) -> int:
     if budget and any(v is not None for v in (args.tokens, args.depth, args.width)):
         raise UserError("give either --tokens/--depth/--width or a budget (--max-gflops / --max-ms), not both")
     paths = image_paths(args.images)
-    model = from_pretrained(args.model, map_location=args.device)
+    model = from_pretrained(args.model, map_location=command_device(args.device))
     predictor = Predictor(model, batch_size=args.batch_size)
     setting = dict(tokens=args.tokens, depth=args.depth, width=args.width)
     if budget:

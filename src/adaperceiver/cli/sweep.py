@@ -9,7 +9,9 @@ from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import from_pretrained, load_meta
 from ..evaluation import format_table, run_sweep
-from .common import add_data_options, add_inference_options, load_dataset, parse_batch_sizes
+from ..evaluation.tensorboard import LOGGERS, TENSORBOARD_DIR, log_sweep, summary_writer
+from .common import add_data_options, add_device_option, add_inference_options, command_device, load_dataset, parse_batch_sizes
+from .config_file import add_config_file_options, write_config_yaml
 
 
 def register(sub) -> None:
@@ -33,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--metric", default=None,
                    help="metric name (default: the model's task: classification, segmentation or depth)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--logger", choices=LOGGERS, default="csv",
+                   help="besides sweep.csv (always written): tensorboard writes every configuration's metrics and the "
+                        "Pareto figure to OUT/tensorboard (needs pip install 'adaperceiver[tensorboard]'; default csv)")
     add_data_options(p)
     add_inference_options(p)
     add_device_option(p)
@@ -46,7 +51,10 @@ def _cli_sweep(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     sizes = parse_batch_sizes(args.latency_batch_sizes)
-    model = from_pretrained(args.model, map_location=args.device or "cpu")
+    if args.logger == "tensorboard":
+        summary_writer()  # a missing package fails before the sweep, not after it
+    device = command_device(args.device)
+    model = from_pretrained(args.model, map_location=device)
     data = load_dataset(args.data, args.split, model, args)
     if args.limit is not None:
         data = Subset(data, range(min(args.limit, len(data))))

@@ -8,7 +8,7 @@ import torch
 
 from ..checkpoint import from_pretrained
 from ..evaluation.reports import plot_dense_predictions
-from .common import add_data_options, load_dataset, parse_config_triple
+from .common import add_data_options, add_device_option, command_device, load_dataset, parse_config_triple
 
 
 def register(sub) -> None:
@@ -24,13 +24,14 @@ def register(sub) -> None:
                    help="a configuration tokens,depth,width (repeatable; default: small and full)")
     p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/predictions.png)")
     add_data_options(p)
+    add_device_option(p)
     p.set_defaults(func=_cli_visualize)
 
 
 def _cli_visualize(args) -> int:
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
-    model = from_pretrained(args.model)
+    model = from_pretrained(args.model, map_location=command_device(args.device))
     data = load_dataset(args.data, args.split, model, args)
     items = [data[i] for i in range(min(args.num, len(data)))]
     images = torch.stack([x for x, _ in items])

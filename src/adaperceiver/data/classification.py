@@ -165,3 +165,9 @@ def digits(split: str, root: str | Path | None = None, image_size: int | None = 
     x = _normalise(_resize(x[idx], image_size), mean, std)
     names = [str(c) for c in range(10)]
     return TensorImageDataset(x, y[idx], names, builtin_data_config("digits", x.shape[-1], names))
+
+
+__all__ = [
+    "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "FASHION_MNIST_FILES", "SPLITS", "TensorImageDataset",
+    "builtin_data_config", "check_split", "digits", "fashion_mnist", "read_fashion_mnist", "read_idx"
+]

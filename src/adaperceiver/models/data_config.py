@@ -132,3 +132,7 @@ def describe(cfg: DataConfig) -> str:
             else f"squashed to {cfg.input_size}")
     mean, std = [round(m, 4) for m in cfg.mean], [round(s, 4) for s in cfg.std]
     return f"{cfg.in_chans} ch, {cfg.input_size} px ({crop}, {cfg.interpolation}), mean {mean}, std {std}"
+
+
+__all__ = ["CLIP_MEAN", "CLIP_STD", "CROP_MODES", "DATASET_STATS", "DataConfig", "INTERPOLATIONS", "derive_data_config",
+           "describe", "reference_data_config"]
