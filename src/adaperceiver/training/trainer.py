@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -269,10 +268,8 @@ class Trainer:
         """Write a complete checkpoint directory, then point ``last.json`` at it (the atomic switch)."""
         if not self.is_writer():
             return None
-        ckpt_root = self.cfg.run_dir / CHECKPOINT_DIR
-        path = ckpt_root / f"step_{self.step:08d}"
-        if path.exists():
-            shutil.rmtree(path)
+        path = rundir.fresh_checkpoint_dir(self.cfg.run_dir, self.step)
+        ckpt_root = path.parent
         save_state_dict(path / "model.safetensors", self.model.state_dict())
         if self.ema is not None:
             save_state_dict(path / "ema.safetensors", self.ema.module.state_dict())
@@ -287,9 +284,7 @@ class Trainer:
         save_pretrained(self.export_model, self.cfg.run_dir, extra=self.run_meta())
         atomic_write(ckpt_root / LAST_POINTER,
                      lambda tmp: Path(tmp).write_text(json.dumps({"dir": path.name, "step": self.step}) + "\n"))
-        old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and p != path)
-        for p in old[: max(0, len(old) - (self.cfg.keep_checkpoints - 1))]:
-            shutil.rmtree(p, ignore_errors=True)
+        rundir.rotate_checkpoints(self.cfg.run_dir, keep=path, count=self.cfg.keep_checkpoints)
         return path
 
     def load_checkpoint(self, path: Path, expected_step: int | None = None) -> None:
@@ -362,7 +357,10 @@ class Trainer:
         if self.is_writer():
             print(f"{cfg.run_dir}: precision {cfg.precision} on {self.device.type}, {self.num_workers} loader workers", flush=True)
         if resume:
-            self.metrics.load(keep_until_step=self.step)
+            dropped = self.metrics.load(keep_until_step=self.step)
+            if dropped and self.is_writer():
+                print(f"{self.metrics.path}: dropped {dropped} rows logged after step {self.step} (the checkpoint "
+                      f"resumed from); they are redone", flush=True)
         if self.is_writer():
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
         stop_at = min(self.total_steps, cfg.max_steps or self.total_steps)
