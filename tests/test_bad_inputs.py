@@ -457,3 +457,47 @@ def test_path_objects_are_accepted_for_path_fields(tmp_path):
     cfg = TrainConfig(out_dir=tmp_path, data_dir=tmp_path / "data", init_from=tmp_path / "m", freeze_backbone=True)
     assert cfg.out_dir == str(tmp_path) and cfg.init_from == str(tmp_path / "m")
     json.dumps(cfg.to_dict())  # still what config.json can hold
+
+
+# --------------------------------------------------------------------------------------------------
+# one input contract: every entry point that takes images accepts and refuses the same tensors
+def _entry_points(model):
+    from adaperceiver.export import _Logits
+    from adaperceiver.reference import reference_forward
+
+    fast = model.for_inference()
+    slim = model.slim(8, 2, 16)
+    return {"model": model, "model.forward_anytime": lambda x: model.forward_anytime(x).outputs,
+            "for_inference": fast, "for_inference.forward_anytime": lambda x: fast.forward_anytime(x).outputs,
+            "slim": slim, "onnx_wrapper": _Logits(slim), "reference_forward": lambda x: reference_forward(model, x)[0][-1]}
+
+
+def _contract_inputs():
+    x = torch.randn(2, 1, 28, 28)
+    pixels = (x.clamp(-2, 2) * 60 + 128).round()
+    return {"fp32": x, "fp16": x.half(), "bf16": x.bfloat16(), "uint8": pixels.to(torch.uint8), "int64": pixels.long(),
+            "bool": x > 0, "complex": x.to(torch.complex64), "numpy": x.numpy(), "list": x.tolist(), "3d": x[0],
+            "5d": x[None], "3-channels": x.expand(2, 3, 28, 28), "size-30": torch.randn(2, 1, 30, 30),
+            "nan": x.masked_fill(x > 1, float("nan")), "inf": x.masked_fill(x > 1, float("inf")), "0-255-floats": pixels}
+
+
+def _outcome(fn, x):
+    try:
+        with torch.no_grad():
+            fn(x)
+    except ValueError as e:
+        return str(e)
+    return "accepted"
+
+
+@pytest.mark.parametrize("entry", ["model.forward_anytime", "for_inference", "for_inference.forward_anytime", "slim",
+                                   "onnx_wrapper", "reference_forward"])
+def test_every_entry_point_keeps_the_models_input_contract(model, entry):
+    points = _entry_points(model)
+    inputs = _contract_inputs()
+    want = {name: _outcome(model, x) for name, x in inputs.items()}
+    got = {name: _outcome(points[entry], x) for name, x in inputs.items()}
+    assert got == want
+    assert [n for n, o in want.items() if o == "accepted"] == ["fp32", "fp16", "bf16"]
+    assert re.search(r"uint8.*x\.float\(\) / 255", want["uint8"]) and re.search(r"magnitude 2\d\d", want["0-255-floats"])
+    assert "nan" in want["nan"] and "inf" in want["inf"]

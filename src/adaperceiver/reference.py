@@ -281,6 +281,7 @@ def reference_forward(model: AdaPerceiver, x: Tensor, num_tokens: int | None = N
     ``depth_tau`` stops the whole batch after the first block whose *batch-mean* max softmax >= tau.
     """
     rng = rng or random  # type: ignore[assignment]
+    x = model.check_input(x)
     n = model.resolve_tokens(num_tokens)
     width = _reference_width(model, mat_dim)
     hidden, sample_hidden = model.resolve_width(width, x.shape[0])
