@@ -242,6 +242,9 @@ CONFIG_ROWS = [
     ("widths", (16.5, 32)), ("rope_theta", 0), ("rope_theta", "big"), ("qkv_bias", "yes"), ("proj_bias", 1),
     ("ls_init", -0.1), ("ls_init", "small"), ("embed_mlp", "no"), ("head_mlp", None), ("latent_std", -1.0),
     ("latent_mask", "diagonal"), ("task", "detection"), ("task", 3),
+    # absurd floats that pass "> 0": they train to NaN or do nothing (issue 24)
+    ("rope_theta", 1e-300), ("rope_theta", float("inf")), ("rope_theta", 1e300), ("ffn_ratio", float("nan")),
+    ("ffn_ratio", float("inf")), ("ls_init", float("inf")), ("latent_std", 1e300),
 ]
 
 
@@ -270,6 +273,8 @@ TRAIN_ROWS = [
     ("static", (8.5, 2, 16)), ("keep_checkpoints", 0), ("log_every", 0), ("image_size", 0), ("augment", "yes"),
     ("export", "best"), ("max_steps", 0), ("ema_decay", 1.0), ("accum_steps", 0), ("num_workers", -1),
     ("device", "tpu7"), ("checkpoint_every", -5), ("model_overrides", {"embed_dim": "abc"}),
+    ("lr", float("inf")), ("lr", 50.0), ("lr", float("nan")), ("min_lr", 1e300), ("weight_decay", 100.0),
+    ("grad_clip", float("inf")), ("ema_decay", float("nan")), ("model_overrides", {"rope_theta": 1e-300}),
 ]
 
 
@@ -280,13 +285,30 @@ def test_train_config_rows(field, value):
     with pytest.raises(ValueError) as info:
         TrainConfig(**{field: value})
     msg = str(info.value)
-    named = field if field != "model_overrides" else "embed_dim"
+    named = field if field != "model_overrides" else next(iter(value))
     assert named in msg, msg
 
 
 OBJECTIVE_ROWS = [("kd_weight", -1.0), ("ce_weight", -0.5), ("ce_weight", "one"), ("kd_temperature", 0.0),
                   ("widths", (0, 16)), ("token_weights", ("a",)), ("depth_weighting", "cubic"),
-                  ("all_depths", "no"), ("label_smoothing", -0.1)]
+                  ("all_depths", "no"), ("label_smoothing", -0.1), ("label_smoothing", 0.99), ("kd_temperature", 1e-300),
+                  ("kd_temperature", float("inf")), ("ce_weight", float("inf")), ("token_weights", (float("nan"), 1.0)),
+                  ("full_token_weight", 1e-300)]
+
+
+def test_float_options_show_their_range_and_min_lr_stays_below_lr(capsys, cli_error, train_argv, tmp_path):
+    from adaperceiver.cli import build_parser
+    from adaperceiver.training import TrainConfig
+
+    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
+    helps = {o: a.help for cmd in ("distill", "train") for a in sub.choices[cmd]._actions for o in a.option_strings}
+    for flag, spec in [("--lr", "(0, 1]"), ("--weight-decay", "[0, 1]"), ("--temperature", "[0.1, 100]"),
+                       ("--label-smoothing", "[0, 0.5]"), ("--ema-decay", "[0, 1)"), ("--kd-weight", "[0, 100]")]:
+        assert f"(allowed: {spec})" in helps[flag], (flag, helps[flag])
+    with pytest.raises(ValueError, match=r"min_lr \(0\.01\) must not exceed lr \(0\.001\)"):
+        TrainConfig(lr=1e-3, min_lr=1e-2)
+    line = cli_error(train_argv(tmp_path, "--set", "rope_theta=1e-300"), capsys)
+    assert "rope_theta" in line and "[1, 1e9]" in line and "1e-300" in line, line
 
 
 @pytest.mark.parametrize("field,value", OBJECTIVE_ROWS, ids=[f"{f}={v!r}" for f, v in OBJECTIVE_ROWS])

@@ -106,6 +106,8 @@ class Trainer:
             for p in self.model.backbone_parameters():
                 p.requires_grad_(False)
         self.objective = JointObjective(cfg.objective, self.task.make_loss(cfg), extra_losses).to(self.device)
+        if cfg.objective.ce_weight == 0 and teacher is None and not extra_losses:
+            raise UserError("objective ce_weight is 0 and there is no teacher or extra loss: nothing to learn")
         if cfg.objective.token_weights is not None:  # one weight per read-out granularity: check before training
             self.objective.weights(self.model)
         self.step_module: nn.Module = StepModule(self.model, self.objective)
