@@ -186,6 +186,24 @@ OTHER_ROWS = [
                               "--out", "{root}/a_file"], [r"a_file"]),
     ("export-untrained-tokens", ["export", "--model", "{root}/tiny", "--tokens", "99", "--depth", "1", "--width", "8",
                                  "--out", "{out}/e"], [r"tokens", r"99"]),
+    # every error names the option as typed (issue 24), list options included
+    ("demo-latency-sizes-zero", ["demo", "--latency-batch-sizes", "0", "--out", "{out}"], [r"--latency-batch-sizes", r"'0'"]),
+    ("demo-baselines-named", ["demo", "--baselines", "1,2", "--out", "{out}"], [r"--baselines", r"1,2"]),
+    ("visualize-config", ["dense-visualize", "--model", "{root}/nowhere", "--config", "8,2"], [r"--config", r"8,2"]),
+    ("sweep-latency-sizes-zero", ["sweep", "--model", "{root}/tiny", "--latency-batch-sizes", "1,0"],
+     [r"--latency-batch-sizes", r"1,0"]),
+    ("budget-gflops-nan", ["budget", "--sweep", "{root}/bad_sweep.json", "--model", "{root}/tiny", "--max-gflops", "nan"],
+     [r"--max-gflops", r"nan"]),
+    ("policy-lams-nan", ["policy", "train", "--model", "{root}/nowhere", "--out", "{out}", "--lams", "0.1", "nan"],
+     [r"--lams", r"nan", r"\[0, 100\]"]),
+    ("policy-entropy", ["policy", "train", "--model", "{root}/nowhere", "--out", "{out}", "--entropy", "-1"],
+     [r"--entropy", r"-1"]),
+    ("policy-lr", ["policy", "train", "--model", "{root}/nowhere", "--out", "{out}", "--lr", "0"], [r"--lr", r"\b0"]),
+    ("policy-limit", ["policy", "train", "--model", "{root}/nowhere", "--out", "{out}", "--limit", "0"], [r"--limit"]),
+    ("policy-taus", ["policy", "eval", "--model", "{root}/nowhere", "--out", "{out}", "--taus", "0.5", "2"],
+     [r"--taus", r"\b2"]),
+    ("policy-latency-images", ["policy", "eval", "--model", "{root}/nowhere", "--out", "{out}", "--latency-images", "0"],
+     [r"--latency-images"]),
 ]
 
 
@@ -198,6 +216,7 @@ def test_command_rows(argv, patterns, files, tmp_path, capsys, monkeypatch, cli_
     if argv[0] == "demo":  # a wrong option must be refused before the 6-minute training starts
         argv += ["--dataset", "digits"]
     line = cli_error(argv, capsys)
+    assert not re.search(r"\bparse_\w+|<function", line), f"an internal name in: {line}"
     for pat in patterns:
         assert re.search(pat, line, re.I), f"{pat!r} not in: {line}"
 

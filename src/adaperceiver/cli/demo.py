@@ -109,7 +109,7 @@ def _cli_demo(args) -> int:
     sizes = args.latency_batch_sizes
     specs = None
     if args.baselines is not None:
-        specs = [s if s == "vit" else parse_config_triple(s) for s in args.baselines] or [*DEMO_BASELINES, "vit"]
+        specs = [s if s == "vit" else parse_config_triple(s, "--baselines") for s in args.baselines] or [*DEMO_BASELINES, "vit"]
     cfg = config_from_args(TrainConfig, args)
     with run_lock(cfg.run_dir):  # no other run writes (or deletes) this directory meanwhile
         return _demo(args, cfg, sizes, specs)
