@@ -36,6 +36,12 @@ def files(tmp_path_factory, tiny_overrides):
     save_pretrained(create_model("adaperceiver_tiny", **tiny_overrides), root / "tiny")  # 28x28 grey, 10 classes
     save_pretrained(create_model("adaperceiver_tiny", **{**tiny_overrides, "img_size": 8}), root / "digits_model")
     save_pretrained(create_model("adaperceiver_tiny", **{**tiny_overrides, "img_size": 8, "in_chans": 3}), root / "rgb_model")
+    from adaperceiver.models.heads import build_dense_model
+
+    dense_cfg = AdaPerceiverConfig(**{**tiny_overrides, "img_size": 8, "in_chans": 1})
+    save_pretrained(build_dense_model("segmentation", dense_cfg, {"num_classes": 3}), root / "seg_model")
+    save_pretrained(build_dense_model("depth", dense_cfg), root / "depth_model")
+    save_pretrained(create_model("adaperceiver_tiny", **{**tiny_overrides, "img_size": 8, "num_classes": 5}), root / "five_classes")
     save_pretrained(create_model("adaperceiver_tiny", **{**tiny_overrides, "img_size": 8, "embed_dim": 32, "num_heads": 4,
                                                           "widths": (16, 32)}), root / "other_width")
     # config.json variants of the tiny model
@@ -178,6 +184,17 @@ OTHER_ROWS = [
     ("distill-teacher-wrong-channels", ["distill", "--teacher", "{root}/rgb_model", "--dataset", "digits",
                                         "--train-subset", "32", "--batch-size", "16", "--out", "{out}"],
      [r"rgb_model", r"channel"]),
+    # teacher / student compatibility, checked before training (issue 24)
+    ("distill-teacher-segmentation", ["distill", "--teacher", "{root}/seg_model", "--dataset", "digits", "--train-subset", "32",
+                                      "--batch-size", "16", "--out", "{out}"], [r"seg_model", r"segmentation", r"classif"]),
+    ("distill-teacher-depth", ["distill", "--teacher", "{root}/depth_model", "--dataset", "digits", "--train-subset", "32",
+                               "--batch-size", "16", "--out", "{out}"], [r"depth_model", r"\bdepth model", r"classif"]),
+    ("distill-teacher-image-size", ["distill", "--teacher", "{root}/tiny", "--dataset", "digits", "--train-subset", "32",
+                                    "--batch-size", "16", "--out", "{out}"], [r"\btiny\b", r"28x28", r"8x8"]),
+    ("distill-teacher-classes", ["distill", "--teacher", "{root}/five_classes", "--dataset", "digits", "--train-subset", "32",
+                                 "--batch-size", "16", "--out", "{out}"], [r"five_classes", r"\b5 classes", r"\b10\b"]),
+    ("distill-feature-weight-nan", ["distill", "--teacher", "{root}/digits_model", "--feature-weight", "nan", "--dataset",
+                                    "digits", "--out", "{out}"], [r"--feature-weight", r"nan"]),
     ("distill-teacher-module-missing", ["distill", "--teacher", "python:no_such_module:make", "--dataset", "digits",
                                         "--out", "{out}"], [r"no_such_module"]),
     ("distill-timm-missing", ["distill", "--teacher", "timm:vit_tiny_patch16_224", "--dataset", "digits", "--out", "{out}"],
