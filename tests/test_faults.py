@@ -354,3 +354,30 @@ def test_resume_says_when_it_drops_metrics_rows(run, capsys, resume):
     assert re.search(r"metrics\.csv: dropped 1 rows logged after step 1", said), said
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert rows[1].startswith("1,") and not any(r.startswith("7,") for r in rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# an unreadable item inside a DataLoader worker: one line naming the split, the item and its file
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_an_item_error_in_a_dataloader_worker_is_one_line(tmp_path, make_folder, capsys, cli_error, train_argv, workers):
+    make_folder(tmp_path / "data")
+    bad = tmp_path / "data" / "train" / "cat" / "0.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    argv = train_argv(tmp_path, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
+                      "--batch-size", "2", "--train-subset", "6", "--val-subset", "4", "--num-workers", workers)
+    argv[argv.index("digits")] = "imagefolder"  # train_argv's own --dataset
+    line = cli_error(argv, capsys)
+    assert re.search(r"train item \d+: cannot read image .*cat/0\.png", line), line
+    assert ("DataLoader worker" in line) == (workers != "0") and "Traceback" not in line, line
+
+
+def test_debug_prints_the_worker_traceback_before_the_line(tmp_path, make_folder, capsys, train_argv):
+    make_folder(tmp_path / "data")
+    (tmp_path / "data" / "train" / "cat" / "0.png").write_bytes(b"\x89PNG garbage")
+    argv = train_argv(tmp_path, "--data-dir", str(tmp_path / "data"), "--image-size", "8", "--batch-size", "2",
+                      "--train-subset", "6", "--val-subset", "4", "--num-workers", "1")
+    argv[argv.index("digits")] = "imagefolder"
+    assert main(["--debug", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Original Traceback" in err and "__getitem__" in err, err[-2000:]
+    assert re.search(r"error: train item \d+: cannot read image", err.strip().splitlines()[-1])

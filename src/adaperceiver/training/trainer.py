@@ -48,6 +48,7 @@ from ..checkpoint import (
     save_pretrained,
     save_state_dict,
 )
+from ..data.items import ItemErrors
 from ..errors import UserError, first_line
 from ..evaluation.precision import autocast, grad_scaler, resolve_precision
 from . import distributed, rundir
@@ -153,13 +154,13 @@ class Trainer:
         sampler = EpochBatchSampler(len(self.data.train), self.cfg.batch_size, self.cfg.seed, epoch, start_batch,
                                     self.dist)
         # a seeded generator makes the workers' own seeds a function of (seed, epoch) too
-        return DataLoader(self.data.train, batch_sampler=sampler, num_workers=self.num_workers,
+        return DataLoader(ItemErrors(self.data.train, "train"), batch_sampler=sampler, num_workers=self.num_workers,
                           pin_memory=self.device.type == "cuda", generator=step_generator(self.cfg.seed, epoch, rank=-2))
 
     def val_loader(self) -> DataLoader | None:
         if self.data.val is None:
             return None
-        return DataLoader(self.data.val, batch_size=self.cfg.eval_batch_size, shuffle=False,
+        return DataLoader(ItemErrors(self.data.val, "val"), batch_size=self.cfg.eval_batch_size, shuffle=False,
                           num_workers=self.num_workers)
 
     # ----------------------------------------------------------------------------------------------
