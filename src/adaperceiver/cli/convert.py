@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 from ..checkpoint import CONFIG_NAME, HUB_PREFIX, WEIGHTS_NAME, hub_snapshot, save_pretrained
 from ..errors import UserError
 from ..models.util import num_parameters
-from ..reference import SEMANTICS, load_reference, token_count_rules
+from ..reference import SEMANTICS, UnverifiedConfigWarning, load_reference, token_count_rules
 
 
 def register(sub) -> None:
@@ -39,7 +42,14 @@ def _cli_convert(args) -> int:
         raise UserError("give the checkpoint to convert as a path or as --from-hub REPO_ID[@REVISION], not "
                         + ("both" if args.checkpoint else "neither"))
     source = args.checkpoint or hub_snapshot(args.from_hub, (CONFIG_NAME, WEIGHTS_NAME))
-    model = load_reference(source, args.config, section=args.section, semantics=args.semantics)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnverifiedConfigWarning)
+        model = load_reference(source, args.config, section=args.section, semantics=args.semantics)
+    for w in caught:
+        if issubclass(w.category, UnverifiedConfigWarning):
+            print(f"adaperceiver convert: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     save_pretrained(model, args.out, extra={"converted_from": str(args.checkpoint or HUB_PREFIX + args.from_hub)})
     n = num_parameters(model)
     c = model.cfg
