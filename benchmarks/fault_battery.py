@@ -164,11 +164,11 @@ def setup(root: Path) -> dict:
                             str(root), "--name", "segmentation", *tiny_set()], no_fit=False)
     assert code in (0, None), err
     files["segmentation"] = root / "segmentation"
-    files["depth"] = root / "depth"  # the segmentation model saved as a depth model (one output channel kept)
-    shutil.copytree(files["segmentation"], files["depth"])
-    meta = json.loads((files["depth"] / "config.json").read_text())
-    meta["task"] = meta["architecture"] = "depth"
-    (files["depth"] / "config.json").write_text(json.dumps(meta))
+    from adaperceiver import AdaPerceiverConfig
+    from adaperceiver.models.heads import build_dense_model
+
+    files["depth"] = root / "depth"
+    save_pretrained(build_dense_model("depth", AdaPerceiverConfig(**{**TINY, "img_size": 8, "in_chans": 1})), files["depth"])
     # a broken image folder
     from PIL import Image
 
@@ -507,8 +507,8 @@ def distill_cases(tmp: Path, f: dict):
         cli_case(f"distill teacher {name}", ["distill", "--teacher", str(f[name]), *base], must=(name, r"classif"))
     cli_case("distill teacher 5 classes", ["distill", "--teacher", str(f["five_class"]), *base], must=(r"\b5\b", r"\b10\b"))
     cli_case("distill teacher 3 channels", ["distill", "--teacher", str(f["rgb_model"]), *base], must=(r"channel",))
-    cli_case("distill teacher 28 px", ["distill", "--teacher", str(f["tiny"]), *base], must=(r"\b28\b|size", r"\b8\b"))
-    cli_case("distill teacher 16 px", ["distill", "--teacher", str(f["big_img"]), *base], must=(r"\b16\b|size", r"\b8\b"))
+    cli_case("distill teacher 28 px", ["distill", "--teacher", str(f["tiny"]), *base], must=(r"\b28\b|size", r"\b8x8\b"))
+    cli_case("distill teacher 16 px", ["distill", "--teacher", str(f["big_img"]), *base], must=(r"\b16\b|size", r"\b8x8\b"))
     cli_case("distill teacher a file", ["distill", "--teacher", str(f["tiny"] / "config.json"), *base], must=(r"config\.json",))
     cli_case("distill --feature-weight -1", ["distill", "--teacher", str(f["digits_model"]), "--feature-weight", "-1", *base],
              must=(r"feature[-_]weight",))

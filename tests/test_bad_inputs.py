@@ -161,6 +161,8 @@ OTHER_ROWS = [
     ("sweep-string-config", ["sweep", "--model", "{root}/string_dim", "--data", "digits"], [r"config\.json", r"embed_dim", r"abc"]),
     ("sweep-zero-heads-config", ["sweep", "--model", "{root}/zero_heads", "--data", "digits"], [r"config\.json", r"num_heads"]),
     ("sweep-corrupt-config", ["sweep", "--model", "{root}/corrupt_config", "--data", "digits"], [r"config\.json"]),
+    ("sweep-other-image-size", ["sweep", "--model", "{root}/tiny", "--data", "digits", "--limit", "4"],
+     [r"--data digits", r"8x8", r"28x28"]),
     ("sweep-classifier-on-segmentation", ["sweep", "--model", "{root}/tiny", "--data", "fashion_mnist_seg", "--limit", "4"],
      [r"classif", r"segment"]),
     ("budget-threads-negative", ["budget", "--sweep", "{root}/bad_sweep.json", "--model", "{root}/tiny", "--max-gflops", "1",
