@@ -137,6 +137,7 @@ CLI_ROWS = [
     ("out-is-a-file", ["--out", "{root}/a_file"], [r"a_file"]),
     ("name-escapes-out", ["--name", "../../escape"], [r"name", r"escape"]),
     ("batch-larger-than-data", ["--batch-size", "64"], [r"batch[-_]size", r"\b64\b", r"\b32\b"]),
+    ("widths-beyond-embed-dim", ["--widths", "8,999"], [r"widths", r"999", r"\b16\b"]),
 ]
 
 
@@ -197,6 +198,9 @@ OTHER_ROWS = [
                                  "--batch-size", "16", "--out", "{out}"], [r"five_classes", r"\b5 classes", r"\b10\b"]),
     ("distill-feature-weight-nan", ["distill", "--teacher", "{root}/digits_model", "--feature-weight", "nan", "--dataset",
                                     "digits", "--out", "{out}"], [r"--feature-weight", r"nan"]),
+    ("distill-teacher-cache-is-a-file", ["distill", "--teacher", "{root}/digits_model", "--teacher-cache", "{root}/a_file",
+                                         "--dataset", "digits", "--train-subset", "32", "--batch-size", "16", "--out", "{out}",
+                                         "--set", "patch_size=4"], [r"a_file", r"not a directory"]),
     ("distill-teacher-module-missing", ["distill", "--teacher", "python:no_such_module:make", "--dataset", "digits",
                                         "--out", "{out}"], [r"no_such_module"]),
     ("distill-timm-missing", ["distill", "--teacher", "timm:vit_tiny_patch16_224", "--dataset", "digits", "--out", "{out}"],

@@ -277,6 +277,9 @@ class CachedTeacher(nn.Module):
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.teacher = teacher
         self.dir = Path(cache_dir)
+        blocker = next((p for p in (self.dir, *self.dir.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise UserError(f"teacher cache {self.dir}: {blocker} is a file, not a directory")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.capacity = capacity
         self.keys_path = self.dir / "keys.txt"
