@@ -123,7 +123,7 @@ def api_case(case, fn, must=(), accepted="WEAK"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = fn()
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:  # the API's user errors (the CLI prints both as one line)
         msg = str(e)
         if len(msg.strip().splitlines()) != 1:
             record(case, "WEAK", f"multi-line: {msg[:160]!r}")
@@ -527,6 +527,94 @@ def worker_cases(tmp: Path, f: dict):
                  must=(r"5\.png", r"item|index"), no_fit=False)
 
 
+def more_cases(tmp: Path, f: dict):
+    """API calls and files the table above does not cover."""
+    from adaperceiver import from_pretrained
+    from adaperceiver.data import get_dataset
+    from adaperceiver.export import export_onnx
+
+    torch.manual_seed(0)
+    model = create_model("adaperceiver_tiny", **TINY).eval()
+    x = torch.randn(2, 1, 28, 28)
+    calls = {
+        "tokens=0": (lambda: model(x, tokens=0), (r"tokens",)),
+        "tokens=999": (lambda: model(x, tokens=999), (r"tokens",)),
+        "tokens=-1": (lambda: model(x, tokens=-1), (r"tokens",)),
+        "depth=99": (lambda: model(x, depth=99), (r"depth",)),
+        "depth=-1": (lambda: model(x, depth=-1), (r"depth",)),
+        "depth=1.5": (lambda: model(x, depth=1.5), (r"depth",)),
+        "width=0": (lambda: model(x, width=0), (r"width",)),
+        "width=999": (lambda: model(x, width=999), (r"width",)),
+        "width list of 3 for batch 2": (lambda: model(x, width=[8, 16, 16]), (r"width|entries",)),
+        "width='16'": (lambda: model(x, width="16"), (r"width",)),
+        "anytime depths=[0]": (lambda: model.forward_anytime(x, depths=[0]), (r"depth",)),
+        "anytime depths=[9]": (lambda: model.forward_anytime(x, depths=[9]), (r"depth",)),
+        "early exit threshold nan": (lambda: model.forward_early_exit(x, threshold=float("nan")), (r"threshold",)),
+        "early exit threshold -1": (lambda: model.forward_early_exit(x, threshold=-1.0), (r"threshold",)),
+        "for_inference dtype int8": (lambda: model.for_inference(dtype=torch.int8), (r"dtype",)),
+        "for_inference dtype 'fp64'": (lambda: model.for_inference(dtype="fp64"), (r"dtype",)),
+        "for_inference width list": (lambda: model.for_inference()(x, width=[8, 16]), (r"width",)),
+        "slim tokens 0": (lambda: model.slim(0, 1, 8), (r"tokens",)),
+        "slim depth 9": (lambda: model.slim(4, 9, 8), (r"depth",)),
+        "slim width 0": (lambda: model.slim(4, 1, 0), (r"width",)),
+        "from_pretrained a file": (lambda: from_pretrained(f["tiny"] / "config.json"), (r"config\.json",)),
+        "from_pretrained missing": (lambda: from_pretrained(tmp / "nowhere"), (r"nowhere",)),
+        "from_pretrained empty dir": (lambda: from_pretrained(tmp), (r"config\.json",)),
+        "get_dataset unknown": (lambda: get_dataset("mnist2", "train"), (r"mnist2",)),
+        "get_dataset imagefolder missing root": (lambda: get_dataset("imagefolder", "train", root=tmp / "nowhere"), (r"nowhere",)),
+        "get_dataset image_size 0": (lambda: get_dataset("digits", "train", image_size=0), (r"image_size",)),
+    }
+    for name, (fn, must) in calls.items():
+        api_case(f"api {name}", fn, must=must)
+    # an adaptive model whose num_latents is its last granularity exports at its full configuration: right answer
+    api_case("api export_onnx of an adaptive model (full configuration)", lambda: export_onnx(model, tmp / "a.onnx"),
+             accepted=None)
+    # files given to commands
+    tiny = str(f["tiny"])
+    (tmp / "empty").mkdir(exist_ok=True)
+    (tmp / "junk.json").write_text("not json")
+    rows = [
+        ("train --dataset imagefolder without --data-dir", train_argv(tmp, "--dataset", "imagefolder"), (r"data[-_]dir|root",)),
+        ("train --data-dir nowhere", train_argv(tmp, "--dataset", "imagefolder", "--data-dir", str(tmp / "nowhere")), (r"nowhere",)),
+        ("train --init-from a file", train_argv(tmp, "--init-from", str(f["tiny"] / "config.json")), (r"config\.json",)),
+        ("train --init-from an empty dir", train_argv(tmp, "--init-from", str(tmp / "empty")), (r"empty",)),
+        ("train --init-from a dense model", train_argv(tmp, "--init-from", str(f["segmentation"])), (r"segmentation",)),
+        ("train --model unknown", train_argv(tmp, "--model", "resnet50"), (r"resnet50",)),
+        ("train --export best", train_argv(tmp, "--export", "best"), (r"export",)),
+        ("train --set token_grans=[8,4]", train_argv(tmp, "--set", "token_grans=[8,4]"), (r"token_grans",)),
+        ("train --set widths=[999]", train_argv(tmp, "--set", "widths=[999]"), (r"width",)),
+        ("train --set num_heads=3", train_argv(tmp, "--set", "num_heads=3"), (r"heads|embed_dim",)),
+        ("train --set patch_size=3", train_argv(tmp, "--set", "patch_size=3"), (r"patch_size",)),
+        ("train --set img_size=30", train_argv(tmp, "--set", "img_size=30"), (r"img_size|size",)),
+        ("train --set novalue", train_argv(tmp, "--set", "novalue"), (r"--set",)),
+        ("train --static 99,1,8", train_argv(tmp, "--static", "99,1,8"), (r"tokens|99",)),
+        ("train --static 4,1,999", train_argv(tmp, "--static", "4,1,999"), (r"width|999",)),
+        ("train --widths 999", train_argv(tmp, "--widths", "999"), (r"widths|999",)),
+        ("train --task segmentation on digits", train_argv(tmp, "--task", "segmentation"), (r"segmentation|digits",)),
+        ("train --accum-steps 3 (does not divide 16)", train_argv(tmp, "--accum-steps", "3"), (r"accum",)),
+        ("sweep --model a file", ["sweep", "--model", str(f["tiny"] / "config.json")], (r"config\.json",)),
+        ("sweep --data imagefolder:nowhere", ["sweep", "--model", tiny, "--data", f"imagefolder:{tmp / 'nowhere'}"], (r"nowhere",)),
+        ("budget --sweep junk", ["budget", "--sweep", str(tmp / "junk.json"), "--model", tiny, "--max-gflops", "1"], (r"junk\.json",)),
+        ("budget --threads 0", ["budget", "--sweep", str(tmp / "junk.json"), "--model", tiny, "--max-gflops", "1",
+                                "--threads", "0"], (r"threads",)),
+        ("export --dtype int8", ["export", "--model", tiny, "--tokens", "4", "--depth", "1", "--width", "8", "--out",
+                                 str(tmp / "e2"), "--dtype", "int8"], (r"dtype",)),
+        ("policy eval --policies nowhere", ["policy", "eval", "--model", tiny, "--out", str(tmp / "pe"), "--policies",
+                                            str(tmp / "nowhere")], (r"nowhere",)),
+        ("convert --config junk", ["convert", str(tmp / "junk.json"), "--config", str(tmp / "junk.json"), "--out",
+                                   str(tmp / "cv")], (r"junk\.json",)),
+        ("convert --section missing", ["convert", str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "official"
+                                                      / "classification.safetensors"), "--config",
+                                       str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "official" / "config.json"),
+                                       "--section", "nosuch", "--out", str(tmp / "cv")], (r"nosuch",)),
+        ("distill --teacher-cache a file", ["distill", "--teacher", str(f["digits_model"]), "--teacher-cache",
+                                            str(tmp / "junk.json"), "--dataset", "digits", "--train-subset", "32",
+                                            "--batch-size", "16", "--out", str(tmp), *tiny_set()], (r"junk\.json|cache",)),
+    ]
+    for case, argv, must in rows:
+        cli_case(case, argv, must=must)
+
+
 def main_battery(verbose: bool) -> dict:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as d:
@@ -537,7 +625,7 @@ def main_battery(verbose: bool) -> dict:
         sections = [(float_option_cases, (scratch,)), (int_option_cases, (scratch,)), (list_option_cases, (scratch, f)),
                     (other_command_cases, (scratch, f)), (input_contract_cases, ()), (config_api_cases, ()),
                     (resume_cases, (root, f)), (convert_cases, (scratch,)), (distill_cases, (scratch, f)),
-                    (worker_cases, (scratch, f))]
+                    (worker_cases, (scratch, f)), (more_cases, (scratch, f))]
         for fn, args in sections:
             t0, n0 = time.perf_counter(), len(RESULTS)
             fn(*args)
