@@ -54,7 +54,7 @@ from ..evaluation.precision import autocast, grad_scaler, resolve_precision
 from . import distributed, rundir
 from .config import TaskData, TaskSpec, TrainConfig
 from .objective import Batch, ExtraLoss, JointObjective, StepModule
-from .rundir import CHECKPOINT_DIR, LAST_POINTER, METRICS_NAME, STATE_NAME, MetricsLog, last_checkpoint, read_run_json
+from .rundir import LAST_POINTER, METRICS_NAME, STATE_NAME, MetricsLog, last_checkpoint, read_run_json
 from .schedule import EpochBatchSampler, ModelEma, default_num_workers, param_groups, step_generator, warmup_cosine
 
 # fields a resumed run must share with the run it continues (they fix data order and schedule)
@@ -346,7 +346,7 @@ class Trainer:
             return self._fit(resume)
         with run_lock(self.cfg.run_dir), self.metrics:  # one writer per directory (others refused); the log closes its event files
             remove_temporaries(self.cfg.run_dir)  # left by a killed writer; safe under the lock
-            remove_temporaries(self.cfg.run_dir / CHECKPOINT_DIR, recursive=True)
+            remove_temporaries(rundir.checkpoint_root(self.cfg.run_dir), recursive=True)  # refuses a link outside
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> TrainResult:
