@@ -3,8 +3,9 @@ generated from the config dataclasses: :mod:`adaperceiver.cli.options`.)"""
 
 from __future__ import annotations
 
+import argparse
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -23,14 +24,28 @@ def parse_config_triple(text: str, flag: str) -> Setting:
         raise UserError(f"{flag}: {e}") from None
 
 
-def parse_batch_sizes(text: str, flag: str = "--latency-batch-sizes") -> tuple[int, ...]:
-    """``"1,64"`` -> ``(1, 64)``, given with option ``flag``."""
+def _batch_sizes(value: str | Sequence[int]) -> tuple[int, ...] | None:
     try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        sizes = ()
-    if not sizes or any(b < 1 for b in sizes):
-        raise UserError(f"{flag} takes comma-separated batch sizes >= 1 like 1,64, got {text!r}")
+        items = value.split(",") if isinstance(value, str) else list(value)
+        sizes = tuple(int(v) for v in items if str(v).strip())
+    except (TypeError, ValueError):
+        return None
+    return sizes if sizes and all(b >= 1 for b in sizes) else None
+
+
+def parse_batch_sizes(value: str | Sequence[int], flag: str = "--latency-batch-sizes") -> tuple[int, ...]:
+    """``"1,64"`` (or ``[1, 64]`` from a config file) -> ``(1, 64)``, given with option ``flag``."""
+    sizes = _batch_sizes(value)
+    if sizes is None:
+        raise UserError(f"{flag} takes comma-separated batch sizes >= 1 like 1,64, got {value!r}")
+    return sizes
+
+
+def batch_sizes_arg(text: str) -> tuple[int, ...]:
+    """:func:`parse_batch_sizes` as an argparse ``type`` (argparse puts the option's name in front)."""
+    sizes = _batch_sizes(text)
+    if sizes is None:
+        raise argparse.ArgumentTypeError(f"takes comma-separated batch sizes >= 1 like 1,64, got {text!r}")
     return sizes
 
 

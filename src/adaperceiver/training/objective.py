@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from ..errors import check_fields
+from ..errors import UserError, check_fields
 from ..losses import cross_entropy, kd_loss
 from ..models.adaperceiver import AdaPerceiver, AnytimeOutput
 from ..models.config import drop_removed_fields
@@ -153,6 +153,17 @@ class JointObjective(nn.Module):
         self.extra_modules = nn.ModuleList(h for h in self.extra_losses if isinstance(h, nn.Module))
 
     # ----------------------------------------------------------------------------------------------
+    def check(self, model: nn.Module, has_teacher: bool) -> None:
+        """Refuse, before training, an objective that cannot train ``model``: nothing to learn (no task loss,
+        no teacher, no extra loss), token weights that do not match its granularities, widths past its embed_dim."""
+        if self.cfg.ce_weight == 0 and not has_teacher and not self.extra_losses:
+            raise UserError("objective ce_weight is 0 and there is no teacher or extra loss: nothing to learn")
+        if self.cfg.token_weights is not None:  # one weight per read-out granularity
+            self.weights(model)
+        top = getattr(getattr(model, "cfg", None), "embed_dim", None)
+        if self.cfg.widths and top and max(self.cfg.widths) > top:
+            raise UserError(f"objective widths {list(self.cfg.widths)} must be in [1, {top}] (the model's embed_dim)")
+
     def sample_widths(self, model: AdaPerceiver, batch_size: int, generator: torch.Generator | None = None) -> Tensor | None:
         """One width per sample, uniformly from the trained widths (None when sampling is off)."""
         if not self.cfg.sample_widths:

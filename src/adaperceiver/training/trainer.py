@@ -107,13 +107,7 @@ class Trainer:
             for p in self.model.backbone_parameters():
                 p.requires_grad_(False)
         self.objective = JointObjective(cfg.objective, self.task.make_loss(cfg), extra_losses).to(self.device)
-        if cfg.objective.ce_weight == 0 and teacher is None and not extra_losses:
-            raise UserError("objective ce_weight is 0 and there is no teacher or extra loss: nothing to learn")
-        if cfg.objective.token_weights is not None:  # one weight per read-out granularity: check before training
-            self.objective.weights(self.model)
-        top = getattr(getattr(self.model, "cfg", None), "embed_dim", None)
-        if cfg.objective.widths and top and max(cfg.objective.widths) > top:
-            raise UserError(f"objective widths {list(cfg.objective.widths)} must be in [1, {top}] (the model's embed_dim)")
+        self.objective.check(self.model, has_teacher=teacher is not None)  # before any training
         self.step_module: nn.Module = StepModule(self.model, self.objective)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
