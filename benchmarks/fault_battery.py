@@ -356,7 +356,7 @@ def config_api_cases():
                 token_grans=(4, 16), widths=(16, 32))
     for field, v in [("rope_theta", 1e-300), ("rope_theta", float("inf")), ("rope_theta", float("nan")),
                      ("ffn_ratio", float("inf")), ("ls_init", float("nan")), ("latent_std", float("inf")),
-                     ("latent_pos_std", float("nan")), ("ffn_ratio", 1e-9)]:
+                     ("latent_std", float("nan")), ("ffn_ratio", 1e-9)]:
         api_case(f"AdaPerceiverConfig({field}={v})", lambda field=field, v=v: AdaPerceiverConfig(**{**base, field: v}),
                  must=(field,))
     for field, v in [("lr", float("inf")), ("lr", 1e9), ("min_lr", float("inf")), ("weight_decay", float("nan")),
@@ -364,7 +364,7 @@ def config_api_cases():
         api_case(f"TrainConfig({field}={v})", lambda field=field, v=v: TrainConfig(**{field: v}), must=(field,))
     for field, v in [("kd_temperature", float("inf")), ("kd_temperature", 1e-300), ("ce_weight", float("inf")),
                      ("label_smoothing", float("nan")), ("token_weights", (float("inf"), 1.0)),
-                     ("full_token_weight", float("nan")), ("self_distill_weight", float("inf"))]:
+                     ("full_token_weight", float("nan")), ("kd_weight", float("inf"))]:
         api_case(f"ObjectiveConfig({field}={v})", lambda field=field, v=v: ObjectiveConfig(**{field: v}), must=(field,))
 
 
