@@ -36,6 +36,12 @@ def files(tmp_path_factory, tiny_overrides):
     save_pretrained(create_model("adaperceiver_tiny", **tiny_overrides), root / "tiny")  # 28x28 grey, 10 classes
     save_pretrained(create_model("adaperceiver_tiny", **{**tiny_overrides, "img_size": 8}), root / "digits_model")
     save_pretrained(create_model("adaperceiver_tiny", **{**tiny_overrides, "img_size": 8, "in_chans": 3}), root / "rgb_model")
+    from adaperceiver.models.heads import build_dense_model
+
+    dense_cfg = AdaPerceiverConfig(**{**tiny_overrides, "img_size": 8, "in_chans": 1})
+    save_pretrained(build_dense_model("segmentation", dense_cfg, {"num_classes": 3}), root / "seg_model")
+    save_pretrained(build_dense_model("depth", dense_cfg), root / "depth_model")
+    save_pretrained(create_model("adaperceiver_tiny", **{**tiny_overrides, "img_size": 8, "num_classes": 5}), root / "five_classes")
     save_pretrained(create_model("adaperceiver_tiny", **{**tiny_overrides, "img_size": 8, "embed_dim": 32, "num_heads": 4,
                                                           "widths": (16, 32)}), root / "other_width")
     # config.json variants of the tiny model
@@ -131,6 +137,7 @@ CLI_ROWS = [
     ("out-is-a-file", ["--out", "{root}/a_file"], [r"a_file"]),
     ("name-escapes-out", ["--name", "../../escape"], [r"name", r"escape"]),
     ("batch-larger-than-data", ["--batch-size", "64"], [r"batch[-_]size", r"\b64\b", r"\b32\b"]),
+    ("widths-beyond-embed-dim", ["--widths", "8,999"], [r"widths", r"999", r"\b16\b"]),
 ]
 
 
@@ -155,6 +162,8 @@ OTHER_ROWS = [
     ("sweep-string-config", ["sweep", "--model", "{root}/string_dim", "--data", "digits"], [r"config\.json", r"embed_dim", r"abc"]),
     ("sweep-zero-heads-config", ["sweep", "--model", "{root}/zero_heads", "--data", "digits"], [r"config\.json", r"num_heads"]),
     ("sweep-corrupt-config", ["sweep", "--model", "{root}/corrupt_config", "--data", "digits"], [r"config\.json"]),
+    ("sweep-other-image-size", ["sweep", "--model", "{root}/tiny", "--data", "digits", "--limit", "4"],
+     [r"--data digits", r"8x8", r"28x28"]),
     ("sweep-classifier-on-segmentation", ["sweep", "--model", "{root}/tiny", "--data", "fashion_mnist_seg", "--limit", "4"],
      [r"classif", r"segment"]),
     ("budget-threads-negative", ["budget", "--sweep", "{root}/bad_sweep.json", "--model", "{root}/tiny", "--max-gflops", "1",
@@ -178,6 +187,20 @@ OTHER_ROWS = [
     ("distill-teacher-wrong-channels", ["distill", "--teacher", "{root}/rgb_model", "--dataset", "digits",
                                         "--train-subset", "32", "--batch-size", "16", "--out", "{out}"],
      [r"rgb_model", r"channel"]),
+    # teacher / student compatibility, checked before training (issue 24)
+    ("distill-teacher-segmentation", ["distill", "--teacher", "{root}/seg_model", "--dataset", "digits", "--train-subset", "32",
+                                      "--batch-size", "16", "--out", "{out}"], [r"seg_model", r"segmentation", r"classif"]),
+    ("distill-teacher-depth", ["distill", "--teacher", "{root}/depth_model", "--dataset", "digits", "--train-subset", "32",
+                               "--batch-size", "16", "--out", "{out}"], [r"depth_model", r"\bdepth model", r"classif"]),
+    ("distill-teacher-image-size", ["distill", "--teacher", "{root}/tiny", "--dataset", "digits", "--train-subset", "32",
+                                    "--batch-size", "16", "--out", "{out}"], [r"\btiny\b", r"28x28", r"8x8"]),
+    ("distill-teacher-classes", ["distill", "--teacher", "{root}/five_classes", "--dataset", "digits", "--train-subset", "32",
+                                 "--batch-size", "16", "--out", "{out}"], [r"five_classes", r"\b5 classes", r"\b10\b"]),
+    ("distill-feature-weight-nan", ["distill", "--teacher", "{root}/digits_model", "--feature-weight", "nan", "--dataset",
+                                    "digits", "--out", "{out}"], [r"--feature-weight", r"nan"]),
+    ("distill-teacher-cache-is-a-file", ["distill", "--teacher", "{root}/digits_model", "--teacher-cache", "{root}/a_file",
+                                         "--dataset", "digits", "--train-subset", "32", "--batch-size", "16", "--out", "{out}",
+                                         "--set", "patch_size=4"], [r"a_file", r"not a directory"]),
     ("distill-teacher-module-missing", ["distill", "--teacher", "python:no_such_module:make", "--dataset", "digits",
                                         "--out", "{out}"], [r"no_such_module"]),
     ("distill-timm-missing", ["distill", "--teacher", "timm:vit_tiny_patch16_224", "--dataset", "digits", "--out", "{out}"],
@@ -186,6 +209,24 @@ OTHER_ROWS = [
                               "--out", "{root}/a_file"], [r"a_file"]),
     ("export-untrained-tokens", ["export", "--model", "{root}/tiny", "--tokens", "99", "--depth", "1", "--width", "8",
                                  "--out", "{out}/e"], [r"tokens", r"99"]),
+    # every error names the option as typed (issue 24), list options included
+    ("demo-latency-sizes-zero", ["demo", "--latency-batch-sizes", "0", "--out", "{out}"], [r"--latency-batch-sizes", r"'0'"]),
+    ("demo-baselines-named", ["demo", "--baselines", "1,2", "--out", "{out}"], [r"--baselines", r"1,2"]),
+    ("visualize-config", ["dense-visualize", "--model", "{root}/nowhere", "--config", "8,2"], [r"--config", r"8,2"]),
+    ("sweep-latency-sizes-zero", ["sweep", "--model", "{root}/tiny", "--latency-batch-sizes", "1,0"],
+     [r"--latency-batch-sizes", r"1,0"]),
+    ("budget-gflops-nan", ["budget", "--sweep", "{root}/bad_sweep.json", "--model", "{root}/tiny", "--max-gflops", "nan"],
+     [r"--max-gflops", r"nan"]),
+    ("policy-lams-nan", ["policy", "train", "--model", "{root}/nowhere", "--out", "{out}", "--lams", "0.1", "nan"],
+     [r"--lams", r"nan", r"\[0, 100\]"]),
+    ("policy-entropy", ["policy", "train", "--model", "{root}/nowhere", "--out", "{out}", "--entropy", "-1"],
+     [r"--entropy", r"-1"]),
+    ("policy-lr", ["policy", "train", "--model", "{root}/nowhere", "--out", "{out}", "--lr", "0"], [r"--lr", r"\b0"]),
+    ("policy-limit", ["policy", "train", "--model", "{root}/nowhere", "--out", "{out}", "--limit", "0"], [r"--limit"]),
+    ("policy-taus", ["policy", "eval", "--model", "{root}/nowhere", "--out", "{out}", "--taus", "0.5", "2"],
+     [r"--taus", r"\b2"]),
+    ("policy-latency-images", ["policy", "eval", "--model", "{root}/nowhere", "--out", "{out}", "--latency-images", "0"],
+     [r"--latency-images"]),
 ]
 
 
@@ -198,6 +239,7 @@ def test_command_rows(argv, patterns, files, tmp_path, capsys, monkeypatch, cli_
     if argv[0] == "demo":  # a wrong option must be refused before the 6-minute training starts
         argv += ["--dataset", "digits"]
     line = cli_error(argv, capsys)
+    assert not re.search(r"\bparse_\w+|<function", line), f"an internal name in: {line}"
     for pat in patterns:
         assert re.search(pat, line, re.I), f"{pat!r} not in: {line}"
 
@@ -242,6 +284,9 @@ CONFIG_ROWS = [
     ("widths", (16.5, 32)), ("rope_theta", 0), ("rope_theta", "big"), ("qkv_bias", "yes"), ("proj_bias", 1),
     ("ls_init", -0.1), ("ls_init", "small"), ("embed_mlp", "no"), ("head_mlp", None), ("latent_std", -1.0),
     ("latent_mask", "diagonal"), ("task", "detection"), ("task", 3),
+    # absurd floats that pass "> 0": they train to NaN or do nothing (issue 24)
+    ("rope_theta", 1e-300), ("rope_theta", float("inf")), ("rope_theta", 1e300), ("ffn_ratio", float("nan")),
+    ("ffn_ratio", float("inf")), ("ls_init", float("inf")), ("latent_std", 1e300),
 ]
 
 
@@ -270,6 +315,8 @@ TRAIN_ROWS = [
     ("static", (8.5, 2, 16)), ("keep_checkpoints", 0), ("log_every", 0), ("image_size", 0), ("augment", "yes"),
     ("export", "best"), ("max_steps", 0), ("ema_decay", 1.0), ("accum_steps", 0), ("num_workers", -1),
     ("device", "tpu7"), ("checkpoint_every", -5), ("model_overrides", {"embed_dim": "abc"}),
+    ("lr", float("inf")), ("lr", 50.0), ("lr", float("nan")), ("min_lr", 1e300), ("weight_decay", 100.0),
+    ("grad_clip", float("inf")), ("ema_decay", float("nan")), ("model_overrides", {"rope_theta": 1e-300}),
 ]
 
 
@@ -280,13 +327,30 @@ def test_train_config_rows(field, value):
     with pytest.raises(ValueError) as info:
         TrainConfig(**{field: value})
     msg = str(info.value)
-    named = field if field != "model_overrides" else "embed_dim"
+    named = field if field != "model_overrides" else next(iter(value))
     assert named in msg, msg
 
 
 OBJECTIVE_ROWS = [("kd_weight", -1.0), ("ce_weight", -0.5), ("ce_weight", "one"), ("kd_temperature", 0.0),
                   ("widths", (0, 16)), ("token_weights", ("a",)), ("depth_weighting", "cubic"),
-                  ("all_depths", "no"), ("label_smoothing", -0.1)]
+                  ("all_depths", "no"), ("label_smoothing", -0.1), ("label_smoothing", 0.99), ("kd_temperature", 1e-300),
+                  ("kd_temperature", float("inf")), ("ce_weight", float("inf")), ("token_weights", (float("nan"), 1.0)),
+                  ("full_token_weight", 1e-300)]
+
+
+def test_float_options_show_their_range_and_min_lr_stays_below_lr(capsys, cli_error, train_argv, tmp_path):
+    from adaperceiver.cli import build_parser
+    from adaperceiver.training import TrainConfig
+
+    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
+    helps = {o: a.help for cmd in ("distill", "train") for a in sub.choices[cmd]._actions for o in a.option_strings}
+    for flag, spec in [("--lr", "(0, 1]"), ("--weight-decay", "[0, 1]"), ("--temperature", "[0.1, 100]"),
+                       ("--label-smoothing", "[0, 0.5]"), ("--ema-decay", "[0, 1)"), ("--kd-weight", "[0, 100]")]:
+        assert f"(allowed: {spec})" in helps[flag], (flag, helps[flag])
+    with pytest.raises(ValueError, match=r"min_lr \(0\.01\) must not exceed lr \(0\.001\)"):
+        TrainConfig(lr=1e-3, min_lr=1e-2)
+    line = cli_error(train_argv(tmp_path, "--set", "rope_theta=1e-300"), capsys)
+    assert "rope_theta" in line and "[1, 1e9]" in line and "1e-300" in line, line
 
 
 @pytest.mark.parametrize("field,value", OBJECTIVE_ROWS, ids=[f"{f}={v!r}" for f, v in OBJECTIVE_ROWS])
@@ -457,3 +521,47 @@ def test_path_objects_are_accepted_for_path_fields(tmp_path):
     cfg = TrainConfig(out_dir=tmp_path, data_dir=tmp_path / "data", init_from=tmp_path / "m", freeze_backbone=True)
     assert cfg.out_dir == str(tmp_path) and cfg.init_from == str(tmp_path / "m")
     json.dumps(cfg.to_dict())  # still what config.json can hold
+
+
+# --------------------------------------------------------------------------------------------------
+# one input contract: every entry point that takes images accepts and refuses the same tensors
+def _entry_points(model):
+    from adaperceiver.export import _Logits
+    from adaperceiver.reference import reference_forward
+
+    fast = model.for_inference()
+    slim = model.slim(8, 2, 16)
+    return {"model": model, "model.forward_anytime": lambda x: model.forward_anytime(x).outputs,
+            "for_inference": fast, "for_inference.forward_anytime": lambda x: fast.forward_anytime(x).outputs,
+            "slim": slim, "onnx_wrapper": _Logits(slim), "reference_forward": lambda x: reference_forward(model, x)[0][-1]}
+
+
+def _contract_inputs():
+    x = torch.randn(2, 1, 28, 28)
+    pixels = (x.clamp(-2, 2) * 60 + 128).round()
+    return {"fp32": x, "fp16": x.half(), "bf16": x.bfloat16(), "uint8": pixels.to(torch.uint8), "int64": pixels.long(),
+            "bool": x > 0, "complex": x.to(torch.complex64), "numpy": x.numpy(), "list": x.tolist(), "3d": x[0],
+            "5d": x[None], "3-channels": x.expand(2, 3, 28, 28), "size-30": torch.randn(2, 1, 30, 30),
+            "nan": x.masked_fill(x > 1, float("nan")), "inf": x.masked_fill(x > 1, float("inf")), "0-255-floats": pixels}
+
+
+def _outcome(fn, x):
+    try:
+        with torch.no_grad():
+            fn(x)
+    except ValueError as e:
+        return str(e)
+    return "accepted"
+
+
+@pytest.mark.parametrize("entry", ["model.forward_anytime", "for_inference", "for_inference.forward_anytime", "slim",
+                                   "onnx_wrapper", "reference_forward"])
+def test_every_entry_point_keeps_the_models_input_contract(model, entry):
+    points = _entry_points(model)
+    inputs = _contract_inputs()
+    want = {name: _outcome(model, x) for name, x in inputs.items()}
+    got = {name: _outcome(points[entry], x) for name, x in inputs.items()}
+    assert got == want
+    assert [n for n, o in want.items() if o == "accepted"] == ["fp32", "fp16", "bf16"]
+    assert re.search(r"uint8.*x\.float\(\) / 255", want["uint8"]) and re.search(r"magnitude 2\d\d", want["0-255-floats"])
+    assert "nan" in want["nan"] and "inf" in want["inf"]

@@ -53,7 +53,7 @@ def test_a_required_option_may_come_from_the_file(tmp_path, capsys):
     ("augment: 3\n", "augment: must be true or false, got 3"),
     ("- a list\n", "must hold a mapping of option names to values"),
     ("model: 'x\n", "is not valid YAML"),
-    ("lr: -1\n", "train config field lr must be > 0"),  # the same range check as --lr -1
+    ("lr: -1\n", "train config field lr must be in (0, 1]"),  # the same range check as --lr -1
 ])
 def test_bad_config_files_are_one_line(tmp_path, capsys, cli_error, text, expected):
     path = tmp_path / "bad.yaml"

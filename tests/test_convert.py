@@ -214,3 +214,62 @@ def test_hub_directory_errors(tmp_path, capsys):
         load_reference(tmp_path / "w.safetensors")
     assert cli_main(["convert", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "has no model.safetensors" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# convert verifies against the weights what it can and says what it cannot (issue 24)
+_OFFICIAL = __import__("pathlib").Path(__file__).parent / "fixtures" / "official"
+
+
+def _official(tmp_path, cached: bool, **edits):
+    """The reference fixture's classifier (optionally with its cached RoPE table and block mask) and its
+    config with ``edits`` applied to the AdaPercevierConfig section: (weights path, config path)."""
+    from safetensors.torch import load_file
+
+    ref = json.loads((_OFFICIAL / "config.json").read_text())["classification"]
+    cfg = {k: v for k, v in ref.items() if k.endswith("Config")}
+    cfg["AdaPercevierConfig"].update(edits)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    weights = _OFFICIAL / "classification.safetensors"
+    if cached:
+        io = load_file(str(_OFFICIAL / "classification_io.safetensors"))
+        state = load_file(str(weights))
+        state["freqs_cis"] = torch.view_as_complex(io["rope.freqs_cis_real"].contiguous())
+        state["block_mask"] = io["mask.block.tokens48"]
+        weights = tmp_path / "cached.pt"
+        torch.save(state, weights)
+    return weights, tmp_path / "config.json"
+
+
+def test_convert_warns_in_one_line_about_what_the_weights_cannot_confirm(tmp_path, capsys):
+    weights, config = _official(tmp_path, cached=False)
+    assert cli_main(["convert", str(weights), "--config", str(config), "--out", str(tmp_path / "m")]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("adaperceiver convert: warning:"), err
+    for field in ("num_heads=4", "rope_theta=10000", "max_latent_tokens=32", "token_grans=[8, 16, 32]"):
+        assert field in err[0], err
+
+
+def test_convert_confirms_heads_theta_and_granularities_from_a_cached_table_and_mask(tmp_path):
+    import warnings
+
+    weights, config = _official(tmp_path, cached=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_reference(weights, config)
+    said = " ".join(str(w.message) for w in caught)
+    assert "max_latent_tokens=32" in said and "num_heads" not in said and "token_grans" not in said, said
+
+
+@pytest.mark.parametrize("edit,named", [
+    ({"num_heads": 8}, r"num_heads = 4.*num_heads 8"), ({"num_heads": 2}, r"num_heads 2"),
+    ({"rope_theta": 100}, r"rope_theta 100"), ({"mask_token_grans": [8, 24, 32]}, r"granularities \[8, 24, 32\]"),
+    ({"max_latent_tokens_mult": 3}, r"64 positions.*96"), ({"ffn_ratio": 3.0}, r"128 hidden units.*ffn_ratio 3"),
+])
+def test_convert_refuses_a_config_the_weights_contradict(tmp_path, edit, named):
+    import re
+
+    weights, config = _official(tmp_path, cached=True, **edit)
+    with pytest.raises(ValueError) as info:
+        load_reference(weights, config)
+    assert re.search(named, str(info.value)) and len(str(info.value).splitlines()) == 1, str(info.value)

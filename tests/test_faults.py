@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -286,3 +287,97 @@ def test_resume_of_a_damaged_run_is_refused_naming_the_file(run, capsys, damage,
     pattern = damage(run_dir)
     line = cli_error(train_argv(out, "--resume"), capsys)
     assert re.search(pattern, line), line
+
+
+# --------------------------------------------------------------------------------------------------
+# a run directory is self-contained: it resumes only from, and deletes only, its own checkpoints
+@pytest.fixture
+def two_runs(stopped_run, tmp_path):
+    """Copies of the stopped run as ``run`` and ``other`` in one ``out``: (out, run_dir, other_dir)."""
+    for name in ("run", "other"):
+        shutil.copytree(stopped_run, tmp_path / name)
+    return tmp_path, tmp_path / "run", tmp_path / "other"
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def _escape_by_relative_pointer(run_dir, other_dir):  # a copied or hand-edited directory
+    step = step_dir(other_dir).name
+    (run_dir / "checkpoints" / "last.json").write_text(json.dumps({"dir": f"../../other/checkpoints/{step}", "step": 1}))
+
+
+def _escape_by_symlinked_step(run_dir, other_dir):
+    shutil.rmtree(step_dir(run_dir))
+    step_dir(run_dir).symlink_to(step_dir(other_dir))
+
+
+def _escape_by_symlinked_checkpoints(run_dir, other_dir):
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "checkpoints").symlink_to(other_dir / "checkpoints")
+
+
+ESCAPES = [_escape_by_relative_pointer, _escape_by_symlinked_step, _escape_by_symlinked_checkpoints]
+
+
+@pytest.mark.parametrize("escape", ESCAPES, ids=[f.__name__.strip("_") for f in ESCAPES])
+def test_resume_never_adopts_another_runs_checkpoint(two_runs, capsys, escape, cli_error, train_argv):
+    out, run_dir, other_dir = two_runs
+    escape(run_dir, other_dir)
+    before = _snapshot(other_dir)
+    line = cli_error(train_argv(out, "--resume", "--max-steps", "2"), capsys)
+    assert "outside" in line and "checkpoints" in line, line
+    assert _snapshot(other_dir) == before  # the other run is untouched
+
+
+def test_rotation_deletes_only_checkpoint_files_this_run_wrote(run, capsys, resume):
+    out, run_dir = run
+    mine = run_dir / "checkpoints" / "step_00000000_notes"  # sorts before every checkpoint: the "oldest"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert resume(out, "--max-steps", "2") == 0  # keep_checkpoints=2: rotation runs, the "oldest" is the user's
+    assert (mine / "notes.txt").read_text() == "keep me"
+    from adaperceiver.training.rundir import remove_checkpoint
+
+    old = run_dir / "checkpoints" / "step_00000001"
+    (old / "my_eval.json").write_text("{}")  # a user's file inside a checkpoint folder
+    remove_checkpoint(old, run_dir)
+    assert sorted(p.name for p in old.iterdir()) == ["my_eval.json"]
+
+
+def test_resume_says_when_it_drops_metrics_rows(run, capsys, resume):
+    out, run_dir = run
+    (run_dir / "metrics.csv").write_text("step,epoch,split,loss\n1,0.5,train,2.0\n7,3.5,train,1.0\n")
+    assert resume(out) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"metrics\.csv: dropped 1 rows logged after step 1", said), said
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert rows[1].startswith("1,") and not any(r.startswith("7,") for r in rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# an unreadable item inside a DataLoader worker: one line naming the split, the item and its file
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_an_item_error_in_a_dataloader_worker_is_one_line(tmp_path, make_folder, capsys, cli_error, train_argv, workers):
+    make_folder(tmp_path / "data")
+    bad = tmp_path / "data" / "train" / "cat" / "0.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    argv = train_argv(tmp_path, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
+                      "--batch-size", "2", "--train-subset", "6", "--val-subset", "4", "--num-workers", workers)
+    argv[argv.index("digits")] = "imagefolder"  # train_argv's own --dataset
+    line = cli_error(argv, capsys)
+    assert re.search(r"train item \d+: cannot read image .*cat/0\.png", line), line
+    assert ("DataLoader worker" in line) == (workers != "0") and "Traceback" not in line, line
+
+
+def test_debug_prints_the_worker_traceback_before_the_line(tmp_path, make_folder, capsys, train_argv):
+    make_folder(tmp_path / "data")
+    (tmp_path / "data" / "train" / "cat" / "0.png").write_bytes(b"\x89PNG garbage")
+    argv = train_argv(tmp_path, "--data-dir", str(tmp_path / "data"), "--image-size", "8", "--batch-size", "2",
+                      "--train-subset", "6", "--val-subset", "4", "--num-workers", "1")
+    argv[argv.index("digits")] = "imagefolder"
+    assert main(["--debug", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Original Traceback" in err and "__getitem__" in err, err[-2000:]
+    assert re.search(r"error: train item \d+: cannot read image", err.strip().splitlines()[-1])

@@ -31,7 +31,7 @@ def test_readout_weights():
     # full_token_weight scales the largest token count, whatever the number of granularities
     torch.testing.assert_close(readout_grid_weights((1, 2), (4, 8, 16), 2, full_token_weight=3.0),
                                readout_grid_weights((1, 2), (4, 8, 16), 2, token_weights=(1, 1, 3)))
-    with pytest.raises(ValueError, match="full_token_weight must be > 0"):
+    with pytest.raises(ValueError, match="full_token_weight must be in \\[0.01, 100\\]"):
         ObjectiveConfig(full_token_weight=0.0)
     with pytest.raises(ValueError, match="linear"):
         readout_grid_weights((1,), (4,), 1, "quadratic")

@@ -7,6 +7,7 @@ field of a config dataclass against its annotation (type) and a table of ranges.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -122,6 +123,9 @@ def check_value(cls: type, name: str, value: Any, spec: str | None, what: str) -
     span = "" if not spec else f"in {spec}" if spec[0] in "[(" else spec
     if out is _NO:
         need = _describe(hint) + (f" ({span})" if spec else "")
+        raise UserError(f"{what} field {name} must be {need}, got {value!r}")
+    if not all(math.isfinite(v) for v in _numbers(out)):  # NaN or inf is never a sane setting
+        need = f"finite ({span})" if spec else "finite"
         raise UserError(f"{what} field {name} must be {need}, got {value!r}")
     if spec and not all(_in_range(v, spec) for v in _numbers(out)):
         every = " for every item" if isinstance(out, tuple) else ""

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .models.adaperceiver import AdaPerceiver
+from .models.inputs import check_images
 from .models.util import num_parameters
 
 
@@ -24,7 +25,8 @@ class _Logits(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        cfg = self.model.cfg
+        return self.model(check_images(x, cfg.in_chans, cfg.patch_size))  # the model's own contract
 
 
 def export_onnx(model: AdaPerceiver, path: str | Path, batch_size: int = 1, dynamic_batch: bool = True,

@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import random
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .checkpoint import load_strict, read_state_dict, strip_wrappers
@@ -68,8 +70,11 @@ _REQUIRED = ("num_heads", "max_latent_tokens")
 SEMANTICS = ("training", "hub")
 
 
-# bookkeeping entries of reference checkpoints that are not weights (EMA counters, RoPE tables)
-_DROP_KEYS = {"n_averaged", "ema_n_averaged", "freq_cis", "freqs_cis"}
+# bookkeeping entries of reference checkpoints that are not weights (EMA counters, cached RoPE tables and
+# block masks; the last two are read by verify_reference before they are dropped)
+_ROPE_KEYS = ("freqs_cis", "freq_cis")
+_MASK_KEYS = ("block_mask",)
+_DROP_KEYS = {"n_averaged", "ema_n_averaged", *_ROPE_KEYS, *_MASK_KEYS}
 
 
 def convert_reference_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -80,7 +85,7 @@ def convert_reference_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tenso
     """
     out = {}
     for key, value in strip_wrappers(state).items():
-        if key in _DROP_KEYS:
+        if key.rsplit(".", 1)[-1] in _DROP_KEYS:
             continue
         if key == "patch_embed.pos_embed" and value.dim() == 2:
             value = value.unsqueeze(0)
@@ -191,6 +196,63 @@ def infer_shapes(state: Mapping[str, Tensor]) -> dict[str, Any]:
     return shapes
 
 
+class UnverifiedConfigWarning(UserWarning):
+    """A reference config value that changes outputs and that the weights cannot confirm."""
+
+
+def _cached(state: Mapping[str, Tensor], names: Sequence[str]) -> Tensor | None:
+    return next((v for k, v in state.items() if k.rsplit(".", 1)[-1] in names), None)
+
+
+def verify_reference(cfg: AdaPerceiverConfig, raw: Mapping[str, Tensor], state: Mapping[str, Tensor], path: Path) -> list[str]:
+    """Check the config fields that change outputs against what the weights show; refuse a mismatch.
+
+    Hidden sizes come from the FFN weights; a cached RoPE table (``freqs_cis``: complex ``(L, hd/2)`` or
+    real ``(L, hd/2, 2)``) fixes the head count, ``rope_theta`` and the table length; a cached
+    ``block_mask`` fixes the granularities. Returns the output-changing fields nothing could confirm.
+    """
+    from .models.layers import RotaryEmbedding
+    from .models.masks import token_block_mask
+
+    hidden = {v.shape[0] for k, v in state.items() if re.fullmatch(r"blocks\.\d+\.mlp\.fc1\.weight", k)}
+    if len(hidden) == 1 and cfg.mlp_hidden not in hidden:  # (blocks that disagree: a damaged file, named on load)
+        raise UserError(f"checkpoint {path} does not fit the config: its FFNs have {hidden.pop()} hidden units, "
+                        f"the config's ffn_ratio {cfg.ffn_ratio:g} gives {cfg.mlp_hidden} (embed_dim {cfg.embed_dim})")
+    unverified = ["num_heads", "rope_theta", "max_latent_tokens"]
+    table = _cached(raw, _ROPE_KEYS)
+    if table is not None:
+        table = torch.view_as_real(table) if table.is_complex() else table
+        if table.dim() != 3 or table.shape[-1] != 2:
+            raise UserError(f"checkpoint {path}: its cached RoPE table has shape {tuple(table.shape)}, not (L, head_dim/2)")
+        heads = cfg.embed_dim // (2 * table.shape[1]) if cfg.embed_dim % (2 * table.shape[1]) == 0 else None
+        if heads != cfg.num_heads:
+            raise UserError(f"checkpoint {path} does not fit the config: its RoPE table has {table.shape[1]} frequency "
+                            f"pairs per head (head dim {2 * table.shape[1]}, so num_heads = {heads}), the config says "
+                            f"num_heads {cfg.num_heads}")
+        if table.shape[0] != cfg.rope_len:
+            raise UserError(f"checkpoint {path} does not fit the config: its RoPE table has {table.shape[0]} positions "
+                            f"(max_latent_tokens x max_latent_tokens_mult), the config gives {cfg.rope_len}")
+        cos, sin = RotaryEmbedding(2 * table.shape[1], cfg.rope_len, cfg.rope_theta).build_table(cfg.rope_len)
+        if not torch.allclose(torch.stack([cos, sin], -1), table.float(), atol=1e-4):
+            raise UserError(f"checkpoint {path} does not fit the config: its RoPE table is not the one of rope_theta "
+                            f"{cfg.rope_theta:g}")
+        unverified.remove("num_heads")
+        unverified.remove("rope_theta")
+    mask = _cached(raw, _MASK_KEYS)
+    if cfg.latent_mask == "block":
+        if mask is None:
+            unverified.append("token_grans")
+        else:
+            ours = token_block_mask(mask.shape[0], cfg.token_grans, beyond=cfg.beyond_grans)
+            ours = torch.ones(mask.shape, dtype=torch.bool) if ours is None else ours
+            if mask.dim() != 2 or not torch.equal(ours, mask.bool()):
+                raise UserError(f"checkpoint {path} does not fit the config: its cached block mask ({mask.shape[0]} "
+                                f"latents) is not the one of granularities {list(cfg.token_grans)} (mask_token_grans)")
+            if mask.shape[0] == cfg.num_latents:
+                unverified.remove("max_latent_tokens")
+    return unverified
+
+
 def load_reference(path: str | Path, config: Mapping[str, Any] | str | Path | None = None, section: str | None = None,
                    semantics: str | None = None) -> AdaPerceiver:
     """Build a model from a reference checkpoint and its constructor arguments.
@@ -226,7 +288,8 @@ def load_reference(path: str | Path, config: Mapping[str, Any] | str | Path | No
         if not isinstance(config, Mapping):
             raise UserError(f"{source} must hold a JSON object of reference constructor arguments, "
                             f"not a {type(config).__name__}")
-    state = convert_reference_state_dict(read_state_dict(path))
+    raw = read_state_dict(path)
+    state = convert_reference_state_dict(raw)
     if section is not None:
         if section not in config:
             sections = sorted(k for k, v in config.items() if isinstance(v, Mapping))
@@ -245,9 +308,20 @@ def load_reference(path: str | Path, config: Mapping[str, Any] | str | Path | No
     for k, v in shapes.items():
         if getattr(cfg, k) != v:
             raise ValueError(f"checkpoint {path} does not fit the config: weights say {k}={v!r}, config says {getattr(cfg, k)!r}")
+    unverified = verify_reference(cfg, strip_wrappers(raw), state, path)
+    if unverified:
+        shown = ", ".join(f"{k}={_shown(cfg, k)}" for k in unverified)
+        warnings.warn(UnverifiedConfigWarning(
+            f"{path}: the weights cannot confirm {shown} (no cached RoPE table / block mask): taken from the config "
+            f"as given; a wrong value gives wrong outputs"), stacklevel=2)
     model = build_model(cfg)
     load_strict(model, state, source=str(path))
     return model.eval()
+
+
+def _shown(cfg: AdaPerceiverConfig, key: str) -> Any:
+    value = {"max_latent_tokens": cfg.num_latents, "token_grans": list(cfg.token_grans)}.get(key)
+    return getattr(cfg, key) if value is None else value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,6 +355,7 @@ def reference_forward(model: AdaPerceiver, x: Tensor, num_tokens: int | None = N
     ``depth_tau`` stops the whole batch after the first block whose *batch-mean* max softmax >= tau.
     """
     rng = rng or random  # type: ignore[assignment]
+    x = model.check_input(x)
     n = model.resolve_tokens(num_tokens)
     width = _reference_width(model, mat_dim)
     hidden, sample_hidden = model.resolve_width(width, x.shape[0])

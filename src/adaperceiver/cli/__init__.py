@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from .._version import __version__
+from ..data.items import worker_error_line
 from ..errors import UserError
 from . import budget, convert, demo, distill, export, policy, predict, sweep, teacher, train, visualize
 from .config_file import apply_config_file, command_parser, config_yaml
@@ -24,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="AdaPerceiver: one vision transformer that adapts tokens, depth and width at inference.",
     )
     parser.add_argument("--version", action="version", version=f"adaperceiver {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, also print its full traceback (a DataLoader worker's included)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
@@ -51,10 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"adaperceiver {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, ImportError) as e:  # user mistakes: one clear line, no stack trace
-        print(f"adaperceiver {args.command}: error: {one_line(e)}", file=sys.stderr)
+    except Exception as e:
+        # user mistakes, and any error a DataLoader worker re-raises (its item, file and cause): one clear line
+        line = worker_error_line(e)
+        if line is None and not isinstance(e, (UserError, ValueError, FileNotFoundError, ImportError)):
+            raise  # anything else is a bug: it propagates with its traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"adaperceiver {args.command}: error: {line or one_line(e)}", file=sys.stderr)
         return 2
-    # anything else is a bug: it propagates with its traceback
 
 
 def one_line(error: BaseException) -> str:

@@ -35,6 +35,11 @@ def register(sub) -> None:
 def _cli_budget(args) -> int:
     if args.max_ms is None and args.max_gflops is None:
         raise ValueError("give --max-ms and/or --max-gflops")
+    for flag, value in (("--max-ms", args.max_ms), ("--max-gflops", args.max_gflops)):
+        if value is not None and not 0 < value < float("inf"):
+            raise ValueError(f"{flag} must be a budget > 0, got {value}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")

@@ -3,7 +3,11 @@ generated from the config dataclasses: :mod:`adaperceiver.cli.options`.)"""
 
 from __future__ import annotations
 
+import argparse
+import re
 import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -15,19 +19,55 @@ from ..models.setting import Setting
 from ..training.distributed import DistInfo, device_for
 
 
-def parse_config_triple(text: str) -> Setting:
-    """``"16,3,48"`` -> ``Setting(16, 3, 48)`` (tokens, depth, width)."""
-    return Setting.parse(text)
-
-
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
+def parse_config_triple(text: str, flag: str) -> Setting:
+    """``"16,3,48"`` -> ``Setting(16, 3, 48)`` (tokens, depth, width), given with option ``flag``."""
     try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise ValueError(f"--latency-batch-sizes must be comma-separated ints like 1,64, got {text!r}") from None
-    if any(b < 1 for b in sizes):
-        raise ValueError(f"--latency-batch-sizes must be >= 1, got {text!r}")
+        return Setting.parse(text)
+    except ValueError as e:
+        raise UserError(f"{flag}: {e}") from None
+
+
+def _batch_sizes(value: str | Sequence[int]) -> tuple[int, ...] | None:
+    try:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        sizes = tuple(int(v) for v in items if str(v).strip())
+    except (TypeError, ValueError):
+        return None
+    return sizes if sizes and all(b >= 1 for b in sizes) else None
+
+
+def parse_batch_sizes(value: str | Sequence[int], flag: str = "--latency-batch-sizes") -> tuple[int, ...]:
+    """``"1,64"`` (or ``[1, 64]`` from a config file) -> ``(1, 64)``, given with option ``flag``."""
+    sizes = _batch_sizes(value)
+    if sizes is None:
+        raise UserError(f"{flag} takes comma-separated batch sizes >= 1 like 1,64, got {value!r}")
     return sizes
+
+
+def batch_sizes_arg(text: str) -> tuple[int, ...]:
+    """:func:`parse_batch_sizes` as an argparse ``type`` (argparse puts the option's name in front)."""
+    sizes = _batch_sizes(text)
+    if sizes is None:
+        raise argparse.ArgumentTypeError(f"takes comma-separated batch sizes >= 1 like 1,64, got {text!r}")
+    return sizes
+
+
+@contextmanager
+def flags_named(flags: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise a config's ``... field NAME must be ...`` error naming the flag that set NAME."""
+    try:
+        yield
+    except ValueError as e:
+        msg = str(e)
+        m = re.search(r"\b(?:[a-z ]+ )?config field (\w+)", msg)
+        if m is None or m.group(1) not in flags:
+            raise
+        raise UserError(msg[:m.start()] + flags[m.group(1)] + msg[m.end():]) from None
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1, got {limit}")
 
 
 def load_dataset(spec: str, split: str, model=None, args=None):

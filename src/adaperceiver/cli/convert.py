@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
 from pathlib import Path
 
 from ..checkpoint import CONFIG_NAME, HUB_PREFIX, WEIGHTS_NAME, hub_snapshot, save_pretrained
 from ..errors import UserError
 from ..models.data_config import DataConfig, describe, reference_data_config
 from ..models.util import num_parameters
-from ..reference import SEMANTICS, load_reference, token_count_rules
+from ..reference import SEMANTICS, UnverifiedConfigWarning, load_reference, token_count_rules
 
 
 def register(sub) -> None:
@@ -46,7 +48,14 @@ def _cli_convert(args) -> int:
                         + ("both" if args.checkpoint else "neither"))
     source = args.checkpoint or hub_snapshot(args.from_hub, (CONFIG_NAME, WEIGHTS_NAME))
     names = read_class_names(args.class_names) if args.class_names else None
-    model = load_reference(source, args.config, section=args.section, semantics=args.semantics)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnverifiedConfigWarning)
+        model = load_reference(source, args.config, section=args.section, semantics=args.semantics)
+    for w in caught:
+        if issubclass(w.category, UnverifiedConfigWarning):
+            print(f"adaperceiver convert: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     c = model.cfg
     if names is not None and c.task == "classification" and len(names) != c.num_classes:
         raise UserError(f"{args.class_names} names {len(names)} classes but the checkpoint has {c.num_classes} outputs")

@@ -21,7 +21,7 @@ from ..models.util import num_parameters
 from ..models.vit import StaticViT, ViTConfig
 from ..tasks import get_task
 from ..training import ObjectiveConfig, TrainConfig, Trainer, TrainResult, train
-from .common import parse_batch_sizes, parse_config_triple
+from .common import batch_sizes_arg, parse_config_triple
 from .config_file import add_config_file_options, write_config_yaml
 from .options import add_config_options, config_from_args
 
@@ -48,7 +48,7 @@ def register(sub) -> None:
                         "and, for 'vit', a plain ViT of the adaptive model's width whose depth gives the FLOPs "
                         "closest to its full configuration; bare --baselines trains "
                         + " ".join(map(str, DEMO_BASELINES)) + " vit (roughly doubles the time)")
-    d.add_argument("--latency-batch-sizes", type=parse_batch_sizes, default=(1, 64),
+    d.add_argument("--latency-batch-sizes", type=batch_sizes_arg, default=(1, 64),
                    help="batch sizes for sweep latency (default 1,64)")
     add_config_file_options(d)
     d.set_defaults(func=_cli_demo)
@@ -109,7 +109,7 @@ def _cli_demo(args) -> int:
     sizes = args.latency_batch_sizes
     specs = None
     if args.baselines is not None:
-        specs = [s if s == "vit" else parse_config_triple(s) for s in args.baselines] or [*DEMO_BASELINES, "vit"]
+        specs = [s if s == "vit" else parse_config_triple(s, "--baselines") for s in args.baselines] or [*DEMO_BASELINES, "vit"]
     cfg = config_from_args(TrainConfig, args)
     with run_lock(cfg.run_dir):  # no other run writes (or deletes) this directory meanwhile
         return _demo(args, cfg, sizes, specs)

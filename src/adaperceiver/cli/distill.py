@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..errors import first_line
+from ..errors import UserError, first_line
 from ..tasks import get_task
 from ..training import TrainConfig, Trainer, distributed, last_checkpoint, load_run_config
 from ..training.distill import FeatureDistillation
-from ..training.teachers import CachedTeacher, load_teacher
+from ..training.teachers import CachedTeacher, check_teacher, load_teacher
 from .config_file import add_config_file_options, write_config_yaml
 from .options import add_config_options, config_from_args, option_values, resume_config
 
@@ -32,7 +32,8 @@ def register(sub) -> None:
     g.add_argument("--teacher-cache", default=None, metavar="DIR",
                    help="store teacher outputs here and reuse them in later epochs (exact for un-augmented "
                         "images: use with --no-augment to skip the teacher after the first epoch)")
-    g.add_argument("--feature-weight", type=float, default=1.0, help="weight of feature matching, 0 = off (default 1.0)")
+    g.add_argument("--feature-weight", type=float, default=1.0,
+                   help="weight of feature matching, 0 = off (allowed: [0, 100]) (default 1.0)")
     groups = add_config_options(p, TrainConfig, ("model", "data", "optimisation", "objective", "distillation", "run"),
                                 exclude=("task", "static", "init_from", "freeze_backbone"),
                                 defaults={"name": "distill", "objective.ce_weight": 0.0})  # no CE: the paper's recipe
@@ -50,6 +51,8 @@ def _cli_distill(args) -> int:
         cfg = resume_config(args, run_dir, values, load_run_config(run_dir))
     else:
         cfg = config_from_args(TrainConfig, args, task="classification")
+    if not 0 <= args.feature_weight <= 100:  # also NaN
+        raise UserError(f"--feature-weight must be in [0, 100], got {args.feature_weight}")
     info = distributed.setup(cfg.device)
     try:
         device = distributed.device_for(info, cfg.device)  # the student's device: the teacher runs beside it
@@ -58,6 +61,7 @@ def _cli_distill(args) -> int:
         data = task.build_data(cfg)
         torch.manual_seed(cfg.seed)  # the same student initialisation as 'adaperceiver train' with this seed
         student = task.build_model(cfg, data)
+        check_teacher(teacher, args.teacher, data.num_classes, data.in_chans, data.img_size, cfg.objective.kd_weight > 0)
         try:
             probe = teacher(next(iter(DataLoader(data.train, batch_size=2)))[0].to(device))
         except (ValueError, RuntimeError) as e:

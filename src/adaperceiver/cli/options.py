@@ -51,6 +51,15 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default_factory()  # type: ignore[misc]
 
 
+def _allowed(cls: type, path: str) -> str:
+    """`` (allowed: [0, 1))`` from the ``RANGES`` of the config class that owns ``path``, or ``""``."""
+    *parents, name = path.split(".")
+    for p in parents:
+        cls = typing.get_type_hints(cls)[p]
+    spec = getattr(cls, "RANGES", {}).get(name)
+    return f" (allowed: {spec})" if spec else ""
+
+
 def _strip_optional(t: Any) -> Any:
     if typing.get_origin(t) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(t) if a is not type(None)]
@@ -115,7 +124,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, groups: Itera
         if group not in arg_groups:
             arg_groups[group] = parser.add_argument_group(group)
         default = defaults.get(path, _default(f))
-        help_ = f.metadata.get("help", "")
+        help_ = f.metadata.get("help", "") + _allowed(cls, path)
         dest = prefix + path
         base = _strip_optional(t)
         g = arg_groups[group]

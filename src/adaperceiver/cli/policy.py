@@ -23,8 +23,9 @@ from ..adapt.policy import (
     write_results,
 )
 from ..checkpoint import from_pretrained
+from ..errors import UserError
 from ..evaluation import machine_info
-from .common import add_data_options, add_device_option, add_inference_options, command_device, load_dataset
+from .common import add_data_options, add_device_option, add_inference_options, check_limit, command_device, flags_named, load_dataset
 from .config_file import add_config_file_options, write_config_yaml
 
 
@@ -77,17 +78,26 @@ def register(sub) -> None:
     e.set_defaults(func=_cli_eval)
 
 
+# config fields -> the flags that set them, for error messages
+_TRAIN_FLAGS = {"lam": "--lams", "scale": "--scale", "entropy": "--entropy", "epochs": "--epochs",
+                "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed", "dim": "--policy-dim",
+                "num_blocks": "--policy-blocks"}
+
+
 def _cli_train(args) -> int:
-    policy_cfg = PolicyConfig(dim=args.policy_dim, num_blocks=args.policy_blocks)  # checked before the slow part
+    with flags_named(_TRAIN_FLAGS):  # every value checked before the slow part
+        check_limit(args.limit)
+        policy_cfg = PolicyConfig(dim=args.policy_dim, num_blocks=args.policy_blocks)
+        cfgs = [PolicyTrainConfig(lam=lam, reward=args.reward, scale=args.scale, entropy=args.entropy, epochs=args.epochs,
+                                  batch_size=args.batch_size, lr=args.lr, seed=args.seed, baseline=args.baseline)
+                for lam in args.lams]
     model = from_pretrained(args.model, map_location=command_device(args.device))
     outcomes = collect_outcomes(model, load_dataset(args.dataset, args.split, model, args), limit=args.limit)
     out = Path(args.out)
     write_config_yaml(args, out)
     cost = (configuration_flops(model, outcomes.space) if args.cost == "flops"
             else configuration_latency(model, outcomes.space, cache_path=out / CACHE_NAME))
-    for lam in args.lams:
-        cfg = PolicyTrainConfig(lam=lam, reward=args.reward, scale=args.scale, entropy=args.entropy, epochs=args.epochs,
-                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, baseline=args.baseline)
+    for lam, cfg in zip(args.lams, cfgs):
         log = TrainLog()
         policy = train_policy(model, outcomes, cost, cfg, policy_cfg, log=log)
         d = save_policy(policy, out / f"lam{lam:g}", extra={"lam": lam, "train": asdict(cfg), "model": str(args.model),
@@ -101,6 +111,13 @@ def _cli_train(args) -> int:
 
 
 def _cli_eval(args) -> int:
+    check_limit(args.limit)
+    bad = [t for t in args.taus if not 0 <= t <= 1]
+    if bad:
+        raise UserError(f"--taus must be confidence thresholds in [0, 1], got {bad[0]}")
+    if any(b < 1 for b in args.latency_batch_sizes) or args.latency_images < 1:
+        raise UserError(f"--latency-batch-sizes and --latency-images must be >= 1, got {args.latency_batch_sizes} "
+                        f"and {args.latency_images}")
     device = command_device(args.device)
     model = from_pretrained(args.model, map_location=device)
     policies = {}

@@ -63,13 +63,17 @@ def _cli_sweep(args) -> int:
     if args.metric is None:  # the task the model was saved as
         arch = load_meta(args.model).get("architecture")
         args.metric = arch if arch in ("segmentation", "depth") else "classification"
-    target = data[0][1]
+    image, target = data[0]
     dense_data = isinstance(target, torch.Tensor) and target.dim() >= 1
     if args.metric in ("classification", "segmentation", "depth") and dense_data != (args.metric != "classification"):
         kind = "per-pixel (segmentation or depth)" if dense_data else "one label per image (classification)"
         raise ValueError(f"{args.model} is swept with metric {args.metric!r} but dataset {args.data!r} has {kind} "
                          f"targets: a {'classifier' if args.metric == 'classification' else args.metric + ' model'} "
                          f"needs matching data")
+    size = getattr(getattr(model, "cfg", None), "img_size", None)
+    if size is not None and tuple(image.shape[-2:]) != (size, size):
+        raise ValueError(f"--data {args.data} gives {image.shape[-2]}x{image.shape[-1]} images, {args.model} was trained "
+                         f"on {size}x{size}: sweep it on data of its own size")
     write_config_yaml(args, out)
     rows = run_sweep(model, loader, out, metric=args.metric, latency_batch_sizes=sizes,
                      progress=not args.no_progress, device=device, dtype=args.dtype, compile=args.compile)

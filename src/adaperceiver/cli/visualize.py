@@ -31,12 +31,12 @@ def register(sub) -> None:
 def _cli_visualize(args) -> int:
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
+    configs = [parse_config_triple(c, "--config") for c in args.config] if args.config else None
     model = from_pretrained(args.model, map_location=command_device(args.device))
     data = load_dataset(args.data, args.split, model, args)
     items = [data[i] for i in range(min(args.num, len(data)))]
     images = torch.stack([x for x, _ in items])
     targets = torch.stack([torch.as_tensor(y) for _, y in items])
-    configs = [parse_config_triple(c) for c in args.config] if args.config else None
     out = Path(args.out) if args.out else Path(args.model) / "predictions.png"
     plot_dense_predictions(model, images, targets, out, configs, getattr(data, "classes", None))
     print(f"wrote {out}")

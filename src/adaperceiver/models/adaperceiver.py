@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from . import executor
 from .config import AdaPerceiverConfig
 from .inference import InferenceModel
+from .inputs import check_images
 from .layers import Block, CrossAttentionBlock, Mlp, PatchEmbed, RotaryEmbedding, hidden_units, layer_norm, trunc_normal_init
 from .masks import token_block_mask
 from .outputs import AnytimeOutput, EarlyExitOutput, Features
@@ -125,16 +126,9 @@ class AdaPerceiver(nn.Module):
         return min(self._check_width(width), self.cfg.mlp_hidden), None
 
     def check_input(self, x: Tensor) -> Tensor:
-        """``x`` in the model's floating dtype (another float dtype is cast); non-tensors and integer
-        images are refused (they need normalising like the training data, which a cast cannot do)."""
-        if not isinstance(x, Tensor):
-            raise ValueError(f"x must be a torch.Tensor of images (B, C, H, W), got {type(x).__module__}."
-                             f"{type(x).__qualname__}; convert it with torch.as_tensor(x)")
-        if not x.is_floating_point():
-            raise ValueError(f"x has dtype {x.dtype}; the model takes float images normalised like its training "
-                             f"data (for uint8 pixels: x.float() / 255, then the dataset's mean and std)")
-        dtype = self.latent_token.dtype
-        return x if x.dtype == dtype else x.to(dtype)
+        """``x`` checked against the input contract (:func:`.inputs.check_images`), in the model's dtype."""
+        cfg = self.cfg
+        return check_images(x, cfg.in_chans, cfg.patch_size, self.latent_token.dtype, check_values=not self.training)
 
     def resolve_token_counts(self, token_counts: Sequence[int] | None, tokens: int) -> tuple[int, ...]:
         """The token counts a pass at ``tokens`` latents reads out: by default the granularities below

@@ -11,12 +11,14 @@ from ..errors import check_fields
 from .layers import RotaryEmbedding, hidden_units
 from .masks import BEYOND_GRANS
 
-# allowed ranges of the numeric config fields (types come from the annotations)
+# allowed ranges of the numeric config fields (types come from the annotations; NaN/inf are always refused).
+# The float ranges bound what trains at all: rope_theta below 1 or far above the usual 1e4-1e6 makes the
+# rotary frequencies overflow or vanish (1e-300 trains to NaN), init scales above 10 blow up the first steps.
 MODEL_CONFIG_RANGES = {
     "num_classes": ">= 1", "img_size": ">= 1", "patch_size": ">= 1", "in_chans": ">= 1", "embed_dim": ">= 1",
-    "depth": ">= 1", "num_heads": ">= 1", "ffn_ratio": "> 0", "mlp_hidden_dim": ">= 1", "num_latents": ">= 1",
-    "max_latents_mult": ">= 1", "token_grans": ">= 1", "widths": ">= 1", "rope_theta": "> 0", "ls_init": ">= 0",
-    "latent_std": ">= 0",
+    "depth": ">= 1", "num_heads": ">= 1", "ffn_ratio": "(0, 64]", "mlp_hidden_dim": ">= 1", "num_latents": ">= 1",
+    "max_latents_mult": ">= 1", "token_grans": ">= 1", "widths": ">= 1", "rope_theta": "[1, 1e9]", "ls_init": "[0, 10]",
+    "latent_std": "[0, 10]",
 }
 
 
@@ -105,7 +107,8 @@ class AdaPerceiverConfig:
                              f"RoPE table ({top} positions)")
         for w in self.widths:
             if not 1 <= w <= self.embed_dim or hidden_units(w, self.ffn_ratio) < 1:
-                raise ValueError(f"trained width {w} must be in [1, {self.embed_dim}] and give >= 1 hidden unit")
+                raise ValueError(f"trained width {w} must be in [1, {self.embed_dim}] and give >= 1 hidden unit "
+                                 f"(int(width * ffn_ratio), ffn_ratio {self.ffn_ratio:g})")
 
     def default_widths(self) -> tuple[int, ...]:
         d = self.embed_dim

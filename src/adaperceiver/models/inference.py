@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .inputs import check_images
 from .protocol import AdaptiveBackbone
 from .setting import Setting, SettingSpace
 from .slim import slim
@@ -153,13 +154,15 @@ class InferenceModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor, tokens: int | None = None, depth: int | None = None, width: int | None = None) -> Tensor:
-        """``model(x, tokens, depth, width)`` computed in ``dtype``; the output is float32."""
-        return self.runner(tokens, depth, width)(x.to(self.dtype)).float()
+        """``model(x, tokens, depth, width)`` computed in ``dtype``; the output is float32. ``x`` must meet
+        the model's input contract (:func:`.inputs.check_images`: uint8 pixels are refused, as by the model)."""
+        run = self.runner(tokens, depth, width)
+        return run(check_images(x, self.cfg.in_chans, self.cfg.patch_size, self.dtype)).float()
 
     @torch.no_grad()
     def forward_anytime(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
         """``model.forward_anytime`` in ``dtype`` (eager); outputs float32."""
-        out = self.model.forward_anytime(x.to(self.dtype), *args, **kwargs)
+        out = self.model.forward_anytime(check_images(x, self.cfg.in_chans, self.cfg.patch_size, self.dtype), *args, **kwargs)
         out.outputs = out.outputs.float()
         return out
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,12 +26,13 @@ from .distributed import parse_device
 from .objective import ObjectiveConfig
 
 EXPORT_CHOICES = ("ema", "raw")
-# allowed ranges of the numeric fields (types come from the annotations)
+# allowed ranges of the numeric fields (types come from the annotations; NaN/inf are always refused); an AdamW
+# learning rate above 1 or a decay above 1 diverges or erases the weights (the command-line help shows each range)
 TRAIN_CONFIG_RANGES = {
     "image_size": ">= 1", "val_fraction": "(0, 1)",
     "train_subset": ">= 1", "val_subset": ">= 1", "crop_padding": ">= 0", "num_workers": ">= 0",
-    "epochs": ">= 1", "batch_size": ">= 1", "eval_batch_size": ">= 1", "lr": "> 0", "min_lr": ">= 0",
-    "weight_decay": ">= 0", "warmup_steps": ">= 0", "grad_clip": ">= 0", "accum_steps": ">= 1", "ema_decay": "[0, 1)",
+    "epochs": ">= 1", "batch_size": ">= 1", "eval_batch_size": ">= 1", "lr": "(0, 1]", "min_lr": "[0, 1]",
+    "weight_decay": "[0, 1]", "warmup_steps": ">= 0", "grad_clip": ">= 0", "accum_steps": ">= 1", "ema_decay": "[0, 1)",
     "seed": ">= 0", "checkpoint_every": ">= 0", "keep_checkpoints": ">= 1", "log_every": ">= 1", "eval_every": ">= 0",
     "max_steps": ">= 1", "static": ">= 1",
     "rrc_scale": "(0, 1]", "random_erasing": "[0, 1]", "mixup_alpha": ">= 0", "cutmix_alpha": ">= 0", "mix_prob": "[0, 1]",
@@ -53,6 +54,8 @@ RAND_AUGMENT_LIMITS = ((0, 14), (1, 29))  # (num_ops: 0 = off, magnitude on the 
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (saved in the run's config.json under ``"train"``)."""
+
+    RANGES: ClassVar[dict[str, str]] = TRAIN_CONFIG_RANGES  # shown in the command-line help
 
     # Each field says what it means (metadata "help") and where it belongs ("group"): the command line
     # is generated from these (adaperceiver.cli.options), so an option is declared once, here.
@@ -178,6 +181,9 @@ class TrainConfig:
         if not self.name or ".." in Path(self.name).parts or Path(self.name).is_absolute():
             raise UserError(f"train config field name must be a relative path inside out_dir without '..', "
                             f"got {self.name!r}")
+        if self.min_lr > self.lr:
+            raise UserError(f"train config field min_lr ({self.min_lr:g}) must not exceed lr ({self.lr:g}): the cosine "
+                            f"decays from lr down to min_lr")
         if self.device is not None:
             parse_device(self.device)
         self._check_augmentation()

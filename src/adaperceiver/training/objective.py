@@ -25,12 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import check_fields
+from ..errors import UserError, check_fields
 from ..losses import cross_entropy, kd_loss
 from ..models.adaperceiver import AdaPerceiver, AnytimeOutput
 from ..models.config import drop_removed_fields
@@ -40,8 +40,12 @@ ExtraLoss = Callable[[AnytimeOutput, "Batch", Tensor], tuple[Tensor, dict[str, f
 DEPTH_WEIGHTINGS = ("linear", "uniform")
 
 
-OBJECTIVE_CONFIG_RANGES = {"widths": ">= 1", "token_weights": ">= 0", "label_smoothing": "[0, 1)", "ce_weight": ">= 0",
-                           "kd_weight": ">= 0", "kd_temperature": "> 0", "full_token_weight": "> 0"}
+# NaN/inf are always refused; weights are relative (above 100 only the step size changes, below 0.01 a term is
+# as good as off: use 0), a temperature outside [0.1, 100] flattens or saturates the soft targets, and label
+# smoothing above 0.5 leaves almost nothing to learn
+OBJECTIVE_CONFIG_RANGES = {"widths": ">= 1", "token_weights": "[0, 100]", "label_smoothing": "[0, 0.5]",
+                           "ce_weight": "[0, 100]", "kd_weight": "[0, 100]", "kd_temperature": "[0.1, 100]",
+                           "full_token_weight": "[0.01, 100]"}
 # removed in 0.2: in-place self-distillation changed nothing measurable (docs/training.md)
 REMOVED_OBJECTIVE_FIELDS = {"self_distill_weight": 0.0}
 
@@ -49,6 +53,8 @@ REMOVED_OBJECTIVE_FIELDS = {"self_distill_weight": 0.0}
 @dataclass
 class ObjectiveConfig:
     """How the read-outs of one pass are combined into the training loss."""
+
+    RANGES: ClassVar[dict[str, str]] = OBJECTIVE_CONFIG_RANGES  # shown in the command-line help
 
     # metadata: help and group for the generated command line (adaperceiver.cli.options)
     all_depths: bool = field(default=True, metadata=dict(
@@ -75,10 +81,6 @@ class ObjectiveConfig:
         check_fields(self, OBJECTIVE_CONFIG_RANGES, "objective config")  # every field's type and range, up front
         if self.depth_weighting not in DEPTH_WEIGHTINGS:
             raise ValueError(f"depth_weighting must be one of {list(DEPTH_WEIGHTINGS)}, got {self.depth_weighting!r}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.kd_temperature <= 0:
-            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
         if self.token_weights is not None and not sum(self.token_weights) > 0:
             raise ValueError(f"token_weights must be >= 0 with a positive sum, got {list(self.token_weights)}")
 
@@ -151,6 +153,17 @@ class JointObjective(nn.Module):
         self.extra_modules = nn.ModuleList(h for h in self.extra_losses if isinstance(h, nn.Module))
 
     # ----------------------------------------------------------------------------------------------
+    def check(self, model: nn.Module, has_teacher: bool) -> None:
+        """Refuse, before training, an objective that cannot train ``model``: nothing to learn (no task loss,
+        no teacher, no extra loss), token weights that do not match its granularities, widths past its embed_dim."""
+        if self.cfg.ce_weight == 0 and not has_teacher and not self.extra_losses:
+            raise UserError("objective ce_weight is 0 and there is no teacher or extra loss: nothing to learn")
+        if self.cfg.token_weights is not None:  # one weight per read-out granularity
+            self.weights(model)
+        top = getattr(getattr(model, "cfg", None), "embed_dim", None)
+        if self.cfg.widths and top and max(self.cfg.widths) > top:
+            raise UserError(f"objective widths {list(self.cfg.widths)} must be in [1, {top}] (the model's embed_dim)")
+
     def sample_widths(self, model: AdaPerceiver, batch_size: int, generator: torch.Generator | None = None) -> Tensor | None:
         """One width per sample, uniformly from the trained widths (None when sampling is off)."""
         if not self.cfg.sample_widths:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +38,17 @@ class MetricsLog:
         if self.tensorboard_dir is not None:
             summary_writer()  # a missing package fails here, before any training
 
-    def load(self, keep_until_step: int) -> None:
-        """Read an existing file, dropping rows after ``keep_until_step`` (they will be redone)."""
+    def load(self, keep_until_step: int) -> int:
+        """Read an existing file, dropping rows after ``keep_until_step`` (they will be redone); returns
+        how many rows were dropped, for the caller to say so."""
         if not self.path.is_file():
-            return
+            return 0
         try:
             with self.path.open(newline="") as f:
                 reader = csv.DictReader(f)
                 self.fields = list(reader.fieldnames or [])
-                self.rows = [r for r in reader if r.get("step") and int(r["step"]) <= keep_until_step]
+                rows = [r for r in reader if r.get("step")]
+                self.rows = [r for r in rows if int(r["step"]) <= keep_until_step]
         except (ValueError, csv.Error, UnicodeDecodeError) as e:
             raise UserError(f"{self.path} is damaged ({first_line(e)}); repair or delete it to resume "
                             f"(rows are rewritten from the checkpoint's step on)") from None
@@ -54,6 +57,7 @@ class MetricsLog:
         self._purge_step = keep_until_step + 1  # events of steps that will be redone are dropped
         if self.enabled:
             self._rewrite()
+        return len(rows) - len(self.rows)
 
     def _rewrite(self) -> None:
         def write(tmp: str) -> None:
@@ -94,18 +98,90 @@ class MetricsLog:
         self.close()
 
 
+CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "objective.safetensors", STATE_NAME)  # what a checkpoint holds
+_STEP_DIR = re.compile(r"^step_\d{8}$")
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    """``run_dir/checkpoints``, refused when it resolves (through a symlink) outside ``run_dir``."""
+    run_dir = Path(run_dir)
+    root = run_dir / CHECKPOINT_DIR
+    if root.exists() and not _inside(root.resolve(), run_dir.resolve()):
+        raise UserError(f"{root} leads to {root.resolve()}, outside the run directory {run_dir}: a run reads and "
+                        f"writes only its own checkpoints; replace the link with a real folder or use another name")
+    return root
+
+
 def last_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint directory of a run, or None."""
-    pointer = Path(run_dir) / CHECKPOINT_DIR / LAST_POINTER
+    """The newest complete checkpoint directory of a run, or None.
+
+    The pointer must lead (symlinks resolved) to a ``checkpoints/step_*`` folder of this run directory:
+    a run never resumes from another run's state (a copied or hand-edited directory).
+    """
+    root = checkpoint_root(run_dir)
+    pointer = root / LAST_POINTER
     if not pointer.is_file():
         return None
     try:
-        path = Path(run_dir) / CHECKPOINT_DIR / json.loads(pointer.read_text())["dir"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{pointer} is damaged ({e}); point it at a checkpoints/step_* directory") from None
+        name = json.loads(pointer.read_text())["dir"]
+    except (json.JSONDecodeError, KeyError, TypeError, OSError) as e:
+        raise UserError(f"{pointer} is damaged ({first_line(e)}); point it at a checkpoints/step_* directory") from None
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{pointer} is damaged (its 'dir' is {name!r}, not a folder name); point it at a "
+                        f"checkpoints/step_* directory")
+    path = root / name
+    real = path.resolve()
+    if not _inside(real, root.resolve()) or real == root.resolve():
+        raise UserError(f"{pointer} points at {path} ({real}), outside this run's checkpoints folder {root}: a run "
+                        f"resumes only from its own checkpoints; point it at one of its checkpoints/step_* or start a "
+                        f"new run")
     if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"{pointer} points at {path}, which has no {STATE_NAME}")
+        raise UserError(f"{pointer} points at {path}, which has no {STATE_NAME}; point it at a complete "
+                        f"checkpoints/step_* directory")
     return path
+
+
+def remove_checkpoint(path: Path, run_dir: str | Path) -> None:
+    """Delete the files a checkpoint writes in ``path`` (then the folder, if that leaves it empty).
+
+    Only a real ``checkpoints/step_XXXXXXXX`` folder of ``run_dir`` is touched, and in it only the
+    checkpoint's own file names: whatever else is there (a user's notes, a link) stays.
+    """
+    root = checkpoint_root(run_dir).resolve()
+    if path.is_symlink() or not path.is_dir() or path.resolve().parent != root or not _STEP_DIR.match(path.name):
+        return
+    for name in CHECKPOINT_FILES:
+        f = path / name
+        if f.is_file() and not f.is_symlink():
+            f.unlink()
+    try:
+        path.rmdir()
+    except OSError:
+        pass  # not empty: it holds files this run did not write
+
+
+def fresh_checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """``checkpoints/step_XXXXXXXX`` of ``step``, emptied of a stale checkpoint of that step (a resume
+    from an earlier step); refused when a link or a file that this run did not write is in the way."""
+    path = checkpoint_root(run_dir) / f"step_{step:08d}"
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise UserError(f"{path} is in the way of this run's checkpoint (a link or a file it did not write); move it away")
+    remove_checkpoint(path, run_dir)
+    return path
+
+
+def rotate_checkpoints(run_dir: str | Path, keep: Path, count: int) -> None:
+    """Remove this run's oldest checkpoints so that ``count`` are left, ``keep`` (the newest) among
+    them; only real ``step_XXXXXXXX`` folders count, and only their checkpoint files are deleted."""
+    root = checkpoint_root(run_dir)
+    old = sorted(p for p in root.glob("step_*") if _STEP_DIR.match(p.name) and p.is_dir() and not p.is_symlink()
+                 and p != keep)
+    for p in old[: max(0, len(old) - (count - 1))]:
+        remove_checkpoint(p, run_dir)
 
 
 def load_run_config(run_dir: str | Path) -> TrainConfig:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import from_pretrained, load_strict, read_state_dict, save_pretrained, strip_wrappers
+from ..errors import UserError
 from ..models.cnn import StaticCNN
 from ..models.vit import StaticViT
 
@@ -40,6 +41,7 @@ class Teacher(nn.Module):
         self.module = module.eval().requires_grad_(False)
         self.fn = fn
         self.name = name
+        self.info = model_info(module)  # what it was trained for, when the module says so (see check_teacher)
 
     def train(self, mode: bool = True) -> "Teacher":  # the teacher never leaves eval mode
         return self
@@ -227,6 +229,38 @@ def load_teacher(spec: str) -> Teacher:
 
 
 # --------------------------------------------------------------------------------------------------
+# compatibility with the student, checked before any training
+def model_info(module: nn.Module) -> dict[str, Any]:
+    """``task`` / ``num_classes`` / ``in_chans`` / ``img_size`` of a model of this library (empty when unknown)."""
+    cfg = getattr(module, "cfg", None)
+    if cfg is None or not all(hasattr(cfg, k) for k in ("num_classes", "in_chans", "img_size")):
+        return {}
+    task = getattr(module, "task", None) or getattr(cfg, "task", "classification")
+    return {"task": task, "num_classes": cfg.num_classes, "in_chans": cfg.in_chans, "img_size": cfg.img_size}
+
+
+def check_teacher(teacher: Teacher, spec: str, num_classes: int, in_chans: int, img_size: int, use_logits: bool) -> None:
+    """Refuse, in one line naming the teacher, a teacher that cannot teach a classifier of this data:
+    another task (per-pixel outputs), other channels or image size, or (when its logits are used)
+    another number of classes. Teachers this library did not train are checked by a probe call instead."""
+    info = getattr(teacher, "info", {}) or {}
+    if not info:
+        return
+    task = info["task"]
+    if task != "classification":
+        raise UserError(f"teacher {spec} is a {task} model (per-pixel outputs); distillation trains a classifier "
+                        f"and needs a classification teacher (logits per image)")
+    if info["in_chans"] != in_chans:
+        raise UserError(f"teacher {spec} takes {info['in_chans']}-channel images, the dataset gives {in_chans} channels")
+    if info["img_size"] != img_size:
+        raise UserError(f"teacher {spec} was trained on {info['img_size']}x{info['img_size']} images, the dataset gives "
+                        f"{img_size}x{img_size}: pick the teacher's image size (image_size) or another teacher")
+    if use_logits and info["num_classes"] != num_classes:
+        raise UserError(f"teacher {spec} predicts {info['num_classes']} classes, the dataset has {num_classes}: "
+                        f"distill its features only (kd_weight 0) or use a teacher of these classes")
+
+
+# --------------------------------------------------------------------------------------------------
 # caching teacher outputs across epochs
 class CachedTeacher(nn.Module):
     """A teacher whose outputs are stored on disk, keyed by the content of each input image.
@@ -243,6 +277,9 @@ class CachedTeacher(nn.Module):
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.teacher = teacher
         self.dir = Path(cache_dir)
+        blocker = next((p for p in (self.dir, *self.dir.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise UserError(f"teacher cache {self.dir}: {blocker} is a file, not a directory")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.capacity = capacity
         self.keys_path = self.dir / "keys.txt"

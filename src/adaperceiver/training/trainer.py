@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -49,12 +48,13 @@ from ..checkpoint import (
     save_pretrained,
     save_state_dict,
 )
+from ..data.items import ItemErrors
 from ..errors import UserError, first_line
 from ..evaluation.precision import autocast, grad_scaler, resolve_precision
 from . import distributed, rundir
 from .config import TaskData, TaskSpec, TrainConfig
 from .objective import Batch, ExtraLoss, JointObjective, StepModule
-from .rundir import CHECKPOINT_DIR, LAST_POINTER, METRICS_NAME, STATE_NAME, MetricsLog, last_checkpoint, read_run_json
+from .rundir import LAST_POINTER, METRICS_NAME, STATE_NAME, MetricsLog, last_checkpoint, read_run_json
 from .schedule import EpochBatchSampler, ModelEma, default_num_workers, param_groups, step_generator, warmup_cosine
 
 # fields a resumed run must share with the run it continues (they fix data order and schedule)
@@ -107,8 +107,7 @@ class Trainer:
             for p in self.model.backbone_parameters():
                 p.requires_grad_(False)
         self.objective = JointObjective(cfg.objective, self.task.make_loss(cfg), extra_losses).to(self.device)
-        if cfg.objective.token_weights is not None:  # one weight per read-out granularity: check before training
-            self.objective.weights(self.model)
+        self.objective.check(self.model, has_teacher=teacher is not None)  # before any training
         self.step_module: nn.Module = StepModule(self.model, self.objective)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -152,13 +151,13 @@ class Trainer:
         sampler = EpochBatchSampler(len(self.data.train), self.cfg.batch_size, self.cfg.seed, epoch, start_batch,
                                     self.dist)
         # a seeded generator makes the workers' own seeds a function of (seed, epoch) too
-        return DataLoader(self.data.train, batch_sampler=sampler, num_workers=self.num_workers,
+        return DataLoader(ItemErrors(self.data.train, "train"), batch_sampler=sampler, num_workers=self.num_workers,
                           pin_memory=self.device.type == "cuda", generator=step_generator(self.cfg.seed, epoch, rank=-2))
 
     def val_loader(self) -> DataLoader | None:
         if self.data.val is None:
             return None
-        return DataLoader(self.data.val, batch_size=self.cfg.eval_batch_size, shuffle=False,
+        return DataLoader(ItemErrors(self.data.val, "val"), batch_size=self.cfg.eval_batch_size, shuffle=False,
                           num_workers=self.num_workers)
 
     # ----------------------------------------------------------------------------------------------
@@ -269,10 +268,8 @@ class Trainer:
         """Write a complete checkpoint directory, then point ``last.json`` at it (the atomic switch)."""
         if not self.is_writer():
             return None
-        ckpt_root = self.cfg.run_dir / CHECKPOINT_DIR
-        path = ckpt_root / f"step_{self.step:08d}"
-        if path.exists():
-            shutil.rmtree(path)
+        path = rundir.fresh_checkpoint_dir(self.cfg.run_dir, self.step)
+        ckpt_root = path.parent
         save_state_dict(path / "model.safetensors", self.model.state_dict())
         if self.ema is not None:
             save_state_dict(path / "ema.safetensors", self.ema.module.state_dict())
@@ -287,9 +284,7 @@ class Trainer:
         save_pretrained(self.export_model, self.cfg.run_dir, extra=self.run_meta())
         atomic_write(ckpt_root / LAST_POINTER,
                      lambda tmp: Path(tmp).write_text(json.dumps({"dir": path.name, "step": self.step}) + "\n"))
-        old = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and p != path)
-        for p in old[: max(0, len(old) - (self.cfg.keep_checkpoints - 1))]:
-            shutil.rmtree(p, ignore_errors=True)
+        rundir.rotate_checkpoints(self.cfg.run_dir, keep=path, count=self.cfg.keep_checkpoints)
         return path
 
     def load_checkpoint(self, path: Path, expected_step: int | None = None) -> None:
@@ -345,7 +340,7 @@ class Trainer:
             return self._fit(resume)
         with run_lock(self.cfg.run_dir), self.metrics:  # one writer per directory (others refused); the log closes its event files
             remove_temporaries(self.cfg.run_dir)  # left by a killed writer; safe under the lock
-            remove_temporaries(self.cfg.run_dir / CHECKPOINT_DIR, recursive=True)
+            remove_temporaries(rundir.checkpoint_root(self.cfg.run_dir), recursive=True)  # refuses a link outside
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> TrainResult:
@@ -362,7 +357,10 @@ class Trainer:
         if self.is_writer():
             print(f"{cfg.run_dir}: precision {cfg.precision} on {self.device.type}, {self.num_workers} loader workers", flush=True)
         if resume:
-            self.metrics.load(keep_until_step=self.step)
+            dropped = self.metrics.load(keep_until_step=self.step)
+            if dropped and self.is_writer():
+                print(f"{self.metrics.path}: dropped {dropped} rows logged after step {self.step} (the checkpoint "
+                      f"resumed from); they are redone", flush=True)
         if self.is_writer():
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
         stop_at = min(self.total_steps, cfg.max_steps or self.total_steps)

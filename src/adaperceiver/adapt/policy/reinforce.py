@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...errors import check_fields
 from ...models.adaperceiver import AdaPerceiver, AdaPerceiverClassifier
 from ...models.util import eval_mode
 from .network import ConfigPolicy, PolicyConfig
@@ -90,6 +91,13 @@ def collect_outcomes(model: AdaPerceiverClassifier, data: Any, space: ActionSpac
         return Outcomes(torch.cat(imgs), torch.cat(labels), torch.cat(ces), torch.cat(cors), space)
 
 
+# the cost and quality terms are normalised to about [0, 1]: weights beyond 100 only rescale the step, and an
+# AdamW lr above 1 diverges
+POLICY_TRAIN_RANGES = {"lam": "[0, 100]", "scale": "(0, 100]", "entropy": "[0, 10]", "baseline_momentum": "[0, 1)",
+                       "lr": "(0, 1]", "weight_decay": "[0, 1]", "epochs": ">= 1", "batch_size": ">= 1",
+                       "samples_per_input": ">= 1", "seed": ">= 0"}
+
+
 @dataclass
 class PolicyTrainConfig:
     lam: float = 0.1  # weight of the normalised FLOPs cost
@@ -106,16 +114,13 @@ class PolicyTrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self, POLICY_TRAIN_RANGES, "policy train config")  # every field's type and range (no NaN/inf)
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {list(BASELINES)}, got {self.baseline!r}")
         if self.baseline == "loo" and self.samples_per_input < 2:
             raise ValueError("baseline='loo' needs samples_per_input >= 2")
         if self.reward not in REWARDS:
             raise ValueError(f"reward must be one of {list(REWARDS)}, got {self.reward!r}")
-        if self.lam < 0 or self.scale <= 0 or self.entropy < 0 or not 0 <= self.baseline_momentum < 1:
-            raise ValueError("need lam >= 0, scale > 0, entropy >= 0 and baseline_momentum in [0, 1)")
-        if self.epochs < 1 or self.batch_size < 1 or self.samples_per_input < 1:
-            raise ValueError("epochs, batch_size and samples_per_input must be >= 1")
 
 
 def reward_table(outcomes: Outcomes, cost: Tensor, cfg: PolicyTrainConfig) -> Tensor:
