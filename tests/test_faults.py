@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -358,26 +359,38 @@ def test_resume_says_when_it_drops_metrics_rows(run, capsys, resume):
 
 # --------------------------------------------------------------------------------------------------
 # an unreadable item inside a DataLoader worker: one line naming the split, the item and its file
+def _undecodable_png(path: Path) -> None:
+    """Rewrite the PNG at ``path`` so that its chunk checksums hold (the folder's scan passes it) but its
+    pixel data does not inflate: the error only shows when an item is loaded."""
+    data = bytearray(path.read_bytes())
+    i = data.index(b"IDAT") - 4
+    n = int.from_bytes(data[i:i + 4], "big")
+    body = bytearray(data[i + 8:i + 8 + n])
+    body[2:] = bytes(b ^ 0x5A for b in body[2:])  # keep the zlib header, garble the stream
+    data[i + 8:i + 8 + n] = body
+    data[i + 8 + n:i + 12 + n] = zlib.crc32(bytes(data[i + 4:i + 8 + n])).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_an_item_error_in_a_dataloader_worker_is_one_line(tmp_path, make_folder, capsys, cli_error, train_argv, workers):
     make_folder(tmp_path / "data")
-    bad = tmp_path / "data" / "train" / "cat" / "0.png"
-    bad.write_bytes(b"\x89PNG garbage")
+    _undecodable_png(tmp_path / "data" / "val" / "dog" / "1.png")  # the train images are all read for the data config
     argv = train_argv(tmp_path, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
                       "--batch-size", "2", "--train-subset", "6", "--val-subset", "4", "--num-workers", workers)
     argv[argv.index("digits")] = "imagefolder"  # train_argv's own --dataset
     line = cli_error(argv, capsys)
-    assert re.search(r"train item \d+: cannot read image .*cat/0\.png", line), line
+    assert re.search(r"val item \d+: cannot read image .*dog/1\.png", line), line
     assert ("DataLoader worker" in line) == (workers != "0") and "Traceback" not in line, line
 
 
 def test_debug_prints_the_worker_traceback_before_the_line(tmp_path, make_folder, capsys, train_argv):
     make_folder(tmp_path / "data")
-    (tmp_path / "data" / "train" / "cat" / "0.png").write_bytes(b"\x89PNG garbage")
+    _undecodable_png(tmp_path / "data" / "val" / "dog" / "1.png")  # the train images are all read for the data config
     argv = train_argv(tmp_path, "--data-dir", str(tmp_path / "data"), "--image-size", "8", "--batch-size", "2",
                       "--train-subset", "6", "--val-subset", "4", "--num-workers", "1")
     argv[argv.index("digits")] = "imagefolder"
     assert main(["--debug", *argv]) == 2
     err = capsys.readouterr().err
     assert "Original Traceback" in err and "__getitem__" in err, err[-2000:]
-    assert re.search(r"error: train item \d+: cannot read image", err.strip().splitlines()[-1])
+    assert re.search(r"error: val item \d+: cannot read image", err.strip().splitlines()[-1])
