@@ -33,11 +33,11 @@ def _batch_sizes(value: str | Sequence[int]) -> tuple[int, ...] | None:
         sizes = tuple(int(v) for v in items if str(v).strip())
     except (TypeError, ValueError):
         return None
-    return sizes if sizes and all(b >= 1 for b in sizes) else None
+    return sizes if all(b >= 1 for b in sizes) else None  # empty: measure no latency
 
 
 def parse_batch_sizes(value: str | Sequence[int], flag: str = "--latency-batch-sizes") -> tuple[int, ...]:
-    """``"1,64"`` (or ``[1, 64]`` from a config file) -> ``(1, 64)``, given with option ``flag``."""
+    """``"1,64"`` (or ``[1, 64]`` from a config file) -> ``(1, 64)``, given with option ``flag``; ``""`` -> ``()``."""
     sizes = _batch_sizes(value)
     if sizes is None:
         raise UserError(f"{flag} takes comma-separated batch sizes >= 1 like 1,64, got {value!r}")

@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/sweep)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--latency-batch-sizes", default="1,64",
-                   help="comma-separated batch sizes to time every configuration at (default: 1,64)")
+                   help="comma-separated batch sizes to time every configuration at (default: 1,64; empty: no timing)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--metric", default=None,
                    help="metric name (default: the model's task: classification, segmentation or depth)")
