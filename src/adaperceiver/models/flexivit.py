@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .adaperceiver import AnytimeOutput
 from .layers import resample_pos_embed
