@@ -148,7 +148,8 @@ class RandomCropFlip:
 
 
 __all__ = [
-    "ClutteredFashionMNIST", "CountingFashionMNIST", "DATASETS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "ImageFolderDataset", "RandomCropFlip",
+    "ClutteredFashionMNIST", "CountingFashionMNIST",
+    "DATASETS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "ImageFolderDataset", "RandomCropFlip",
     "SubsetDataset",
     "TensorImageDataset", "cluttered_fashion_mnist", "digits", "fashion_mnist", "get_dataset", "list_datasets", "read_idx",
 ]
