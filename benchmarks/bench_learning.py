@@ -10,12 +10,17 @@ separate run (its own cosine schedule); ``--evals`` adds evaluations inside a ru
 Models (``--models``, comma-separated):
 
 * ``vit``: :class:`adaperceiver.models.vit.StaticViT`, pre-norm, D=64, 4 blocks, 4 heads, patch 4,
-  MLP ratio 2, class token (``vit_mean``: mean-pooled instead);
+  MLP ratio 2, class token (``vit_mean``: mean-pooled instead); ``--vit-set KEY=VALUE`` overrides a
+  :class:`~adaperceiver.models.vit.ViTConfig` field (e.g. ``init=torch``);
+* ``vit_torch``: the outside reference of issue 26, built from ``nn.TransformerEncoderLayer`` (pre-norm,
+  its default dropout 0.1 and ReLU, PyTorch's default init); ``vit_torch_nodrop``: without dropout;
 * any preset name (``adaperceiver_tiny``, ``adaperceiver_tiny_v2``), optionally ``:joint``: trained
   with the library's joint objective (every depth and token read-out, per-sample widths) instead of
   plain cross-entropy on the full configuration. Adaptive models are evaluated at the full
   configuration and at the sub-configurations of ``--configs``. ``--set KEY=VALUE`` overrides a
   config field of every adaptive model of the run (the ablations of docs/training.md).
+
+``--decay-all`` puts weight decay on every parameter (biases and norms too), as the outside loop did.
 
 ``--objective KEY=VALUE`` overrides a field of the joint objective's
 :class:`~adaperceiver.training.objective.ObjectiveConfig` for the ``:joint`` entries, e.g.

@@ -3,10 +3,10 @@
 For each task (``fmnist28``: Fashion-MNIST 28 px; ``count64``: :mod:`adaperceiver.data.counting`, 64 px)
 and each model (``adaperceiver_tiny_v4``, ``vit_tiny``, ``vit_tiny_x2``, ``vit_tiny_x4``, FlexiViT):
 
-1. **tuning**: the same learning-rate x weight-decay grid for every model, each point trained on the
-   training set minus a held-out split (the last ``--holdout`` items of a fixed shuffle) and scored on that
-   split at the model's full setting; the best point is kept (recorded in the CSV);
-2. **training**: with the chosen values, one run per seed on the training set (the same items for every
+1. **tuning**: the same learning-rate x weight-decay grid for every model, each point trained (first seed)
+   on training items that exclude a held-out split (the last ``--holdout`` items of a fixed shuffle of the
+   training set) and scored on that split at the model's full setting; the best point is kept (recorded);
+2. **training**: with the chosen values, one run per further seed on the same items (the same for every
    model), the library's ``Trainer`` (same data, no augmentation, batch 128, warm-up then cosine to 0, no
    EMA, grad clip 3); adaptive models with the joint objective, peers with the static one;
 3. **evaluation**: accuracy of every setting on the test split (``evaluation.sweep.evaluate_grid``),
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import DataLoader, Subset
 
 from adaperceiver.data import get_dataset
 from adaperceiver.evaluation.cost import measure_flops, measure_latency
@@ -65,22 +65,21 @@ def build(name: str, task: str) -> torch.nn.Module:
     return create_model(name, **overrides)
 
 
-def split_data(task: str, train_items: int, holdout: int, val_items: int | None, tune: bool) -> TaskData:
-    """Train on ``train_items`` of a fixed shuffle; evaluate on the held-out tail (``tune``) or the test split."""
+def split_data(task: str, train_items: int, holdout: int) -> TaskData:
+    """``train_items`` of a fixed shuffle of the training split to train on, its last ``holdout`` items to tune on."""
     train = get_dataset(TASKS[task][0], "train")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
     if train_items + holdout > len(train):
         raise ValueError(f"{train_items} training + {holdout} held-out items exceed the {len(train)} of {task}")
-    val = Subset(train, order[-holdout:]) if tune else get_dataset(TASKS[task][0], "val", subset=val_items)
-    return TaskData(Subset(train, order[:train_items]), val, len(train.classes), train.in_chans, train.img_size,
-                    tuple(train.classes))
+    return TaskData(Subset(train, order[:train_items]), Subset(train, order[-holdout:]), len(train.classes),
+                    train.in_chans, train.img_size, tuple(train.classes))
 
 
-def train_one(task: str, name: str, lr: float, wd: float, seed: int, args, tune: bool, run_dir: Path):
-    """One run of the library trainer; returns the trained model."""
+def train_one(task: str, name: str, lr: float, wd: float, seed: int, args, run_dir: Path):
+    """One run of the library trainer on the training items; returns ``(model, held-out loader, seconds)``."""
     epochs = max(1, math.ceil(args.steps * args.batch_size / (60000 - args.holdout)))
     items = args.steps * args.batch_size // epochs
-    data = split_data(task, items, args.holdout, args.val_items, tune)
+    data = split_data(task, items, args.holdout)
     adaptive = name == ADAPTIVE
     cfg = TrainConfig(model=name, dataset=TASKS[task][0], epochs=epochs, batch_size=args.batch_size, lr=lr,
                       min_lr=0.0, weight_decay=wd, warmup_steps=min(100, args.steps // 5), grad_clip=3.0,
@@ -118,23 +117,26 @@ def run_model(task: str, name: str, args) -> dict[str, Any]:
     if path.exists():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
-    grid = []
+    test = DataLoader(get_dataset(TASKS[task][0], "val", subset=args.val_items), batch_size=256)
+    # every grid point trains seed 0 on the same items; the held-out split picks the point, whose
+    # seed-0 model is then scored on the test split like the other seeds' models
+    grid, tested = [], {}
     for lr in args.lrs:
         for wd in args.wds:
-            if len(args.lrs) * len(args.wds) == 1:
-                grid.append({"lr": lr, "wd": wd, "holdout_acc1": None})
-                continue
-            run = Path(args.out) / task / "runs" / f"{name}_tune_lr{lr:g}_wd{wd:g}"
-            model, loader, _ = train_one(task, name, lr, wd, 0, args, True, run)
-            acc = accuracies(model, loader)
-            grid.append({"lr": lr, "wd": wd, "holdout_acc1": acc[max(acc)]})
-            print(f"  {task} {name} lr {lr:g} wd {wd:g}: held-out {acc[max(acc)]:.2f}%", flush=True)
-    best = max(grid, key=lambda g: -1 if g["holdout_acc1"] is None else g["holdout_acc1"])
-    per_seed, train_s = [], []
-    for seed in args.seeds:
-        run = Path(args.out) / task / "runs" / f"{name}_seed{seed}"
-        model, loader, secs = train_one(task, name, best["lr"], best["wd"], seed, args, False, run)
-        per_seed.append(accuracies(model, loader))
+            run = Path(args.out) / task / "runs" / f"{name}_lr{lr:g}_wd{wd:g}_seed{args.seeds[0]}"
+            model, holdout, secs = train_one(task, name, lr, wd, args.seeds[0], args, run)
+            acc = accuracies(model, holdout)
+            full = max(acc)  # the most tokens, blocks and width: the full setting
+            grid.append({"lr": lr, "wd": wd, "holdout_acc1": round(acc[full], 2)})
+            tested[(lr, wd)] = (accuracies(model, test), secs, model)
+            print(f"  {task} {name} lr {lr:g} wd {wd:g}: held-out {acc[full]:.2f}%", flush=True)
+    best = max(grid, key=lambda g: g["holdout_acc1"])
+    first, secs, model = tested[(best["lr"], best["wd"])]
+    per_seed, train_s = [first], [secs]
+    for seed in args.seeds[1:]:
+        run = Path(args.out) / task / "runs" / f"{name}_lr{best['lr']:g}_wd{best['wd']:g}_seed{seed}"
+        model, _, secs = train_one(task, name, best["lr"], best["wd"], seed, args, run)
+        per_seed.append(accuracies(model, test))
         train_s.append(secs)
     settings = sorted(per_seed[0])
     acc = {s: sum(p[s] for p in per_seed) / len(per_seed) for s in settings}
