@@ -74,7 +74,7 @@ def test_flexivit_serves_each_patch_size_with_its_token_count():
 
 def test_flexivit_draws_its_patch_size_per_training_step():
     torch.manual_seed(0)
-    model = create_model("flexivit_tiny").train()
+    model = create_model("flexivit_tiny", embed_dim=16, depth=1, num_heads=2).train()
     seen = {model.forward_anytime(torch.randn(2, 1, 28, 28)).tokens for _ in range(12)}
     assert seen == {(4,), (16,), (49,)}
 
@@ -94,3 +94,24 @@ def test_peers_run_through_the_sweep(name, tmp_path):
             assert r["acc1"] == pytest.approx(want)
             assert r["gflops"] * 1e9 == measure_flops(model, r["tokens"], None, None)
     assert (tmp_path / "sweep.csv").exists()
+
+
+def test_flexivit_trains_with_the_library_trainer_and_reloads(tmp_path):
+    from adaperceiver.checkpoint import from_pretrained
+    from adaperceiver.data.classification import TensorImageDataset
+    from adaperceiver.tasks import get_task
+    from adaperceiver.training import ObjectiveConfig, TrainConfig, Trainer
+    from adaperceiver.training.config import TaskData
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 3, (16,))
+    ds = TensorImageDataset(x, y, classes=("a", "b", "c"))
+    model = create_model("flexivit_tiny", embed_dim=16, depth=1, num_heads=2, num_classes=3)
+    cfg = TrainConfig(model="flexivit_tiny", epochs=1, batch_size=8, warmup_steps=0, ema_decay=0.0, augment=False,
+                      objective=ObjectiveConfig.static(), out_dir=str(tmp_path), name="f", progress=False)
+    result = Trainer(cfg, get_task("classification"), data=TaskData(ds, ds, 3, 1, 28), model=model).fit()
+    assert result.step == 2 and "val_acc1" in result.metrics
+    loaded = from_pretrained(result.run_dir).eval()
+    assert isinstance(loaded, FlexiViT)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, patch_size=7), result.model.eval()(x, patch_size=7))
