@@ -247,7 +247,8 @@ def write_doc(records: dict[str, list[dict]], args, doc: Path) -> None:
                           + ", ".join(f"{c['acc1']:.2f} %: {c['ratio']:.2f}x" for c in cmp), ""]
                 n_ok = sum(c["ratio"] >= goal for c in cmp)
                 need = 2 if goal > 1 else len(cmp)
-                claim_rows.append((f"{task}: {what}, adaptive >= {goal}x the best peer at equal accuracy "
+                run = ", ".join(sorted({r["model"] for r in rows if r["model"] != ADAPTIVE}))
+                claim_rows.append((f"{task}: {what}, adaptive >= {goal}x the best peer ({run}) at equal accuracy "
                                    f"({'at >= 2 levels' if goal > 1 else 'at every level'})",
                                    f"{n_ok} of {len(cmp)} levels", ", ".join(f"{c['ratio']:.2f}x" for c in cmp),
                                    "HOLDS" if n_ok >= need else "MISSED"))
