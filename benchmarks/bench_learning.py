@@ -121,7 +121,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, configs, batch: int = 500)
     """Top-1 % of the full configuration ("full") and of each sub-configuration "t{T}_d{D}_w{W}"."""
     model.eval()
     out: dict[str, float] = {}
-    if not hasattr(model, "configurations"):  # the static ViT
+    if not hasattr(model, "forward_anytime") or len(model.configurations()) == 1:  # plain ViTs: one setting
         pred = torch.cat([model(x[i:i + batch]).argmax(-1) for i in range(0, len(x), batch)])
         out["full"] = 100.0 * float((pred == y).float().mean())
     else:
