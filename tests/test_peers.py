@@ -115,3 +115,8 @@ def test_flexivit_trains_with_the_library_trainer_and_reloads(tmp_path):
     assert isinstance(loaded, FlexiViT)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, patch_size=7), result.model.eval()(x, patch_size=7))
+
+
+def test_peer_presets_refuse_fields_they_do_not_have():
+    with pytest.raises(ValueError, match=r"baseline built from ViTConfig: it has no field\(s\) \['num_latents'\]"):
+        create_model("vit_tiny", num_latents=8)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 from torch import nn
@@ -55,7 +56,13 @@ def preset_config(name: str, **overrides: Any) -> Any:
     else:
         raise ValueError(f"unknown model {name!r}; available: {list_models()}")
     if name in _PEERS:
-        return _PEERS[name][0](**values)
+        config_cls = _PEERS[name][0]
+        known = {f.name for f in fields(config_cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"model {name!r} is a baseline built from {config_cls.__name__}: it has no field(s) "
+                             f"{unknown}; its fields are {sorted(known)}")
+        return config_cls(**values)
     if values.get("task") == "dense" and "readout" not in overrides:
         values["readout"] = "query"  # a dense model reads out one query per patch; "mean" is for logits
     if "num_latents" in overrides and "token_grans" not in overrides:
