@@ -138,8 +138,8 @@ class StaticViT(nn.Module):
         """Refuse read-outs this model does not have: only the full depth and width exist."""
         if (width is not None and not (isinstance(width, int) and width == self.cfg.embed_dim)) or (
                 depths is not None and tuple(depths) != (self.num_blocks,)):
-            raise ValueError(f"{type(self).__name__} has one depth ({self.num_blocks}) and width "
-                             f"({self.cfg.embed_dim}): train it with ObjectiveConfig.static()")
+            raise ValueError(f"{type(self).__name__} has a single configuration of depth and width ({self.num_blocks}, "
+                             f"{self.cfg.embed_dim}): train it with ObjectiveConfig.static()")
 
     def no_weight_decay(self) -> set[str]:
         return {"patch_embed.pos_embed"}
