@@ -11,7 +11,7 @@ Models (``--models``, comma-separated):
 
 * ``vit``: :class:`adaperceiver.models.vit.StaticViT`, pre-norm, D=64, 4 blocks, 4 heads, patch 4,
   MLP ratio 2, class token (``vit_mean``: mean-pooled instead); ``--vit-set KEY=VALUE`` overrides a
-  :class:`~adaperceiver.models.vit.ViTConfig` field (e.g. ``init=torch``);
+  :class:`~adaperceiver.models.vit.ViTConfig` field (``init=trunc_normal``: the weaker pre-issue-26 init);
 * ``vit_torch``: the outside reference of issue 26, built from ``nn.TransformerEncoderLayer`` (pre-norm,
   its default dropout 0.1 and ReLU, PyTorch's default init); ``vit_torch_nodrop``: without dropout;
 * any preset name (``adaperceiver_tiny``, ``adaperceiver_tiny_v2``), optionally ``:joint``: trained
