@@ -163,3 +163,6 @@ def build_architecture(name: str, cfg: None, meta: dict[str, Any]) -> FlexiViT:
     if name != "flexivit":
         raise ValueError(f"adaperceiver.models.flexivit builds 'flexivit', not {name!r}")
     return FlexiViT(FlexiViTConfig(**meta["model"]))
+
+
+__all__ = ["FlexiViT", "FlexiViTConfig", "build_architecture", "pi_resize", "pi_resize_matrix", "resize_patch"]
