@@ -10,12 +10,17 @@ separate run (its own cosine schedule); ``--evals`` adds evaluations inside a ru
 Models (``--models``, comma-separated):
 
 * ``vit``: :class:`adaperceiver.models.vit.StaticViT`, pre-norm, D=64, 4 blocks, 4 heads, patch 4,
-  MLP ratio 2, class token (``vit_mean``: mean-pooled instead);
+  MLP ratio 2, class token (``vit_mean``: mean-pooled instead); ``--vit-set KEY=VALUE`` overrides a
+  :class:`~adaperceiver.models.vit.ViTConfig` field (``init=trunc_normal``: the weaker pre-issue-26 init);
+* ``vit_torch``: the outside reference of issue 26, built from ``nn.TransformerEncoderLayer`` (pre-norm,
+  its default dropout 0.1 and ReLU, PyTorch's default init); ``vit_torch_nodrop``: without dropout;
 * any preset name (``adaperceiver_tiny``, ``adaperceiver_tiny_v2``), optionally ``:joint``: trained
   with the library's joint objective (every depth and token read-out, per-sample widths) instead of
   plain cross-entropy on the full configuration. Adaptive models are evaluated at the full
   configuration and at the sub-configurations of ``--configs``. ``--set KEY=VALUE`` overrides a
   config field of every adaptive model of the run (the ablations of docs/training.md).
+
+``--decay-all`` puts weight decay on every parameter (biases and norms too), as the outside loop did.
 
 ``--objective KEY=VALUE`` overrides a field of the joint objective's
 :class:`~adaperceiver.training.objective.ObjectiveConfig` for the ``:joint`` entries, e.g.
@@ -52,18 +57,42 @@ FIELDS = ["model", "objective", "run_steps", "step", "seed", "params", "config",
           "threads", "torch"]
 
 
+class TorchViT(torch.nn.Module):
+    """The outside reference of issue 26: a plain ViT from ``nn.TransformerEncoderLayer`` (pre-norm, default
+    dropout 0.1 and ReLU, PyTorch's default init), class token, learned positions N(0, 0.02)."""
+
+    def __init__(self, img_size: int = 28, patch_size: int = 4, dim: int = 64, depth: int = 4, heads: int = 4,
+                 mlp_ratio: float = 2.0, num_classes: int = 10, dropout: float = 0.1, activation: str = "relu"):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(1, dim, patch_size, patch_size)
+        self.cls = torch.nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = torch.nn.Parameter(0.02 * torch.randn(1, (img_size // patch_size) ** 2 + 1, dim))
+        layer = torch.nn.TransformerEncoderLayer(dim, heads, int(dim * mlp_ratio), dropout, activation,
+                                                 batch_first=True, norm_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = torch.nn.LayerNorm(dim)
+        self.head = torch.nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.proj(x).flatten(2).transpose(1, 2)
+        z = torch.cat([self.cls.expand(len(z), -1, -1), z], 1) + self.pos
+        return self.head(self.norm(self.encoder(z))[:, 0])
+
+
 def build(name: str, overrides: dict | None = None, img_size: int = 28,
-          patch_size: int = 4) -> tuple[torch.nn.Module, str]:
+          patch_size: int = 4, vit_overrides: dict | None = None) -> tuple[torch.nn.Module, str]:
     """``(model, objective)`` for a ``--models`` entry, for grey ``img_size`` images cut in ``patch_size`` patches."""
     preset, _, objective = name.partition(":")
     objective = objective or "plain"
     if objective not in ("plain", "joint"):
         raise ValueError(f"model entry {name!r}: objective must be 'plain' or 'joint', got {objective!r}")
+    if preset in ("vit_torch", "vit_torch_nodrop"):
+        return TorchViT(img_size, patch_size, dropout=0.1 if preset == "vit_torch" else 0.0), "plain"
     if preset in ("vit", "vit_mean"):
         if objective != "plain":
             raise ValueError(f"{preset} has one configuration: train it with the plain objective, not {objective!r}")
         cfg = ViTConfig(img_size=img_size, patch_size=patch_size, in_chans=1, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
-                        num_classes=10, pool="cls" if preset == "vit" else "mean")
+                        num_classes=10, pool="cls" if preset == "vit" else "mean", **(vit_overrides or {}))
         return StaticViT(cfg), objective
     sizes = {"img_size": img_size, "patch_size": patch_size, "in_chans": 1, "num_classes": 10}
     return create_model(preset, **{**sizes, **(overrides or {})}), objective
@@ -92,7 +121,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, configs, batch: int = 500)
     """Top-1 % of the full configuration ("full") and of each sub-configuration "t{T}_d{D}_w{W}"."""
     model.eval()
     out: dict[str, float] = {}
-    if not hasattr(model, "configurations"):  # the static ViT
+    if not hasattr(model, "forward_anytime") or len(model.configurations()) == 1:  # plain ViTs: one setting
         pred = torch.cat([model(x[i:i + batch]).argmax(-1) for i in range(0, len(x), batch)])
         out["full"] = 100.0 * float((pred == y).float().mean())
     else:
@@ -113,13 +142,15 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, configs, batch: int = 500)
 
 def train_run(name: str, steps: int, evals: list[int], seed: int, data, configs, overrides=None, warmup: int = 100,
               batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 0.05, grad_clip: float = 3.0,
-              patch_size: int = 4, objective_overrides: dict | None = None):
+              patch_size: int = 4, objective_overrides: dict | None = None, vit_overrides: dict | None = None,
+              decay_all: bool = False):
     """Train one model for ``steps`` steps; yield ``(step, accuracies, train_seconds)`` at each evaluation."""
     xtr, ytr, xv, yv = data
     torch.manual_seed(seed)
-    model, objective = build(name, overrides, xtr.shape[-1], patch_size)
+    model, objective = build(name, overrides, xtr.shape[-1], patch_size, vit_overrides)
     model.train()
-    opt = torch.optim.AdamW(param_groups(list(model.named_parameters()), weight_decay), lr=lr, betas=(0.9, 0.999))
+    groups = model.parameters() if decay_all else param_groups(list(model.named_parameters()), weight_decay)
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup, 0.0))
     joint = JointObjective(ObjectiveConfig(**(objective_overrides or {}))) if objective == "joint" else None
     per_epoch = len(xtr) // batch_size
@@ -157,6 +188,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="sub-configurations tokens,depth,width;... evaluated for adaptive models")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field of the adaptive models (JSON values), e.g. --set head_norm=true")
+    p.add_argument("--vit-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a ViTConfig field of the vit entries, e.g. --vit-set init=torch")
+    p.add_argument("--decay-all", action="store_true", help="weight decay on every parameter (biases, norms too)")
     p.add_argument("--objective", action="append", default=[], metavar="KEY=VALUE",
                    help="override a joint-objective field (JSON values), e.g. --objective token_weights=[1,1,1,3]")
     p.add_argument("--dataset", default="fashion_mnist",
@@ -169,6 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.set_num_threads(args.threads)
     configs = parse_configs(args.configs)
     overrides = dict(parse_override(item) for item in args.set)
+    vit_overrides = dict(parse_override(item) for item in args.vit_set)
     objective_overrides = {k: tuple(v) if isinstance(v, list) else v
                            for k, v in (parse_override(item) for item in args.objective)}
     try:
@@ -179,7 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             *as_tensors(get_dataset(args.dataset, "val", subset=args.val_subset)))
     models = [m for m in args.models.split(",") if m]
     for m in models:
-        build(m, overrides, data[0].shape[-1], args.patch_size)  # fail early on a bad entry
+        build(m, overrides, data[0].shape[-1], args.patch_size, vit_overrides)  # fail early on a bad entry
     rows: list[dict] = []
     path = Path(args.csv)
     new = not path.exists()
@@ -195,10 +230,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     preset, _, objective = name.partition(":")
                     for step, accs, train_s, params in train_run(name, steps, evals, seed, data, configs, overrides,
                                                                      patch_size=args.patch_size,
-                                                                     objective_overrides=objective_overrides):
+                                                                     objective_overrides=objective_overrides,
+                                                                     vit_overrides=vit_overrides,
+                                                                     decay_all=args.decay_all):
                         for config, acc in accs.items():
                             tweaks = objective_overrides if objective == "joint" else {}
-                            row = dict(model=preset + "".join(f" {k}={v}" for k, v in overrides.items()),
+                            tags = {**overrides, **vit_overrides, **({"decay": "all"} if args.decay_all else {})}
+                            row = dict(model=preset + "".join(f" {k}={v}" for k, v in tags.items()),
                                        objective=(objective or "plain") + "".join(f" {k}={v}" for k, v in tweaks.items()),
                                        run_steps=steps, step=step,
                                        seed=seed, params=params, config=config, val_acc1=round(acc, 2),

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..models import cnn, heads, vit
+from ..models import cnn, flexivit, heads, vit
 from ..models.adaperceiver import AdaPerceiver, AdaPerceiverConfig, build_model
 from ..models.data_config import DataConfig, derive_data_config, describe, logger
 from .files import write_json
@@ -30,11 +30,12 @@ ARCHITECTURES = {
     "depth": heads.build_architecture,
     "static_vit": vit.build_architecture,
     "static_cnn": cnn.build_architecture,
+    "flexivit": flexivit.build_architecture,
 }
 
 
 # architectures whose "model" section is not an AdaPerceiverConfig (they get cfg=None)
-FOREIGN_CONFIG_ARCHITECTURES = {"static_vit", "static_cnn"}
+FOREIGN_CONFIG_ARCHITECTURES = {"static_vit", "static_cnn", "flexivit"}
 
 
 def load_matching(model: nn.Module, directory: str | Path, required: Sequence[str] = (),

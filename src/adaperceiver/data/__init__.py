@@ -15,6 +15,8 @@ name               source                                                       
 cluttered``        items (:mod:`adaperceiver.data.cluttered`); ``..._cluttered56`` /
                    ``..._cluttered60`` use smaller canvases; ``image_size`` sets the
                    canvas (the item stays 28 px)
+``fashion_mnist_   nine 14 px Fashion-MNIST items on a 64 px canvas; the label is the  optional
+count64``          number of tops among them (:mod:`adaperceiver.data.counting`)
 =================  ==================================================================  =========
 
 Names are case-insensitive and ``-`` may stand for ``_`` (``fashion-mnist-cluttered``).
@@ -42,6 +44,7 @@ from .classification import (
     read_idx,
 )
 from .cluttered import ClutteredFashionMNIST, cluttered_fashion_mnist
+from .counting import CountingFashionMNIST, counting_fashion_mnist
 from .dense import DENSE_DATASETS
 from .folder import ImageFolderDataset
 
@@ -69,6 +72,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "fashion_mnist_cluttered": _cluttered(64),
     "fashion_mnist_cluttered56": _cluttered(56),
     "fashion_mnist_cluttered60": _cluttered(60),
+    "fashion_mnist_count64": lambda split, root=None, image_size=None, in_chans=None: counting_fashion_mnist(split, root),
     **DENSE_DATASETS,  # segmentation / depth sets: adaperceiver.data.dense
 }
 
@@ -155,7 +159,8 @@ class RandomCropFlip:
 
 
 __all__ = [
-    "ClutteredFashionMNIST", "DATASETS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "ImageFolderDataset", "RandomCropFlip",
+    "ClutteredFashionMNIST", "CountingFashionMNIST",
+    "DATASETS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "ImageFolderDataset", "RandomCropFlip",
     "SubsetDataset",
     "TensorImageDataset", "canonical_name",
     "cluttered_fashion_mnist", "digits", "fashion_mnist", "get_dataset", "list_datasets", "read_idx",

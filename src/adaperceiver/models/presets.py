@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
+from torch import nn
+
 from .adaperceiver import AdaPerceiver, AdaPerceiverConfig, build_model
+from .flexivit import FlexiViT, FlexiViTConfig
+from .vit import StaticViT, ViTConfig
 
 _PRESETS: dict[str, Callable[[], dict[str, Any]]] = {}
+# peers (baselines built from another config class): name -> (config class, model class)
+_PEERS: dict[str, tuple[type, type[nn.Module]]] = {}
 
 
 def register_preset(name: str):
@@ -23,19 +30,39 @@ def register_preset(name: str):
     return deco
 
 
+def register_peer(name: str, config_cls: type, model_cls: type[nn.Module]):
+    """Decorator: register a baseline preset (a function returning ``config_cls`` values) built as ``model_cls``."""
+
+    def deco(fn: Callable[[], dict[str, Any]]):
+        register_preset(name)(fn)
+        _PEERS[name] = (config_cls, model_cls)
+        return fn
+
+    return deco
+
+
 def list_models() -> list[str]:
     """The preset names (deprecated aliases not included)."""
     return sorted(_PRESETS)
 
 
-def preset_config(name: str, **overrides: Any) -> AdaPerceiverConfig:
-    """The config of preset ``name`` with ``overrides`` applied (any :class:`AdaPerceiverConfig` field)."""
+def preset_config(name: str, **overrides: Any) -> Any:
+    """The config of preset ``name`` with ``overrides`` applied (any field of its config class:
+    :class:`AdaPerceiverConfig`, or the peer's, e.g. :class:`~adaperceiver.models.vit.ViTConfig`)."""
     if name in _ALIASES:
         values = {**_resolve_alias(name)(), **overrides}
     elif name in _PRESETS:
         values = {**_PRESETS[name](), **overrides}
     else:
         raise ValueError(f"unknown model {name!r}; available: {list_models()}")
+    if name in _PEERS:
+        config_cls = _PEERS[name][0]
+        known = {f.name for f in fields(config_cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"model {name!r} is a baseline built from {config_cls.__name__}: it has no field(s) "
+                             f"{unknown}; its fields are {sorted(known)}")
+        return config_cls(**values)
     if values.get("task") == "dense" and "readout" not in overrides:
         values["readout"] = "query"  # a dense model reads out one query per patch; "mean" is for logits
     if "num_latents" in overrides and "token_grans" not in overrides:
@@ -44,9 +71,11 @@ def preset_config(name: str, **overrides: Any) -> AdaPerceiverConfig:
     return AdaPerceiverConfig.from_dict(values)
 
 
-def create_model(name: str, **overrides: Any) -> AdaPerceiver:
-    """Build a freshly initialised model from a preset, e.g. ``create_model("adaperceiver_tiny", in_chans=1)``."""
-    return build_model(preset_config(name, **overrides))
+def create_model(name: str, **overrides: Any) -> AdaPerceiver | nn.Module:
+    """Build a freshly initialised model from a preset, e.g. ``create_model("adaperceiver_tiny", in_chans=1)``
+    (the peers ``vit_tiny*`` / ``flexivit_tiny*`` build a :class:`StaticViT` / :class:`FlexiViT`)."""
+    cfg = preset_config(name, **overrides)
+    return _PEERS[name][1](cfg) if name in _PEERS else build_model(cfg)
 
 
 def _paper_tiny() -> dict[str, Any]:
@@ -147,4 +176,38 @@ def _base() -> dict[str, Any]:
                 num_classes=1000)
 
 
-__all__ = ["create_model", "list_models", "preset_config", "register_preset"]
+# --------------------------------------------------------------------------------------------------
+# peers: the plain ViT family and FlexiViT, the baselines of docs/paper_claims.md
+@register_peer("vit_tiny", ViTConfig, StaticViT)
+def _vit_tiny() -> dict[str, Any]:
+    """Plain pre-norm ViT, width 64, 4 blocks, 4 heads, MLP ratio 2, patch 4, class token: 15.77 MFLOPs at
+    28 px (the width and depth of ``adaperceiver_tiny``); PyTorch's default init (docs/paper_claims.md)."""
+    return dict(img_size=28, patch_size=4, in_chans=1, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
+                num_classes=10, pool="cls", init="torch")
+
+
+@register_peer("vit_tiny_x2", ViTConfig, StaticViT)
+def _vit_tiny_x2() -> dict[str, Any]:
+    """``vit_tiny`` at width 96: 33.48 MFLOPs at 28 px (2.1x)."""
+    return dict(_vit_tiny(), embed_dim=96)
+
+
+@register_peer("vit_tiny_x4", ViTConfig, StaticViT)
+def _vit_tiny_x4() -> dict[str, Any]:
+    """``vit_tiny`` at width 96 and 8 blocks: 66.81 MFLOPs at 28 px (4.2x)."""
+    return dict(_vit_tiny(), embed_dim=96, depth=8)
+
+
+@register_peer("flexivit_tiny", FlexiViTConfig, FlexiViT)
+def _flexivit_tiny() -> dict[str, Any]:
+    """``vit_tiny`` trained at patch sizes 4, 7 and 14 (49, 16 and 4 tokens at 28 px), PI-resized kernel."""
+    return dict(_vit_tiny(), patch_sizes=(4, 7, 14))
+
+
+@register_peer("flexivit_tiny64", FlexiViTConfig, FlexiViT)
+def _flexivit_tiny64() -> dict[str, Any]:
+    """``flexivit_tiny`` for 64 px canvases: patch sizes 8, 16 and 32 (64, 16 and 4 tokens)."""
+    return dict(_vit_tiny(), img_size=64, patch_size=8, patch_sizes=(8, 16, 32))
+
+
+__all__ = ["create_model", "list_models", "preset_config", "register_peer", "register_preset"]

@@ -1,0 +1,323 @@
+"""The paper's claims in miniature: the adaptive model against the ViT family and FlexiViT, trained the same way.
+
+For each task (``fmnist28``: Fashion-MNIST 28 px; ``count64``: :mod:`adaperceiver.data.counting`, 64 px)
+and each model (``adaperceiver_tiny_v4``, ``vit_tiny``, ``vit_tiny_x2``, ``vit_tiny_x4``, FlexiViT):
+
+1. **tuning**: the same learning-rate x weight-decay grid for every model, each point trained (first seed)
+   on training items that exclude a held-out split (the last ``--holdout`` items of a fixed shuffle of the
+   training set) and scored on that split at the model's full setting; the best point is kept (recorded);
+2. **training**: with the chosen values, one run per further seed on the same items (the same for every
+   model), the library's ``Trainer`` (same data, no augmentation, batch 128, warm-up then cosine to 0, no
+   EMA, grad clip 3); adaptive models with the joint objective, peers with the static one;
+3. **evaluation**: accuracy of every setting on the test split (``evaluation.sweep.evaluate_grid``),
+   FLOPs per image (``evaluation.cost.measure_flops``), batch-1 latency and batch-256 throughput
+   (``evaluation.cost.measure_latency``) of every setting on the accuracy-vs-FLOPs front, fp32 eager
+   (``--fast`` adds bf16 + ``torch.compile`` through ``for_inference`` for models that have it).
+
+Each (task, model) result is a JSON file under ``--out``; a rerun skips the finished ones (resumable
+per model). Then ``docs/paper_claims.md`` (``--doc``), one CSV and one plot per task are written. Run it
+under the benchmark lock::
+
+    flock /work/heavy.lock python benchmarks/paper_claims.py --quick          # minutes: the plumbing
+    flock /work/heavy.lock python benchmarks/paper_claims.py --steps 700      # the measurement
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from adaperceiver.data import get_dataset
+from adaperceiver.evaluation.cost import measure_flops, measure_latency
+from adaperceiver.evaluation.reports import new_figure, save_figure, write_csv
+from adaperceiver.evaluation.sweep import evaluate_grid, pareto_front
+from adaperceiver.models import create_model
+from adaperceiver.tasks import get_task
+from adaperceiver.training import ObjectiveConfig, TrainConfig, Trainer
+from adaperceiver.training.config import TaskData
+
+ROOT = Path(__file__).resolve().parents[1]
+ADAPTIVE = "adaperceiver_tiny_v4"
+TASKS = {  # dataset, model overrides of every model, FlexiViT preset
+    "fmnist28": ("fashion_mnist", {}, "flexivit_tiny"),
+    "count64": ("fashion_mnist_count64", {"img_size": 64, "patch_size": 8}, "flexivit_tiny64"),
+}
+PEERS = ("vit_tiny", "vit_tiny_x2", "vit_tiny_x4")
+
+
+def models_of(task: str) -> list[str]:
+    return [ADAPTIVE, PEERS[0], TASKS[task][2], *PEERS[1:]]  # cheapest runs first
+
+
+def build(name: str, task: str) -> torch.nn.Module:
+    overrides = dict(TASKS[task][1], num_classes=10, in_chans=1)
+    if name.startswith("flexivit"):
+        overrides = {k: v for k, v in overrides.items() if k != "patch_size"}  # the preset names its patch sizes
+    return create_model(name, **overrides)
+
+
+def split_data(task: str, train_items: int, holdout: int) -> TaskData:
+    """``train_items`` of a fixed shuffle of the training split to train on, its last ``holdout`` items to tune on."""
+    train = get_dataset(TASKS[task][0], "train")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
+    if train_items + holdout > len(train):
+        raise ValueError(f"{train_items} training + {holdout} held-out items exceed the {len(train)} of {task}")
+    return TaskData(Subset(train, order[:train_items]), Subset(train, order[-holdout:]), len(train.classes),
+                    train.in_chans, train.img_size, tuple(train.classes))
+
+
+def train_one(task: str, name: str, lr: float, wd: float, seed: int, args, run_dir: Path):
+    """One run of the library trainer on the training items; returns ``(model, held-out loader, seconds)``."""
+    epochs = max(1, math.ceil(args.steps * args.batch_size / (60000 - args.holdout)))
+    items = args.steps * args.batch_size // epochs
+    data = split_data(task, items, args.holdout)
+    adaptive = name == ADAPTIVE
+    cfg = TrainConfig(model=name, dataset=TASKS[task][0], epochs=epochs, batch_size=args.batch_size, lr=lr,
+                      min_lr=0.0, weight_decay=wd, warmup_steps=min(100, args.steps // 5), grad_clip=3.0,
+                      ema_decay=0.0, augment=False, seed=seed, eval_every=0, progress=False,
+                      objective=ObjectiveConfig() if adaptive else ObjectiveConfig.static(),
+                      out_dir=str(run_dir.parent), name=run_dir.name, log_every=50)
+    torch.manual_seed(seed)
+    trainer = Trainer(cfg, get_task("classification"), data=data, model=build(name, task))
+    result = trainer.fit(resume=True)
+    return result.model, trainer.val_loader(), result.train_seconds
+
+
+def accuracies(model, loader) -> dict[tuple[int, int, int], float]:
+    results, *_ = evaluate_grid(model, loader, progress=False)
+    return {(c.tokens, c.depth, c.width): r["acc1"] for c, r in results.items()}
+
+
+def timings(model, settings, fast: bool, repeats: int) -> dict[str, dict]:
+    """Batch-1 latency (ms) and batch-256 throughput (img/s) of each setting, fp32 eager (+ bf16 compiled)."""
+    out: dict[str, dict] = {}
+    modes = [("fp32", model)]
+    if fast and hasattr(model, "for_inference"):
+        modes.append(("bf16c", model.for_inference(torch.bfloat16, compile=True)))
+    for mode, m in modes:
+        for t, d, w in settings:
+            b1 = measure_latency(m, t, d, w, 1, repeats=repeats * 3, warmup=3)
+            b256 = measure_latency(m, t, d, w, 256, repeats=repeats, warmup=2)
+            out[f"{mode}/{t},{d},{w}"] = {"latency_ms_b1": b1.median_ms, "throughput_b256": b256.throughput}
+    return out
+
+
+def run_model(task: str, name: str, args) -> dict[str, Any]:
+    """Tune, train every seed, evaluate; the (task, model) record (also written to OUT/task/name.json)."""
+    path = Path(args.out) / task / f"{name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    test = DataLoader(get_dataset(TASKS[task][0], "val", subset=args.val_items), batch_size=256)
+    # every grid point trains seed 0 on the same items; the held-out split picks the point, whose
+    # seed-0 model is then scored on the test split like the other seeds' models
+    grid, tested = [], {}
+    for lr in args.lrs:
+        for wd in args.wds:
+            run = Path(args.out) / task / "runs" / f"{name}_lr{lr:g}_wd{wd:g}_seed{args.seeds[0]}"
+            model, holdout, secs = train_one(task, name, lr, wd, args.seeds[0], args, run)
+            acc = accuracies(model, holdout)
+            full = max(acc)  # the most tokens, blocks and width: the full setting
+            grid.append({"lr": lr, "wd": wd, "holdout_acc1": round(acc[full], 2)})
+            tested[(lr, wd)] = (accuracies(model, test), secs, model)
+            print(f"  {task} {name} lr {lr:g} wd {wd:g}: held-out {acc[full]:.2f}%", flush=True)
+    best = max(grid, key=lambda g: g["holdout_acc1"])
+    first, secs, model = tested[(best["lr"], best["wd"])]
+    per_seed, train_s = [first], [secs]
+    for seed in args.seeds[1:]:
+        run = Path(args.out) / task / "runs" / f"{name}_lr{best['lr']:g}_wd{best['wd']:g}_seed{seed}"
+        model, _, secs = train_one(task, name, best["lr"], best["wd"], seed, args, run)
+        per_seed.append(accuracies(model, test))
+        train_s.append(secs)
+    settings = sorted(per_seed[0])
+    acc = {s: sum(p[s] for p in per_seed) / len(per_seed) for s in settings}
+    flops = {s: measure_flops(model, *s) for s in settings}
+    front = [s for s, on in zip(settings, pareto_front([(flops[s], acc[s]) for s in settings])) if on]
+    torch.manual_seed(0)
+    times = timings(model.eval(), front, args.fast, args.repeats)
+    rows = [{"task": task, "model": name, "tokens": s[0], "depth": s[1], "width": s[2],
+             "acc1": round(acc[s], 3), **{f"acc1_seed{sd}": p[s] for sd, p in zip(args.seeds, per_seed)},
+             "mflops": flops[s] / 1e6, "front": s in front,
+             **{f"{k}_{m}": v for m in ("fp32", "bf16c") for k, v in times.get(f"{m}/{s[0]},{s[1]},{s[2]}", {}).items()},
+             "lr": best["lr"], "wd": best["wd"]} for s in settings]
+    record = {"task": task, "model": name, "grid": grid, "chosen": best, "rows": rows, "train_seconds": train_s,
+              "steps": args.steps, "seeds": args.seeds, "wall_s": time.perf_counter() - t0, "machine": machine()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def machine() -> dict[str, Any]:
+    """The CPU model (lscpu), its bf16 matrix units and the load average where the timings were taken."""
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        lines = []
+    info = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
+    flags = info.get("Flags", "").split()
+    return {"cpu": info.get("Model name", "unknown"), "amx": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "load_avg": [round(v, 2) for v in os.getloadavg()], "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+# --------------------------------------------------------------------------------------------------
+# the claims
+def speed_at_equal_accuracy(rows: list[dict], key: str) -> list[dict]:
+    """At each peer front point's accuracy: the adaptive model's and the best peer's best ``key``
+    (higher is better) among the points at least that accurate."""
+    ours = [r for r in rows if r["model"] == ADAPTIVE and r.get(key) is not None]
+    peers = [r for r in rows if r["model"] != ADAPTIVE and r.get(key) is not None]
+    out = []
+    for level in sorted({r["acc1"] for r in peers}):
+        o = [r[key] for r in ours if r["acc1"] >= level]
+        p = [r[key] for r in peers if r["acc1"] >= level]
+        if o and p:
+            out.append({"acc1": level, "ours": max(o), "peer": max(p), "ratio": max(o) / max(p)})
+    return out
+
+
+def plot_task(task: str, rows: list[dict], path: Path) -> None:
+    fig = new_figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
+    for ax, (key, label) in zip(axes, (("mflops", "MFLOPs per image"), ("throughput_b256_fp32", "images/s, batch 256, fp32"),
+                                       ("latency_ms_b1_fp32", "ms, batch 1, fp32"))):
+        for name in sorted({r["model"] for r in rows}):
+            pts = sorted((r[key], r["acc1"]) for r in rows if r["model"] == name and r.get(key) is not None
+                         and (key == "mflops" or r["front"]))
+            if pts:
+                ax.plot(*zip(*pts), "o-" if len(pts) > 1 else "s", label=name, ms=4)
+        ax.set_xlabel(label)
+        ax.set_ylabel("test top-1 %")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{task}: accuracy vs cost (every setting vs FLOPs; the FLOPs front vs time)")
+    save_figure(fig, path)
+
+
+def write_doc(records: dict[str, list[dict]], args, doc: Path) -> None:
+    lines = ["# The paper's claims, measured in miniature", "",
+             f"Generated by `flock /work/heavy.lock python benchmarks/paper_claims.py {' '.join(args.argv)}` "
+             "(every number below is a row of the CSVs beside this file).", ""]
+    claim_rows = []
+    for task, recs in records.items():
+        rows = [r for rec in recs for r in rec["rows"]]
+        m = recs[0]["machine"] if recs else {}
+        write_csv(rows, doc.parent / "paper_claims" / f"{task}.csv")
+        plot_task(task, rows, doc.parent / "paper_claims" / f"{task}.png")
+        lines += [f"## {task}", "", f"![{task}](paper_claims/{task}.png)", "",
+                  f"CSV: [paper_claims/{task}.csv](paper_claims/{task}.csv). Timings on {m.get('cpu')} "
+                  f"(AMX: {m.get('amx')}, AVX-512-bf16: {m.get('avx512_bf16')}), {m.get('threads')} threads, load "
+                  f"average {m.get('load_avg')} at the end of the first model's record, torch {m.get('torch')}.", "",
+                  "| model | chosen lr / wd | held-out grid (lr, wd: %) | settings | full-setting test % | cheapest % "
+                  "| MFLOPs (full) | train s / seed |", "|---|---|---|---|---|---|---|---|"]
+        for rec in recs:
+            r = rec["rows"]
+            full, cheap = max(r, key=lambda x: x["mflops"]), min(r, key=lambda x: x["mflops"])
+            grid = "; ".join(f"{g['lr']:g}, {g['wd']:g}: {g['holdout_acc1']}" for g in rec["grid"])
+            lines.append(f"| {rec['model']} | {rec['chosen']['lr']:g} / {rec['chosen']['wd']:g} | {grid} | {len(r)} | "
+                         f"{full['acc1']:.2f} | {cheap['acc1']:.2f} | {full['mflops']:.2f} | "
+                         f"{', '.join(f'{s:.0f}' for s in rec['train_seconds'])} |")
+        lines.append("")
+        ours = [r for r in rows if r["model"] == ADAPTIVE]
+        if ours:
+            full, cheap = max(ours, key=lambda x: x["mflops"]), min(ours, key=lambda x: x["mflops"])
+            spread = full["acc1"] - cheap["acc1"]
+            claim_rows.append((f"{task}: the settings differ (full minus cheapest >= 8 pp)", f"{spread:+.2f} pp",
+                               "-", "HOLDS" if spread >= 8 else "MISSED"))
+        for key, what, goal in (("throughput_b256_fp32", "throughput at batch 256 (fp32 eager)", 1.3),
+                                ("latency_ms_b1_fp32", "batch-1 speed (1 / latency, fp32 eager)", 1.0)):
+            if key.startswith("latency"):
+                for r in rows:
+                    if r.get(key):
+                        r["speed_b1"] = 1000.0 / r[key]
+                key = "speed_b1"
+            cmp = speed_at_equal_accuracy(rows, key)
+            if not cmp:
+                claim_rows.append((f"{task}: {what}, adaptive vs the best peer at equal accuracy", "-", "-",
+                                   "NOT RUN (the adaptive model and at least one peer must both have finished)"))
+            else:
+                lines += [f"{task}, {what} at equal accuracy (adaptive / best peer at or above each peer accuracy): "
+                          + ", ".join(f"{c['acc1']:.2f} %: {c['ratio']:.2f}x" for c in cmp), ""]
+                n_ok = sum(c["ratio"] >= goal for c in cmp)
+                need = 2 if goal > 1 else len(cmp)
+                run = ", ".join(sorted({r["model"] for r in rows if r["model"] != ADAPTIVE}))
+                claim_rows.append((f"{task}: {what}, adaptive >= {goal}x the best peer ({run}) at equal accuracy "
+                                   f"({'at >= 2 levels' if goal > 1 else 'at every level'})",
+                                   f"{n_ok} of {len(cmp)} levels", ", ".join(f"{c['ratio']:.2f}x" for c in cmp),
+                                   "HOLDS" if n_ok >= need else "MISSED"))
+    for task in args.tasks_run:
+        if not records.get(task):
+            claim_rows.append((f"{task}: settings spread, throughput and batch-1 speed vs the peers", "-", "-",
+                               "NOT RUN (no model of this task finished within the CPU budget)"))
+    table = ["## Claims", "", "| claim | our measurement | ratios vs best peer | verdict |", "|---|---|---|---|"]
+    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in claim_rows]
+    table += ["| bf16 + compile throughput (the paper's fastest mode) | not measured in this run | - | "
+              + ("see CSV" if args.fast else "NOT RUN (--fast not given: compile time did not fit the CPU budget)") + " |",
+              "| dense: adaptive matches the largest ViT segmenter at >= 3x fewer encoder FLOPs | - | - | NOT RUN "
+              "(no ViT segmenter family yet) |",
+              "| policy within +-0.1 pp of full at >= 24 % fewer FLOPs, >= 15 % less wall-clock | - | - | NOT RUN "
+              "(not in this command yet) |", ""]
+    extra = doc.parent / "paper_claims" / "notes.md"  # hand-written measurements (baseline strength)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    body = lines[:4] + table + lines[4:] + ([extra.read_text()] if extra.exists() else [])
+    doc.write_text("\n".join(body) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a run of minutes: 12 steps, one seed, one grid point")
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--models", default="", help="comma-separated subset of the models (default: all)")
+    p.add_argument("--steps", type=int, default=700)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--lrs", default="1e-3,3e-3")
+    p.add_argument("--wds", default="0.05")
+    p.add_argument("--holdout", type=int, default=5000, help="held-out training items for tuning")
+    p.add_argument("--val-items", type=int, default=None, help="test items evaluated (default all)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls at batch 256 (3x at batch 1)")
+    p.add_argument("--fast", action="store_true", help="also time bf16 + torch.compile (for_inference) where supported")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(ROOT / "runs" / "paper_claims"))
+    p.add_argument("--doc", default=str(ROOT / "docs" / "paper_claims.md"))
+    args = p.parse_args(argv)
+    args.argv = argv if argv is not None else __import__("sys").argv[1:]
+    if args.quick:
+        args.steps, args.seeds, args.lrs, args.wds, args.val_items, args.repeats = 12, "0", "2e-3", "0.05", 500, 2
+        args.holdout = 1000
+        args.out = str(Path(args.out).with_name(Path(args.out).name + "_quick"))
+        args.doc = str(Path(args.out) / "paper_claims.md")
+    args.seeds = [int(s) for s in str(args.seeds).split(",")]
+    args.lrs = [float(v) for v in str(args.lrs).split(",")]
+    args.wds = [float(v) for v in str(args.wds).split(",")]
+    torch.set_num_threads(args.threads)
+    tasks = [t for t in args.tasks.split(",") if t]
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        p.error(f"--tasks: unknown {bad}; known {sorted(TASKS)}")
+    wanted = {m for m in args.models.split(",") if m}
+    records: dict[str, list[dict]] = {}
+    for task in tasks:
+        records[task] = []
+        for name in models_of(task):
+            if wanted and name not in wanted and not (Path(args.out) / task / f"{name}.json").exists():
+                continue
+            print(f"{task} / {name} ...", flush=True)
+            records[task].append(run_model(task, name, args))
+    args.tasks_run = tasks
+    write_doc({t: r for t, r in records.items() if r}, args, Path(args.doc))
+    print(f"wrote {args.doc}")
+
+
+if __name__ == "__main__":
+    main()
