@@ -40,7 +40,33 @@ _SPLIT_STREAM = {"train": 0, "val": 1}
 _PIXEL_VALUES = ((np.arange(256, dtype=np.float32) / 255.0 - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]).astype(np.float32)
 
 
-class ClutteredFashionMNIST(Dataset):
+class CanvasDataset(Dataset):
+    """Shared item access of the canvas datasets: a subclass renders uint8 canvases for item indices
+    (``render``) and holds every item's label (``labels``, int64); items come out normalised, a batch
+    rendered at once."""
+
+    labels: np.ndarray
+
+    def render(self, indices) -> np.ndarray:
+        raise NotImplementedError
+
+    def to_tensor(self, canvases: np.ndarray) -> Tensor:
+        """uint8 ``(B, S, S)`` canvases -> normalised float32 ``(B, 1, S, S)``."""
+        return torch.from_numpy(_PIXEL_VALUES[canvases][:, None])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"image index {i} out of range [0, {len(self)})")
+        i = i % len(self)
+        return self.to_tensor(self.render([i]))[0], int(self.labels[i])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, int]]:
+        """A whole batch rendered at once (``DataLoader`` calls this instead of ``__getitem__`` per item)."""
+        idx = np.asarray(indices, dtype=np.int64) % len(self)
+        return list(zip(self.to_tensor(self.render(idx)), self.labels[idx].tolist()))
+
+
+class ClutteredFashionMNIST(CanvasDataset):
     """Fashion-MNIST items on a ``canvas`` px canvas among ``clutter`` pieces cut from other items.
 
     Yields ``(image (1, canvas, canvas) float32, label int)``; pixels are normalised with the
@@ -120,21 +146,6 @@ class ClutteredFashionMNIST(Dataset):
             out[bi, r, q] = np.maximum(out[bi, r, q], piece)
         return out
 
-    def to_tensor(self, canvases: np.ndarray) -> Tensor:
-        """uint8 ``(B, S, S)`` canvases -> normalised float32 ``(B, 1, S, S)``."""
-        return torch.from_numpy(_PIXEL_VALUES[canvases][:, None])
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"image index {i} out of range [0, {len(self)})")
-        i = i % len(self)
-        return self.to_tensor(self.render([i]))[0], int(self.item_labels[self.source[i]])
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, int]]:
-        """A whole batch rendered at once (``DataLoader`` calls this instead of ``__getitem__`` per item)."""
-        idx = np.asarray(indices, dtype=np.int64) % len(self)
-        x = self.to_tensor(self.render(idx))
-        return list(zip(x, self.item_labels[self.source[idx]].tolist()))
 
 
 def _read_split(split: str, root: str | Path | None) -> tuple[np.ndarray, np.ndarray]:

@@ -18,19 +18,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import Tensor
-from torch.utils.data import Dataset
 
 from .classification import check_split
-from .cluttered import _PIXEL_VALUES, _read_split
+from .cluttered import CanvasDataset, _read_split
 
 CANVAS, CELL, SMALL, SLOTS = 64, 16, 14, 9
 TOPS = (0, 2, 4, 6)  # T-shirt/top, Pullover, Coat, Shirt
 _SPLIT_STREAM = {"train": 0, "val": 1}
 
 
-class CountingFashionMNIST(Dataset):
+class CountingFashionMNIST(CanvasDataset):
     """Nine 14 px Fashion-MNIST items on a 64 px canvas; the label is the number of tops (0-9).
 
     Yields ``(image (1, 64, 64) float32, label int)`` normalised with the Fashion-MNIST statistics.
@@ -95,20 +92,6 @@ class CountingFashionMNIST(Dataset):
                 self.items[self.source[idx, s]]
         return out
 
-    def to_tensor(self, canvases: np.ndarray) -> Tensor:
-        """uint8 ``(B, 64, 64)`` canvases -> normalised float32 ``(B, 1, 64, 64)``."""
-        return torch.from_numpy(_PIXEL_VALUES[canvases][:, None])
-
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"image index {i} out of range [0, {len(self)})")
-        i = i % len(self)
-        return self.to_tensor(self.render([i]))[0], int(self.count[i])
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, int]]:
-        """A whole batch rendered at once."""
-        idx = np.asarray(indices, dtype=np.int64) % len(self)
-        return list(zip(self.to_tensor(self.render(idx)), self.count[idx].tolist()))
 
 
 def counting_fashion_mnist(split: str, root: str | Path | None = None, **kw) -> CountingFashionMNIST:
