@@ -156,7 +156,7 @@ def read_data_config(meta: dict[str, Any], cfg: Any, directory: str | Path) -> D
             raise UserError(f"{path}: invalid data_config ({e})") from None
     else:
         dc, why = derive_data_config(meta, cfg.in_chans, cfg.img_size)
-        logger.warning(f"{directory}: no data_config in {CONFIG_NAME} (saved before models carried one); "
+        logger.warning(f"{directory}: no data_config in {CONFIG_NAME} (written by 0.1, or from a model without one); "
                        f"assumed {describe(dc)} ({why})")
     if dc.in_chans != cfg.in_chans or (not dense and dc.input_size != cfg.img_size):
         raise UserError(f"{path}: data_config says {dc.in_chans}-channel {dc.input_size} px images but the model "
