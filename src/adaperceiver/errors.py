@@ -157,4 +157,13 @@ def check_mapping(cls: type, values: Mapping[str, Any], ranges: Mapping[str, str
     return {k: check_value(cls, k, v, ranges.get(k), what) for k, v in values.items()}
 
 
-__all__ = ["UserError", "check_fields", "check_mapping", "check_value", "first_line"]
+def from_known_fields(cls: type, values: Mapping[str, Any], what: str) -> Any:
+    """``cls(**values)`` for a dataclass, refusing keys it has no field for (naming them and the allowed ones)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; allowed: {sorted(names)}")
+    return cls(**values)
+
+
+__all__ = ["UserError", "check_fields", "check_mapping", "check_value", "first_line", "from_known_fields"]

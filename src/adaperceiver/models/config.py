@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import check_fields
+from ..errors import check_fields, from_known_fields
 from .layers import RotaryEmbedding, hidden_units
 from .masks import BEYOND_GRANS
 
@@ -157,11 +157,7 @@ class AdaPerceiverConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AdaPerceiverConfig":
         d = drop_removed_fields(d, REMOVED_MODEL_FIELDS, "model config")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; allowed: {sorted(names)}")
-        return cls(**d)
+        return from_known_fields(cls, d, "config")
 
 
 __all__ = ["AdaPerceiverConfig", "MODEL_CONFIG_RANGES"]

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import from_known_fields
+
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 CROP_MODES = ("center", "squash")
 
@@ -86,11 +88,7 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown data config keys {unknown}; allowed: {sorted(names)}")
-        return cls(**d)
+        return from_known_fields(cls, d, "data config")
 
 
 def reference_data_config(img_size: int = 224, class_names: Sequence[str] | None = None) -> DataConfig:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import from_known_fields
 from . import executor
 from .adaperceiver import AdaPerceiverConfig, AdaPerceiverDense, AnytimeOutput, WidthArg
 from .layers import LN_EPS
@@ -270,12 +271,7 @@ def head_config(task: str, values: dict[str, Any] | None = None) -> Any:
     if task not in TASK_MODELS:
         raise ValueError(f"unknown dense task {task!r}; allowed: {sorted(TASK_MODELS)}")
     cls = TASK_MODELS[task][1]
-    values = dict(values or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown {task} head keys {unknown}; allowed: {sorted(names)}")
-    return cls(**values)
+    return from_known_fields(cls, dict(values or {}), f"{task} head")
 
 
 def dense_config(cfg: AdaPerceiverConfig, feature_dim: int | None = None) -> AdaPerceiverConfig:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..errors import UserError, check_fields, check_value
+from ..errors import UserError, check_fields, check_value, from_known_fields
 from ..evaluation.precision import PRECISIONS
 from ..evaluation.tensorboard import LOGGERS
 from ..models.config import MODEL_CONFIG_RANGES, AdaPerceiverConfig
@@ -230,11 +230,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown train config keys {unknown}; allowed: {sorted(names)}")
-        return cls(**d)
+        return from_known_fields(cls, d, "train config")
 
 
 # --------------------------------------------------------------------------------------------------
