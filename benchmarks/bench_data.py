@@ -192,7 +192,7 @@ def main() -> None:
             res[f"train_kornia_{name}_img_s"] = time_call(lambda aug=aug, x=x: aug(x, targets, gen), 64, warmup=1, repeats=5).throughput
     if not args.skip_model:
         model = create_model("adaperceiver_small").eval()
-        res["model_small_b64_fwd_img_s"] = measure_latency(model, None, None, None, 64, repeats=3).throughput
+        res["model_small_b64_fwd_img_s"] = measure_latency(model, None, 64, repeats=3).throughput
         res["eval_loader_over_model"] = res["eval_loader_img_s"] / res["model_small_b64_fwd_img_s"]
     res["load_after"] = os.getloadavg()[0]
     for k, v in res.items():

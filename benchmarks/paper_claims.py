@@ -105,8 +105,8 @@ def timings(model, settings, fast: bool, repeats: int) -> dict[str, dict]:
         modes.append(("bf16c", model.for_inference(torch.bfloat16, compile=True)))
     for mode, m in modes:
         for t, d, w in settings:
-            b1 = measure_latency(m, t, d, w, 1, repeats=repeats * 3, warmup=3)
-            b256 = measure_latency(m, t, d, w, 256, repeats=repeats, warmup=2)
+            b1 = measure_latency(m, (t, d, w), 1, repeats=repeats * 3, warmup=3)
+            b256 = measure_latency(m, (t, d, w), 256, repeats=repeats, warmup=2)
             out[f"{mode}/{t},{d},{w}"] = {"latency_ms_b1": b1.median_ms, "throughput_b256": b256.throughput}
     return out
 
@@ -140,7 +140,7 @@ def run_model(task: str, name: str, args) -> dict[str, Any]:
         train_s.append(secs)
     settings = sorted(per_seed[0])
     acc = {s: sum(p[s] for p in per_seed) / len(per_seed) for s in settings}
-    flops = {s: measure_flops(model, *s) for s in settings}
+    flops = {s: measure_flops(model, s) for s in settings}
     front = [s for s, on in zip(settings, pareto_front([(flops[s], acc[s]) for s in settings])) if on]
     torch.manual_seed(0)
     times = timings(model.eval(), front, args.fast, args.repeats)

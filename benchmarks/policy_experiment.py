@@ -144,8 +144,8 @@ def slim_latency(model, result, batch_sizes) -> list[dict]:
         small = slim(model, t, d, w)
         row = {"configuration": f"{t}/{d}/{w}", "params_adaptive": num_parameters(model), "params_slim": num_parameters(small)}
         for b in batch_sizes:
-            row[f"adaptive_ms_b{b}"] = measure_latency(model, t, d, w, b, repeats=20).median_ms
-            row[f"slim_ms_b{b}"] = measure_latency(small, None, None, None, b, repeats=20).median_ms
+            row[f"adaptive_ms_b{b}"] = measure_latency(model, (t, d, w), b, repeats=20).median_ms
+            row[f"slim_ms_b{b}"] = measure_latency(small, None, b, repeats=20).median_ms
         out.append(row)
         print("slim", row)
     return out

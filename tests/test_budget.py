@@ -19,7 +19,8 @@ ROWS = [
 
 
 def fake_latency(calls):
-    def measure(model, t, d, w, b):
+    def measure(model, setting, b):
+        t, d, w = setting
         calls.append((t, d, w, b))
         return 0.1 * t * d * (w / 16) * b  # ms: grows with every axis and the batch size
     return measure

@@ -66,7 +66,7 @@ def test_a_cache_of_another_chip_is_refused_and_never_reused(model, tmp_path):
                                         "device cpu, chip .*: latencies do not carry across devices"):
         measure_configurations(model, configs, 1, cache, measure_missing=False)
     calls = []
-    got = measure_configurations(model, configs, 1, cache, lambda m, t, d, w, b: calls.append(t) or 5.0)
+    got = measure_configurations(model, configs, 1, cache, lambda m, s, b: calls.append(s.tokens) or 5.0)
     assert got == {"4/1/8": 5.0, "8/2/16": 5.0} and len(calls) == 2  # measured here, not taken from the GPU entry
     assert set(json.loads(cache.read_text())) == {gpu_key, machine_key(model, 1)}
     assert measure_configurations(model, configs, 1, cache, measure_missing=False) == got  # now it answers

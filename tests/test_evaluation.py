@@ -126,17 +126,17 @@ def test_pareto_front_hand_made_points():
 def test_active_parameters_and_latency_helpers(tiny_config):
     model = build_model(tiny_config()).eval()
     total = sum(p.numel() for p in model.parameters())
-    assert active_parameters(model, None, None, None) == total
-    assert active_parameters(model, 4, 3, 16) < active_parameters(model, 4, 3, 24) < total
-    assert active_parameters(model, 4, 1, 32) < active_parameters(model, 4, 2, 32) < total
+    assert active_parameters(model) == total
+    assert active_parameters(model, (4, 3, 16)) < active_parameters(model, (4, 3, 24)) < total
+    assert active_parameters(model, (4, 1, 32)) < active_parameters(model, (4, 2, 32)) < total
     with pytest.raises(ValueError, match=r"depth must be an int in \[1, 3\]"):
-        active_parameters(model, 4, 4, 32)
+        active_parameters(model, (4, 4, 32))
     model.train()
-    t = measure_latency(model, 8, 2, 24, batch_size=2, warmup=1, repeats=3)
+    t = measure_latency(model, (8, 2, 24), batch_size=2, warmup=1, repeats=3)
     assert t.batch_size == 2 and t.repeats >= 3 and t.median_ms > 0 and t.throughput > 0
     assert model.training  # mode restored
     with pytest.raises(ValueError, match="batch_size"):
-        measure_latency(model, 8, 2, 24, batch_size=0)
+        measure_latency(model, (8, 2, 24), batch_size=0)
 
 
 class _NegMaxProb:

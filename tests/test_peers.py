@@ -43,7 +43,7 @@ VIT_FAMILY_MFLOPS = {"vit_tiny": 15.768832, "vit_tiny_x2": 33.483648, "vit_tiny_
 def test_vit_family_builds_at_its_documented_flops(name):
     model = create_model(name)
     assert isinstance(model, StaticViT)
-    assert measure_flops(model, None, None, None) / 1e6 == pytest.approx(VIT_FAMILY_MFLOPS[name], rel=1e-6)
+    assert measure_flops(model) / 1e6 == pytest.approx(VIT_FAMILY_MFLOPS[name], rel=1e-6)
 
 
 def test_vit_family_doubles_in_flops():
@@ -62,7 +62,7 @@ def test_flexivit_serves_each_patch_size_with_its_token_count():
             torch.testing.assert_close(model(x, tokens=tokens), model(x, patch_size=patch))
             assert model.forward_features(x, patch).shape == (2, tokens + 1, 64)
         assert (model(x, patch_size=14) - model(x, patch_size=4)).abs().max() > 1e-4
-        flops = [measure_flops(model, t, None, None) for t in (4, 16, 49)]
+        flops = [measure_flops(model, (t, None, None)) for t in (4, 16, 49)]
     assert flops[0] < flops[1] < flops[2]
     with pytest.raises(ValueError, match="patch sizes"):
         model(x, patch_size=5)
@@ -92,7 +92,7 @@ def test_peers_run_through_the_sweep(name, tmp_path):
         for r in rows:
             want = 100.0 * float((model(x, tokens=r["tokens"]).argmax(-1) == y).float().mean())
             assert r["acc1"] == pytest.approx(want)
-            assert r["gflops"] * 1e9 == measure_flops(model, r["tokens"], None, None)
+            assert r["gflops"] * 1e9 == measure_flops(model, (r["tokens"], None, None))
     assert (tmp_path / "sweep.csv").exists()
 
 

@@ -101,7 +101,7 @@ def test_policy_classifier_runs_each_choice_exactly(model):
     xs, _ = data(12)
     policy = ConfigPolicy.for_model(model)
     with torch.no_grad():  # random heads: several different configurations in one batch
-        for head in (policy.head_tokens, policy.head_depth, policy.head_width):
+        for head in policy.heads:
             head.weight.normal_(std=3.0)
     outs = {g: PolicyClassifier(model, policy, group=g)(xs) for g in PolicyClassifier.GROUPS}
     out = outs["mixed"]
@@ -127,8 +127,8 @@ def test_pooled_policy_and_one_configuration_batches(model):
     mixer = ConfigPolicy.for_model(model)
     with torch.no_grad():
         for p in (pooled, mixer):
-            p.head_depth.bias.copy_(torch.tensor([2.0, 0.0]))  # depth 1 for everyone
-            p.head_tokens.bias.copy_(torch.tensor([0.0, 3.0, 0.0]))  # 8 tokens
+            p.head("depth").bias.copy_(torch.tensor([2.0, 0.0]))  # depth 1 for everyone
+            p.head("tokens").bias.copy_(torch.tensor([0.0, 3.0, 0.0]))  # 8 tokens
         patches, _ = model.patch_embed(xs)
         shuffled = patches[:, torch.randperm(patches.shape[1])]
         torch.testing.assert_close(pooled(shuffled).tokens, pooled(patches).tokens, atol=1e-5, rtol=0)
@@ -172,7 +172,7 @@ def test_policy_classifier_with_the_mean_read_out(mean_model):
     xs, _ = data(7)
     policy = ConfigPolicy.for_model(mean_model, cfg=PolicyConfig(num_blocks=0))
     with torch.no_grad():
-        for head in (policy.head_tokens, policy.head_depth, policy.head_width):
+        for head in policy.heads:
             head.weight.normal_(std=3.0)
         res = PolicyClassifier(mean_model, policy)(xs)
         assert len({tuple(a) for a in res.actions.tolist()}) > 1  # several configurations in one batch
@@ -232,7 +232,7 @@ def test_comparators_and_outputs(model, tmp_path):
 def test_save_load_and_errors(model, tmp_path):
     policy = ConfigPolicy.for_model(model)
     with torch.no_grad():
-        policy.head_depth.bias.copy_(torch.tensor([0.0, 1.0]))
+        policy.head("depth").bias.copy_(torch.tensor([0.0, 1.0]))
     save_policy(policy, tmp_path / "p", extra={"lam": 0.3})
     loaded, meta = load_policy(tmp_path / "p")
     assert meta["lam"] == 0.3 and loaded.space == policy.space
@@ -246,6 +246,23 @@ def test_save_load_and_errors(model, tmp_path):
         ConfigPolicy.for_model(model, ActionSpace((4,), (1, 5), (16,)))
     with pytest.raises(FileNotFoundError, match="policy.json"):
         load_policy(tmp_path / "nothing")
+
+
+def test_policy_saved_by_0_2_0_loads(model, tmp_path):
+    """0.2.0 named one head per axis (head_tokens, head_depth, head_width); those files still load."""
+    from adaperceiver.checkpoint import save_state_dict
+
+    policy = ConfigPolicy.for_model(model)
+    with torch.no_grad():
+        policy.head("width").bias.copy_(torch.tensor([0.0, 2.0]))
+    save_policy(policy, tmp_path / "p")
+    names = {f"heads.{i}.": f"head_{axis}." for i, axis in enumerate(("tokens", "depth", "width"))}
+    old = {next((names[p] + k[len(p):] for p in names if k.startswith(p)), k): v for k, v in policy.state_dict().items()}
+    assert "head_width.bias" in old and not any(k.startswith("heads.") for k in old)
+    save_state_dict(tmp_path / "p" / "policy.safetensors", old, metadata={"format": "pt"})
+    loaded, _ = load_policy(tmp_path / "p")
+    p = torch.randn(3, 16, 32)
+    assert torch.equal(loaded.choose(p), policy.choose(p)) and loaded.choose(p)[:, 2].eq(1).all()
 
 
 def test_policy_cli(model, tmp_path, monkeypatch, capsys):

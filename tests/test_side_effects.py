@@ -29,7 +29,7 @@ def test_evaluation_restores_training_mode(tiny_config):
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 5, (4,))
     loader = DataLoader(TensorDataset(x, y), batch_size=2)
     evaluate_classification(model, loader, torch.device("cpu"))
-    measure_latency(model, 8, 1, 16, 1, warmup=0, repeats=1)
+    measure_latency(model, (8, 1, 16), 1, warmup=0, repeats=1)
     outcomes = collect_outcomes(model, TensorDataset(x, y))
     configuration_flops(model, ActionSpace.of(model))
     assert model.training and outcomes.ce.shape[0] == 4

@@ -146,8 +146,8 @@ def test_plain_vit_baseline_matches_the_full_configuration_flops(tmp_path):
     ada = Trainer(cfg, get_task("classification")).model
     vc = matched_vit_config(ada)
     assert (vc.embed_dim, vc.patch_size, vc.num_heads, vc.img_size) == (16, 4, 2, 8)
-    target = measure_gflops(ada, None, None, None)
-    gaps = {d: abs(measure_gflops(StaticViT(type(vc)(**{**vc.to_dict(), "depth": d})), None, None, None) - target)
+    target = measure_gflops(ada)
+    gaps = {d: abs(measure_gflops(StaticViT(type(vc)(**{**vc.to_dict(), "depth": d}))) - target)
             for d in range(1, 5)}
     assert gaps[vc.depth] == min(gaps.values())
     entry = train_vit_baseline(cfg, ada, latency_batch_size=2)

@@ -29,7 +29,7 @@ from ..models.setting import Setting
 
 CACHE_NAME = "latency_cache.json"
 Row = dict[str, Any]
-MeasureFn = Callable[[AdaPerceiver, int, int, int, int], float]  # (model, tokens, depth, width, batch) -> ms
+MeasureFn = Callable[[AdaPerceiver, Setting, int], float]  # (model, setting, batch) -> ms
 
 
 def load_rows(sweep: str | Path | Sequence[Mapping[str, Any]]) -> list[Row]:
@@ -112,9 +112,9 @@ def _refusal(cache_path: str | Path | None, key: str, cache: Mapping[str, Any], 
                        "measure them here first")
 
 
-def default_measure(model: AdaPerceiver, tokens: int, depth: int, width: int, batch_size: int) -> float:
-    """Median ms of one ``model(x, tokens, depth, width)`` call on a ready random batch."""
-    return measure_latency(model, tokens, depth, width, batch_size).median_ms
+def default_measure(model: AdaPerceiver, setting: Setting, batch_size: int) -> float:
+    """Median ms of one ``model(x, *setting)`` call on a ready random batch."""
+    return measure_latency(model, setting, batch_size).median_ms
 
 
 def measure_configurations(model: AdaPerceiver, configs: Sequence[Setting], batch_size: int = 1,
@@ -133,18 +133,19 @@ def measure_configurations(model: AdaPerceiver, configs: Sequence[Setting], batc
             cache = json.loads(Path(cache_path).read_text())
         except json.JSONDecodeError:
             cache = {}  # a damaged cache is re-measured, not fatal
-    todo = [c for c in configs if _name(*c) not in cache.get(key, {})]
+    todo = [Setting.of(c) for c in configs if setting_key(c) not in cache.get(key, {})]
     if todo and not measure_missing:
-        raise _refusal(cache_path, key, cache, [_name(*c) for c in todo])
+        raise _refusal(cache_path, key, cache, [setting_key(c) for c in todo])
     entry = cache.setdefault(key, {})
     for c in todo:
-        entry[_name(*c)] = float(measure(model, *c, batch_size))
+        entry[setting_key(c)] = float(measure(model, c, batch_size))
     if todo and cache_path is not None:
         write_json(cache_path, cache)
-    return {_name(*c): entry[_name(*c)] for c in configs}
+    return {setting_key(c): entry[setting_key(c)] for c in configs}
 
 
-def _name(*setting: int) -> str:
+def setting_key(setting: Sequence[int]) -> str:
+    """The cache's name of a setting: its axis values joined by ``/`` (``16/3/48``)."""
     return "/".join(str(v) for v in setting)
 
 
@@ -196,7 +197,7 @@ def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model:
         lat = measure_configurations(model, [Setting.of(r) for r in rows], batch_size,
                                      cache_path, measure, measure_missing=measure_missing)
         for r in rows:
-            r["latency_ms"] = lat[_name(*Setting.of(r))]
+            r["latency_ms"] = lat[setting_key(Setting.of(r))]
             r["batch_size"] = batch_size
 
     def fits(r: Row) -> bool:
@@ -209,10 +210,11 @@ def select_configuration(sweep: str | Path | Sequence[Mapping[str, Any]], model:
         budget = " and ".join(s for s in (f"max_ms={max_ms:g} (batch size {batch_size})" if max_ms is not None else "",
                                             f"max_gflops={max_gflops:g}" if max_gflops is not None else "") if s)
         raise ValueError(f"no configuration fits {budget}; the cheapest is tokens/depth/width "
-                         f"{_name(*Setting.of(cheapest))} with "
+                         f"{setting_key(Setting.of(cheapest))} with "
                          + ", ".join(f"{k}={cheapest[k]:.4g}" for k in ("latency_ms", "gflops", metric) if k in cheapest))
     sign = 1.0 if higher_is_better else -1.0
     return max(ok, key=lambda r: (sign * float(r[metric]), -float(r.get("gflops", 0.0))))
 
 
-__all__ = ["CACHE_NAME", "latency_key", "load_rows", "machine_key", "measure_configurations", "select_configuration"]
+__all__ = ["CACHE_NAME", "latency_key", "load_rows", "machine_key", "measure_configurations", "select_configuration",
+           "setting_key"]

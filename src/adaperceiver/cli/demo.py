@@ -69,8 +69,8 @@ def train_baseline(base: TrainConfig, config: Setting, latency_batch_size: int =
     model = result.model
     return {"name": f"static t{t} d{d} w{w}", "tokens": t, "depth": d, "width": w,
             "acc1": result.metrics.get("val_acc1", float("nan")),  # percent, like the sweep
-            "gflops": measure_gflops(model, None, None, None),
-            "latency_ms": measure_latency(model, None, None, None, latency_batch_size).median_ms,
+            "gflops": measure_gflops(model),
+            "latency_ms": measure_latency(model, None, latency_batch_size).median_ms,
             "train_seconds": round(result.train_seconds, 1), "run_dir": str(result.run_dir)}
 
 
@@ -78,12 +78,12 @@ def matched_vit_config(reference: nn.Module) -> ViTConfig:
     """A plain ViT with ``reference``'s patch size, width, heads and MLP ratio, and the depth (1 to
     twice ``reference``'s) whose FLOPs per image come closest to ``reference``'s full configuration."""
     c = reference.cfg
-    target = measure_gflops(reference, None, None, None)
+    target = measure_gflops(reference)
     best = None
     for depth in range(1, 2 * c.depth + 1):
         vc = ViTConfig(img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans, embed_dim=c.embed_dim,
                        depth=depth, num_heads=c.num_heads, mlp_ratio=c.ffn_ratio, num_classes=c.num_classes)
-        gap = abs(measure_gflops(StaticViT(vc), None, None, None) - target)
+        gap = abs(measure_gflops(StaticViT(vc)) - target)
         if best is None or gap < best[0]:
             best = (gap, vc)
     return best[1]
@@ -99,8 +99,8 @@ def train_vit_baseline(base: TrainConfig, reference: nn.Module, latency_batch_si
     model = result.model
     return {"name": f"plain ViT d{vc.depth} w{vc.embed_dim}", "tokens": None, "depth": vc.depth, "width": vc.embed_dim,
             "acc1": result.metrics.get("val_acc1", float("nan")),
-            "gflops": measure_gflops(model, None, None, None),
-            "latency_ms": measure_latency(model, None, None, None, latency_batch_size).median_ms,
+            "gflops": measure_gflops(model),
+            "latency_ms": measure_latency(model, None, latency_batch_size).median_ms,
             "train_seconds": round(result.train_seconds, 1), "run_dir": str(result.run_dir)}
 
 

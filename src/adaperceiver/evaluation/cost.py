@@ -24,7 +24,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..models.protocol import AdaptiveModel, CountsActiveParameters
+from ..models.setting import Setting
 from ..models.util import eval_mode, module_device, num_parameters
+
+SettingArg = Sequence[int | None] | None  # a Setting, a tuple of axis values (None: the model's default) or None
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -120,14 +123,14 @@ def time_call(fn: Callable[[], object], batch_size: int, warmup: int = 3, repeat
 
 # --------------------------------------------------------------------------------------------------
 # one configuration: active parameters, latency, GFLOPs; where it was measured
-def active_parameters(model: nn.Module, tokens: int | None, depth: int | None, width: int | None) -> int:
-    """Parameters used by ``model(x, tokens, depth, width)``: the model's own count
+def active_parameters(model: nn.Module, setting: SettingArg = None) -> int:
+    """Parameters used by ``model(x, *setting)``: the model's own count
     (:class:`~adaperceiver.models.protocol.CountsActiveParameters`), else all of them (a static model),
     after the setting is checked."""
     if isinstance(model, CountsActiveParameters):
-        return model.active_parameters(tokens, depth, width)
+        return model.active_parameters(*_axes(setting))
     if isinstance(model, AdaptiveModel):
-        model.resolve_configuration(tokens, depth, width)
+        model.resolve_configuration(*_axes(setting))
     return num_parameters(model)
 
 
@@ -142,18 +145,29 @@ def _image_shape(model: nn.Module, img_size: int | Sequence[int] | None) -> tupl
     return cfg.in_chans, h, w
 
 
-def _config_kwargs(tokens: int | None, depth: int | None, width: int | None) -> dict[str, int]:
-    """The configuration as call arguments; none at all when nothing is set, so a static model
+def _axes(setting: SettingArg) -> tuple[int | None, ...]:
+    """One value (or None: the model's default) per :class:`Setting` axis."""
+    if setting is None:
+        return (None,) * len(Setting._fields)
+    values = tuple(setting)
+    if len(values) != len(Setting._fields):
+        raise ValueError(f"a setting has {len(Setting._fields)} values ({', '.join(Setting._fields)}), got {setting!r}")
+    return values
+
+
+def _setting_kwargs(setting: SettingArg) -> dict[str, int]:
+    """The setting as call arguments; none at all when nothing is set, so a static model
     (e.g. :class:`adaperceiver.models.vit.StaticViT`, called as ``model(x)``) is measured as well."""
-    if tokens is None and depth is None and width is None:
+    values = _axes(setting)
+    if all(v is None for v in values):
         return {}
-    return {"tokens": tokens, "depth": depth, "width": width}
+    return dict(zip(Setting._fields, values))
 
 
-def measure_latency(model: nn.Module, tokens: int | None, depth: int | None, width: int | None, batch_size: int,
+def measure_latency(model: nn.Module, setting: SettingArg, batch_size: int,
                     img_size: int | Sequence[int] | None = None, device: torch.device | str | None = None, *,
                     warmup: int = 3, repeats: int = 10, min_seconds: float = 0.0) -> Timing:
-    """Median latency of ``model(x, tokens, depth, width)`` (``model(x)`` when all are None) on a ready random batch.
+    """Median latency of ``model(x, *setting)`` (``model(x)`` when ``setting`` is None) on a ready random batch.
 
     The model alone is timed, in eval mode, under no_grad, with the input already on ``device``
     (default: the model's); the model's train/eval mode is restored afterwards.
@@ -163,26 +177,26 @@ def measure_latency(model: nn.Module, tokens: int | None, depth: int | None, wid
     device = torch.device(device) if device is not None else module_device(model)
     dtype = next(model.parameters()).dtype
     x = torch.randn(batch_size, *_image_shape(model, img_size), device=device, dtype=dtype)
-    kw = _config_kwargs(tokens, depth, width)
+    kw = _setting_kwargs(setting)
     with eval_mode(model), torch.no_grad():
         return time_call(lambda: model(x, **kw), batch_size,
                          warmup=warmup, repeats=repeats, device=device, min_seconds=min_seconds)
 
 
-def measure_gflops(model: nn.Module, tokens: int | None, depth: int | None, width: int | None,
-                   img_size: int | Sequence[int] | None = None, device: torch.device | str | None = None) -> float:
-    """GFLOPs per image of one configuration (``torch.utils.flop_counter``, batch of one)."""
-    return measure_flops(model, tokens, depth, width, img_size, device) / 1e9
+def measure_gflops(model: nn.Module, setting: SettingArg = None, img_size: int | Sequence[int] | None = None,
+                   device: torch.device | str | None = None) -> float:
+    """GFLOPs per image of one setting (``torch.utils.flop_counter``, batch of one)."""
+    return measure_flops(model, setting, img_size, device) / 1e9
 
 
-def measure_flops(model: nn.Module, tokens: int | None, depth: int | None, width: int | None,
-                  img_size: int | Sequence[int] | None = None, device: torch.device | str | None = None) -> int:
-    """FLOPs per image of ``model(x, tokens, depth, width)`` in eval mode (batch of one): the one
-    place that counts the cost of a configuration."""
+def measure_flops(model: nn.Module, setting: SettingArg = None, img_size: int | Sequence[int] | None = None,
+                  device: torch.device | str | None = None) -> int:
+    """FLOPs per image of ``model(x, *setting)`` in eval mode (batch of one): the one place that
+    counts the cost of a setting."""
     device = torch.device(device) if device is not None else module_device(model)
     x = torch.zeros(1, *_image_shape(model, img_size), device=device, dtype=next(model.parameters()).dtype)
     with eval_mode(model):
-        return count_flops(model, x, **_config_kwargs(tokens, depth, width))
+        return count_flops(model, x, **_setting_kwargs(setting))
 
 
 def device_name(device: torch.device | str) -> str:

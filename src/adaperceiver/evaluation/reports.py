@@ -93,8 +93,7 @@ def _show_image(ax, img: Tensor) -> None:
 
 def encoder_gflops(model: nn.Module, config: Config, image_hw: tuple[int, int]) -> float:
     """GFLOPs per image of the backbone (encoder + write-out) at ``config``, head excluded."""
-    t, d, w = config
-    return measure_gflops(getattr(model, "backbone", model), t, d, w, img_size=image_hw)
+    return measure_gflops(getattr(model, "backbone", model), config, img_size=image_hw)
 
 
 @torch.no_grad()

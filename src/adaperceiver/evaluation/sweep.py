@@ -161,12 +161,12 @@ def run_sweep(model: nn.Module, loader: Iterable, out_dir: str | Path | None, *,
         _, _, hidden = model.resolve_configuration(c.tokens, c.depth, c.width)
         row: dict[str, Any] = {**c.as_dict(), "hidden": hidden if hidden is not None else model.cfg.mlp_hidden}
         row.update(results[c])
-        row["gflops"] = measure_gflops(model, c.tokens, c.depth, c.width, img, device)
+        row["gflops"] = measure_gflops(model, c, img, device)
         if isinstance(model, DenseTaskModel):  # segmentation / depth: the encoder's share without the head
-            row["encoder_gflops"] = measure_gflops(model.backbone, c.tokens, c.depth, c.width, img, device)
-        row["params"] = active_parameters(model, c.tokens, c.depth, c.width)
+            row["encoder_gflops"] = measure_gflops(model.backbone, c, img, device)
+        row["params"] = active_parameters(model, c)
         for b in bss:
-            t = measure_latency(timed, c.tokens, c.depth, c.width, b, img, device,
+            t = measure_latency(timed, c, b, img, device,
                                 warmup=latency_warmup, repeats=latency_repeats)
             row[f"latency_ms_b{b}"] = t.median_ms
             row[f"throughput_b{b}"] = t.throughput

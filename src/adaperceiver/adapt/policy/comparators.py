@@ -110,22 +110,23 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
         rows.append({"method": "oracle", "setting": "cheapest correct", "acc1": 100.0 * int(correct.any(1).sum()) / n,
                      "gflops": float(flat_cost[choice].mean() / 1e9), **oracle_lat, "deployable": False})
 
-        # confidence early exit at full tokens and width
-        t_full, _, w_full = space.full
+        # confidence early exit at the full value of every other axis
+        t_full, _, *rest = space.full
+        at_full = {name: v for name, v in zip(Setting._fields, space.full) if name != "depth"}
         write = writeout_flops(model, t_full)
-        depth_cost = {d: float(cost[-1, j, -1]) for j, d in enumerate(space.depths)}
+        depth_cost = {d: float(cost[(-1, j, *(-1 for _ in rest))]) for j, d in enumerate(space.depths)}
         for tau in taus:
             exit_depths, hits = [], 0
             for s in range(0, n, eval_batch_size):
                 x = outcomes.images[s:s + eval_batch_size].to(dev)
-                out = model.forward_early_exit(x, tau, tokens=t_full, width=w_full)
+                out = model.forward_early_exit(x, tau, **at_full)
                 hits += int((out.logits.argmax(-1).cpu() == outcomes.labels[s:s + eval_batch_size]).sum())
                 exit_depths.append(out.exit_depth.cpu())
             ed = torch.cat(exit_depths)
             flops = torch.tensor([depth_cost[int(d)] + (int(d) - 1) * write for d in ed.tolist()], dtype=torch.float64)
             rows.append({"method": "early_exit", "setting": f"tau={tau:g}", "tau": tau, "acc1": 100.0 * hits / n,
                          "gflops": float(flops.mean() / 1e9), "mean_exit_depth": float(ed.float().mean()),
-                         **lat(lambda c, tau=tau: timed.forward_early_exit(c, tau, tokens=t_full, width=w_full)),
+                         **lat(lambda c, tau=tau: timed.forward_early_exit(c, tau, **at_full)),
                          "deployable": True})
 
         # learned policies
@@ -149,13 +150,13 @@ def evaluate_comparators(model: AdaPerceiverClassifier, outcomes: Outcomes, cost
                 if fast is not None:  # the same policy on the timed copy of the backbone
                     runner = PolicyClassifier(timed, copy.deepcopy(policy).to(fast.dtype), compile_policy=compile)
                 # the table says what the backbone gets for these actions; the run above must agree
-                table_hits = int(outcomes.correct[torch.arange(n), a[:, 0], a[:, 1], a[:, 2]].sum())
-                chosen = cost[a[:, 0], a[:, 1], a[:, 2]]
+                table_hits = int(outcomes.correct[(torch.arange(n), *a.unbind(1))].sum())
+                chosen = cost[a.unbind(1)]
                 rows.append({"method": "policy", "setting": name, "acc1": 100.0 * hits / n,
                              "gflops": float((chosen.mean() + pol_flops) / 1e9), "policy_gflops": pol_flops / 1e9,
-                             "table_acc1": 100.0 * table_hits / n, "mean_tokens": float(torch.tensor(space.tokens)[a[:, 0]].float().mean()),
-                             "mean_depth": float(torch.tensor(space.depths)[a[:, 1]].float().mean()),
-                             "mean_width": float(torch.tensor(space.widths)[a[:, 2]].float().mean()),
+                             "table_acc1": 100.0 * table_hits / n,
+                             **{f"mean_{name}": float(torch.tensor(values)[a[:, k]].float().mean())
+                                for k, (name, values) in enumerate(zip(Setting._fields, space.axes))},
                              "distinct_configs": int(len({tuple(r) for r in a.tolist()})),
                              **lat(runner), "deployable": True})
 

@@ -13,24 +13,22 @@ from ...models.setting import Setting
 from .network import ConfigPolicy
 
 
-def run_from_patches(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], tokens: int, depth: int,
-                     width: int) -> Tensor:
-    """The rest of ``model(x, tokens, depth, width)`` once the patch embeddings are known."""
-    return model.forward_patches(patches, grid, Setting(tokens, depth, width))
+def run_from_patches(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], *setting: int) -> Tensor:
+    """The rest of ``model(x, *setting)`` once the patch embeddings are known."""
+    return model.forward_patches(patches, grid, Setting(*setting))
 
 
 @torch.no_grad()
-def run_mixed(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], tokens: Sequence[int],
-              depths: Sequence[int], widths: Sequence[int]) -> Tensor:
-    """Outputs of a batch whose images each have their own ``(tokens, depth, width)``, in one pass
-    (the model's :meth:`~AdaPerceiver.forward_mixed`)."""
-    return model.forward_mixed(patches, grid, [Setting(*s) for s in zip(tokens, depths, widths)])
+def run_mixed(model: AdaPerceiver, patches: Tensor, grid: tuple[int, int], *per_axis: Sequence[int]) -> Tensor:
+    """Outputs of a batch whose images each have their own setting (one sequence of per-image values
+    per axis: tokens, depths, widths), in one pass (the model's :meth:`~AdaPerceiver.forward_mixed`)."""
+    return model.forward_mixed(patches, grid, [Setting(*s) for s in zip(*per_axis, strict=True)])
 
 
 @dataclass
 class PolicyOutput:
     logits: Tensor  # (B, classes)
-    actions: Tensor  # (B, 3) indices into the action space
+    actions: Tensor  # (B, n_axes) indices into the action space
 
 
 class PolicyClassifier(nn.Module):

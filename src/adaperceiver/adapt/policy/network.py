@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ...checkpoint import load_strict, read_state_dict, save_state_dict, write_json
 from ...errors import check_fields
 from ...models.adaperceiver import AdaPerceiver
+from ...models.setting import Setting
 from .space import ActionSpace
 
 
@@ -49,14 +50,17 @@ class MixerBlock(nn.Module):
         return x + self.channel_mlp(self.norm2(x))
 
 
-@dataclass
-class PolicyLogits:
-    tokens: Tensor  # (B, n_tokens)
-    depth: Tensor  # (B, n_depths)
-    width: Tensor  # (B, n_widths)
+class PolicyLogits(tuple):
+    """One ``(B, n_values)`` logit tensor per setting axis, in :class:`Setting` order; ``.tokens``,
+    ``.depth``, ... name them."""
 
-    def heads(self) -> tuple[Tensor, Tensor, Tensor]:
-        return self.tokens, self.depth, self.width
+    def heads(self) -> tuple[Tensor, ...]:
+        return tuple(self)
+
+    def __getattr__(self, name: str) -> Tensor:
+        if name in Setting._fields:
+            return self[Setting._fields.index(name)]
+        raise AttributeError(name)
 
 
 class ConfigPolicy(nn.Module):
@@ -76,13 +80,14 @@ class ConfigPolicy(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.dim)
         self.trunk = nn.Sequential(nn.Linear(cfg.dim, cfg.head_hidden), nn.GELU())
-        n_t, n_d, n_w = space.shape
-        self.head_tokens = nn.Linear(cfg.head_hidden, n_t)
-        self.head_depth = nn.Linear(cfg.head_hidden, n_d)
-        self.head_width = nn.Linear(cfg.head_hidden, n_w)
-        for head in (self.head_tokens, self.head_depth, self.head_width):  # start uniform
+        self.heads = nn.ModuleList(nn.Linear(cfg.head_hidden, n) for n in space.shape)  # one per axis
+        for head in self.heads:  # start uniform
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
+
+    def head(self, axis: str) -> nn.Linear:
+        """The output head of one setting axis (``"tokens"``, ``"depth"``, ...)."""
+        return self.heads[Setting._fields.index(axis)]
 
     @classmethod
     def for_model(cls, model: AdaPerceiver, space: ActionSpace | None = None, cfg: PolicyConfig | None = None) -> "ConfigPolicy":
@@ -103,11 +108,11 @@ class ConfigPolicy(nn.Module):
         else:  # per-patch features pooled at once (a DeepSets-style sum): a handful of small operations
             h = self.norm(F.gelu(self.proj(patches)).mean(1))
         h = self.trunk(h)
-        return PolicyLogits(self.head_tokens(h), self.head_depth(h), self.head_width(h))
+        return PolicyLogits(head(h) for head in self.heads)
 
     @torch.no_grad()
     def choose(self, patches: Tensor) -> Tensor:
-        """Most likely action per axis: ``(B, 3)`` indices into (tokens, depths, widths)."""
+        """Most likely action per axis: ``(B, n_axes)`` indices into each axis's values."""
         return torch.stack([lg.argmax(-1) for lg in self(patches).heads()], dim=1)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,6 +127,10 @@ def save_policy(policy: ConfigPolicy, directory: str | Path, extra: Mapping[str,
     return directory
 
 
+# 0.2.0 saved one named head per axis
+_LEGACY_HEADS = {f"head_{axis}": f"heads.{i}" for i, axis in enumerate(Setting._fields)}
+
+
 def load_policy(directory: str | Path) -> tuple[ConfigPolicy, dict[str, Any]]:
     """Return the policy saved by :func:`save_policy` and its JSON metadata (lam, reward, ...)."""
     directory = Path(directory)
@@ -131,7 +140,9 @@ def load_policy(directory: str | Path) -> tuple[ConfigPolicy, dict[str, Any]]:
     meta = json.loads(path.read_text())
     space = ActionSpace(**meta["space"])
     policy = ConfigPolicy(meta["num_patches"], meta["embed_dim"], space, PolicyConfig(**meta["policy"]))
-    load_strict(policy, read_state_dict(directory / "policy.safetensors"), source=str(directory / "policy.safetensors"))
+    state = {_LEGACY_HEADS.get(k.rsplit(".", 1)[0], k.rsplit(".", 1)[0]) + "." + k.rsplit(".", 1)[1]: v
+             for k, v in read_state_dict(directory / "policy.safetensors").items()}
+    load_strict(policy, state, source=str(directory / "policy.safetensors"))
     return policy.eval(), meta
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from torch import Tensor
 
 from ...errors import check_fields
 from ...models.adaperceiver import AdaPerceiver, AdaPerceiverClassifier
+from ...models.setting import Setting
 from ...models.util import eval_mode
 from .network import ConfigPolicy, PolicyConfig
 from .space import ActionSpace
@@ -23,7 +25,7 @@ BASELINES = ("ema", "loo")
 
 @dataclass
 class Outcomes:
-    """Per-image quality of every configuration: tensors ``(N, n_tokens, n_depths, n_widths)``."""
+    """Per-image quality of every configuration: tensors ``(N, *space.shape)``."""
 
     images: Tensor  # (N, C, H, W): kept so the policy can see the patch embeddings
     labels: Tensor  # (N,)
@@ -56,7 +58,8 @@ def collect_outcomes(model: AdaPerceiverClassifier, data: Any, space: ActionSpac
                      batch_size: int = 256, limit: int | None = None) -> Outcomes:
     """Cross-entropy and correctness of every configuration on every image of ``data``.
 
-    One ``forward_anytime`` pass per width and batch gives all token counts and depths.
+    One ``forward_anytime`` pass per batch and value of the axes after tokens and depth (the widths)
+    gives all token counts and depths.
     """
     if not isinstance(model, AdaPerceiverClassifier):
         raise ValueError("policies are defined for classification models (AdaPerceiverClassifier)")
@@ -74,13 +77,15 @@ def collect_outcomes(model: AdaPerceiverClassifier, data: Any, space: ActionSpac
             x, y = x.to(dev), y.to(dev).long()
             ce = x.new_empty(x.shape[0], *space.shape)
             correct = torch.zeros(x.shape[0], *space.shape, dtype=torch.bool, device=dev)
-            for k, w in enumerate(space.widths):
-                out = model.forward_anytime(x, tokens=space.tokens[-1], width=w, depths=space.depths,
-                                            token_counts=space.tokens).outputs  # (n_d, n_t, B, C)
+            for rest in itertools.product(*(range(n) for n in space.shape[2:])):
+                kw = {name: values[i] for name, values, i in zip(Setting._fields[2:], space.axes[2:], rest)}
+                out = model.forward_anytime(x, tokens=space.tokens[-1], depths=space.depths,
+                                            token_counts=space.tokens, **kw).outputs  # (n_d, n_t, B, C)
                 logits = out.permute(2, 1, 0, 3)  # (B, n_t, n_d, C)
                 target = y.view(-1, 1, 1).expand(logits.shape[:3])
-                ce[..., k] = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(logits.shape[:3])
-                correct[..., k] = logits.argmax(-1) == target
+                at = (slice(None), slice(None), slice(None), *rest)
+                ce[at] = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(logits.shape[:3])
+                correct[at] = logits.argmax(-1) == target
             imgs.append(x.cpu())
             labels.append(y.cpu())
             ces.append(ce.cpu())
@@ -124,7 +129,7 @@ class PolicyTrainConfig:
 
 
 def reward_table(outcomes: Outcomes, cost: Tensor, cfg: PolicyTrainConfig) -> Tensor:
-    """``(N, n_t, n_d, n_w)`` reward of every action on every image."""
+    """``(N, *space.shape)`` reward of every action on every image."""
     quality = -outcomes.ce if cfg.reward == "ce" else outcomes.correct.float()
     norm_cost = (cost / cost.max()).to(quality.dtype)
     return cfg.scale * quality - cfg.lam * norm_cost
@@ -158,7 +163,6 @@ def train_policy(model: AdaPerceiver, outcomes: Outcomes, cost: Tensor, cfg: Pol
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rewards = reward_table(outcomes, cost, cfg).to(dev)
     n = len(outcomes)
-    n_t, n_d, n_w = outcomes.space.shape
     steps = cfg.epochs * math.ceil(n / cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     baseline: float | None = None
@@ -173,9 +177,9 @@ def train_policy(model: AdaPerceiver, outcomes: Outcomes, cost: Tensor, cfg: Pol
             acts = [d.sample((k,)) for d in dists]  # each (k, B)
             logp = sum(d.log_prob(a) for d, a in zip(dists, acts))  # (k, B)
             entropy = sum(d.entropy() for d in dists).mean()
-            r = rewards[idx.to(dev)]  # (B, n_t, n_d, n_w)
+            r = rewards[idx.to(dev)]  # (B, *space.shape)
             rows = torch.arange(len(idx), device=dev).expand(k, -1)
-            got = r[rows, acts[0], acts[1], acts[2]]  # (k, B)
+            got = r[(rows, *acts)]  # (k, B)
             mean_r = float(got.mean())
             baseline = mean_r if baseline is None else cfg.baseline_momentum * baseline + (1 - cfg.baseline_momentum) * mean_r
             if cfg.baseline == "loo":
@@ -192,8 +196,8 @@ def train_policy(model: AdaPerceiver, outcomes: Outcomes, cost: Tensor, cfg: Pol
                     a = [h.argmax(-1) for h in heads]
                     sel = torch.arange(len(idx), device=dev)
                     log.mean_reward.append(mean_r)
-                    log.mean_cost.append(float((cost.to(dev)[a[0], a[1], a[2]] / cost.max()).mean()))
-                    log.accuracy.append(float(outcomes.correct.to(dev)[idx.to(dev)][sel, a[0], a[1], a[2]].float().mean()))
+                    log.mean_cost.append(float((cost.to(dev)[tuple(a)] / cost.max()).mean()))
+                    log.accuracy.append(float(outcomes.correct.to(dev)[idx.to(dev)][(sel, *a)].float().mean()))
     return policy.eval()
 
 

@@ -11,7 +11,7 @@ from torch import Tensor
 from ...evaluation.cost import flop_counter, measure_flops, measure_latency
 from ...models.adaperceiver import AdaPerceiver
 from ...models.setting import Setting, SettingSpace
-from ..budget import measure_configurations
+from ..budget import measure_configurations, setting_key
 
 
 class ActionSpace(SettingSpace):
@@ -23,18 +23,15 @@ class ActionSpace(SettingSpace):
         """Every trained setting of ``model`` (its :attr:`~AdaPerceiver.space`)."""
         return cls(*model.space.axes)
 
-    def config(self, it: int, id_: int, iw: int) -> Setting:
+    def config(self, *index: int) -> Setting:
         """The setting of one action (an index per axis)."""
-        return self.at(it, id_, iw)
+        return self.at(*index)
 
     def check(self, model: AdaPerceiver) -> None:
-        """Every axis value must be a setting the model can run (checked by the model)."""
-        for t in self.tokens:
-            model.resolve_configuration(t, None, None)
-        for d in self.depths:
-            model.resolve_configuration(None, d, None)
-        for w in self.widths:
-            model.resolve_configuration(None, None, w)
+        """Every axis value must be a setting the model can run (checked by the model, one axis at a time)."""
+        for k, values in enumerate(self.axes):
+            for v in values:
+                model.resolve_configuration(*(v if i == k else None for i in range(len(self.axes))))
 
 
 def _example_input(model: AdaPerceiver) -> Tensor:
@@ -44,16 +41,16 @@ def _example_input(model: AdaPerceiver) -> Tensor:
 
 
 def _per_configuration(space: ActionSpace, value) -> Tensor:
-    """``(n_tokens, n_depths, n_widths)`` table of ``value(tokens, depth, width)``."""
+    """``space.shape`` table of ``value(setting)``."""
     table = torch.zeros(space.shape, dtype=torch.float64)
     for s in space:
-        table[space.index(s)] = value(*s)
+        table[space.index(s)] = value(s)
     return table
 
 
 def configuration_flops(model: AdaPerceiver, space: ActionSpace) -> Tensor:
     """FLOPs per image of every configuration, ``(n_tokens, n_depths, n_widths)``, counted once each."""
-    return _per_configuration(space, lambda t, d, w: measure_flops(model, t, d, w))
+    return _per_configuration(space, lambda s: measure_flops(model, s))
 
 
 def configuration_latency(model: AdaPerceiver, space: ActionSpace, batch_size: int = 1, repeats: int = 10,
@@ -64,11 +61,11 @@ def configuration_latency(model: AdaPerceiver, space: ActionSpace, batch_size: i
 
     ``cache_path``: a latency cache shared with :mod:`adaperceiver.adapt.budget` (keyed by device, chip,
     dtype, compilation, batch size and torch version; another key's latencies are never used)."""
-    configs = [(t, d, w) for t in space.tokens for d in space.depths for w in space.widths]
+    configs = list(space)
     ms = measure_configurations(
         model, configs, batch_size, cache_path, measure_missing=measure_missing,
-        measure=lambda m, t, d, w, b: measure_latency(m, t, d, w, b, repeats=repeats).median_ms)
-    return _per_configuration(space, lambda t, d, w: ms[f"{t}/{d}/{w}"] / batch_size)
+        measure=lambda m, s, b: measure_latency(m, s, b, repeats=repeats).median_ms)
+    return _per_configuration(space, lambda s: ms[setting_key(s)] / batch_size)
 
 
 def writeout_flops(model: AdaPerceiver, tokens: int) -> int:
