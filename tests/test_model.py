@@ -212,9 +212,10 @@ def test_presets():
                     "adaperceiver_small", "adaperceiver_base"}
     assert set(list_models()) - ours == {"vit_tiny", "vit_tiny_x2", "vit_tiny_x4", "flexivit_tiny", "flexivit_tiny64"}
     tiny, paper = preset_config("adaperceiver_tiny"), preset_config("adaperceiver_tiny_paper")
-    recipe = dict(readout="mean", head_norm=True, embed_mlp=False, ls_init=0.01, rope_theta=10.0)
+    recipe = dict(readout="mean", head_norm=True, embed_mlp=False, ls_init=0.01, rope_theta=10.0, init="torch")
     assert {k: getattr(tiny, k) for k in recipe} == recipe
-    assert (paper.readout, paper.head_norm, paper.embed_mlp, paper.ls_init, paper.rope_theta) == ("query", False, True, 0.1, 1e4)
+    assert (paper.readout, paper.head_norm, paper.embed_mlp, paper.ls_init, paper.rope_theta, paper.init) == \
+        ("query", False, True, 0.1, 1e4, "trunc_normal")
     assert {k: v for k, v in tiny.to_dict().items() if k not in recipe} == {k: v for k, v in paper.to_dict().items() if k not in recipe}
     c64 = preset_config("adaperceiver_tiny64")
     assert (c64.img_size // c64.patch_size) ** 2 == 64
@@ -227,6 +228,21 @@ def test_presets():
     assert m(torch.randn(2, 1, 28, 28)).shape == (2, 7)
     assert not any(n.startswith(("patch_embed.mlp.", "output_query")) for n, _ in m.named_parameters())
     assert preset_config("adaperceiver_tiny", num_latents=16).token_grans == (8, 16)
+
+
+def test_init_choice_sets_the_scale_of_every_linear():
+    """trunc_normal: std 0.02 cut at 2 std (the reference); torch: each layer's fan-in uniform bound 1/sqrt(fan_in)."""
+    torch.manual_seed(0)
+    trunc = create_model("adaperceiver_tiny", init="trunc_normal")
+    torch.manual_seed(0)
+    default = create_model("adaperceiver_tiny")
+    for (name, a), (_, b) in zip(trunc.named_modules(), default.named_modules()):
+        if isinstance(a, (torch.nn.Linear, torch.nn.Conv2d)):
+            fan_in = a.weight[0].numel()
+            assert a.weight.abs().max() <= 0.04 and a.weight.std() < 0.025, name
+            assert b.weight.abs().max() <= fan_in ** -0.5 + 1e-6 and b.weight.abs().max() > 0.5 * fan_in ** -0.5, name
+    with pytest.raises(ValueError, match="init must be 'trunc_normal' or 'torch', got 'xavier'"):
+        preset_config("adaperceiver_tiny", init="xavier")
 
 
 def test_old_preset_names_warn_once_and_build_their_old_configs(monkeypatch):

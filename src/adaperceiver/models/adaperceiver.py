@@ -59,7 +59,12 @@ class AdaPerceiver(nn.Module):
     # ----------------------------------------------------------------------------------------------
     # initialisation
     def init_weights(self) -> None:
-        trunc_normal_init(self)
+        if self.cfg.init == "trunc_normal":
+            trunc_normal_init(self)
+        else:  # each linear's and conv's own PyTorch default (as nn.TransformerEncoderLayer starts)
+            for m in self.modules():
+                if isinstance(m, (nn.Linear, nn.Conv2d)):
+                    m.reset_parameters()
         nn.init.trunc_normal_(self.patch_embed.pos_embed, std=0.02, a=-0.04, b=0.04)
         nn.init.normal_(self.latent_token, std=self.cfg.latent_std)
         for blk in self.blocks:

@@ -84,8 +84,9 @@ def _paper_tiny() -> dict[str, Any]:
 
 
 # the recipe that learns best here (docs/training.md, "Learning efficiency"): logits from
-# LayerNorm(mean of the latent prefix), no patch-embedding MLP, LayerScale from 0.01, RoPE base 10
-_LEARNING_RECIPE = dict(readout="mean", head_norm=True, embed_mlp=False, ls_init=0.01, rope_theta=10.0)
+# LayerNorm(mean of the latent prefix), no patch-embedding MLP, LayerScale from 0.01, RoPE base 10,
+# PyTorch's default layer init (docs/paper_claims.md, "Baseline strength")
+_LEARNING_RECIPE = dict(readout="mean", head_norm=True, embed_mlp=False, ls_init=0.01, rope_theta=10.0, init="torch")
 _AT_64PX = dict(img_size=64, patch_size=8)  # 64 patches of 8x8
 
 
@@ -137,7 +138,8 @@ def migrate_run_preset(train: dict[str, Any], model: dict[str, Any] | None) -> d
     name, overrides = train.get("model"), dict(train.get("model_overrides") or {})
     if name not in _RENAMED or not isinstance(model, dict):
         return train
-    recipe = {k: model.get(k) for k in _LEARNING_RECIPE}
+    defaults = AdaPerceiverConfig()
+    recipe = {k: model.get(k, getattr(defaults, k)) for k in _LEARNING_RECIPE}  # a key older configs lack has its default
     extra = {k: v for k, v in _RENAMED[name].items() if k not in overrides}
     try:
         now = preset_config(name, **overrides)
