@@ -120,3 +120,34 @@ def test_flexivit_trains_with_the_library_trainer_and_reloads(tmp_path):
 def test_peer_presets_refuse_fields_they_do_not_have():
     with pytest.raises(ValueError, match=r"baseline built from ViTConfig: it has no field\(s\) \['num_latents'\]"):
         create_model("vit_tiny", num_latents=8)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "flexivit_tiny"])
+def test_peer_for_inference_runs_each_setting_in_its_dtype_and_compiled(name):
+    """A peer is timed in the adaptive model's fast mode: a bf16 copy called like the peer, float32 out,
+    one compiled runner per setting (aot_eager here: the graph, without inductor's minutes)."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_chans=1).eval()
+    x = torch.randn(3, 1, 28, 28)
+    fast = model.for_inference(torch.bfloat16)
+    assert next(fast.model.parameters()).dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
+    for s in model.configurations():
+        out = fast(x, *s)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, model(x, *s), atol=0.1, rtol=0.05)
+    compiled = model.for_inference(torch.float32, compile=True, backend="aot_eager")
+    for s in model.configurations():
+        torch.testing.assert_close(compiled(x, *s), model(x, *s), atol=1e-5, rtol=1e-5)
+    assert len(compiled._runners) == len(model.configurations())
+    with pytest.raises(ValueError, match="runs"):
+        fast(x, 5, None, None)
+
+
+def test_flexivit_at_setting_is_a_plain_vit_with_the_same_outputs():
+    torch.manual_seed(0)
+    model = create_model("flexivit_tiny", num_classes=10, in_chans=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    for t, d, w in model.configurations():
+        static = model.at_setting(t, d, w)
+        assert type(static) is StaticViT and static.patch_embed.proj.kernel_size[0] == model.patch_size_of(t)
+        torch.testing.assert_close(static(x), model(x, tokens=t), atol=1e-5, rtol=1e-5)

@@ -14,7 +14,7 @@ is one ``(tokens, depth, width)`` setting, and ``tokens`` picks the patch size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
@@ -137,6 +137,21 @@ class FlexiViT(StaticViT):
         if tokens is not None or depth is not None or width is not None:
             tokens = self.resolve_configuration(tokens, depth, width)[0]
         return self.forward_head(self.forward_features(x, self.patch_size_of(tokens, patch_size)))
+
+    @torch.no_grad()
+    def at_setting(self, tokens: int | None = None, depth: int | None = None, width: int | None = None) -> StaticViT:
+        """A plain :class:`StaticViT` at one setting's patch size, its kernel PI-resized and positions resampled
+        once: the same outputs as ``self(x, tokens)`` without resizing on every call (how a FlexiViT is deployed)."""
+        patch = self.patch_size_of(self.resolve_configuration(tokens, depth, width)[0]) if tokens is not None \
+            else self.cfg.patch_size
+        base = {f.name: getattr(self.cfg, f.name) for f in fields(ViTConfig)}
+        static = StaticViT(ViTConfig(**{**base, "patch_size": patch}))
+        state = dict(self.state_dict())
+        pe = self.patch_embed
+        state["patch_embed.proj.weight"] = pi_resize(pe.proj.weight, patch)
+        state["patch_embed.pos_embed"] = resample_pos_embed(pe.pos_embed, pe.grid, static.patch_embed.grid)
+        static.load_state_dict(state)
+        return static.to(pe.proj.weight.device, pe.proj.weight.dtype).eval()
 
     def configurations(self) -> list[tuple[int, int, int]]:
         """One ``(tokens, depth, width)`` setting per patch size, fewest tokens first."""

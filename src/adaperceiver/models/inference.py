@@ -131,26 +131,7 @@ class InferenceModel(nn.Module):
         return self._runners[key]
 
     def _compile(self, static: nn.Module) -> Callable[[Tensor], Tensor]:
-        # torch.compile keeps its graphs (and a limit of 8 of them) per code object, and every static
-        # model shares AdaPerceiver.forward's: give each configuration its own copy of that code so
-        # that configurations do not evict each other or fall back to eager past the limit
-        fn = type(static).forward
-        own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-        import torch._inductor.config as inductor_config  # here: importing inductor is slow and rarely needed
-
-        # inductor reads `freezing` from its global config when it compiles (lazily, on a call), and
-        # torch.compile(options=...) does not reach that point: without this patch the weights stay
-        # graph inputs and every Linear runs as a plain addmm instead of a prepacked oneDNN kernel
-        opts = dict(self.compile_options)
-        freezing = opts.pop("freezing")
-        kw = {"options": opts or None} if self.backend == "inductor" else {"backend": self.backend}
-        compiled = torch.compile(types.MethodType(own, static), dynamic=False, **kw)
-
-        def run(x: Tensor) -> Tensor:
-            with inductor_config.patch(freezing=freezing):
-                return compiled(x)
-
-        return run
+        return compile_module(static, self.backend, self.compile_options)
 
     @torch.no_grad()
     def forward(self, x: Tensor, tokens: int | None = None, depth: int | None = None, width: int | None = None) -> Tensor:
@@ -181,6 +162,69 @@ class InferenceModel(nn.Module):
         return f"dtype={self.dtype}, compiled={self.compiled}, configurations={sorted(self._static)}"
 
 
+def compile_module(static: nn.Module, backend: str | Callable = "inductor",
+                   compile_options: dict[str, Any] | None = None) -> Callable[[Tensor], Tensor]:
+    """``x -> static(x)`` compiled with static shapes; ``freezing`` (default on) makes the weights constants."""
+    # torch.compile keeps its graphs (and a limit of 8 of them) per code object, and every static
+    # model of one class shares its forward's: give each module its own copy of that code so that
+    # settings do not evict each other or fall back to eager past the limit
+    fn = type(static).forward
+    own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    import torch._inductor.config as inductor_config  # here: importing inductor is slow and rarely needed
+
+    # inductor reads `freezing` from its global config when it compiles (lazily, on a call), and
+    # torch.compile(options=...) does not reach that point: without this patch the weights stay
+    # graph inputs and every Linear runs as a plain addmm instead of a prepacked oneDNN kernel
+    opts = {"freezing": True, **(compile_options or {})}
+    freezing = opts.pop("freezing")
+    kw = {"options": opts or None} if backend == "inductor" else {"backend": backend}
+    compiled = torch.compile(types.MethodType(own, static), dynamic=False, **kw)
+
+    def run(x: Tensor) -> Tensor:
+        with inductor_config.patch(freezing=freezing):
+            return compiled(x)
+
+    return run
+
+
+class PeerInference(nn.Module):
+    """A static peer (:class:`~.vit.StaticViT`, :class:`~.flexivit.FlexiViT`) prepared for fast inference
+    the way :class:`InferenceModel` prepares an adaptive model: a copy in ``dtype`` (eval mode), called
+    like the peer (``fast(x, tokens, depth, width)``), float32 out, each setting run by the peer's
+    ``at_setting`` module (a FlexiViT's resized once, not per call); with ``compile``, compiled once per
+    setting and batch size (weights frozen as constants). So every model of a comparison can be timed
+    in the same mode."""
+
+    def __init__(self, model: nn.Module, dtype: str | torch.dtype | None = None, compile: bool = False,
+                 backend: str | Callable = "inductor", compile_options: dict[str, Any] | None = None):
+        super().__init__()
+        self.dtype = parse_dtype(dtype)
+        self.compiled = bool(compile)
+        self.backend = backend
+        self.compile_options = compile_options
+        self.model = copy.deepcopy(model).to(self.dtype).eval().requires_grad_(False)
+        self.cfg = model.cfg
+        self._runners: dict[tuple, Callable[[Tensor], Tensor]] = {}
+        self.eval()
+
+    def train(self, mode: bool = True) -> "PeerInference":
+        return super().train(False)
+
+    def resolve_configuration(self, tokens: int | None, depth: int | None, width: int | None) -> tuple[int, int, int | None]:
+        return self.model.resolve_configuration(tokens, depth, width)
+
+    def configurations(self) -> list[Setting]:
+        return self.model.configurations()
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, tokens: int | None = None, depth: int | None = None, width: int | None = None) -> Tensor:
+        key = (tokens, depth, width)
+        if key not in self._runners:
+            static = self.model.at_setting(*key).to(self.dtype)
+            self._runners[key] = compile_module(static, self.backend, self.compile_options) if self.compiled else static
+        return self._runners[key](x.to(self.dtype)).float()
+
+
 @torch.no_grad()
 def fold_layer_scale(model: nn.Module) -> nn.Module:
     """Fold each block's LayerScale into the layer before it, in place: ``gamma * (W x + b)`` becomes
@@ -203,4 +247,4 @@ def for_inference(model: nn.Module, dtype: str | torch.dtype | None = torch.floa
     return InferenceModel(model, dtype, compile, **kwargs)
 
 
-__all__ = ["DTYPES", "InferenceModel", "fold_layer_scale", "for_inference", "parse_dtype"]
+__all__ = ["DTYPES", "InferenceModel", "PeerInference", "compile_module", "fold_layer_scale", "for_inference", "parse_dtype"]

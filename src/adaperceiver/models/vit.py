@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..errors import check_fields
 from .adaperceiver import AnytimeOutput
+from .inference import PeerInference
 from .layers import Block, PatchEmbed, hidden_units, layer_norm, trunc_normal_init
 
 
@@ -110,6 +111,18 @@ class StaticViT(nn.Module):
         """Logits; ``tokens`` / ``depth`` / ``width``, when given, must name the one setting this model has."""
         self.resolve_configuration(tokens, depth, width)
         return self.forward_head(self.forward_features(x))
+
+    def at_setting(self, tokens: int | None = None, depth: int | None = None, width: int | None = None) -> nn.Module:
+        """A module computing ``self(x, tokens, depth, width)`` as ``x -> output`` (what fast inference compiles):
+        this model itself, after the setting is checked."""
+        self.resolve_configuration(tokens, depth, width)
+        return self
+
+    def for_inference(self, dtype: torch.dtype | str | None = torch.float32, compile: bool = False,
+                      **kwargs: Any) -> PeerInference:
+        """A copy for fast inference, as :meth:`AdaPerceiver.for_inference` (``dtype``, ``compile`` once per
+        setting and batch size); so a peer is timed in the same mode as the adaptive model."""
+        return PeerInference(self, dtype, compile, **kwargs)
 
     @property
     def num_blocks(self) -> int:
