@@ -1,7 +1,7 @@
 """The paper's claims in miniature: the adaptive model against the ViT family and FlexiViT, trained the same way.
 
 For each task (``fmnist28``: Fashion-MNIST 28 px; ``count64``: :mod:`adaperceiver.data.counting`, 64 px)
-and each model (``adaperceiver_tiny_v4``, ``vit_tiny``, ``vit_tiny_x2``, ``vit_tiny_x4``, FlexiViT):
+and each model (``adaperceiver_tiny``, ``vit_tiny``, ``vit_tiny_x2``, ``vit_tiny_x4``, FlexiViT):
 
 1. **tuning**: the same learning-rate x weight-decay grid for every model, each point trained (first seed)
    on training items that exclude a held-out split (the last ``--holdout`` items of a fixed shuffle of the
@@ -34,8 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.ticker import NullFormatter
 from torch.utils.data import DataLoader, Subset
 
+from adaperceiver.adapt.policy import (
+    PolicyConfig,
+    PolicyTrainConfig,
+    collect_outcomes,
+    configuration_flops,
+    evaluate_comparators,
+    train_policy,
+)
+from adaperceiver.checkpoint import from_pretrained
 from adaperceiver.data import get_dataset
 from adaperceiver.evaluation.cost import measure_flops, measure_latency
 from adaperceiver.evaluation.reports import new_figure, save_figure, write_csv
@@ -46,7 +56,7 @@ from adaperceiver.training import ObjectiveConfig, TrainConfig, Trainer
 from adaperceiver.training.config import TaskData
 
 ROOT = Path(__file__).resolve().parents[1]
-ADAPTIVE = "adaperceiver_tiny_v4"
+ADAPTIVE = "adaperceiver_tiny"
 TASKS = {  # dataset, model overrides of every model, FlexiViT preset
     "fmnist28": ("fashion_mnist", {}, "flexivit_tiny"),
     "count64": ("fashion_mnist_count64", {"img_size": 64, "patch_size": 8}, "flexivit_tiny64"),
@@ -75,14 +85,19 @@ def split_data(task: str, train_items: int, holdout: int) -> TaskData:
                     train.in_chans, train.img_size, tuple(train.classes))
 
 
+def steps_of(task: str, args) -> int:
+    return args.steps.get(task, args.steps.get("*", 700))
+
+
 def train_one(task: str, name: str, lr: float, wd: float, seed: int, args, run_dir: Path):
     """One run of the library trainer on the training items; returns ``(model, held-out loader, seconds)``."""
-    epochs = max(1, math.ceil(args.steps * args.batch_size / (60000 - args.holdout)))
-    items = args.steps * args.batch_size // epochs
+    steps = steps_of(task, args)
+    epochs = max(1, math.ceil(steps * args.batch_size / (60000 - args.holdout)))
+    items = steps * args.batch_size // epochs
     data = split_data(task, items, args.holdout)
     adaptive = name == ADAPTIVE
     cfg = TrainConfig(model=name, dataset=TASKS[task][0], epochs=epochs, batch_size=args.batch_size, lr=lr,
-                      min_lr=0.0, weight_decay=wd, warmup_steps=min(100, args.steps // 5), grad_clip=3.0,
+                      min_lr=0.0, weight_decay=wd, warmup_steps=min(100, steps // 5), grad_clip=3.0,
                       ema_decay=0.0, augment=False, seed=seed, eval_every=0, progress=False,
                       objective=ObjectiveConfig() if adaptive else ObjectiveConfig.static(),
                       out_dir=str(run_dir.parent), name=run_dir.name, log_every=50)
@@ -101,7 +116,7 @@ def timings(model, settings, fast: bool, repeats: int) -> dict[str, dict]:
     """Batch-1 latency (ms) and batch-256 throughput (img/s) of each setting, fp32 eager (+ bf16 compiled)."""
     out: dict[str, dict] = {}
     modes = [("fp32", model)]
-    if fast and hasattr(model, "for_inference"):
+    if fast:  # every model here has for_inference (peers: PeerInference), so all are timed in the same mode
         modes.append(("bf16c", model.for_inference(torch.bfloat16, compile=True)))
     for mode, m in modes:
         for t, d, w in settings:
@@ -150,10 +165,73 @@ def run_model(task: str, name: str, args) -> dict[str, Any]:
              **{f"{k}_{m}": v for m in ("fp32", "bf16c") for k, v in times.get(f"{m}/{s[0]},{s[1]},{s[2]}", {}).items()},
              "lr": best["lr"], "wd": best["wd"]} for s in settings]
     record = {"task": task, "model": name, "grid": grid, "chosen": best, "rows": rows, "train_seconds": train_s,
-              "steps": args.steps, "seeds": args.seeds, "wall_s": time.perf_counter() - t0, "machine": machine()}
+              "steps": steps_of(task, args), "repeats": args.repeats, "seeds": args.seeds,
+              "wall_s": time.perf_counter() - t0, "machine": machine()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def run_policy(task: str, seed: int, args) -> dict[str, Any] | None:
+    """The learned policy vs confidence early exit vs the fixed settings on the adaptive model of one seed.
+
+    Policies (one per ``--policy-lams``) learn on the held-out split (images the backbone did not train on)
+    with FLOPs as the cost; every method is scored on the test split and timed at batch 1 and 64 over
+    the first ``--policy-latency-images`` test images, fp32 eager (``adapt.policy.evaluate_comparators``).
+    """
+    path = Path(args.out) / task / f"policy_seed{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    rec_path = Path(args.out) / task / f"{ADAPTIVE}.json"
+    if not rec_path.exists():
+        return None
+    chosen = json.loads(rec_path.read_text())["chosen"]
+    run = Path(args.out) / task / "runs" / f"{ADAPTIVE}_lr{chosen['lr']:g}_wd{chosen['wd']:g}_seed{seed}"
+    if not (run / "model.safetensors").exists():
+        return None
+    model = from_pretrained(run).eval()
+    data = split_data(task, 1, args.holdout)
+    learn = collect_outcomes(model, data.val)
+    cost = configuration_flops(model, learn.space)
+    policies = {}
+    for lam in args.policy_lams:
+        cfg = PolicyTrainConfig(lam=lam, epochs=args.policy_epochs, seed=seed)
+        policies[f"lam={lam:g}"] = train_policy(model, learn, cost, cfg, PolicyConfig(num_blocks=0))
+    test = collect_outcomes(model, get_dataset(TASKS[task][0], "val", subset=args.val_items), learn.space)
+    result = evaluate_comparators(model, test, cost, policies, taus=args.policy_taus, latency_batch_sizes=(1, 64),
+                                  latency_images=args.policy_latency_images)
+    record = {"task": task, "seed": seed, "run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
+              "lams": args.policy_lams, "taus": args.policy_taus, **result, "machine": machine()}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def saved_at_parity(rec: dict, method: str) -> tuple[float, float, float] | None:
+    """The cheapest ``method`` row within 0.1 pp of the full setting: % FLOPs, % batch-1 and % batch-64 time saved."""
+    hit = rec["summary"].get(f"parity_{method}")
+    if not hit:
+        return None
+    rows = rec["rows"]
+    full = next(r for r in rows if r["method"] == "full")
+    row = next(r for r in rows if r["method"] == method and r["setting"] == hit["setting"])
+    return (hit["flops_saved_pct"], *(100 * (1 - row[f"latency_ms_b{b}"] / full[f"latency_ms_b{b}"]) for b in (1, 64)))
+
+
+def describe_saving(v: tuple[float, float, float] | None) -> str:
+    return "none at parity" if v is None else f"FLOPs {-v[0]:+.1f} %, time b1 {-v[1]:+.1f} %, b64 {-v[2]:+.1f} %"
+
+
+def policy_claim(recs: list[dict]) -> tuple[str, str, str, str]:
+    """Per seed: the cheapest learned policy and the cheapest early exit within 0.1 pp of full accuracy;
+    the claim needs the policy to save >= 24 % FLOPs and >= 15 % time at both batch sizes, and to be no
+    worse than early exit (FLOPs saved)."""
+    parts, ok = [], True
+    for rec in recs:
+        pol, ee = saved_at_parity(rec, "policy"), saved_at_parity(rec, "early_exit")
+        parts.append(f"seed {rec['seed']}: policy {describe_saving(pol)}; early exit {describe_saving(ee)}")
+        ok &= pol is not None and pol[0] >= 24 and min(pol[1:]) >= 15 and (ee is None or pol[0] >= ee[0])
+    return ("policy within +-0.1 pp of full at >= 24 % fewer FLOPs, >= 15 % less wall-clock (batch 1 and 64), "
+            "and at least as good as early exit", "; ".join(parts), "-", "HOLDS" if ok else "MISSED")
 
 
 def machine() -> dict[str, Any]:
@@ -186,10 +264,16 @@ def speed_at_equal_accuracy(rows: list[dict], key: str) -> list[dict]:
 
 
 def plot_task(task: str, rows: list[dict], path: Path) -> None:
-    fig = new_figure(figsize=(15, 4.2))
-    axes = fig.subplots(1, 3)
-    for ax, (key, label) in zip(axes, (("mflops", "MFLOPs per image"), ("throughput_b256_fp32", "images/s, batch 256, fp32"),
-                                       ("latency_ms_b1_fp32", "ms, batch 1, fp32"))):
+    panels = [("mflops", "MFLOPs per image"), ("throughput_b256_fp32", "images/s, batch 256, fp32 eager"),
+              ("latency_ms_b1_fp32", "ms, batch 1, fp32 eager")]
+    if any(r.get("throughput_b256_bf16c") for r in rows):
+        panels += [("throughput_b256_bf16c", "images/s, batch 256, bf16 + compile"),
+                   ("latency_ms_b1_bf16c", "ms, batch 1, bf16 + compile")]
+    fig = new_figure(figsize=(15, 4.2 * ((len(panels) + 2) // 3)))
+    axes = fig.subplots((len(panels) + 2) // 3, 3).flatten()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, (key, label) in zip(axes, panels):
         for name in sorted({r["model"] for r in rows}):
             pts = sorted((r[key], r["acc1"]) for r in rows if r["model"] == name and r.get(key) is not None
                          and (key == "mflops" or r["front"]))
@@ -198,33 +282,47 @@ def plot_task(task: str, rows: list[dict], path: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("test top-1 %")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels collide on a short range
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{task}: accuracy vs cost (every setting vs FLOPs; the FLOPs front vs time)")
     save_figure(fig, path)
 
 
+def task_command(task: str, recs: list[dict]) -> str:
+    """The command that measured a task's records (from what they record: steps, seeds, grid, modes)."""
+    rec = recs[0]
+    lrs = ",".join(sorted({f"{g['lr']:g}" for g in rec["grid"]}, key=float))
+    wds = ",".join(sorted({f"{g['wd']:g}" for g in rec["grid"]}, key=float))
+    fast = any(r.get("throughput_b256_bf16c") for r in rec["rows"])
+    return (f"flock /work/heavy.lock python benchmarks/paper_claims.py --tasks {task} --steps {rec['steps']} "
+            f"--seeds {','.join(map(str, rec['seeds']))} --lrs {lrs} --wds {wds}{' --fast' if fast else ''} "
+            f"--repeats {rec.get('repeats', 3)}")
+
+
 def write_doc(records: dict[str, list[dict]], args, doc: Path) -> None:
     lines = ["# The paper's claims, measured in miniature", "",
-             f"Generated by `flock /work/heavy.lock python benchmarks/paper_claims.py {' '.join(args.argv)}` "
-             "(every number below is a row of the CSVs beside this file).", ""]
+             f"Written by `python benchmarks/paper_claims.py {' '.join(args.argv)}` from the per-model results of the "
+             "commands named in each task's section (every number below is a row of the CSVs beside this file).", ""]
     claim_rows = []
     for task, recs in records.items():
         rows = [r for rec in recs for r in rec["rows"]]
         m = recs[0]["machine"] if recs else {}
         write_csv(rows, doc.parent / "paper_claims" / f"{task}.csv")
         plot_task(task, rows, doc.parent / "paper_claims" / f"{task}.png")
-        lines += [f"## {task}", "", f"![{task}](paper_claims/{task}.png)", "",
+        lines += [f"## {task}", "", f"Measured by `{task_command(task, recs)}`.", "", f"![{task}](paper_claims/{task}.png)", "",
                   f"CSV: [paper_claims/{task}.csv](paper_claims/{task}.csv). Timings on {m.get('cpu')} "
                   f"(AMX: {m.get('amx')}, AVX-512-bf16: {m.get('avx512_bf16')}), {m.get('threads')} threads, load "
                   f"average {m.get('load_avg')} at the end of the first model's record, torch {m.get('torch')}.", "",
-                  "| model | chosen lr / wd | held-out grid (lr, wd: %) | settings | full-setting test % | cheapest % "
-                  "| MFLOPs (full) | train s / seed |", "|---|---|---|---|---|---|---|---|"]
+                  "| model | steps | seeds | chosen lr / wd | held-out grid (lr, wd: %) | settings | full-setting test % "
+                  "| cheapest % | MFLOPs (full) | train s / seed |", "|---|---|---|---|---|---|---|---|---|---|"]
         for rec in recs:
             r = rec["rows"]
             full, cheap = max(r, key=lambda x: x["mflops"]), min(r, key=lambda x: x["mflops"])
             grid = "; ".join(f"{g['lr']:g}, {g['wd']:g}: {g['holdout_acc1']}" for g in rec["grid"])
-            lines.append(f"| {rec['model']} | {rec['chosen']['lr']:g} / {rec['chosen']['wd']:g} | {grid} | {len(r)} | "
+            seeds = ", ".join(map(str, rec["seeds"]))
+            chosen = f"{rec['chosen']['lr']:g} / {rec['chosen']['wd']:g}"
+            lines.append(f"| {rec['model']} | {rec['steps']} | {seeds} | {chosen} | {grid} | {len(r)} | "
                          f"{full['acc1']:.2f} | {cheap['acc1']:.2f} | {full['mflops']:.2f} | "
                          f"{', '.join(f'{s:.0f}' for s in rec['train_seconds'])} |")
         lines.append("")
@@ -235,12 +333,17 @@ def write_doc(records: dict[str, list[dict]], args, doc: Path) -> None:
             claim_rows.append((f"{task}: the settings differ (full minus cheapest >= 8 pp)", f"{spread:+.2f} pp",
                                "-", "HOLDS" if spread >= 8 else "MISSED"))
         for key, what, goal in (("throughput_b256_fp32", "throughput at batch 256 (fp32 eager)", 1.3),
-                                ("latency_ms_b1_fp32", "batch-1 speed (1 / latency, fp32 eager)", 1.0)):
+                                ("latency_ms_b1_fp32", "batch-1 speed (1 / latency, fp32 eager)", 1.0),
+                                ("throughput_b256_bf16c", "throughput at batch 256 (bf16 + compile)", 1.3),
+                                ("latency_ms_b1_bf16c", "batch-1 speed (1 / latency, bf16 + compile)", 1.0)):
+            if "bf16c" in key and not any(r.get(key) for r in rows):
+                continue
             if key.startswith("latency"):
+                speed = key.replace("latency_ms_b1", "speed_b1")
                 for r in rows:
                     if r.get(key):
-                        r["speed_b1"] = 1000.0 / r[key]
-                key = "speed_b1"
+                        r[speed] = 1000.0 / r[key]
+                key = speed
             cmp = speed_at_equal_accuracy(rows, key)
             if not cmp:
                 claim_rows.append((f"{task}: {what}, adaptive vs the best peer at equal accuracy", "-", "-",
@@ -261,12 +364,19 @@ def write_doc(records: dict[str, list[dict]], args, doc: Path) -> None:
                                "NOT RUN (no model of this task finished within the CPU budget)"))
     table = ["## Claims", "", "| claim | our measurement | ratios vs best peer | verdict |", "|---|---|---|---|"]
     table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in claim_rows]
-    table += ["| bf16 + compile throughput (the paper's fastest mode) | not measured in this run | - | "
-              + ("see CSV" if args.fast else "NOT RUN (--fast not given: compile time did not fit the CPU budget)") + " |",
-              "| dense: adaptive matches the largest ViT segmenter at >= 3x fewer encoder FLOPs | - | - | NOT RUN "
+    if not args.fast:
+        table += ["| bf16 + compile (the paper's fastest mode) | - | - | NOT RUN (--fast not given) |"]
+    for task in args.tasks_run:
+        recs = [r for r in (args.policy_records or {}).get(task, []) if r]
+        if recs:
+            claim_rows_p = policy_claim(recs)
+            table += [f"| {task}: {claim_rows_p[0]} | {claim_rows_p[1]} | {claim_rows_p[2]} | {claim_rows_p[3]} |"]
+    table += ["| dense: adaptive matches the largest ViT segmenter at >= 3x fewer encoder FLOPs | - | - | NOT RUN "
               "(no ViT segmenter family yet) |",
-              "| policy within +-0.1 pp of full at >= 24 % fewer FLOPs, >= 15 % less wall-clock | - | - | NOT RUN "
-              "(not in this command yet) |", ""]
+              ""]
+    if not any((args.policy_records or {}).values()):
+        table[-1:-1] = ["| policy within +-0.1 pp of full at >= 24 % fewer FLOPs, >= 15 % less wall-clock | - | - | "
+                        "NOT RUN (--policy not given) |"]
     extra = doc.parent / "paper_claims" / "notes.md"  # hand-written measurements (baseline strength)
     doc.parent.mkdir(parents=True, exist_ok=True)
     body = lines[:4] + table + lines[4:] + ([extra.read_text()] if extra.exists() else [])
@@ -278,7 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="a run of minutes: 12 steps, one seed, one grid point")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--models", default="", help="comma-separated subset of the models (default: all)")
-    p.add_argument("--steps", type=int, default=700)
+    p.add_argument("--steps", default="fmnist28=700,count64=1500",
+                   help="training steps: one number for every task, or TASK=N pairs")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--lrs", default="1e-3,3e-3")
@@ -287,6 +398,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-items", type=int, default=None, help="test items evaluated (default all)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls at batch 256 (3x at batch 1)")
     p.add_argument("--fast", action="store_true", help="also time bf16 + torch.compile (for_inference) where supported")
+    p.add_argument("--policy", action="store_true", help="also compare the learned policy with early exit "
+                   "(adaptive model of each seed)")
+    p.add_argument("--policy-lams", default="0.05,0.1,0.2,0.4")
+    p.add_argument("--policy-taus", default="0.5,0.7,0.8,0.9,0.95,0.99")
+    p.add_argument("--policy-epochs", type=int, default=20)
+    p.add_argument("--policy-latency-images", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "runs" / "paper_claims"))
     p.add_argument("--doc", default=str(ROOT / "docs" / "paper_claims.md"))
@@ -297,8 +414,11 @@ def main(argv: list[str] | None = None) -> None:
         args.holdout = 1000
         args.out = str(Path(args.out).with_name(Path(args.out).name + "_quick"))
         args.doc = str(Path(args.out) / "paper_claims.md")
+    args.steps = {k if v else "*": int(v or k) for k, _, v in (item.partition("=") for item in str(args.steps).split(","))}
     args.seeds = [int(s) for s in str(args.seeds).split(",")]
     args.lrs = [float(v) for v in str(args.lrs).split(",")]
+    args.policy_lams = [float(v) for v in str(args.policy_lams).split(",")]
+    args.policy_taus = [float(v) for v in str(args.policy_taus).split(",")]
     args.wds = [float(v) for v in str(args.wds).split(",")]
     torch.set_num_threads(args.threads)
     tasks = [t for t in args.tasks.split(",") if t]
@@ -314,6 +434,15 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             print(f"{task} / {name} ...", flush=True)
             records[task].append(run_model(task, name, args))
+    args.policy_records = {}
+    for task in tasks:
+        if args.policy:
+            for seed in args.seeds:
+                print(f"{task} / policy seed {seed} ...", flush=True)
+                args.policy_records.setdefault(task, []).append(run_policy(task, seed, args))
+        else:  # earlier policy results are kept in the document
+            found = [json.loads(f.read_text()) for f in sorted((Path(args.out) / task).glob("policy_seed*.json"))]
+            args.policy_records[task] = found
     args.tasks_run = tasks
     write_doc({t: r for t, r in records.items() if r}, args, Path(args.doc))
     print(f"wrote {args.doc}")

@@ -137,6 +137,8 @@ def test_active_parameters_and_latency_helpers(tiny_config):
     assert model.training  # mode restored
     with pytest.raises(ValueError, match="batch_size"):
         measure_latency(model, (8, 2, 24), batch_size=0)
+    with pytest.raises(TypeError, match=r"a setting is a Setting, a tuple of 3 values .*got 8 \(0.2 took them as separate"):
+        measure_latency(model, 8, 2, 24)
 
 
 class _NegMaxProb:

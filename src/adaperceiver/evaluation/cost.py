@@ -149,9 +149,13 @@ def _axes(setting: SettingArg) -> tuple[int | None, ...]:
     """One value (or None: the model's default) per :class:`Setting` axis."""
     if setting is None:
         return (None,) * len(Setting._fields)
-    values = tuple(setting)
+    try:
+        values = tuple(setting)
+    except TypeError:
+        values = ()
     if len(values) != len(Setting._fields):
-        raise ValueError(f"a setting has {len(Setting._fields)} values ({', '.join(Setting._fields)}), got {setting!r}")
+        raise TypeError(f"a setting is a Setting, a tuple of {len(Setting._fields)} values ({', '.join(Setting._fields)}) "
+                        f"or None; got {setting!r} (0.2 took them as separate arguments)")
     return values
 
 
