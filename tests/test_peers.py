@@ -151,3 +151,26 @@ def test_flexivit_at_setting_is_a_plain_vit_with_the_same_outputs():
         static = model.at_setting(t, d, w)
         assert type(static) is StaticViT and static.patch_embed.proj.kernel_size[0] == model.patch_size_of(t)
         torch.testing.assert_close(static(x), model(x, tokens=t), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "flexivit_tiny"])
+def test_adaperceiver_train_trains_a_peer_with_the_static_objective(name, tmp_path, cli_error, capsys):
+    """``adaperceiver train --model vit_tiny`` runs the same trainer with the one-setting objective, and the
+    run directory loads and sweeps like an adaptive one."""
+    pytest.importorskip("sklearn")
+    from adaperceiver.checkpoint import from_pretrained
+    from adaperceiver.cli import main
+
+    common = ["--dataset", "digits", "--epochs", "1", "--batch-size", "32", "--max-steps", "2", "--warmup-steps", "1",
+              "--out", str(tmp_path), "--no-progress", "--val-subset", "32", "--set", "patch_size=2"]
+    if name.startswith("flexivit"):
+        common += ["--set", "patch_sizes=[2,4]"]  # 8 px digits
+    assert main(["train", "--model", name, "--name", "p", *common]) == 0
+    model = from_pretrained(tmp_path / "p")
+    assert type(model) is (FlexiViT if name.startswith("flexivit") else StaticViT)
+    assert model.data_config is not None and model.data_config.input_size == model.cfg.img_size
+    assert main(["sweep", "--model", str(tmp_path / "p"), "--data", "digits", "--limit", "32", "--out",
+                 str(tmp_path / "sw"), "--latency-batch-sizes", "1", "--no-progress"]) == 0
+    assert len((tmp_path / "sw" / "sweep.csv").read_text().splitlines()) == 1 + len(model.configurations())
+    line = cli_error(["train", "--model", name, "--name", "q", "--static", "8,1,32", *common], capsys)
+    assert f"model {name!r} is a static baseline" in line, line

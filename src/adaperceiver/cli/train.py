@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..models.presets import is_peer
 from ..tasks import get_task
 from ..training import NonFiniteLossError, ObjectiveConfig, TrainConfig, Trainer, distributed, last_checkpoint, load_run_config
 from .config_file import add_config_file_options, write_config_yaml
@@ -44,7 +45,7 @@ def _train_from_args(args, info: distributed.DistInfo) -> int:
     run_dir = Path(values["out_dir"]) / values["name"]
     if args.resume and last_checkpoint(run_dir) is not None:
         cfg = resume_config(args, run_dir, values, load_run_config(run_dir))
-    elif values["static"] is not None:  # a static baseline: the single-configuration objective
+    elif values["static"] is not None or is_peer(values["model"]):  # a static model: the one-setting objective
         objective = ObjectiveConfig.static(label_smoothing=values["objective.label_smoothing"])
         cfg = config_from_args(TrainConfig, args, objective=objective)
     else:

@@ -71,11 +71,20 @@ def preset_config(name: str, **overrides: Any) -> Any:
     return AdaPerceiverConfig.from_dict(values)
 
 
+def is_peer(name: str) -> bool:
+    """Whether preset ``name`` builds a peer (a static baseline such as ``vit_tiny``), not an AdaPerceiver."""
+    return name in _PEERS
+
+
+def build_preset(name: str, cfg: Any) -> AdaPerceiver | nn.Module:
+    """The model of preset ``name`` built from ``cfg`` (its :func:`preset_config`, perhaps adjusted)."""
+    return _PEERS[name][1](cfg) if name in _PEERS else build_model(cfg)
+
+
 def create_model(name: str, **overrides: Any) -> AdaPerceiver | nn.Module:
     """Build a freshly initialised model from a preset, e.g. ``create_model("adaperceiver_tiny", in_chans=1)``
     (the peers ``vit_tiny*`` / ``flexivit_tiny*`` build a :class:`StaticViT` / :class:`FlexiViT`)."""
-    cfg = preset_config(name, **overrides)
-    return _PEERS[name][1](cfg) if name in _PEERS else build_model(cfg)
+    return build_preset(name, preset_config(name, **overrides))
 
 
 def _paper_tiny() -> dict[str, Any]:

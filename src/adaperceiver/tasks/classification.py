@@ -15,9 +15,8 @@ from ..data.augment import TrainAugment
 from ..errors import UserError
 from ..evaluation.metrics import ClassificationAccuracy
 from ..losses import cross_entropy
-from ..models.adaperceiver import build_model
 from ..models.data_config import DataConfig
-from ..models.presets import preset_config
+from ..models.presets import build_preset, is_peer, preset_config
 from ..models.util import eval_mode
 from ..training.config import TaskData, TaskSpec, TrainConfig
 
@@ -48,8 +47,12 @@ def adapt_model_config(cfg: TrainConfig, data: TaskData, task: str = "classifica
 
     With ``cfg.static = (tokens, depth, width)`` it is the config of that fixed configuration.
     """
-    values = dict(num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size, task=task)
-    mcfg = preset_config(cfg.model, **{**values, **cfg.model_overrides})
+    values = dict(num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size)
+    peer = is_peer(cfg.model)
+    if peer and (cfg.static or task != "classification"):
+        raise UserError(f"model {cfg.model!r} is a static baseline: it trains for classification at its own "
+                        f"setting{'s' if cfg.model.startswith('flexivit') else ''} (no static configuration, no dense task)")
+    mcfg = preset_config(cfg.model, **{**values, **({} if peer else {"task": task}), **cfg.model_overrides})
     if mcfg.img_size % mcfg.patch_size:
         raise UserError(f"image size {mcfg.img_size} is not a multiple of the patch size {mcfg.patch_size}; "
                         f"set image_size or override patch_size")
@@ -64,7 +67,7 @@ def adapt_model_config(cfg: TrainConfig, data: TaskData, task: str = "classifica
 
 
 def _classification_model(cfg: TrainConfig, data: TaskData) -> nn.Module:
-    model = build_model(adapt_model_config(cfg, data))
+    model = build_preset(cfg.model, adapt_model_config(cfg, data))
     if cfg.init_from:  # copy every parameter whose name and shape match (e.g. all but a new head)
         names = {id(p): n for n, p in model.named_parameters()}
         frozen = [names[id(p)] for p in model.backbone_parameters()] if cfg.freeze_backbone else []
