@@ -235,14 +235,20 @@ def policy_claim(recs: list[dict]) -> tuple[str, str, str, str]:
 
 
 def retime(task: str, name: str, args) -> dict[str, Any] | None:
-    """Time a finished (task, model) record's front again (its last seed's weights, ``--repeats``, ``--fast``),
-    so that every model of a task is timed back to back under the same conditions; rewrites its JSON."""
+    """Count FLOPs (as deployed: ``measure_flops``) and time a finished (task, model) record's front again (its last seed's
+    weights, ``--repeats``, ``--fast``), so that every model of a task is timed back to back under the same
+    conditions; rewrites its JSON."""
     path = Path(args.out) / task / f"{name}.json"
     if not path.exists():
         return None
     rec = json.loads(path.read_text())
     lr, wd = rec["chosen"]["lr"], rec["chosen"]["wd"]
     model = from_pretrained(Path(args.out) / task / "runs" / f"{name}_lr{lr:g}_wd{wd:g}_seed{rec['seeds'][-1]}").eval()
+    for r in rec["rows"]:  # FLOPs as deployed (0.2 counted a FlexiViT's per-call kernel resize), and the front
+        r["mflops"] = measure_flops(model, (r["tokens"], r["depth"], r["width"])) / 1e6
+    on = pareto_front([(r["mflops"], r["acc1"]) for r in rec["rows"]])
+    for r, f in zip(rec["rows"], on):
+        r["front"] = f
     front = [(r["tokens"], r["depth"], r["width"]) for r in rec["rows"] if r["front"]]
     torch.manual_seed(0)
     times = timings(model, front, args.fast, args.repeats)

@@ -174,3 +174,15 @@ def test_adaperceiver_train_trains_a_peer_with_the_static_objective(name, tmp_pa
     assert len((tmp_path / "sw" / "sweep.csv").read_text().splitlines()) == 1 + len(model.configurations())
     line = cli_error(["train", "--model", name, "--name", "q", "--static", "8,1,32", *common], capsys)
     assert f"model {name!r} is a static baseline" in line, line
+
+
+def test_flexivit_cost_is_counted_as_deployed_not_with_the_per_call_kernel_resize():
+    from adaperceiver.evaluation.cost import count_flops
+
+    model = create_model("flexivit_tiny", num_classes=10, in_chans=1).eval()
+    x = torch.zeros(1, 1, 28, 28)
+    coarse = (4, None, None)  # patch 14: the 4x4 kernel is PI-resized to 14x14 on every call of the model
+    per_call = count_flops(model, x, tokens=4)
+    deployed = measure_flops(model, coarse)
+    assert deployed == count_flops(model.at_setting(*coarse), x) < per_call
+    assert per_call - deployed >= 2 * 64 * 16 * 196  # the resize matmul: (64 x 16) @ (16 x 196)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..models.protocol import AdaptiveModel, CountsActiveParameters
+from ..models.protocol import AdaptiveModel, CountsActiveParameters, DeploysSettingsAsModules
 from ..models.setting import Setting
 from ..models.util import eval_mode, module_device, num_parameters
 
@@ -159,6 +159,14 @@ def _axes(setting: SettingArg) -> tuple[int | None, ...]:
     return values
 
 
+def _deployed(model: nn.Module, setting: SettingArg) -> tuple[nn.Module, dict[str, int]]:
+    """What runs ``model(x, *setting)`` once deployed, and its call arguments: the setting's own module for a
+    model that has one (:class:`DeploysSettingsAsModules`), else the model with the setting."""
+    if isinstance(model, DeploysSettingsAsModules):
+        return model.at_setting(*_axes(setting)), {}
+    return model, _setting_kwargs(setting)
+
+
 def _setting_kwargs(setting: SettingArg) -> dict[str, int]:
     """The setting as call arguments; none at all when nothing is set, so a static model
     (e.g. :class:`adaperceiver.models.vit.StaticViT`, called as ``model(x)``) is measured as well."""
@@ -181,9 +189,9 @@ def measure_latency(model: nn.Module, setting: SettingArg, batch_size: int,
     device = torch.device(device) if device is not None else module_device(model)
     dtype = next(model.parameters()).dtype
     x = torch.randn(batch_size, *_image_shape(model, img_size), device=device, dtype=dtype)
-    kw = _setting_kwargs(setting)
-    with eval_mode(model), torch.no_grad():
-        return time_call(lambda: model(x, **kw), batch_size,
+    run, kw = _deployed(model, setting)
+    with eval_mode(model, run), torch.no_grad():
+        return time_call(lambda: run(x, **kw), batch_size,
                          warmup=warmup, repeats=repeats, device=device, min_seconds=min_seconds)
 
 
@@ -195,12 +203,13 @@ def measure_gflops(model: nn.Module, setting: SettingArg = None, img_size: int |
 
 def measure_flops(model: nn.Module, setting: SettingArg = None, img_size: int | Sequence[int] | None = None,
                   device: torch.device | str | None = None) -> int:
-    """FLOPs per image of ``model(x, *setting)`` in eval mode (batch of one): the one place that
-    counts the cost of a setting."""
+    """FLOPs per image of ``model(x, *setting)`` in eval mode (batch of one), as deployed (a model that
+    runs a setting as a module of its own is counted on it): the one place that counts the cost of a setting."""
     device = torch.device(device) if device is not None else module_device(model)
     x = torch.zeros(1, *_image_shape(model, img_size), device=device, dtype=next(model.parameters()).dtype)
-    with eval_mode(model):
-        return count_flops(model, x, **_setting_kwargs(setting))
+    run, kw = _deployed(model, setting)
+    with eval_mode(model, run):
+        return count_flops(run, x, **kw)
 
 
 def device_name(device: torch.device | str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .outputs import AnytimeOutput
 
@@ -52,6 +52,15 @@ class CountsActiveParameters(Protocol):
 
 
 @runtime_checkable
+class DeploysSettingsAsModules(Protocol):
+    """A model that runs each setting, once deployed, as a module of its own (a FlexiViT: a plain ViT with
+    the kernel resized once); its cost is counted and timed on that module, not on the per-call path."""
+
+    def at_setting(self, tokens: int | None, depth: int | None, width: int | None) -> nn.Module:
+        ...
+
+
+@runtime_checkable
 class AdaptiveBackbone(AdaptiveModel, Protocol):
     """An AdaPerceiver backbone itself (not a wrapper): what slim export and fast inference take apart."""
 
@@ -77,4 +86,4 @@ def check_adaptive(model: object, what: str) -> None:
                          f"{type(model).__name__} lacks {missing}")
 
 
-__all__ = ["AdaptiveBackbone", "AdaptiveModel", "CountsActiveParameters", "check_adaptive"]
+__all__ = ["AdaptiveBackbone", "AdaptiveModel", "CountsActiveParameters", "DeploysSettingsAsModules", "check_adaptive"]
