@@ -169,3 +169,28 @@ def test_fine_tuning_on_a_single_folder_keeps_the_pretrained_preparation(grey_mo
     assert dc["class_names"] == ["x", "y"]
     split = meta["image_folder"]
     assert split["train"]["num_images"] == 8 and split["val"]["num_images"] == 2 and split["val"]["val_fraction"] == 0.2
+
+
+def test_early_exit_prediction_is_the_models_early_exit(grey_model, tmp_path, cli_error, capsys):
+    """``exit_confidence`` gives each image the logits of ``forward_early_exit``: at 0 every image leaves after
+    block 1 (the depth-1 output), at 1 none leaves early (the full output)."""
+    from adaperceiver import from_pretrained
+    from adaperceiver.evaluation.predict import Predictor
+
+    model = from_pretrained(grey_model)
+    folder = _photos(tmp_path / "f", n=2)
+    pred = Predictor(model)
+    x, _ = pred.prepare(sorted(folder.rglob("*.jpg")))
+    with torch.no_grad():
+        for tau in (0.0, 0.6, 1.0):
+            torch.testing.assert_close(pred._run(x, None, None, None, tau), model.forward_early_exit(x, tau).logits)
+        torch.testing.assert_close(pred._run(x, None, None, None, 0.0), model(x, depth=1))
+        torch.testing.assert_close(pred._run(x, None, None, None, 1.0), model(x))
+    with pytest.raises(ValueError, match="exit_confidence or depth, not both"):
+        pred._run(x, None, 1, None, 0.5)
+    assert main(["predict", "--model", str(grey_model), str(folder), "--exit-confidence", "0.5", "--top-k", "1"]) == 0
+    assert "early exit at confidence 0.5" in capsys.readouterr().err
+    line = cli_error(["predict", "--model", str(grey_model), str(folder), "--exit-confidence", "1.5"], capsys)
+    assert "--exit-confidence must be a probability in [0, 1], got 1.5" in line
+    line = cli_error(["predict", "--model", str(grey_model), str(folder), "--exit-confidence", "0.5", "--depth", "1"], capsys)
+    assert "--exit-confidence chooses the depth per image" in line

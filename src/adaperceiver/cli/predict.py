@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--tokens", type=int, default=None, help="latent tokens (default: all)")
     p.add_argument("--depth", type=int, default=None, help="blocks (default: all)")
     p.add_argument("--width", type=int, default=None, help="FFN width (default: full)")
+    p.add_argument("--exit-confidence", type=float, default=None, metavar="TAU",
+                   help="confidence early exit: each image stops after the first block whose top probability is "
+                   ">= TAU (e.g. 0.9); the per-input saving that measured best (docs/paper_claims.md)")
     p.add_argument("--sweep", default=None, help="with --max-gflops / --max-ms: the model's sweep.json (or its "
                    "directory); runs the most accurate configuration within the budget")
     p.add_argument("--max-gflops", type=float, default=None, help="FLOPs budget per image (needs --sweep)")
@@ -69,6 +72,10 @@ def _cli_predict(args) -> int:
         raise UserError("--max-gflops / --max-ms choose a configuration from a sweep: give --sweep SWEEP.json")
     if budget and any(v is not None for v in (args.tokens, args.depth, args.width)):
         raise UserError("give either --tokens/--depth/--width or a budget (--max-gflops / --max-ms), not both")
+    if args.exit_confidence is not None and (budget or args.depth is not None):
+        raise UserError("--exit-confidence chooses the depth per image: give it without --depth or a budget")
+    if args.exit_confidence is not None and not 0.0 <= args.exit_confidence <= 1.0:
+        raise UserError(f"--exit-confidence must be a probability in [0, 1], got {args.exit_confidence}")
     paths = image_paths(args.images)
     model = from_pretrained(args.model, map_location=command_device(args.device))
     predictor = Predictor(model, batch_size=args.batch_size)
@@ -77,14 +84,16 @@ def _cli_predict(args) -> int:
         row = select_configuration(args.sweep, model, args.max_ms, args.max_gflops, 1)
         setting = dict(tokens=row["tokens"], depth=row["depth"], width=row["width"])
     shown = ", ".join(f"{k}={v}" for k, v in setting.items() if v is not None) or "full configuration"
+    if args.exit_confidence is not None:
+        shown += f", early exit at confidence {args.exit_confidence:g}"
     print(f"{len(paths)} image(s) prepared as {describe(predictor.data_config)}; {shown}", file=sys.stderr)
-    preds = predictor(paths, k=args.top_k, **setting)
+    preds = predictor(paths, k=args.top_k, **setting, exit_confidence=args.exit_confidence)
     print(format_predictions(preds))
     if args.output:
         out = Path(args.output)
         if out.suffix.lower() == ".json":
             write_json(out, {"model": str(args.model), "data_config": predictor.data_config.to_dict(),
-                             "setting": setting, "predictions": [p.to_dict() for p in preds]})
+                             "setting": setting, "exit_confidence": args.exit_confidence, "predictions": [p.to_dict() for p in preds]})
         else:
             write_csv([{"image": p.source, **{f"top{i + 1}": lbl for i, lbl in enumerate(p.labels)},
                         **{f"p{i + 1}": round(q, 6) for i, q in enumerate(p.probs)}} for p in preds], out)

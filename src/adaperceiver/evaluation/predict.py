@@ -87,21 +87,37 @@ class Predictor:
         x, _ = self.prepare(images)
         return self._run(x, tokens, depth, width)
 
-    def _run(self, x: Tensor, tokens: int | None, depth: int | None, width: int | None) -> Tensor:
+    def _run(self, x: Tensor, tokens: int | None, depth: int | None, width: int | None,
+             exit_confidence: float | None = None) -> Tensor:
         kw = {k: v for k, v in (("tokens", tokens), ("depth", depth), ("width", width)) if v is not None}
+        if exit_confidence is not None:  # each image stops at the first block confident enough
+            if depth is not None:
+                raise ValueError("early exit chooses the depth per image: give exit_confidence or depth, not both")
+            if not 0.0 <= exit_confidence <= 1.0:
+                raise ValueError(f"exit_confidence must be a probability in [0, 1], got {exit_confidence}")
+            if not hasattr(self.model, "forward_early_exit"):
+                raise UserError(f"{type(self.model).__name__} has no early exit (an AdaPerceiver classifier has)")
+
+            def run(xb: Tensor) -> Tensor:
+                return self.model.forward_early_exit(xb, exit_confidence, **kw).logits
+        else:
+            def run(xb: Tensor) -> Tensor:
+                return self.model(xb, **kw)
         param = next(self.model.parameters())
-        out = [self.model(x[i:i + self.batch_size].to(param.device, param.dtype), **kw).float().cpu()
+        out = [run(x[i:i + self.batch_size].to(param.device, param.dtype)).float().cpu()
                for i in range(0, x.shape[0], self.batch_size)]
         return torch.cat(out)
 
     @torch.no_grad()
     def __call__(self, images: Any, k: int = 5, tokens: int | None = None, depth: int | None = None,
-                 width: int | None = None) -> list[Prediction]:
-        """The ``k`` most probable classes of every image (``k`` is capped at the number of classes)."""
+                 width: int | None = None, exit_confidence: float | None = None) -> list[Prediction]:
+        """The ``k`` most probable classes of every image (``k`` is capped at the number of classes).
+        ``exit_confidence``: confidence early exit, each image stops after the first block whose top
+        probability reaches it (the per-input saving that measured best, docs/paper_claims.md)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         x, names = self.prepare(images)
-        probs = self._run(x, tokens, depth, width).softmax(-1)
+        probs = self._run(x, tokens, depth, width, exit_confidence).softmax(-1)
         top_p, top_i = probs.topk(min(k, probs.shape[-1]), dim=-1)
         labels = self.data_config.class_names or ()
         return [Prediction(name, tuple(labels[j] if j < len(labels) else f"class {j}" for j in idx.tolist()),
