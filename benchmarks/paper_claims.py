@@ -81,8 +81,9 @@ def split_data(task: str, train_items: int, holdout: int) -> TaskData:
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
     if train_items + holdout > len(train):
         raise ValueError(f"{train_items} training + {holdout} held-out items exceed the {len(train)} of {task}")
+    dc = getattr(train, "data_config", None)  # recorded in the run, so its model predicts without guessing
     return TaskData(Subset(train, order[:train_items]), Subset(train, order[-holdout:]), len(train.classes),
-                    train.in_chans, train.img_size, tuple(train.classes))
+                    train.in_chans, train.img_size, tuple(train.classes), {"data_config": dc.to_dict()} if dc else {})
 
 
 def steps_of(task: str, args) -> int:
