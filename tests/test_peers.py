@@ -141,6 +141,8 @@ def test_peer_for_inference_runs_each_setting_in_its_dtype_and_compiled(name):
     assert len(compiled._runners) == len(model.configurations())
     with pytest.raises(ValueError, match="runs"):
         fast(x, 5, None, None)
+    with pytest.raises(ValueError, match="x has dtype torch.uint8"):  # the input contract, as the peer itself says
+        fast((x * 50).clamp(0, 255).to(torch.uint8), *model.configurations()[0])
 
 
 def test_flexivit_at_setting_is_a_plain_vit_with_the_same_outputs():

@@ -222,7 +222,7 @@ class PeerInference(nn.Module):
         if key not in self._runners:
             static = self.model.at_setting(*key).to(self.dtype)
             self._runners[key] = compile_module(static, self.backend, self.compile_options) if self.compiled else static
-        return self._runners[key](x.to(self.dtype)).float()
+        return self._runners[key](check_images(x, self.cfg.in_chans, self.cfg.patch_size, self.dtype)).float()
 
 
 @torch.no_grad()
