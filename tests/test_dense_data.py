@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -178,3 +181,95 @@ def test_frozen_backbone_run_through_the_engine(tmp_path, tiny_config):
 
     again = from_pretrained(tmp_path / "seg")
     assert type(again).__name__ == "SegmentationModel" and again.head_cfg.num_classes == 3
+
+
+def test_scene_depth_sets_size_and_occlusion_and_agrees_with_labels():
+    from adaperceiver.data.classification import FASHION_MNIST_DIR
+    from adaperceiver.data.dense import FashionMNISTScene
+
+    if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    one = FashionMNISTScene("val", target="depth", canvas=48, min_items=1, max_items=1, length=20)
+    for i in range(20):  # one item: drawn size / z wide, its ink at its depth, the rest the wall
+        img, lab, depth = one.compose(i)
+        ink = depth < one.background_depth
+        z = float(np.unique(depth[ink])[0])
+        assert len(np.unique(depth[ink])) == 1 and one.depth_lo <= z <= one.depth_hi
+        cols, rows = np.flatnonzero(ink.any(0)), np.flatnonzero(ink.any(1))
+        assert max(cols[-1] - cols[0], rows[-1] - rows[0]) + 1 <= round(one.size / z)
+        assert ((lab > 0) == ink).all() and ((img > one.threshold) == ink).all()
+    many = FashionMNISTScene("val", target="segmentation", canvas=64, min_items=3, max_items=3, length=30)
+    depths = FashionMNISTScene("val", target="depth", canvas=64, min_items=3, max_items=3, length=30)
+    near_covers_far = 0
+    for i in range(30):  # both targets see the same scene; where items overlap the nearer one is visible
+        x, lab = many[i]
+        x2, d = depths[i]
+        assert torch.equal(x, x2) and lab.shape == (64, 64) and d.shape == (1, 64, 64)
+        assert torch.equal(lab > 0, d[0] < many.background_depth)
+        near_covers_far += int(len(torch.unique(d[d < 4])) >= 2)
+    assert near_covers_far > 10
+    img, lab, depth = one.compose(3)
+    np.testing.assert_array_equal(depth, one.compose(3)[2])  # deterministic per index
+    with pytest.raises(ValueError, match="target"):
+        FashionMNISTScene("val", target="normals")
+    with pytest.raises(ValueError, match="size"):
+        FashionMNISTScene("val", size=80)
+    with pytest.raises(ValueError, match="background_depth"):
+        FashionMNISTScene("val", depth_range=(1.0, 5.0))
+
+
+def test_vit_segmenter_trains_through_the_engine_and_reloads(tmp_path):
+    """The plain-ViT dense baseline: same head as the adaptive model, trained by the same engine, saved and rebuilt."""
+    training = pytest.importorskip("adaperceiver.training")
+    from adaperceiver import from_pretrained
+    from adaperceiver.errors import UserError
+    from adaperceiver.evaluation.sweep import evaluate_grid
+    from adaperceiver.models.heads import SegmentationHead
+    from adaperceiver.models.vit import ViTDense
+    from adaperceiver.tasks import TaskData, get_task
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 1, 16, 16, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 0] > 1).long()
+    data = TaskData(torch.utils.data.TensorDataset(x, y), torch.utils.data.TensorDataset(x[:4], y[:4]), 3, 1, 16,
+                    meta={"dense": {"num_classes": 3, "ignore_index": 255}})
+    cfg = training.TrainConfig(task="segmentation", model="vit_tiny", epochs=2, batch_size=4, warmup_steps=1,
+                               ema_decay=0.0, out_dir=str(tmp_path), name="vitseg", progress=False,
+                               objective=training.ObjectiveConfig.static(),
+                               model_overrides={"patch_size": 4, "embed_dim": 32, "depth": 2, "num_classes": 24})
+    trainer = training.Trainer(cfg, get_task("segmentation"), data=data)
+    model = trainer.model
+    assert isinstance(model.backbone, ViTDense) and isinstance(model.head, SegmentationHead)
+    assert model.backbone(x[:2]).shape == (2, 24, 4, 4) and model(x[:2]).shape == (2, 3, 16, 16)
+    before = model.head.conv.weight.detach().clone()
+    res = trainer.fit()
+    assert "val_miou" in res.metrics and not torch.equal(model.head.conv.weight, before)
+    again = from_pretrained(tmp_path / "vitseg").eval()
+    assert json.loads((tmp_path / "vitseg" / "config.json").read_text())["architecture"] == "vit_segmentation"
+    torch.testing.assert_close(again(x[:3]), model.eval()(x[:3]))
+    results, *_ = evaluate_grid(again, torch.utils.data.DataLoader(data.val, batch_size=2), "segmentation", progress=False)
+    assert [tuple(c) for c in results] == [(16, 2, 32)]  # the one setting a ViT has
+    for bad, match in (({"model": "flexivit_tiny"}, "no dense form"), ({"init_from": str(tmp_path / "vitseg")}, "static baseline")):
+        with pytest.raises(UserError, match=match):
+            training.Trainer(dataclasses.replace(cfg, name="bad", **bad), get_task("segmentation"), data=data)
+
+
+def test_vit_depth_run_on_scenes_sweeps_with_its_own_metric(tmp_path):
+    """The command line end to end on the derived scenes: a ViT depth run records its data config, and sweep
+    reads the metric from the model (no --metric)."""
+    from adaperceiver.cli import main
+    from adaperceiver.data.classification import FASHION_MNIST_DIR
+
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    common = ["--dataset", "fashion_mnist_scene", "--image-size", "32", "--train-subset", "16", "--val-subset", "8",
+              "--batch-size", "8", "--epochs", "1", "--no-progress", "--out", str(tmp_path)]
+    small = ["--set", "patch_size=8", "--set", "embed_dim=32", "--set", "depth=1", "--set", "head.num_bins=8",
+             "--set", "head.upsample=1"]
+    assert main(["train", "--task", "depth", "--model", "vit_tiny", *small, *common, "--name", "d"]) == 0
+    saved = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert saved["architecture"] == "vit_depth" and saved["data_config"]["input_size"] == 32
+    assert main(["sweep", "--model", str(tmp_path / "d"), "--data", "fashion_mnist_scene_depth", "--limit", "8",
+                 "--batch-size", "8", "--latency-batch-sizes", "1", "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "d" / "sweep" / "sweep.json").read_text())["rows"]
+    assert len(rows) == 1 and "rmse" in rows[0]

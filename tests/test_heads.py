@@ -202,3 +202,27 @@ def test_segmentation_sweep_reports_encoder_gflops(tmp_path, tiny_config):
                      progress=False)
     assert len(rows) == 2 and all(0 < r["encoder_gflops"] < r["gflops"] for r in rows)
     assert rows[0]["encoder_gflops"] < rows[1]["encoder_gflops"]  # 8 tokens cost less than 16
+
+
+def test_plain_vit_backbone_takes_the_same_heads_and_reloads(tmp_path):
+    from adaperceiver.models.vit import ViTConfig, ViTDense
+
+    vit = ViTConfig(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=24)
+    seg = build_dense_model("segmentation", vit, {"num_classes": 5}).eval()
+    dep = build_dense_model("depth", vit, {"num_bins": 8, "min_depth": 0.5, "max_depth": 4.0}).eval()
+    x = torch.randn(2, 1, 16, 16)
+    assert isinstance(seg.backbone, ViTDense) and seg(x).shape == (2, 5, 16, 16)
+    d = dep(x)
+    assert d.shape == (2, 1, 16, 16) and bool(((d >= 0.5) & (d <= 4.0)).all())
+    out = seg.forward_anytime(x).outputs
+    assert out.shape == (1, 1, 2, 5, 16, 16)
+    torch.testing.assert_close(out[0, 0], seg(x))
+    # the backbone is a ViT whose per-patch features are its final tokens through the feature layer
+    feats = seg.backbone.forward_features(x)[:, seg.backbone.num_prefix_tokens:]
+    torch.testing.assert_close(seg.backbone(x).flatten(2).transpose(1, 2), seg.backbone.head(feats))
+    for model, arch in ((seg, "vit_segmentation"), (dep, "vit_depth")):
+        save_pretrained(model, tmp_path / arch)
+        assert json.loads((tmp_path / arch / "config.json").read_text())["architecture"] == arch
+        torch.testing.assert_close(from_pretrained(tmp_path / arch).eval()(x), model(x))
+    with pytest.raises(ValueError, match="ViTDense"):
+        SegmentationModel(torch.nn.Linear(2, 2), SegmentationHeadConfig(num_classes=3))

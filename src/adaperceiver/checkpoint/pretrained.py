@@ -28,6 +28,8 @@ CONFIG_NAME = "config.json"
 ARCHITECTURES = {
     "segmentation": heads.build_architecture,
     "depth": heads.build_architecture,
+    "vit_segmentation": heads.build_architecture,
+    "vit_depth": heads.build_architecture,
     "static_vit": vit.build_architecture,
     "static_cnn": cnn.build_architecture,
     "flexivit": flexivit.build_architecture,
@@ -35,7 +37,7 @@ ARCHITECTURES = {
 
 
 # architectures whose "model" section is not an AdaPerceiverConfig (they get cfg=None)
-FOREIGN_CONFIG_ARCHITECTURES = {"static_vit", "static_cnn", "flexivit"}
+FOREIGN_CONFIG_ARCHITECTURES = {"static_vit", "static_cnn", "flexivit", "vit_segmentation", "vit_depth"}
 
 
 def load_matching(model: nn.Module, directory: str | Path, required: Sequence[str] = (),

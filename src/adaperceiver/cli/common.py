@@ -95,7 +95,7 @@ def load_dataset(spec: str, split: str, model=None, args=None):
 def classifier_outputs(model) -> int | None:
     """The class count of a classifier (None for a dense model)."""
     cfg = getattr(model, "cfg", None)
-    if getattr(cfg, "task", "classification") != "classification":
+    if getattr(model, "task", None) in ("segmentation", "depth") or getattr(cfg, "task", "classification") != "classification":
         return None
     return getattr(cfg, "num_classes", None)
 

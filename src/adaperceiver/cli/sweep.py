@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import from_pretrained, load_meta
+from ..errors import UserError
 from ..evaluation import format_table, run_sweep
 from ..evaluation.tensorboard import LOGGERS, TENSORBOARD_DIR, log_sweep, summary_writer
 from .common import add_data_options, add_device_option, add_inference_options, command_device, load_dataset, parse_batch_sizes
@@ -45,6 +46,17 @@ def register(sub) -> None:
     p.set_defaults(func=_cli_sweep)
 
 
+def _check_targets(args, data) -> None:
+    """Refuse a dataset whose targets are not the kind the metric scores (image labels vs per-pixel maps)."""
+    _, target = data[0]
+    dense_data = isinstance(target, torch.Tensor) and target.dim() >= 1
+    if args.metric in ("classification", "segmentation", "depth") and dense_data != (args.metric != "classification"):
+        kind = "per-pixel (segmentation or depth)" if dense_data else "one label per image (classification)"
+        raise ValueError(f"{args.model} is swept with metric {args.metric!r} but dataset {args.data!r} has {kind} "
+                         f"targets: a {'classifier' if args.metric == 'classification' else args.metric + ' model'} "
+                         f"needs matching data")
+
+
 def _cli_sweep(args) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -55,21 +67,20 @@ def _cli_sweep(args) -> int:
         summary_writer()  # a missing package fails before the sweep, not after it
     device = command_device(args.device)
     model = from_pretrained(args.model, map_location=device)
-    data = load_dataset(args.data, args.split, model, args)
+    if args.metric is None:  # the task the model was saved as (a dense task model says so)
+        task = getattr(model, "task", None)
+        args.metric = task if task in ("segmentation", "depth") else "classification"
+    try:
+        data = load_dataset(args.data, args.split, model, args)
+    except UserError:  # the data does not fit the model's preparation; is it even the model's kind of data?
+        _check_targets(args, load_dataset(args.data, args.split))
+        raise
+    _check_targets(args, data)
     if args.limit is not None:
         data = Subset(data, range(min(args.limit, len(data))))
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False)
     out = Path(args.out) if args.out else Path(args.model) / "sweep"
-    if args.metric is None:  # the task the model was saved as
-        arch = load_meta(args.model).get("architecture")
-        args.metric = arch if arch in ("segmentation", "depth") else "classification"
-    image, target = data[0]
-    dense_data = isinstance(target, torch.Tensor) and target.dim() >= 1
-    if args.metric in ("classification", "segmentation", "depth") and dense_data != (args.metric != "classification"):
-        kind = "per-pixel (segmentation or depth)" if dense_data else "one label per image (classification)"
-        raise ValueError(f"{args.model} is swept with metric {args.metric!r} but dataset {args.data!r} has {kind} "
-                         f"targets: a {'classifier' if args.metric == 'classification' else args.metric + ' model'} "
-                         f"needs matching data")
+    image, _ = data[0]
     size = getattr(getattr(model, "cfg", None), "img_size", None)
     if size is not None and tuple(image.shape[-2:]) != (size, size):
         raise ValueError(f"--data {args.data} gives {image.shape[-2]}x{image.shape[-1]} images, {args.model} was trained "

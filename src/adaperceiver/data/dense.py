@@ -18,6 +18,9 @@ Data that exists offline here (nothing is downloaded):
 * :class:`FashionMNISTSegmentation`: real Fashion-MNIST pixels composed on a larger canvas with
   per-pixel labels *derived* from them (``label = (pixel > threshold) * (class + 1)``,
   0 = background). It is a real-pixel training task, not a segmentation benchmark.
+* :class:`FashionMNISTScene`: items placed at random depths that set their size on the canvas and
+  their occlusion order, with derived per-pixel class labels or depth: a segmentation and a depth
+  task whose answer is in the pixels (an item's apparent size, what covers what). Derived, too.
 * :class:`~adaperceiver.data.visp.ViSPCastelDepth`: the 30 RGB-D frames of Debian ``visp-images-data`` (grey image +
   uint16 depth, reprojected into the image). A pipeline check, not a benchmark.
 """
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -37,6 +41,7 @@ from ..errors import UserError
 from .classification import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
+    builtin_data_config,
     read_fashion_mnist,
 )
 from .dense_io import _check_split, _open, _size_hw, _split_dir, image_to_tensor, pair_files, resize_depth, resize_image, resize_labels
@@ -200,6 +205,7 @@ class FashionMNISTSegmentation(Dataset):
         self.threshold, self.seed, self.split = threshold, seed, split
         self.length = int(length) if length is not None else len(self.items)
         self.in_chans, self.img_size = 1, canvas
+        self.data_config = builtin_data_config("fashion_mnist", canvas, self.classes)  # recorded with a trained model
 
     def __len__(self) -> int:
         return self.length
@@ -231,6 +237,87 @@ class FashionMNISTSegmentation(Dataset):
         return x, torch.from_numpy(lab)
 
 
+class FashionMNISTScene(Dataset):
+    """Fashion-MNIST items standing at depths in a ``canvas`` x ``canvas`` view, with derived class or depth maps.
+
+    Item ``i`` places ``k`` in ``[min_items, max_items]`` random items of the split, each at a depth ``z``
+    drawn uniformly from ``depth_range`` and drawn ``size / z`` pixels wide (``size``: its width at depth 1,
+    default three quarters of the canvas),
+    far ones first so that nearer items cover them where their pixel exceeds ``threshold``; the
+    background is a wall at ``background_depth``. ``target="segmentation"`` gives labels
+    (0 background, ``class + 1``); ``target="depth"`` gives ``(1, S, S)`` float depth, inferable from an
+    item's apparent size and from occlusion. Derived from real pixels; not a benchmark. Deterministic:
+    item ``i`` depends only on ``(seed, i)``, and both targets see the same scene.
+    """
+
+    num_classes = FashionMNISTSegmentation.num_classes
+    classes = FashionMNISTSegmentation.classes
+    ignore_index = FashionMNISTSegmentation.ignore_index
+
+    def __init__(self, split: str = "train", root: str | Path | None = None, target: str = "segmentation",
+                 canvas: int = 64, min_items: int = 2, max_items: int = 3, depth_range: tuple[float, float] = (1.0, 3.0),
+                 size: int | None = None, background_depth: float = 4.0, threshold: int = 20, length: int | None = None,
+                 seed: int = 0):
+        split = _check_split(split) or "train"
+        if target not in ("segmentation", "depth"):
+            raise ValueError(f"target must be 'segmentation' or 'depth', got {target!r}")
+        lo, hi = (float(v) for v in depth_range)
+        size = round(0.75 * canvas) if size is None else size
+        if not 0 < lo <= hi < background_depth:
+            raise ValueError(f"need 0 < depth_range[0] <= depth_range[1] < background_depth, got {depth_range}, "
+                             f"{background_depth}")
+        if not 8 <= size <= canvas * lo:
+            raise ValueError(f"size (item width at depth 1) must be in [8, canvas * depth_range[0]] = "
+                             f"[8, {canvas * lo:g}], got {size}")
+        if not 1 <= min_items <= max_items:
+            raise ValueError(f"need 1 <= min_items <= max_items, got {min_items}, {max_items}")
+        if not 0 <= threshold < 255:
+            raise ValueError(f"threshold must be in [0, 255), got {threshold}")
+        self.items, labels = read_fashion_mnist(split, root)
+        self.item_labels = labels.astype(np.int64)
+        self.target, self.canvas, self.min_items, self.max_items = target, canvas, min_items, max_items
+        self.depth_lo, self.depth_hi, self.size, self.background_depth = lo, hi, size, float(background_depth)
+        self.threshold, self.seed, self.split = threshold, seed, split
+        self.length = int(length) if length is not None else len(self.items)
+        self.in_chans, self.img_size = 1, canvas
+        if target == "depth":
+            self.classes = ()  # depth maps have no classes
+        self.data_config = builtin_data_config("fashion_mnist", canvas, self.classes)  # recorded with a trained model
+
+    def __len__(self) -> int:
+        return self.length
+
+    def compose(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """uint8 view ``(S, S)``, int64 labels ``(S, S)`` and float32 depth ``(S, S)`` of item ``i``."""
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {i} out of range for {self.length} items")
+        rng = np.random.default_rng([self.seed, 1 if self.split == "val" else 0, i])
+        s = self.canvas
+        img = np.zeros((s, s), np.uint8)
+        lab = np.zeros((s, s), np.int64)
+        depth = np.full((s, s), self.background_depth, np.float32)
+        k = int(rng.integers(self.min_items, self.max_items + 1))
+        placed = []
+        for _ in range(k):
+            j, z, flip = int(rng.integers(len(self.items))), float(rng.uniform(self.depth_lo, self.depth_hi)), rng.random() < 0.5
+            w = max(1, round(self.size / z))
+            y, x = (int(v) for v in rng.integers(0, s - w + 1, size=2))
+            placed.append((z, j, flip, w, y, x))
+        for z, j, flip, w, y, x in sorted(placed, reverse=True):  # far first: nearer items cover them
+            item = self.items[j][:, ::-1] if flip else self.items[j]
+            item = np.asarray(Image.fromarray(np.ascontiguousarray(item)).resize((w, w), Image.BILINEAR))
+            ink = item > self.threshold
+            img[y:y + w, x:x + w][ink] = item[ink]
+            lab[y:y + w, x:x + w][ink] = self.item_labels[j] + 1
+            depth[y:y + w, x:x + w][ink] = z
+        return img, lab, depth
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        img, lab, depth = self.compose(i)
+        x = image_to_tensor(img, 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+        return x, torch.from_numpy(lab) if self.target == "segmentation" else torch.from_numpy(depth)[None]
+
+
 def depth_range(dataset: Dataset, limit: int = 64) -> tuple[float, float]:
     """Min and max valid depth over the first ``limit`` items (to choose the head's bin range)."""
     lo, hi = math.inf, 0.0
@@ -258,6 +345,14 @@ def _fmnist_seg28(split, root=None, image_size=None, in_chans=None):
     return FashionMNISTSegmentation(split, root, canvas=image_size or 28)
 
 
+def _scene_seg(split, root=None, image_size=None, in_chans=None):
+    return FashionMNISTScene(split, root, "segmentation", canvas=image_size or 64)
+
+
+def _scene_depth(split, root=None, image_size=None, in_chans=None):
+    return FashionMNISTScene(split, root, "depth", canvas=image_size or 64)
+
+
 def _ade20k(split, root=None, image_size=None, in_chans=None):
     return SegmentationFolder(_needs_root("ade20k", root), split, size=image_size or 224, in_chans=in_chans or 3)
 
@@ -272,10 +367,11 @@ def _visp(split, root=None, image_size=None, in_chans=None):
 
 
 # for ``adaperceiver.data.get_dataset`` (and so ``adaperceiver sweep --data NAME[:ROOT]``)
-DENSE_DATASETS = {"fashion_mnist_seg": _fmnist_seg, "fashion_mnist_seg28": _fmnist_seg28, "ade20k": _ade20k, "nyu": _nyu,
-                  "visp_castel": _visp}
+DENSE_DATASETS = {"fashion_mnist_seg": _fmnist_seg, "fashion_mnist_seg28": _fmnist_seg28, "fashion_mnist_scene_seg": _scene_seg,
+                  "fashion_mnist_scene_depth": _scene_depth, "ade20k": _ade20k, "nyu": _nyu, "visp_castel": _visp}
 
 __all__ = [
-    "DENSE_DATASETS", "DepthFolder", "FashionMNISTSegmentation", "SegmentationFolder", "ViSPCastelDepth", "depth_range",
+    "DENSE_DATASETS", "DepthFolder", "FashionMNISTScene",
+    "FashionMNISTSegmentation", "SegmentationFolder", "ViSPCastelDepth", "depth_range",
     "pair_files", "resize_depth", "resize_labels",
 ]

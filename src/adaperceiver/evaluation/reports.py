@@ -75,7 +75,11 @@ def colorize_labels(labels: Tensor | np.ndarray, num_classes: int, ignore_index:
 
 
 def default_configs(model: nn.Module) -> list[Config]:
-    """A small configuration (fewest tokens, half the blocks, narrowest width) and the full one."""
+    """A small configuration (fewest tokens, half the blocks, narrowest width) and the full one; a model with
+    one setting (a plain-ViT baseline) has just that."""
+    settings = [tuple(c) for c in model.configurations()]
+    if len(settings) == 1:
+        return settings
     cfg = model.cfg
     small = (cfg.trained_grans[0], max(1, model.num_blocks // 2), min(cfg.widths))
     full = (cfg.num_latents, model.num_blocks, cfg.embed_dim)

@@ -11,7 +11,8 @@ A head turns that map into a prediction at image resolution:
 :class:`SegmentationModel` / :class:`DepthModel` wrap a dense backbone and a head behind the same
 interface as the classifier (``cfg``, ``num_blocks``, ``forward(x, tokens, depth, width)``,
 ``forward_anytime``, ``backbone_parameters``), so the training engine, sweeps and
-``checkpoint.save_pretrained`` / ``from_pretrained`` work on them unchanged.
+``checkpoint.save_pretrained`` / ``from_pretrained`` work on them unchanged. The same heads sit on a
+plain ViT (:class:`~adaperceiver.models.vit.ViTDense`, one setting): the segmenter / depth baseline.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from . import executor
 from .adaperceiver import AdaPerceiverConfig, AdaPerceiverDense, AnytimeOutput, WidthArg
 from .layers import LN_EPS
 from .setting import Setting, SettingSpace
+from .vit import ViTConfig, ViTDense
+
+DenseBackbone = AdaPerceiverDense | ViTDense
 
 # ------------------------------------------------------------------------------------------------
 # head configs
@@ -145,13 +149,14 @@ class DepthHead(nn.Module):
 
 
 def _check_backbone(backbone: nn.Module) -> int:
-    if not isinstance(backbone, AdaPerceiverDense):
-        raise ValueError(f"a dense task model needs an AdaPerceiverDense backbone, got {type(backbone).__name__}")
+    if not isinstance(backbone, (AdaPerceiverDense, ViTDense)):
+        raise ValueError(f"a dense task model needs an AdaPerceiverDense or ViTDense backbone, got {type(backbone).__name__}")
     return backbone.feature_dim
 
 
 class DenseTaskModel(nn.Module):
-    """An :class:`AdaPerceiverDense` backbone plus a head, with the classifier's interface.
+    """A dense backbone (:class:`AdaPerceiverDense`, or :class:`ViTDense` for the baseline) plus a head,
+    with the classifier's interface.
 
     ``forward(x, tokens, depth, width)`` is the head on one configuration's feature map;
     ``forward_anytime`` applies the head to every read-out of one backbone pass.
@@ -159,7 +164,7 @@ class DenseTaskModel(nn.Module):
 
     task: str = ""
 
-    def __init__(self, backbone: AdaPerceiverDense, head: nn.Module):
+    def __init__(self, backbone: DenseBackbone, head: nn.Module):
         super().__init__()
         _check_backbone(backbone)
         self.backbone = backbone
@@ -167,7 +172,7 @@ class DenseTaskModel(nn.Module):
 
     # the classifier's interface, delegated to the backbone
     @property
-    def cfg(self) -> AdaPerceiverConfig:
+    def cfg(self) -> AdaPerceiverConfig | ViTConfig:
         return self.backbone.cfg
 
     @property
@@ -231,7 +236,8 @@ class DenseTaskModel(nn.Module):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """Extra config.json entries that let ``from_pretrained`` rebuild this task model."""
-        return {"architecture": self.task, "head": dataclasses.asdict(self.head.cfg)}
+        prefix = "vit_" if isinstance(self.backbone, ViTDense) else ""
+        return {"architecture": prefix + self.task, "head": dataclasses.asdict(self.head.cfg)}
 
 
 class SegmentationModel(DenseTaskModel):
@@ -239,7 +245,7 @@ class SegmentationModel(DenseTaskModel):
 
     task = "segmentation"
 
-    def __init__(self, backbone: AdaPerceiverDense, head_cfg: SegmentationHeadConfig):
+    def __init__(self, backbone: DenseBackbone, head_cfg: SegmentationHeadConfig):
         super().__init__(backbone, SegmentationHead(_check_backbone(backbone), head_cfg))
 
     @property
@@ -256,7 +262,7 @@ class DepthModel(DenseTaskModel):
 
     task = "depth"
 
-    def __init__(self, backbone: AdaPerceiverDense, head_cfg: DepthHeadConfig):
+    def __init__(self, backbone: DenseBackbone, head_cfg: DepthHeadConfig):
         super().__init__(backbone, DepthHead(_check_backbone(backbone), head_cfg))
 
 
@@ -280,22 +286,29 @@ def dense_config(cfg: AdaPerceiverConfig, feature_dim: int | None = None) -> Ada
     return dataclasses.replace(cfg, task="dense", readout="query", num_classes=int(feature_dim or cfg.embed_dim))
 
 
-def build_dense_model(task: str, backbone_cfg: AdaPerceiverConfig, head: dict[str, Any] | Any | None = None) -> DenseTaskModel:
+def build_dense_model(task: str, backbone_cfg: AdaPerceiverConfig | ViTConfig,
+                      head: dict[str, Any] | Any | None = None) -> DenseTaskModel:
     """A fresh task model: ``build_dense_model("segmentation", cfg, {"num_classes": 11})``.
 
-    A classification ``backbone_cfg`` is converted with :func:`dense_config` (features = D).
+    A classification ``backbone_cfg`` is converted with :func:`dense_config` (features = D); a
+    :class:`ViTConfig` builds the plain-ViT baseline (:class:`ViTDense`, ``num_classes`` = feature channels).
     """
     if task not in TASK_MODELS:
         raise ValueError(f"unknown dense task {task!r}; allowed: {sorted(TASK_MODELS)}")
     model_cls, cfg_cls = TASK_MODELS[task]
     hcfg = head if isinstance(head, cfg_cls) else head_config(task, head)
+    if isinstance(backbone_cfg, ViTConfig):
+        return model_cls(ViTDense(backbone_cfg), hcfg)
     if backbone_cfg.task != "dense":
         backbone_cfg = dense_config(backbone_cfg)
     return model_cls(AdaPerceiverDense(backbone_cfg), hcfg)
 
 
-def build_architecture(name: str, cfg: AdaPerceiverConfig, meta: dict[str, Any]) -> DenseTaskModel:
-    """Rebuild a task model from its saved config (the ``checkpoint.from_pretrained`` hook)."""
+def build_architecture(name: str, cfg: AdaPerceiverConfig | None, meta: dict[str, Any]) -> DenseTaskModel:
+    """Rebuild a task model from its saved config (the ``checkpoint.from_pretrained`` hook); ``vit_<task>``
+    names the plain-ViT baseline, whose ``model`` section is a :class:`ViTConfig`."""
+    if name.startswith("vit_"):
+        return build_dense_model(name[len("vit_"):], ViTConfig(**meta["model"]), meta.get("head"))
     return build_dense_model(name, cfg, meta.get("head"))
 
 

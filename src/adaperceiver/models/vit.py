@@ -163,6 +163,29 @@ class StaticViT(nn.Module):
         return {"architecture": "static_vit"}
 
 
+class ViTDense(StaticViT):
+    """A plain ViT as a dense backbone, the segmenter / depth baseline beside :class:`AdaPerceiverDense`.
+
+    ``head`` is the per-patch feature layer (``num_classes`` = feature channels, as in a dense
+    AdaPerceiver config): ``forward`` returns ``(B, num_classes, h, w)`` maps on the patch grid, so the
+    same task heads (:mod:`adaperceiver.models.heads`) sit on either backbone.
+    """
+
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.num_classes
+
+    def forward_head(self, feats: Tensor) -> Tensor:
+        tokens = self.head(feats[:, self.num_prefix_tokens:])  # (B, h*w, C)
+        g = self.cfg.img_size // self.cfg.patch_size
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, g, g)
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Everything but the per-patch feature layer."""
+        head = {id(p) for p in self.head.parameters()}
+        return [p for p in self.parameters() if id(p) not in head]
+
+
 def build_architecture(name: str, cfg: None, meta: dict[str, Any]) -> StaticViT:
     """Rebuild a saved static ViT (``checkpoint.from_pretrained`` calls this)."""
     if name != "static_vit":
@@ -170,4 +193,4 @@ def build_architecture(name: str, cfg: None, meta: dict[str, Any]) -> StaticViT:
     return StaticViT(ViTConfig(**meta["model"]))
 
 
-__all__ = ["StaticViT", "ViTConfig", "build_architecture"]
+__all__ = ["StaticViT", "ViTConfig", "ViTDense", "build_architecture"]

@@ -10,14 +10,17 @@ Datasets (``--dataset``; ``--data-dir`` is the root where needed):
 
 * segmentation: ``fashion_mnist`` / ``fashion_mnist_seg`` (derived labels on real pixels, offline;
   56 px canvas with 1-3 items, or ``--image-size``), ``fashion_mnist_seg28`` (28 px, one item),
+  ``fashion_mnist_scene`` (64 px, 2-3 items at depths that set their size and occlusion; derived),
   ``ade20k`` (an ADE20K-style folder: 150 classes, 0 ignored), ``segfolder`` (same layout, class
   ids as stored; set ``head.num_classes``).
-* depth: ``visp_castel`` (30 real RGB-D frames from Debian ``visp-images-data``; a pipeline check),
+* depth: ``fashion_mnist_scene`` (the same derived scenes, depth maps), ``visp_castel`` (30 real
+  RGB-D frames from Debian ``visp-images-data``; a pipeline check),
   ``nyu`` / ``depthfolder`` (an NYUv2-style folder, 16-bit PNG millimetres or ``.npy`` metres).
 
 Head settings come from ``model_overrides`` keys ``head.<field>`` (``--set head.num_bins=64``); the
 remaining overrides go to the backbone config. ``num_classes`` of the backbone is its feature
-channels per patch (default: ``embed_dim``).
+channels per patch (default: ``embed_dim``). The peer presets ``vit_tiny*`` build the plain-ViT
+baseline (:class:`~adaperceiver.models.vit.ViTDense` under the same head), trained at its one setting.
 
 Frozen-backbone mode (as in the paper): ``init_from`` a trained run (classifier, dense backbone or
 a dense task model) and ``freeze_backbone``: the encoder (patch embedding, latents, read, blocks)
@@ -37,20 +40,21 @@ from torch import Tensor, nn
 
 from ..checkpoint import WEIGHTS_NAME, load_config, read_state_dict, strip_prefix
 from ..data import SubsetDataset
-from ..data.dense import DepthFolder, FashionMNISTSegmentation, SegmentationFolder, depth_range
+from ..data.dense import DepthFolder, FashionMNISTScene, FashionMNISTSegmentation, SegmentationFolder, depth_range
 from ..data.visp import ViSPCastelDepth
 from ..errors import UserError
 from ..evaluation.metrics import DepthMetric, SegmentationMetric
 from ..losses import PixelCrossEntropy, SigLoss, pixel_cross_entropy, sig_loss
 from ..models.config import AdaPerceiverConfig
 from ..models.heads import DenseTaskModel, build_dense_model, dense_config, head_config
-from ..models.presets import preset_config
+from ..models.presets import is_peer, preset_config
 from ..models.util import eval_mode
+from ..models.vit import ViTConfig
 from ..training.config import AUGMENT_RECIPES, TaskData, TaskSpec, TrainConfig
 from .classification import adapt_model_config
 
-SEG_DATASETS = ("fashion_mnist", "fashion_mnist_seg", "fashion_mnist_seg28", "ade20k", "segfolder")
-DEPTH_DATASETS = ("visp_castel", "nyu", "depthfolder")
+SEG_DATASETS = ("fashion_mnist", "fashion_mnist_seg", "fashion_mnist_seg28", "fashion_mnist_scene", "ade20k", "segfolder")
+DEPTH_DATASETS = ("fashion_mnist_scene", "visp_castel", "nyu", "depthfolder")
 ENCODER_PREFIXES = ("patch_embed.", "latent_token", "latent_pos", "read.", "blocks.")
 DECODER_PREFIXES = ("write.", "query_proj.", "head_norm.", "head_fc.")
 
@@ -98,6 +102,11 @@ def segmentation_data(cfg: TrainConfig) -> TaskData:
         val = FashionMNISTSegmentation("val", cfg.data_dir, canvas=canvas, length=cfg.val_subset or 2000)
         classes, k, ignore = train.classes, train.num_classes, train.ignore_index
         size = canvas
+    elif name in ("fashion_mnist_scene", "fashion_mnist_scene_seg"):
+        size = cfg.image_size or 64
+        train = FashionMNISTScene("train", cfg.data_dir, "segmentation", canvas=size, length=cfg.train_subset)
+        val = FashionMNISTScene("val", cfg.data_dir, "segmentation", canvas=size, length=cfg.val_subset or 2000)
+        classes, k, ignore = train.classes, train.num_classes, train.ignore_index
     elif name in ("ade20k", "segfolder"):
         root = _need_root(cfg)
         ade = name == "ade20k"
@@ -113,8 +122,14 @@ def segmentation_data(cfg: TrainConfig) -> TaskData:
     else:
         raise ValueError(f"unknown segmentation dataset {cfg.dataset!r}; available: {list(SEG_DATASETS)}")
     in_chans = getattr(train, "in_chans", 3)
-    meta = {"dense": {"dataset": name, "num_classes": k, "ignore_index": ignore}}
+    meta = {"dense": {"dataset": name, "num_classes": k, "ignore_index": ignore}, **_data_config(train)}
     return TaskData(train, val, k, in_chans, size, tuple(classes), meta)
+
+
+def _data_config(train) -> dict[str, Any]:
+    """How the training images were prepared, recorded with the model when the dataset says (the built-in sets)."""
+    dc = getattr(getattr(train, "dataset", train), "data_config", None)
+    return {"data_config": dc.to_dict()} if dc is not None else {}
 
 
 def depth_data(cfg: TrainConfig) -> TaskData:
@@ -123,6 +138,10 @@ def depth_data(cfg: TrainConfig) -> TaskData:
         size = (cfg.image_size * 3 // 4, cfg.image_size) if cfg.image_size else (96, 128)
         train = ViSPCastelDepth(cfg.data_dir, "train", size=size)
         val = ViSPCastelDepth(cfg.data_dir, "val", size=size)
+    elif name in ("fashion_mnist_scene", "fashion_mnist_scene_depth"):
+        size = cfg.image_size or 64
+        train = FashionMNISTScene("train", cfg.data_dir, "depth", canvas=size, length=cfg.train_subset)
+        val = FashionMNISTScene("val", cfg.data_dir, "depth", canvas=size, length=cfg.val_subset or 2000)
     elif name in ("nyu", "depthfolder"):
         root = _need_root(cfg)
         size = (cfg.image_size or 224,) * 2
@@ -132,7 +151,7 @@ def depth_data(cfg: TrainConfig) -> TaskData:
         raise ValueError(f"unknown depth dataset {cfg.dataset!r}; available: {list(DEPTH_DATASETS)}")
     lo, hi = depth_range(train)
     x0 = train[0][0]
-    meta = {"dense": {"dataset": name, "depth_range": [lo, hi], "image_hw": list(x0.shape[-2:])}}
+    meta = {"dense": {"dataset": name, "depth_range": [lo, hi], "image_hw": list(x0.shape[-2:])}, **_data_config(train)}
     return TaskData(train, val, 1, x0.shape[0], max(x0.shape[-2:]), (), meta)
 
 
@@ -168,8 +187,10 @@ def load_backbone(model: DenseTaskModel, directory: str | Path, decoder: bool = 
     return keys
 
 
-def _backbone_config(cfg: TrainConfig, data: TaskData) -> AdaPerceiverConfig:
+def _backbone_config(cfg: TrainConfig, data: TaskData) -> AdaPerceiverConfig | ViTConfig:
     backbone, _ = split_overrides(cfg.model_overrides)
+    if is_peer(cfg.model):
+        return _peer_config(cfg, data, backbone)
     if cfg.init_from:
         src_cfg, _ = _backbone_state(cfg.init_from)
         if src_cfg.in_chans != data.in_chans:
@@ -182,6 +203,21 @@ def _backbone_config(cfg: TrainConfig, data: TaskData) -> AdaPerceiverConfig:
     probe = preset_config(cfg.model, **probe_values)
     feature_dim = int(backbone.get("num_classes", probe.embed_dim))
     return adapt_model_config(_no_head_overrides(cfg), dataclasses.replace(data, num_classes=feature_dim), task="dense")
+
+
+def _peer_config(cfg: TrainConfig, data: TaskData, backbone: dict[str, Any]) -> ViTConfig:
+    """The plain-ViT baseline's config: the preset at the data's size and channels, ``num_classes`` = feature
+    channels per patch (default: its width)."""
+    if not cfg.model.startswith("vit_"):
+        raise UserError(f"model {cfg.model!r} has no dense form; the dense baselines are the plain ViTs "
+                        f"(vit_tiny, vit_tiny_x2, vit_tiny_x4)")
+    if cfg.init_from or cfg.static:
+        raise UserError(f"model {cfg.model!r} is a static baseline: a dense run of it starts from scratch at its "
+                        f"one setting (no init_from, no static configuration)")
+    mcfg = preset_config(cfg.model, img_size=data.img_size, in_chans=data.in_chans, **backbone)
+    if "num_classes" not in backbone:
+        mcfg = dataclasses.replace(mcfg, num_classes=mcfg.embed_dim)
+    return mcfg
 
 
 def _head_values(cfg: TrainConfig, data: TaskData, task: str) -> dict[str, Any]:
