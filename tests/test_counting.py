@@ -37,3 +37,25 @@ def test_deterministic_per_seed_and_split():
     assert (a == b).all() and (a != c).any()
     with pytest.raises(ValueError, match="top classes"):
         CountingFashionMNIST("train", images=images[labels == 1], labels=labels[labels == 1])
+
+
+def test_odd_one_out_label_is_the_cell_of_the_one_item_of_another_class():
+    from adaperceiver.data.counting import CELL, OddOneOutFashionMNIST
+
+    images, labels = fake_items()
+    ds = OddOneOutFashionMNIST("train", images=images, labels=labels, length=60, seed=2)
+    canvases = ds.render(range(len(ds)))
+    for i in range(len(ds)):
+        cls = labels[ds.source[i]]
+        values, counts = np.unique(cls, return_counts=True)
+        assert sorted(counts.tolist()) == [1, 8]  # eight of one class, one of another
+        odd_slot = int(np.flatnonzero(cls == values[counts == 1][0])[0])
+        cell = int(ds.cell[i, odd_slot])
+        assert cell == ds.labels[i] == ds[i][1]
+        r, c = divmod(cell, 64 // CELL)  # the odd item is drawn inside that cell
+        assert canvases[i, r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL].any()
+    assert len(ds.classes) == 16 and len(set(ds.labels.tolist())) > 8
+    again = OddOneOutFashionMNIST("train", images=images, labels=labels, length=60, seed=2)
+    np.testing.assert_array_equal(again.render(range(5)), canvases[:5])
+    with pytest.raises(ValueError, match="all ten classes"):
+        OddOneOutFashionMNIST("train", images=images[:5], labels=labels[:5], length=3)

@@ -17,6 +17,8 @@ cluttered``        items (:mod:`adaperceiver.data.cluttered`); ``..._cluttered56
                    canvas (the item stays 28 px)
 ``fashion_mnist_   nine 14 px Fashion-MNIST items on a 64 px canvas; the label is the  optional
 count64``          number of tops among them (:mod:`adaperceiver.data.counting`)
+``fashion_mnist_   the same layout, eight items of one class and one of another; the   optional
+odd64``            label is the grid cell (0-15) of the odd one (relational)
 =================  ==================================================================  =========
 
 Names are case-insensitive and ``-`` may stand for ``_`` (``fashion-mnist-cluttered``).
@@ -44,7 +46,7 @@ from .classification import (
     read_idx,
 )
 from .cluttered import ClutteredFashionMNIST, cluttered_fashion_mnist
-from .counting import CountingFashionMNIST, counting_fashion_mnist
+from .counting import CountingFashionMNIST, OddOneOutFashionMNIST, counting_fashion_mnist, odd_one_out_fashion_mnist
 from .dense import DENSE_DATASETS
 from .folder import ImageFolderDataset
 
@@ -73,6 +75,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "fashion_mnist_cluttered56": _cluttered(56),
     "fashion_mnist_cluttered60": _cluttered(60),
     "fashion_mnist_count64": lambda split, root=None, image_size=None, in_chans=None: counting_fashion_mnist(split, root),
+    "fashion_mnist_odd64": lambda split, root=None, image_size=None, in_chans=None: odd_one_out_fashion_mnist(split, root),
     **DENSE_DATASETS,  # segmentation / depth sets: adaperceiver.data.dense
 }
 
@@ -159,7 +162,7 @@ class RandomCropFlip:
 
 
 __all__ = [
-    "ClutteredFashionMNIST", "CountingFashionMNIST",
+    "ClutteredFashionMNIST", "CountingFashionMNIST", "OddOneOutFashionMNIST",
     "DATASETS", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR", "ImageFolderDataset", "RandomCropFlip",
     "SubsetDataset",
     "TensorImageDataset", "canonical_name",

@@ -94,9 +94,53 @@ class CountingFashionMNIST(CanvasDataset):
 
 
 
+class OddOneOutFashionMNIST(CountingFashionMNIST):
+    """Nine 14 px items on the counting layout, eight of one class and one of another; the label is the
+    grid cell (0-15, row-major over the 4 x 4 cells) of the odd one.
+
+    A relational task: no single item says where the odd one is, so a setting must hold the class of
+    every occupied cell and compare them (more latents to hold, more blocks to compare). The majority
+    and the odd class are drawn uniformly (different), the odd item's slot uniformly among the nine;
+    layouts, items and offsets are deterministic from ``(seed, split)`` like :class:`CountingFashionMNIST`.
+    """
+
+    classes = tuple(f"cell {r},{c}" for r in range(CANVAS // CELL) for c in range(CANVAS // CELL))
+
+    def __init__(self, split: str = "train", root: str | Path | None = None, length: int | None = None,
+                 seed: int = 0, images: np.ndarray | None = None, labels: np.ndarray | None = None):
+        if images is None:
+            images, labels = _read_split(check_split(split), root)
+        super().__init__(split, root, length, seed, images, labels)  # the layouts: cells and offsets
+        labels = np.asarray(labels, dtype=np.int64)
+        by_class = [np.flatnonzero(labels == k) for k in range(10)]
+        if any(not len(c) for c in by_class):
+            raise ValueError("the split needs items of all ten classes")
+        n = len(self.count)
+        rng = np.random.default_rng([seed, _SPLIT_STREAM[self.split], 1])
+        major = rng.integers(0, 10, size=n)
+        minor = (major + rng.integers(1, 10, size=n)) % 10
+        cls = np.repeat(major[:, None], SLOTS, axis=1)
+        odd = rng.integers(0, SLOTS, size=n)
+        cls[np.arange(n), odd] = minor
+        sizes = np.array([len(c) for c in by_class])
+        pick = (rng.random((n, SLOTS)) * sizes[cls]).astype(np.int64)
+        self.source = np.array([by_class[k][p] for k, p in zip(cls.ravel(), pick.ravel())]).reshape(n, SLOTS)
+        self.odd_cell = self.cell[np.arange(n), odd].astype(np.int64)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64 ``(length,)``: the cell of the odd item on every canvas."""
+        return self.odd_cell
+
+
 def counting_fashion_mnist(split: str, root: str | Path | None = None, **kw) -> CountingFashionMNIST:
     """The train or val (= official test) split of :class:`CountingFashionMNIST`; ``kw`` as its constructor."""
     return CountingFashionMNIST(split, root, **kw)
 
 
-__all__ = ["CountingFashionMNIST", "counting_fashion_mnist"]
+def odd_one_out_fashion_mnist(split: str, root: str | Path | None = None, **kw) -> OddOneOutFashionMNIST:
+    """The train or val (= official test) split of :class:`OddOneOutFashionMNIST`; ``kw`` as its constructor."""
+    return OddOneOutFashionMNIST(split, root, **kw)
+
+
+__all__ = ["CountingFashionMNIST", "OddOneOutFashionMNIST", "counting_fashion_mnist", "odd_one_out_fashion_mnist"]
