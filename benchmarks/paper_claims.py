@@ -1,6 +1,6 @@
 """The paper's claims in miniature: the adaptive model against the ViT family and FlexiViT, trained the same way.
 
-For each task (``fmnist28``: Fashion-MNIST 28 px; ``count64``: :mod:`adaperceiver.data.counting`, 64 px)
+For each task (``fmnist28``: Fashion-MNIST 28 px; ``count64`` and ``odd64``: :mod:`adaperceiver.data.counting`, 64 px)
 and each model (``adaperceiver_tiny``, ``vit_tiny``, ``vit_tiny_x2``, ``vit_tiny_x4``, FlexiViT):
 
 1. **tuning**: the same learning-rate x weight-decay grid for every model, each point trained (first seed)
@@ -14,12 +14,13 @@ and each model (``adaperceiver_tiny``, ``vit_tiny``, ``vit_tiny_x2``, ``vit_tiny
    (``evaluation.cost.measure_latency``) of every setting on the accuracy-vs-FLOPs front, fp32 eager
    (``--fast`` adds bf16 + ``torch.compile`` through ``for_inference`` for models that have it).
 
-Each (task, model) result is a JSON file under ``--out``; a rerun skips the finished ones (resumable
-per model). Then ``docs/paper_claims.md`` (``--doc``), one CSV and one plot per task are written. Run it
-under the benchmark lock::
+``--dense`` adds the dense claim (``benchmarks/paper_claims_dense.py``: one adaptive dense model against the
+``ViTDense`` family on derived segmentation and depth scenes). Each (task, model) result is a JSON file under
+``--out``; a rerun skips the finished ones (resumable per model). Then ``docs/paper_claims.md`` (``--doc``),
+one CSV and one plot per task are written. Run it under the benchmark lock::
 
     flock /work/heavy.lock python benchmarks/paper_claims.py --quick          # minutes: the plumbing
-    flock /work/heavy.lock python benchmarks/paper_claims.py --steps 700      # the measurement
+    flock /work/heavy.lock python benchmarks/paper_claims.py --fast --dense   # the measurement (hours)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import paper_claims_dense  # noqa: E402  (beside this script)
 import torch
 from matplotlib.ticker import NullFormatter
 from torch.utils.data import DataLoader, Subset
@@ -60,6 +62,7 @@ ADAPTIVE = "adaperceiver_tiny"
 TASKS = {  # dataset, model overrides of every model, FlexiViT preset
     "fmnist28": ("fashion_mnist", {}, "flexivit_tiny"),
     "count64": ("fashion_mnist_count64", {"img_size": 64, "patch_size": 8}, "flexivit_tiny64"),
+    "odd64": ("fashion_mnist_odd64", {"img_size": 64, "patch_size": 8}, "flexivit_tiny64"),
 }
 PEERS = ("vit_tiny", "vit_tiny_x2", "vit_tiny_x4")
 
@@ -68,8 +71,8 @@ def models_of(task: str) -> list[str]:
     return [ADAPTIVE, PEERS[0], TASKS[task][2], *PEERS[1:]]  # cheapest runs first
 
 
-def build(name: str, task: str) -> torch.nn.Module:
-    overrides = dict(TASKS[task][1], num_classes=10, in_chans=1)
+def build(name: str, task: str, num_classes: int) -> torch.nn.Module:
+    overrides = dict(TASKS[task][1], num_classes=num_classes, in_chans=1)
     if name.startswith("flexivit"):
         overrides = {k: v for k, v in overrides.items() if k != "patch_size"}  # the preset names its patch sizes
     return create_model(name, **overrides)
@@ -103,7 +106,7 @@ def train_one(task: str, name: str, lr: float, wd: float, seed: int, args, run_d
                       objective=ObjectiveConfig() if adaptive else ObjectiveConfig.static(),
                       out_dir=str(run_dir.parent), name=run_dir.name, log_every=50)
     torch.manual_seed(seed)
-    trainer = Trainer(cfg, get_task("classification"), data=data, model=build(name, task))
+    trainer = Trainer(cfg, get_task("classification"), data=data, model=build(name, task, data.num_classes))
     result = trainer.fit(resume=True)
     return result.model, trainer.val_loader(), result.train_seconds
 
@@ -422,12 +425,14 @@ def write_doc(records: dict[str, list[dict]], args, doc: Path) -> None:
                       f"{','.join(f'{v:g}' for v in r['lams'])} --policy-taus {','.join(f'{v:g}' for v in r['taus'])} "
                       f"--policy-latency-images {lat}` (policy epochs {r.get('epochs', 20)}).", "",
                   "| claim | our measurement | ratios vs best peer | verdict |", "|---|---|---|---|"]
-    table += ["| dense: adaptive matches the largest ViT segmenter at >= 3x fewer encoder FLOPs | - | - | NOT RUN "
-              "(no ViT segmenter family yet) |",
-              ""]
     if not any((args.policy_records or {}).values()):
-        table[-1:-1] = ["| policy within +-0.1 pp of full at >= 24 % fewer FLOPs, >= 15 % less wall-clock | - | - | "
-                        "NOT RUN (--policy not given) |"]
+        table += ["| policy within +-0.1 pp of full at >= 24 % fewer FLOPs, >= 15 % less wall-clock | - | - | "
+                  "NOT RUN (--policy not given) |"]
+    dense_records = paper_claims_dense.load(Path(args.out))  # every finished dense record, run now or before
+    table += ["", "| claim (dense) | our measurement | the ViTs' full setting (metric @ encoder MFLOPs) | verdict |",
+              "|---|---|---|---|"]
+    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in paper_claims_dense.claims(dense_records)] + [""]
+    lines += paper_claims_dense.doc_section(dense_records, doc.parent / "paper_claims")
     extra = doc.parent / "paper_claims" / "notes.md"  # hand-written measurements (baseline strength)
     doc.parent.mkdir(parents=True, exist_ok=True)
     body = lines[:4] + table + lines[4:] + ([extra.read_text()] if extra.exists() else [])
@@ -437,9 +442,9 @@ def write_doc(records: dict[str, list[dict]], args, doc: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a run of minutes: 12 steps, one seed, one grid point")
-    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {sorted(TASKS)}")
     p.add_argument("--models", default="", help="comma-separated subset of the models (default: all)")
-    p.add_argument("--steps", default="fmnist28=700,count64=1500",
+    p.add_argument("--steps", default="fmnist28=700,count64=1500,odd64=1500",
                    help="training steps: one number for every task, or TASK=N pairs")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seeds", default="0,1")
@@ -456,6 +461,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--policy-epochs", type=int, default=20)
     p.add_argument("--policy-latency-images", type=int, default=128)
     p.add_argument("--retime", action="store_true", help="only time the finished models' fronts again, back to back")
+    p.add_argument("--dense", action="store_true", help="also the dense claim: adaptive dense model vs ViTDense family "
+                   "on derived scenes (segmentation and depth; benchmarks/paper_claims_dense.py)")
+    p.add_argument("--dense-models", default="", help="comma-separated subset of the dense models (default: all)")
+    p.add_argument("--dense-steps", type=int, default=1000)
+    p.add_argument("--dense-batch-size", type=int, default=64)
+    p.add_argument("--dense-lr", type=float, default=2e-3)
+    p.add_argument("--dense-wd", type=float, default=0.05)
+    p.add_argument("--dense-val-items", type=int, default=1000, help="validation scenes evaluated")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "runs" / "paper_claims"))
     p.add_argument("--doc", default=str(ROOT / "docs" / "paper_claims.md"))
@@ -464,6 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.steps, args.seeds, args.lrs, args.wds, args.val_items, args.repeats = 12, "0", "2e-3", "0.05", 500, 2
         args.holdout = 1000
+        args.dense_steps, args.dense_val_items = 12, 200
         args.out = str(Path(args.out).with_name(Path(args.out).name + "_quick"))
         args.doc = str(Path(args.out) / "paper_claims.md")
     args.steps = {k if v else "*": int(v or k) for k, _, v in (item.partition("=") for item in str(args.steps).split(","))}
@@ -473,6 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     args.policy_taus = [float(v) for v in str(args.policy_taus).split(",")]
     args.wds = [float(v) for v in str(args.wds).split(",")]
     torch.set_num_threads(args.threads)
+    args.dense_models = [m for m in args.dense_models.split(",") if m]
     tasks = [t for t in args.tasks.split(",") if t]
     bad = [t for t in tasks if t not in TASKS]
     if bad:
@@ -501,6 +516,8 @@ def main(argv: list[str] | None = None) -> None:
             found = [json.loads(f.read_text()) for f in sorted((Path(args.out) / task).glob("policy_seed*.json"))]
             args.policy_records[task] = found
     args.tasks_run = tasks
+    if args.dense:
+        paper_claims_dense.run(args, machine)
     write_doc({t: r for t, r in records.items() if r}, args, Path(args.doc))
     print(f"wrote {args.doc}")
 
