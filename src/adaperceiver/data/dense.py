@@ -172,29 +172,17 @@ class DepthFolder(Dataset):
 # derived segmentation from real Fashion-MNIST pixels
 
 
-class FashionMNISTSegmentation(Dataset):
-    """Fashion-MNIST items composed on a ``canvas`` x ``canvas`` image with derived per-pixel labels.
-
-    Item ``i`` of the dataset places ``k`` in ``[min_items, max_items]`` random 28x28 Fashion-MNIST
-    images of the split at random positions (brightest pixel wins where they overlap); by default
-    ``max_items`` is 1 on canvases below 42 px (one item, as in classification) and 3 otherwise. Labels:
-    background 0, and ``class + 1`` where the item's pixel exceeds ``threshold`` (0-255), so there
-    are 11 classes and nothing is ignored. Labels are derived from pixel intensity, not annotated
-    by people. Deterministic: item ``i`` depends only on ``(seed, i)``.
-    """
+class _Composite(Dataset):
+    """What the composed Fashion-MNIST sets share: the split's items, how many per image, the ink threshold,
+    the length, the preparation (``data_config``, recorded with a trained model) and a blank image per index."""
 
     num_classes = 11
-    classes = ("background", "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-               "Bag", "Ankle boot")
+    classes: tuple[str, ...] = ("background", "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                "Sneaker", "Bag", "Ankle boot")
     ignore_index = 255
 
-    def __init__(self, split: str = "train", root: str | Path | None = None, canvas: int = 56, min_items: int = 1,
-                 max_items: int | None = None, threshold: int = 20, length: int | None = None, seed: int = 0):
-        split = _check_split(split) or "train"
-        if max_items is None:
-            max_items = max(min_items, 1 if canvas < 42 else 3)
-        if canvas < 28:
-            raise ValueError(f"canvas must be >= 28 (one Fashion-MNIST item), got {canvas}")
+    def _setup(self, split: str, root, canvas: int, min_items: int, max_items: int, threshold: int,
+               length: int | None, seed: int) -> None:
         if not 1 <= min_items <= max_items:
             raise ValueError(f"need 1 <= min_items <= max_items, got {min_items}, {max_items}")
         if not 0 <= threshold < 255:
@@ -205,19 +193,43 @@ class FashionMNISTSegmentation(Dataset):
         self.threshold, self.seed, self.split = threshold, seed, split
         self.length = int(length) if length is not None else len(self.items)
         self.in_chans, self.img_size = 1, canvas
-        self.data_config = builtin_data_config("fashion_mnist", canvas, self.classes)  # recorded with a trained model
+        self.data_config = builtin_data_config("fashion_mnist", canvas, self.classes)
 
     def __len__(self) -> int:
         return self.length
 
-    def compose(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 canvas ``(S, S)`` and int64 labels ``(S, S)`` of item ``i``."""
+    def blank(self, i: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+        """The generator of image ``i`` (it depends only on seed, split and ``i``), a black canvas, zero labels."""
         if not 0 <= i < self.length:
             raise IndexError(f"index {i} out of range for {self.length} items")
         rng = np.random.default_rng([self.seed, 1 if self.split == "val" else 0, i])
+        return rng, np.zeros((self.canvas,) * 2, np.uint8), np.zeros((self.canvas,) * 2, np.int64)
+
+
+class FashionMNISTSegmentation(_Composite):
+    """Fashion-MNIST items composed on a ``canvas`` x ``canvas`` image with derived per-pixel labels.
+
+    Item ``i`` of the dataset places ``k`` in ``[min_items, max_items]`` random 28x28 Fashion-MNIST
+    images of the split at random positions (brightest pixel wins where they overlap); by default
+    ``max_items`` is 1 on canvases below 42 px (one item, as in classification) and 3 otherwise. Labels:
+    background 0, and ``class + 1`` where the item's pixel exceeds ``threshold`` (0-255), so there
+    are 11 classes and nothing is ignored. Labels are derived from pixel intensity, not annotated
+    by people. Deterministic: item ``i`` depends only on ``(seed, i)``.
+    """
+
+    def __init__(self, split: str = "train", root: str | Path | None = None, canvas: int = 56, min_items: int = 1,
+                 max_items: int | None = None, threshold: int = 20, length: int | None = None, seed: int = 0):
+        split = _check_split(split) or "train"
+        if max_items is None:
+            max_items = max(min_items, 1 if canvas < 42 else 3)
+        if canvas < 28:
+            raise ValueError(f"canvas must be >= 28 (one Fashion-MNIST item), got {canvas}")
+        self._setup(split, root, canvas, min_items, max_items, threshold, length, seed)
+
+    def compose(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 canvas ``(S, S)`` and int64 labels ``(S, S)`` of item ``i``."""
+        rng, img, lab = self.blank(i)
         s = self.canvas
-        img = np.zeros((s, s), np.uint8)
-        lab = np.zeros((s, s), np.int64)
         for _ in range(int(rng.integers(self.min_items, self.max_items + 1))):
             j = int(rng.integers(len(self.items)))
             item = self.items[j]
@@ -237,22 +249,18 @@ class FashionMNISTSegmentation(Dataset):
         return x, torch.from_numpy(lab)
 
 
-class FashionMNISTScene(Dataset):
+class FashionMNISTScene(_Composite):
     """Fashion-MNIST items standing at depths in a ``canvas`` x ``canvas`` view, with derived class or depth maps.
 
     Item ``i`` places ``k`` in ``[min_items, max_items]`` random items of the split, each at a depth ``z``
     drawn uniformly from ``depth_range`` and drawn ``size / z`` pixels wide (``size``: its width at depth 1,
-    default three quarters of the canvas),
-    far ones first so that nearer items cover them where their pixel exceeds ``threshold``; the
+    default three quarters of the canvas), far ones first so that nearer items cover them where their pixel
+    exceeds ``threshold``; the
     background is a wall at ``background_depth``. ``target="segmentation"`` gives labels
     (0 background, ``class + 1``); ``target="depth"`` gives ``(1, S, S)`` float depth, inferable from an
     item's apparent size and from occlusion. Derived from real pixels; not a benchmark. Deterministic:
     item ``i`` depends only on ``(seed, i)``, and both targets see the same scene.
     """
-
-    num_classes = FashionMNISTSegmentation.num_classes
-    classes = FashionMNISTSegmentation.classes
-    ignore_index = FashionMNISTSegmentation.ignore_index
 
     def __init__(self, split: str = "train", root: str | Path | None = None, target: str = "segmentation",
                  canvas: int = 64, min_items: int = 2, max_items: int = 3, depth_range: tuple[float, float] = (1.0, 3.0),
@@ -269,32 +277,16 @@ class FashionMNISTScene(Dataset):
         if not 8 <= size <= canvas * lo:
             raise ValueError(f"size (item width at depth 1) must be in [8, canvas * depth_range[0]] = "
                              f"[8, {canvas * lo:g}], got {size}")
-        if not 1 <= min_items <= max_items:
-            raise ValueError(f"need 1 <= min_items <= max_items, got {min_items}, {max_items}")
-        if not 0 <= threshold < 255:
-            raise ValueError(f"threshold must be in [0, 255), got {threshold}")
-        self.items, labels = read_fashion_mnist(split, root)
-        self.item_labels = labels.astype(np.int64)
-        self.target, self.canvas, self.min_items, self.max_items = target, canvas, min_items, max_items
-        self.depth_lo, self.depth_hi, self.size, self.background_depth = lo, hi, size, float(background_depth)
-        self.threshold, self.seed, self.split = threshold, seed, split
-        self.length = int(length) if length is not None else len(self.items)
-        self.in_chans, self.img_size = 1, canvas
         if target == "depth":
             self.classes = ()  # depth maps have no classes
-        self.data_config = builtin_data_config("fashion_mnist", canvas, self.classes)  # recorded with a trained model
-
-    def __len__(self) -> int:
-        return self.length
+        self._setup(split, root, canvas, min_items, max_items, threshold, length, seed)
+        self.target, self.depth_lo, self.depth_hi, self.size = target, lo, hi, size
+        self.background_depth = float(background_depth)
 
     def compose(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 view ``(S, S)``, int64 labels ``(S, S)`` and float32 depth ``(S, S)`` of item ``i``."""
-        if not 0 <= i < self.length:
-            raise IndexError(f"index {i} out of range for {self.length} items")
-        rng = np.random.default_rng([self.seed, 1 if self.split == "val" else 0, i])
+        rng, img, lab = self.blank(i)
         s = self.canvas
-        img = np.zeros((s, s), np.uint8)
-        lab = np.zeros((s, s), np.int64)
         depth = np.full((s, s), self.background_depth, np.float32)
         k = int(rng.integers(self.min_items, self.max_items + 1))
         placed = []
