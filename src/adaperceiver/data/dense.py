@@ -255,10 +255,9 @@ class FashionMNISTScene(_Composite):
     Item ``i`` places ``k`` in ``[min_items, max_items]`` random items of the split, each at a depth ``z``
     drawn uniformly from ``depth_range`` and drawn ``size / z`` pixels wide (``size``: its width at depth 1,
     default three quarters of the canvas), far ones first so that nearer items cover them where their pixel
-    exceeds ``threshold``; the
-    background is a wall at ``background_depth``. ``target="segmentation"`` gives labels
-    (0 background, ``class + 1``); ``target="depth"`` gives ``(1, S, S)`` float depth, inferable from an
-    item's apparent size and from occlusion. Derived from real pixels; not a benchmark. Deterministic:
+    exceeds ``threshold``; the background is a wall at ``background_depth``. ``target="segmentation"``
+    gives labels (0 background, ``class + 1``); ``target="depth"`` gives ``(1, S, S)`` float depth,
+    inferable from an item's apparent size and from occlusion. Derived from real pixels; not a benchmark. Deterministic:
     item ``i`` depends only on ``(seed, i)``, and both targets see the same scene.
     """
 
