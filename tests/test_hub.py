@@ -110,3 +110,38 @@ def test_convert_from_hub_and_from_pretrained_hf_hub_use_the_offline_cache(tmp_p
         assert code == 2 and len(lines) == 1 and expected_text in lines[0], (name, lines)
     assert "offline mode is on (HF_HUB_OFFLINE)" in r["no_repo"][1][0]
     assert "hub repository 'me/nothing' is not in the local cache" in r["from_pretrained_missing"]
+
+
+def test_sweep_and_export_take_a_hub_name_and_write_outside_the_cache(tmp_path, tiny_overrides):
+    pytest.importorskip("sklearn")  # sweeps sklearn's 8x8 digits
+    from adaperceiver.models import create_model
+    cache = tmp_path / "hf"
+    torch.manual_seed(0)
+    from adaperceiver.data import get_dataset
+    model = create_model("adaperceiver_tiny", **{**tiny_overrides, "img_size": 8})
+    model.data_config = get_dataset("digits", "train").data_config  # prepared as the swept data is
+    save_pretrained(model, tmp_path / "digits_model")
+    _snapshot(cache, "me/ada-digits", "main", MAIN, {n: tmp_path / "digits_model" / n
+                                                     for n in ("config.json", "model.safetensors")})
+    work = tmp_path / "work"
+    work.mkdir()
+    script = textwrap.dedent("""
+        import json
+        from adaperceiver.cli import main
+        codes = [main(["sweep", "--model", "hf-hub:me/ada-digits", "--data", "digits", "--limit", "16",
+                       "--latency-batch-sizes", "", "--no-progress"]),
+                 main(["export", "--model", "hf-hub:me/ada-digits", "--tokens", "4", "--depth", "1", "--width", "8",
+                       "--out", "slim"])]
+        print(json.dumps(codes))
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, 0]
+    assert (work / "me--ada-digits" / "sweep" / "sweep.csv").is_file()  # ./OWNER--NAME/sweep, not in the cache
+    assert not any(p.name == "sweep" for p in cache.rglob("*"))
+    assert "MB weights (was" in proc.stdout
+    slim = from_pretrained(work / "slim")
+    assert json.loads((work / "slim" / "config.json").read_text())["slim_of"] == "hf-hub:me/ada-digits"
+    assert sum(p.numel() for p in slim.parameters()) < sum(
+        p.numel() for p in from_pretrained(tmp_path / "digits_model").parameters())

@@ -19,6 +19,8 @@ from .pretrained import (
     load_data_config,
     load_matching,
     load_meta,
+    model_directory,
+    output_path,
     save_pretrained,
 )
 from .state import DIGEST_KEY, load_strict, read_state_dict, save_state_dict, strip_prefix, strip_wrappers, tensors_digest
@@ -26,7 +28,7 @@ from .state import DIGEST_KEY, load_strict, read_state_dict, save_state_dict, st
 __all__ = [
     "ARCHITECTURES", "CONFIG_NAME", "DIGEST_KEY", "FOREIGN_CONFIG_ARCHITECTURES", "HUB_PREFIX", "LOCK_NAME", "TEMP_SUFFIX", "WEIGHTS_NAME",
     "RunLock", "atomic_write", "build_from_meta", "from_pretrained", "hub_snapshot", "load_config", "load_data_config",
-    "load_matching", "load_meta",
+    "load_matching", "load_meta", "model_directory", "output_path",
     "load_strict", "parse_hub_id", "read_state_dict", "remove_temporaries", "run_lock", "save_pretrained", "save_state_dict",
     "strip_prefix", "strip_wrappers", "tensors_digest", "write_json",
 ]

@@ -16,7 +16,7 @@ from ..models import cnn, flexivit, heads, vit
 from ..models.adaperceiver import AdaPerceiver, AdaPerceiverConfig, build_model
 from ..models.data_config import DataConfig, derive_data_config, describe, logger
 from .files import write_json
-from .hub import HUB_PREFIX, hub_snapshot
+from .hub import HUB_PREFIX, hub_snapshot, parse_hub_id
 from .state import load_strict, read_state_dict, save_state_dict
 
 WEIGHTS_NAME = "model.safetensors"
@@ -114,6 +114,23 @@ def build_from_meta(cfg: AdaPerceiverConfig | None, meta: dict[str, Any]) -> tor
     return ARCHITECTURES[arch](arch, cfg, meta)
 
 
+def model_directory(spec: str | Path) -> Path:
+    """The local folder of a saved model: ``spec`` itself, or for ``"hf-hub:OWNER/NAME[@REVISION]"`` the hub
+    cache's snapshot holding its config and weights (fetched if the cache lacks them)."""
+    if str(spec).startswith(HUB_PREFIX):
+        return hub_snapshot(str(spec), (CONFIG_NAME, WEIGHTS_NAME))
+    return Path(spec)
+
+
+def output_path(spec: str | Path, name: str) -> Path:
+    """Where a command writes what it derives from the model ``spec`` by default: ``spec/name`` for a local
+    folder, ``./OWNER--NAME[@REVISION]/name`` for a hub model (never inside the hub cache)."""
+    if str(spec).startswith(HUB_PREFIX):
+        repo, revision = parse_hub_id(str(spec))
+        return Path(repo.replace("/", "--") + (f"@{revision}" if revision else "")) / name
+    return Path(spec) / name
+
+
 def from_pretrained(directory: str | Path, map_location: str | torch.device = "cpu", verify: bool = True) -> AdaPerceiver:
     """Rebuild a model saved by :func:`save_pretrained` (or a training run directory) for inference.
 
@@ -121,8 +138,7 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
     (needs ``huggingface_hub``; the user's hub cache, token and offline mode apply).
     ``verify=False`` skips the sha256 check of the weights (for a file edited by hand on purpose).
     """
-    if str(directory).startswith(HUB_PREFIX):
-        directory = hub_snapshot(str(directory), (CONFIG_NAME, WEIGHTS_NAME))
+    directory = model_directory(directory)
     meta = load_meta(directory)
     cfg = None if meta.get("architecture") in FOREIGN_CONFIG_ARCHITECTURES else load_config(directory)
     model = build_from_meta(cfg, meta)
@@ -172,6 +188,6 @@ def read_data_config(meta: dict[str, Any], cfg: Any, directory: str | Path) -> D
 
 __all__ = [
     "ARCHITECTURES", "CONFIG_NAME", "FOREIGN_CONFIG_ARCHITECTURES", "WEIGHTS_NAME", "build_from_meta",
-    "from_pretrained", "load_config", "load_data_config", "load_matching", "load_meta", "read_data_config",
-    "save_pretrained"
+    "from_pretrained", "load_config", "load_data_config", "load_matching", "load_meta", "model_directory",
+    "output_path", "read_data_config", "save_pretrained"
 ]

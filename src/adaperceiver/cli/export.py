@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import WEIGHTS_NAME, from_pretrained, save_pretrained, write_json
+from ..checkpoint import WEIGHTS_NAME, from_pretrained, model_directory, save_pretrained, write_json
 from ..export import export_onnx
 from ..models.inference import parse_dtype
 from ..models.slim import slim
@@ -19,7 +19,8 @@ def register(sub) -> None:
         description="Write a static model of one configuration with physically sliced weights "
         "(model.safetensors + config.json, loadable with adaperceiver.from_pretrained), optionally as ONNX too.",
     )
-    p.add_argument("--model", required=True, help="model / run directory (from save_pretrained or training)")
+    p.add_argument("--model", required=True,
+                   help="model / run directory (from save_pretrained or training), or hf-hub:OWNER/NAME[@REVISION]")
     p.add_argument("--tokens", type=int, required=True, help="latent token count")
     p.add_argument("--depth", type=int, required=True, help="number of latent blocks")
     p.add_argument("--width", type=int, required=True, help="Matryoshka FFN width in embedding units")
@@ -40,7 +41,7 @@ def _cli_export(args) -> int:
     out = Path(args.out)
     save_pretrained(small, out, extra={"slim_of": str(args.model),
                                        "configuration": {"tokens": args.tokens, "depth": args.depth, "width": args.width}})
-    full_size = (Path(args.model) / WEIGHTS_NAME).stat().st_size
+    full_size = (model_directory(args.model) / WEIGHTS_NAME).stat().st_size
     size = (out / WEIGHTS_NAME).stat().st_size
     print(f"wrote {out}: {num_parameters(small) / 1e6:.3f} M parameters (adaptive model {num_parameters(model) / 1e6:.3f} M), "
           f"{size / 1e6:.2f} MB weights (was {full_size / 1e6:.2f} MB)")

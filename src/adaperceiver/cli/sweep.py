@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import from_pretrained, load_meta
+from ..checkpoint import from_pretrained, load_meta, model_directory, output_path
 from ..errors import UserError
 from ..evaluation import format_table, run_sweep
 from ..evaluation.tensorboard import LOGGERS, TENSORBOARD_DIR, log_sweep, summary_writer
@@ -24,11 +24,12 @@ def register(sub) -> None:
         "width comes from one anytime pass per batch; GFLOPs are counted with torch.utils.flop_counter; latency "
         "is the median over repeats of the model alone at the stated batch sizes.",
     )
-    p.add_argument("--model", required=True, help="model / run directory (loaded with adaperceiver.from_pretrained)")
+    p.add_argument("--model", required=True, help="model / run directory, or hf-hub:OWNER/NAME[@REVISION] (loaded with "
+                   "adaperceiver.from_pretrained)")
     p.add_argument("--data", default="fashion-mnist",
                    help="dataset: fashion-mnist, digits or imagefolder:PATH (default: fashion-mnist)")
     p.add_argument("--split", default="test", help="dataset split to evaluate (default: test)")
-    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/sweep)")
+    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/sweep; for a hub model ./OWNER--NAME/sweep)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--latency-batch-sizes", default="1,64",
                    help="comma-separated batch sizes to time every configuration at (default: 1,64; empty: no timing)")
@@ -79,7 +80,7 @@ def _cli_sweep(args) -> int:
     if args.limit is not None:
         data = Subset(data, range(min(args.limit, len(data))))
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False)
-    out = Path(args.out) if args.out else Path(args.model) / "sweep"
+    out = Path(args.out) if args.out else output_path(args.model, "sweep")
     image, _ = data[0]
     size = getattr(getattr(model, "cfg", None), "img_size", None)
     if size is not None and tuple(image.shape[-2:]) != (size, size):
@@ -91,7 +92,7 @@ def _cli_sweep(args) -> int:
     print(format_table(rows, sizes))
     print(f"wrote {out / 'sweep.csv'}, {out / 'sweep.json'}, {out / 'pareto.png'}")
     if args.logger == "tensorboard":
-        step = load_meta(args.model).get("step")  # the training step of the swept weights, when they come from a run
+        step = load_meta(model_directory(args.model)).get("step")  # the training step of the swept weights, when they come from a run
         log_sweep(out / TENSORBOARD_DIR, rows, out / "pareto.png", step=step if isinstance(step, int) else 0)
         print(f"wrote TensorBoard events to {out / TENSORBOARD_DIR}")
     return 0
