@@ -226,3 +226,21 @@ def test_plain_vit_backbone_takes_the_same_heads_and_reloads(tmp_path):
         torch.testing.assert_close(from_pretrained(tmp_path / arch).eval()(x), model(x))
     with pytest.raises(ValueError, match="ViTDense"):
         SegmentationModel(torch.nn.Linear(2, 2), SegmentationHeadConfig(num_classes=3))
+
+
+def test_plain_vit_dense_model_speaks_the_settings_interface():
+    from adaperceiver.models import SettingSpace
+    from adaperceiver.models.vit import ViTConfig
+
+    vit = ViTConfig(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=24, mlp_ratio=2.0)
+    seg = build_dense_model("segmentation", vit, {"num_classes": 5}).eval()
+    assert seg.space == SettingSpace((16,), (2,), (32,)) and seg.configurations() == [(16, 2, 32)]
+    assert seg.resolve_width(None, 4) == (None, None)
+    assert seg.resolve_width(32, 4) == (64, None) and seg.resolve_width(torch.full((4,), 32), 4) == (64, None)
+    assert seg.resolve_tokens(None) == 16 and seg.resolve_depth(2) == 2
+    for bad in (lambda: seg.resolve_width(16, 4), lambda: seg.resolve_depth(1), lambda: seg.resolve_tokens(8)):
+        with pytest.raises(ValueError, match=r"runs \(tokens, depth, width\) in \[\(16, 2, 32\)\]"):
+            bad()
+    with pytest.raises(ValueError, match="one width"):
+        seg.resolve_width(torch.tensor([32, 16, 32, 32]), 4)
+    assert seg.active_parameters(None, None, None) == sum(p.numel() for p in seg.parameters())

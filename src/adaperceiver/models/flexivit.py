@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .adaperceiver import AnytimeOutput
 from .layers import resample_pos_embed
+from .setting import SettingSpace
 from .vit import StaticViT, ViTConfig
 
 
@@ -153,9 +154,10 @@ class FlexiViT(StaticViT):
         static.load_state_dict(state)
         return static.to(pe.proj.weight.device, pe.proj.weight.dtype).eval()
 
-    def configurations(self) -> list[tuple[int, int, int]]:
-        """One ``(tokens, depth, width)`` setting per patch size, fewest tokens first."""
-        return [(t, self.num_blocks, self.cfg.embed_dim) for t in self.cfg.token_grans]
+    @property
+    def space(self) -> SettingSpace:
+        """One ``(tokens, depth, width)`` setting per patch size: the token counts x every block x full width."""
+        return SettingSpace(tuple(sorted(self.cfg.token_grans)), (self.num_blocks,), (self.cfg.embed_dim,))
 
     def forward_anytime(self, x: Tensor, tokens=None, width=None, depths=None, token_counts=None) -> AnytimeOutput:
         """Training: one read-out at a drawn patch size. Eval: one read-out per token count asked

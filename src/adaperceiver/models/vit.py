@@ -16,6 +16,7 @@ from ..errors import check_fields
 from .adaperceiver import AnytimeOutput
 from .inference import PeerInference
 from .layers import Block, PatchEmbed, hidden_units, layer_norm, trunc_normal_init
+from .setting import Setting, SettingSpace
 
 
 @dataclass
@@ -128,19 +129,41 @@ class StaticViT(nn.Module):
     def num_blocks(self) -> int:
         return len(self.blocks)
 
-    # the settings interface a sweep reads (evaluation.sweep): one (tokens, depth, width) setting
-    def configurations(self) -> list[tuple[int, int, int]]:
-        """Every ``(tokens, depth, width)`` this model runs: here the single full one."""
-        return [(self.cfg.num_latents, self.num_blocks, self.cfg.embed_dim)]
+    # the settings interface of the adaptive models (sweeps, executor, dense task models): one setting
+    @property
+    def space(self) -> SettingSpace:
+        """The settings this model runs: here the single full one (every patch, every block, full width)."""
+        return SettingSpace((self.cfg.num_latents,), (self.num_blocks,), (self.cfg.embed_dim,))
+
+    def configurations(self) -> list[Setting]:
+        """Every ``(tokens, depth, width)`` of :attr:`space`, fewest tokens first."""
+        return list(self.space)
+
+    def resolve_tokens(self, tokens: int | None) -> int:
+        return self.resolve_configuration(tokens, None, None)[0]
+
+    def resolve_depth(self, depth: int | None) -> int:
+        return self.resolve_configuration(None, depth, None)[1]
+
+    def resolve_width(self, width: Any, batch_size: int) -> tuple[int | None, None]:
+        """``(FFN hidden units, None)`` as :meth:`AdaPerceiver.resolve_width`; only the full width exists."""
+        if width is None:
+            return None, None
+        if isinstance(width, Tensor):
+            values = width.unique().tolist()
+            if len(values) != 1 or values[0] != int(values[0]):
+                raise ValueError(f"{type(self).__name__} has one width ({self.cfg.embed_dim}), got per-sample widths {values}")
+            width = int(values[0])
+        return self.resolve_configuration(None, None, width)[2], None
 
     def resolve_configuration(self, tokens: int | None, depth: int | None,
                               width: int | None) -> tuple[int, int, int]:
         """``(tokens, depth, FFN hidden units)`` of a setting, defaults filled in; any other setting is refused."""
-        full = self.configurations()[-1]
+        full = self.space.full
         t = full[0] if tokens is None else tokens
         d, w = (full[1] if depth is None else depth), (full[2] if width is None else width)
         if (t, d, w) not in self.configurations():
-            raise ValueError(f"{type(self).__name__} runs (tokens, depth, width) in {self.configurations()}, "
+            raise ValueError(f"{type(self).__name__} runs (tokens, depth, width) in {[tuple(c) for c in self.space]}, "
                              f"not {(t, d, w)}")
         return t, d, hidden_units(w, self.cfg.mlp_ratio)
 
