@@ -19,6 +19,8 @@ cluttered``        items (:mod:`adaperceiver.data.cluttered`); ``..._cluttered56
 count64``          number of tops among them (:mod:`adaperceiver.data.counting`)
 ``fashion_mnist_   the same layout, eight items of one class and one of another; the   optional
 odd64``            label is the grid cell (0-15) of the odd one (relational)
+``fashion_mnist_   the odd-one-out task with 13 / 16 items (all of one class but one)   optional
+odd64x13``, ``..x16``
 =================  ==================================================================  =========
 
 Names are case-insensitive and ``-`` may stand for ``_`` (``fashion-mnist-cluttered``).
@@ -76,6 +78,8 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "fashion_mnist_cluttered60": _cluttered(60),
     "fashion_mnist_count64": lambda split, root=None, image_size=None, in_chans=None: counting_fashion_mnist(split, root),
     "fashion_mnist_odd64": lambda split, root=None, image_size=None, in_chans=None: odd_one_out_fashion_mnist(split, root),
+    "fashion_mnist_odd64x16": lambda split, root=None, image_size=None, in_chans=None: odd_one_out_fashion_mnist(split, root, items=16),
+    "fashion_mnist_odd64x13": lambda split, root=None, image_size=None, in_chans=None: odd_one_out_fashion_mnist(split, root, items=13),
     **DENSE_DATASETS,  # segmentation / depth sets: adaperceiver.data.dense
 }
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classification import check_split
+from .classification import builtin_data_config, check_split
 from .cluttered import CanvasDataset, _read_split
 
 CANVAS, CELL, SMALL, SLOTS = 64, 16, 14, 9
@@ -67,6 +67,7 @@ class CountingFashionMNIST(CanvasDataset):
         self.source = np.where(slot < self.count[:, None], top_pick, other_pick)  # (length, 9) item indices
         self.cell = np.argsort(rng.random((length, (CANVAS // CELL) ** 2)), axis=1)[:, :SLOTS]  # distinct cells
         self.offset = rng.integers(0, CELL - SMALL + 1, size=(length, SLOTS, 2))
+        self.data_config = builtin_data_config("fashion_mnist", CANVAS, self.classes)  # how a trained model reads
 
     def __len__(self) -> int:
         return len(self.count)
@@ -84,7 +85,7 @@ class CountingFashionMNIST(CanvasDataset):
         out = np.zeros((len(idx), CANVAS, CANVAS), dtype=np.uint8)
         bi, ar = np.arange(len(idx))[:, None, None], np.arange(SMALL)
         per_row = CANVAS // CELL
-        for s in range(SLOTS):
+        for s in range(self.source.shape[1]):
             cell = self.cell[idx, s]
             top = (cell // per_row) * CELL + self.offset[idx, s, 0]
             left = (cell % per_row) * CELL + self.offset[idx, s, 1]
@@ -95,36 +96,44 @@ class CountingFashionMNIST(CanvasDataset):
 
 
 class OddOneOutFashionMNIST(CountingFashionMNIST):
-    """Nine 14 px items on the counting layout, eight of one class and one of another; the label is the
+    """``items`` (default nine) 14 px items in distinct cells, all of one class but one; the label is the
     grid cell (0-15, row-major over the 4 x 4 cells) of the odd one.
 
     A relational task: no single item says where the odd one is, so a setting must hold the class of
     every occupied cell and compare them (more latents to hold, more blocks to compare). The majority
-    and the odd class are drawn uniformly (different), the odd item's slot uniformly among the nine;
-    layouts, items and offsets are deterministic from ``(seed, split)`` like :class:`CountingFashionMNIST`.
+    and the odd class are drawn uniformly (different), the odd item's slot uniformly among the items;
+    layouts, items and offsets are deterministic from ``(seed, split)`` like :class:`CountingFashionMNIST`
+    (nine items use the counting layout itself; 10-16 items draw cells of their own).
     """
 
     classes = tuple(f"cell {r},{c}" for r in range(CANVAS // CELL) for c in range(CANVAS // CELL))
 
     def __init__(self, split: str = "train", root: str | Path | None = None, length: int | None = None,
-                 seed: int = 0, images: np.ndarray | None = None, labels: np.ndarray | None = None):
+                 seed: int = 0, items: int = SLOTS, images: np.ndarray | None = None,
+                 labels: np.ndarray | None = None):
+        if not isinstance(items, int) or not SLOTS <= items <= (CANVAS // CELL) ** 2:
+            raise ValueError(f"items must be an int from {SLOTS} to {(CANVAS // CELL) ** 2} (one per cell), got {items!r}")
         if images is None:
             images, labels = _read_split(check_split(split), root)
         super().__init__(split, root, length, seed, images, labels)  # the layouts: cells and offsets
         labels = np.asarray(labels, dtype=np.int64)
+        n = len(self.count)
+        if items != SLOTS:  # more items than the counting layout holds: a layout of their own
+            rng = np.random.default_rng([seed, _SPLIT_STREAM[self.split], 2])
+            self.cell = np.argsort(rng.random((n, (CANVAS // CELL) ** 2)), axis=1)[:, :items]
+            self.offset = rng.integers(0, CELL - SMALL + 1, size=(n, items, 2))
         by_class = [np.flatnonzero(labels == k) for k in range(10)]
         if any(not len(c) for c in by_class):
             raise ValueError("the split needs items of all ten classes")
-        n = len(self.count)
         rng = np.random.default_rng([seed, _SPLIT_STREAM[self.split], 1])
         major = rng.integers(0, 10, size=n)
         minor = (major + rng.integers(1, 10, size=n)) % 10
-        cls = np.repeat(major[:, None], SLOTS, axis=1)
-        odd = rng.integers(0, SLOTS, size=n)
+        cls = np.repeat(major[:, None], items, axis=1)
+        odd = rng.integers(0, items, size=n)
         cls[np.arange(n), odd] = minor
         sizes = np.array([len(c) for c in by_class])
-        pick = (rng.random((n, SLOTS)) * sizes[cls]).astype(np.int64)
-        self.source = np.array([by_class[k][p] for k, p in zip(cls.ravel(), pick.ravel())]).reshape(n, SLOTS)
+        pick = (rng.random((n, items)) * sizes[cls]).astype(np.int64)
+        self.source = np.array([by_class[k][p] for k, p in zip(cls.ravel(), pick.ravel())]).reshape(n, items)
         self.odd_cell = self.cell[np.arange(n), odd].astype(np.int64)
 
     @property
