@@ -1,6 +1,7 @@
 """The paper's claims in miniature: the adaptive model against the ViT family and FlexiViT, trained the same way.
 
-For each task (``fmnist28``: Fashion-MNIST 28 px; ``count64`` and ``odd64``: :mod:`adaperceiver.data.counting`, 64 px)
+For each task (``fmnist28``: Fashion-MNIST 28 px; ``count64`` and ``odd64``: :mod:`adaperceiver.data.counting`, 64 px;
+``odd64x13`` / ``odd64x16``, with 13 / 16 items, only when named in ``--tasks``: the spread probes)
 and each model (``adaperceiver_tiny``, ``vit_tiny``, ``vit_tiny_x2``, ``vit_tiny_x4``, FlexiViT):
 
 1. **tuning**: the same learning-rate x weight-decay grid for every model, each point trained (first seed)
