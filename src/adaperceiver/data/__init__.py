@@ -69,6 +69,12 @@ def _cluttered(canvas: int) -> Callable[..., Dataset]:
     return build
 
 
+def _odd_one_out(items: int) -> Callable[..., Dataset]:
+    def build(split: str, root: str | Path | None = None, image_size: int | None = None, in_chans: int | None = None):
+        return odd_one_out_fashion_mnist(split, root, items=items)
+    return build
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "fashion_mnist": lambda split, root=None, image_size=None, in_chans=None: fashion_mnist(split, root, image_size),
     "imagefolder": _imagefolder,
@@ -78,8 +84,8 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "fashion_mnist_cluttered60": _cluttered(60),
     "fashion_mnist_count64": lambda split, root=None, image_size=None, in_chans=None: counting_fashion_mnist(split, root),
     "fashion_mnist_odd64": lambda split, root=None, image_size=None, in_chans=None: odd_one_out_fashion_mnist(split, root),
-    "fashion_mnist_odd64x16": lambda split, root=None, image_size=None, in_chans=None: odd_one_out_fashion_mnist(split, root, items=16),
-    "fashion_mnist_odd64x13": lambda split, root=None, image_size=None, in_chans=None: odd_one_out_fashion_mnist(split, root, items=13),
+    "fashion_mnist_odd64x13": _odd_one_out(13),
+    "fashion_mnist_odd64x16": _odd_one_out(16),
     **DENSE_DATASETS,  # segmentation / depth sets: adaperceiver.data.dense
 }
 

@@ -23,6 +23,7 @@ from .classification import builtin_data_config, check_split
 from .cluttered import CanvasDataset, _read_split
 
 CANVAS, CELL, SMALL, SLOTS = 64, 16, 14, 9
+CELLS = (CANVAS // CELL) ** 2  # 16 cells of the 4 x 4 grid
 TOPS = (0, 2, 4, 6)  # T-shirt/top, Pullover, Coat, Shirt
 _SPLIT_STREAM = {"train": 0, "val": 1}
 
@@ -65,7 +66,7 @@ class CountingFashionMNIST(CanvasDataset):
         top_pick = tops[rng.integers(0, len(tops), size=(length, SLOTS))]
         other_pick = others[rng.integers(0, len(others), size=(length, SLOTS))]
         self.source = np.where(slot < self.count[:, None], top_pick, other_pick)  # (length, 9) item indices
-        self.cell = np.argsort(rng.random((length, (CANVAS // CELL) ** 2)), axis=1)[:, :SLOTS]  # distinct cells
+        self.cell = np.argsort(rng.random((length, CELLS)), axis=1)[:, :SLOTS]  # distinct cells
         self.offset = rng.integers(0, CELL - SMALL + 1, size=(length, SLOTS, 2))
         self.data_config = builtin_data_config("fashion_mnist", CANVAS, self.classes)  # how a trained model reads
 
@@ -111,8 +112,8 @@ class OddOneOutFashionMNIST(CountingFashionMNIST):
     def __init__(self, split: str = "train", root: str | Path | None = None, length: int | None = None,
                  seed: int = 0, items: int = SLOTS, images: np.ndarray | None = None,
                  labels: np.ndarray | None = None):
-        if not isinstance(items, int) or not SLOTS <= items <= (CANVAS // CELL) ** 2:
-            raise ValueError(f"items must be an int from {SLOTS} to {(CANVAS // CELL) ** 2} (one per cell), got {items!r}")
+        if not isinstance(items, int) or not SLOTS <= items <= CELLS:
+            raise ValueError(f"items must be an int from {SLOTS} to {CELLS} (one per cell), got {items!r}")
         if images is None:
             images, labels = _read_split(check_split(split), root)
         super().__init__(split, root, length, seed, images, labels)  # the layouts: cells and offsets
@@ -120,7 +121,7 @@ class OddOneOutFashionMNIST(CountingFashionMNIST):
         n = len(self.count)
         if items != SLOTS:  # more items than the counting layout holds: a layout of their own
             rng = np.random.default_rng([seed, _SPLIT_STREAM[self.split], 2])
-            self.cell = np.argsort(rng.random((n, (CANVAS // CELL) ** 2)), axis=1)[:, :items]
+            self.cell = np.argsort(rng.random((n, CELLS)), axis=1)[:, :items]
             self.offset = rng.integers(0, CELL - SMALL + 1, size=(n, items, 2))
         by_class = [np.flatnonzero(labels == k) for k in range(10)]
         if any(not len(c) for c in by_class):
