@@ -328,20 +328,21 @@ def _needs_root(name: str, root) -> Path:
     return Path(root)
 
 
-def _fmnist_seg(split, root=None, image_size=None, in_chans=None):
-    return FashionMNISTSegmentation(split, root, canvas=image_size or 56)
+# the composed sets also take ``length``: the first N items (the training task's ``train_subset``)
+def _fmnist_seg(split, root=None, image_size=None, in_chans=None, length=None):
+    return FashionMNISTSegmentation(split, root, canvas=image_size or 56, length=length)
 
 
-def _fmnist_seg28(split, root=None, image_size=None, in_chans=None):
-    return FashionMNISTSegmentation(split, root, canvas=image_size or 28)
+def _fmnist_seg28(split, root=None, image_size=None, in_chans=None, length=None):
+    return FashionMNISTSegmentation(split, root, canvas=image_size or 28, length=length)
 
 
-def _scene_seg(split, root=None, image_size=None, in_chans=None):
-    return FashionMNISTScene(split, root, "segmentation", canvas=image_size or 64)
+def _scene_seg(split, root=None, image_size=None, in_chans=None, length=None):
+    return FashionMNISTScene(split, root, "segmentation", canvas=image_size or 64, length=length)
 
 
-def _scene_depth(split, root=None, image_size=None, in_chans=None):
-    return FashionMNISTScene(split, root, "depth", canvas=image_size or 64)
+def _scene_depth(split, root=None, image_size=None, in_chans=None, length=None):
+    return FashionMNISTScene(split, root, "depth", canvas=image_size or 64, length=length)
 
 
 def _ade20k(split, root=None, image_size=None, in_chans=None):

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import WEIGHTS_NAME, load_config, read_state_dict, strip_prefix
 from ..data import SubsetDataset
-from ..data.dense import DepthFolder, FashionMNISTScene, FashionMNISTSegmentation, SegmentationFolder, depth_range
+from ..data.dense import DENSE_DATASETS, DepthFolder, SegmentationFolder, depth_range
 from ..data.visp import ViSPCastelDepth
 from ..errors import UserError
 from ..evaluation.metrics import DepthMetric, SegmentationMetric
@@ -93,20 +93,26 @@ def _need_root(cfg: TrainConfig) -> Path:
     return Path(cfg.data_dir)
 
 
+# the task's names of the composed (derived Fashion-MNIST) sets -> their registry keys
+_COMPOSED_SEG = {"fashion_mnist": "fashion_mnist_seg", "fashion_mnist_seg": "fashion_mnist_seg",
+                 "fashion_mnist_seg28": "fashion_mnist_seg28", "fashion_mnist_scene": "fashion_mnist_scene_seg",
+                 "fashion_mnist_scene_seg": "fashion_mnist_scene_seg"}
+
+
+def _composed(key: str, cfg: TrainConfig):
+    """Train and val of a composed set, built by the dataset registry: the first ``train_subset`` /
+    ``val_subset`` (default 2,000) items, not a shuffled subset, so the scenes do not depend on the seed."""
+    build = DENSE_DATASETS[key]
+    return (build("train", cfg.data_dir, image_size=cfg.image_size, length=cfg.train_subset),
+            build("val", cfg.data_dir, image_size=cfg.image_size, length=cfg.val_subset or 2000))
+
+
 def segmentation_data(cfg: TrainConfig) -> TaskData:
     name = cfg.dataset.lower().replace("-", "_")
     _, head = split_overrides(cfg.model_overrides)
-    if name in ("fashion_mnist", "fashion_mnist_seg", "fashion_mnist_seg28"):
-        canvas = cfg.image_size or (28 if name.endswith("28") else 56)
-        train = FashionMNISTSegmentation("train", cfg.data_dir, canvas=canvas, length=cfg.train_subset)
-        val = FashionMNISTSegmentation("val", cfg.data_dir, canvas=canvas, length=cfg.val_subset or 2000)
-        classes, k, ignore = train.classes, train.num_classes, train.ignore_index
-        size = canvas
-    elif name in ("fashion_mnist_scene", "fashion_mnist_scene_seg"):
-        size = cfg.image_size or 64
-        train = FashionMNISTScene("train", cfg.data_dir, "segmentation", canvas=size, length=cfg.train_subset)
-        val = FashionMNISTScene("val", cfg.data_dir, "segmentation", canvas=size, length=cfg.val_subset or 2000)
-        classes, k, ignore = train.classes, train.num_classes, train.ignore_index
+    if name in _COMPOSED_SEG:
+        train, val = _composed(_COMPOSED_SEG[name], cfg)
+        classes, k, ignore, size = train.classes, train.num_classes, train.ignore_index, train.img_size
     elif name in ("ade20k", "segfolder"):
         root = _need_root(cfg)
         ade = name == "ade20k"
@@ -139,9 +145,7 @@ def depth_data(cfg: TrainConfig) -> TaskData:
         train = ViSPCastelDepth(cfg.data_dir, "train", size=size)
         val = ViSPCastelDepth(cfg.data_dir, "val", size=size)
     elif name in ("fashion_mnist_scene", "fashion_mnist_scene_depth"):
-        size = cfg.image_size or 64
-        train = FashionMNISTScene("train", cfg.data_dir, "depth", canvas=size, length=cfg.train_subset)
-        val = FashionMNISTScene("val", cfg.data_dir, "depth", canvas=size, length=cfg.val_subset or 2000)
+        train, val = _composed("fashion_mnist_scene_depth", cfg)
     elif name in ("nyu", "depthfolder"):
         root = _need_root(cfg)
         size = (cfg.image_size or 224,) * 2
