@@ -21,7 +21,7 @@ CHANGELOG = Path(__file__).resolve().parents[1] / "CHANGELOG.md"
 def test_version_is_one_value_everywhere(capsys):
     from adaperceiver._version import __version__
 
-    assert adaperceiver.__version__ == __version__ == "0.4.1"
+    assert adaperceiver.__version__ == __version__ == "0.4.2"
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"adaperceiver {__version__}"
