@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -439,7 +440,10 @@ def write_doc(records: dict[str, list[dict]], args, doc: Path) -> None:
     lines += paper_claims_dense.doc_section(dense_records, doc.parent / "paper_claims")
     extra = doc.parent / "paper_claims" / "notes.md"  # hand-written measurements (baseline strength)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    body = lines[:4] + table + lines[4:] + ([extra.read_text()] if extra.exists() else [])
+    notes = extra.read_text() if extra.exists() else None
+    if notes is not None:  # the notes link their files relative to their own folder; the doc sits one level up
+        notes = re.sub(r"\]\((?![a-z]+:|/|#)([^)]+)\)", lambda m: f"]({extra.parent.name}/{m.group(1)})", notes)
+    body = lines[:4] + table + lines[4:] + ([notes] if notes is not None else [])
     doc.write_text("\n".join(body) + "\n")
 
 
