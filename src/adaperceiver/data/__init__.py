@@ -83,7 +83,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "fashion_mnist_cluttered56": _cluttered(56),
     "fashion_mnist_cluttered60": _cluttered(60),
     "fashion_mnist_count64": lambda split, root=None, image_size=None, in_chans=None: counting_fashion_mnist(split, root),
-    "fashion_mnist_odd64": lambda split, root=None, image_size=None, in_chans=None: odd_one_out_fashion_mnist(split, root),
+    "fashion_mnist_odd64": _odd_one_out(9),
     "fashion_mnist_odd64x13": _odd_one_out(13),
     "fashion_mnist_odd64x16": _odd_one_out(16),
     **DENSE_DATASETS,  # segmentation / depth sets: adaperceiver.data.dense
